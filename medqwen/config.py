@@ -1,0 +1,253 @@
+"""One config flow for every stage: dataclass defaults < environment (.env too) < --config YAML < CLI flags.
+
+Each stage has one dataclass below. A field's metadata carries its `help` (with units), the environment
+variable that may set it (`env`), and whether it is a secret (`secret`: read at call time, never saved).
+
+    cfg = parse_config(TrainConfig)            # in a script's main()
+    save_config(cfg, out_dir / "config.yaml")  # next to every output, secrets left out
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"
+
+C = TypeVar("C")
+
+
+def _f(default: Any, help: str, *, env: str | None = None, secret: bool = False, choices: Sequence | None = None):
+    """A dataclass field with its help text, optional environment variable, secret flag and choices."""
+    meta = {"help": help, "env": env, "secret": secret, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage configs. Defaults equal the original project's constants.
+
+
+@dataclass
+class ChatConfig:
+    """run.py: chat with a model (optionally with a LoRA adapter)."""
+
+    model: str = _f("model/qwen", "Base model folder (HF format) or hub id.")
+    adapter: str | None = _f(None, "Optional LoRA adapter folder (a trainer output dir) applied on top of --model.")
+    prompt: str | None = _f(None, "One-shot prompt; without it an interactive chat starts.")
+    system: str | None = _f(None, "Optional system message.")
+    max_new_tokens: int = _f(512, "Maximum tokens generated per reply (tokens).")
+    temperature: float = _f(0.7, "Sampling temperature; 0 means greedy decoding.")
+    top_p: float = _f(0.8, "Nucleus sampling probability mass (0-1].")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Jinja chat template file used to render conversations.")
+    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only: false appends an empty think block.")
+    seed: int = _f(42, "Random seed for sampling.")
+
+
+@dataclass
+class DataConfig:
+    """data/prepare_data.py: convert, validate, de-duplicate, filter, merge and write conversation JSONL."""
+
+    input: list[str] = _f([], "Input file or folder (repeatable). Formats are detected per file; "
+                              "append ':N' to upsample a file N times (e.g. data/lora_identity.jsonl:3).")
+    identity: list[str] = _f([], "Identity file(s) with {{NAME}}/{{AUTHOR}} placeholders (repeatable).")
+    identity_upsample: int = _f(1, "How many times identity conversations are repeated in the output.")
+    name: str = _f("MedQwen", "Assistant name filled into {{NAME}}.", env="ASSISTANT_NAME")
+    author: str = _f("MedQwen Team", "Author name filled into {{AUTHOR}}.", env="ASSISTANT_AUTHOR")
+    output: str = _f("data/lora_medical_merged.jsonl", "Merged conversation JSONL to write.")
+    system_prompt: str | None = _f(None, "System message added to conversations that have none (None: leave).")
+    skip_invalid: bool = _f(False, "Skip invalid records (counted by reason) instead of stopping at the first.")
+    dedup: bool = _f(True, "Drop exact duplicate conversations (after normalising whitespace).")
+    tokenizer: str | None = _f(None, "Tokenizer folder for length statistics and the length filter (None: "
+                                     "model/qwen if present, else model/smollm2-135m-instruct, else skip).")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used to count tokens as training sees them.")
+    max_seq_len: int = _f(1024, "Drop conversations longer than this many tokens (0: keep all).")
+    shuffle: bool = _f(True, "Shuffle the merged output (seeded).")
+    seed: int = _f(42, "Random seed for shuffling.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parsing machinery.
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """(inner type, is_optional) for `X | None`."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, name: str) -> Any:
+    """Convert a string (env/CLI) or YAML value to the field's type, with a clear error."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ValueError(f"{name}: a value is required")
+    if typing.get_origin(inner) is list:
+        (item_type,) = typing.get_args(inner) or (str,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        return [_convert(v, item_type, name) for v in value]
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {value!r}")
+    try:
+        return inner(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {getattr(inner, '__name__', inner)}, got {value!r}") from None
+
+
+def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
+    """Load `.env` (repo root or cwd) into os.environ without overriding variables already set."""
+    from dotenv import load_dotenv
+
+    for candidate in [path] if path else [Path.cwd() / ".env", REPO_ROOT / ".env"]:
+        if candidate and Path(candidate).is_file():
+            load_dotenv(candidate, override=False)
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field (`--a_b` and `--a-b`), every default left unset."""
+    parser = argparse.ArgumentParser(
+        description=description or (cls.__doc__ or "").strip(),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="YAML", help="YAML file of field: value pairs; CLI flags override it.")
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(_field_type(cls, f))
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        if f.metadata.get("env"):
+            help_text += f" [env: {f.metadata['env']}]"
+        if f.metadata.get("secret"):
+            help_text += " (secret: never saved)"
+            default = None
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text + f" (default: {default!r})"}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = list(f.metadata["choices"])
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is list:
+            kwargs["action"] = "append"
+            kwargs["metavar"] = "VALUE"
+        else:
+            kwargs["metavar"] = getattr(tp, "__name__", "VALUE").upper()
+        parser.add_argument(*flags, **kwargs)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None,
+                 environ: dict[str, str] | None = None) -> C:
+    """Resolve a stage config: defaults < environment (.env too) < `--config` YAML < CLI flags."""
+    parser = build_parser(cls, description)
+    args = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
+    if environ is None:
+        load_dotenv_file()
+        environ = dict(os.environ)
+    return resolve_config(cls, cli=args, environ=environ, parser=parser)
+
+
+def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dict[str, str] | None = None,
+                   parser: argparse.ArgumentParser | None = None) -> C:
+    """Merge the four layers; errors name the layer and the field."""
+    cli = dict(cli or {})
+    environ = environ or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+
+    def fail(message: str) -> typing.NoReturn:
+        if parser is not None:
+            parser.error(message)
+        raise ValueError(message)
+
+    for name, f in fields.items():  # environment
+        var = f.metadata.get("env")
+        if var and environ.get(var) not in (None, ""):
+            try:
+                values[name] = _convert(environ[var], _field_type(cls, f), f"${var}")
+            except ValueError as err:
+                fail(str(err))
+
+    yaml_path = cli.pop("config", None)
+    if yaml_path:
+        path = Path(yaml_path)
+        if not path.is_file():
+            fail(f"--config {yaml_path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            fail(f"--config {yaml_path}: invalid YAML: {err}")
+        if not isinstance(data, dict):
+            fail(f"--config {yaml_path}: expected a mapping of field: value")
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            fail(f"--config {yaml_path}: unknown field(s) {unknown}; valid: {sorted(fields)}")
+        for name, value in data.items():
+            try:
+                values[name] = _convert(value, _field_type(cls, fields[name]), f"{yaml_path}:{name}")
+            except ValueError as err:
+                fail(str(err))
+
+    for name, value in cli.items():  # CLI
+        try:
+            values[name] = _convert(value, _field_type(cls, fields[name]), f"--{name}")
+        except ValueError as err:
+            fail(str(err))
+
+    for name, value in values.items():
+        choices = fields[name].metadata.get("choices")
+        if choices and value not in choices:
+            fail(f"{name}: {value!r} is not one of {list(choices)}")
+    return cls(**values)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data, secrets left out."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.metadata.get("secret")}
+
+
+def save_config(cfg: Any, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write the resolved config as YAML (secrets never written). `extra` adds derived values."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = config_to_dict(cfg)
+    if extra:
+        data.update(extra)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def load_saved_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a `config.yaml` written by save_config (e.g. a LoRA run's, to find its base model)."""
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def format_config(cfg: Any) -> str:
+    """The resolved config, one `field: value` per line, for printing at start."""
+    return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(cfg).items())

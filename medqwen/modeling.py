@@ -1,0 +1,100 @@
+"""Load models the same way everywhere: local folder (or hub id), optional LoRA adapter, right device/dtype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+QWEN_DOWNLOAD_HINT = (
+    "Download the base model first, e.g.\n"
+    "  huggingface-cli download Qwen/Qwen3-4B-Instruct-2507 --local-dir model/qwen\n"
+    "or use the bundled demo model: --model model/smollm2-135m-instruct (created by `make setup`)."
+)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model folder that does not exist or holds no model."""
+
+
+def looks_like_hub_id(path: str | Path) -> bool:
+    """`org/name` that is not an existing path: let transformers resolve it from the hub (users with access)."""
+    text = str(path)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "model/", "out/"))
+
+
+def check_model_dir(path: str | Path) -> None:
+    """Raise a clear error when a local model folder is missing or empty."""
+    if looks_like_hub_id(path):
+        return
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"model folder '{folder}' does not exist.\n{QWEN_DOWNLOAD_HINT}")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"'{folder}' holds no config.json: not a model folder.\n{QWEN_DOWNLOAD_HINT}")
+
+
+def pick_device_dtype(device: str | None = None, dtype: str | None = None):
+    """CUDA with bf16 when available, else CPU with fp32 (bf16 matmuls are slow or missing on most CPUs)."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return torch.device(device), getattr(torch, dtype)
+
+
+def load_model(path: str | Path, adapter: str | Path | None = None, device: str | None = None,
+               dtype: str | None = None, merge: bool = False):
+    """A causal LM in eval mode, with a PEFT adapter applied (and optionally merged) when given."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_dir(path)
+    torch_device, torch_dtype = pick_device_dtype(device, dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    if adapter:
+        from peft import PeftModel
+
+        check_model_dir(adapter)
+        model = PeftModel.from_pretrained(model, str(adapter))
+        if merge:
+            model = model.merge_and_unload()
+    return model.to(torch_device).eval()
+
+
+# Shapes for randomly initialised models: unit tests ("tiny") and speed/memory benchmarks ("qwen3-4b").
+# Speed and memory do not depend on weight values, so a random model of the real shape measures them honestly.
+QWEN3_SHAPES = {
+    # head_dim >= 32: vLLM's CPU attention rejects smaller heads.
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=32),
+    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, vocab_size=151936, rope_theta=5_000_000.0,
+                     max_position_embeddings=262144),
+}
+
+
+def random_qwen3(shape: str = "tiny", vocab_size: int | None = None, seed: int = 0, **overrides):
+    """A randomly initialised Qwen3ForCausalLM of a named shape (see QWEN3_SHAPES)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    kwargs = dict(QWEN3_SHAPES[shape], tie_word_embeddings=True, rms_norm_eps=1e-6, bos_token_id=None,
+                  attention_bias=False)
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(Qwen3Config(**kwargs))
+
+
+def save_tiny_qwen3(folder: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random Qwen3 with a real tokenizer (and our chat template) as an HF folder for tests."""
+    from medqwen.chat import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = random_qwen3("tiny", vocab_size=len(tokenizer), seed=seed,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.pad_token_id)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
