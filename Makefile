@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-$(BUNDLED_MODEL)/config.json: $(VENV)/.installed
+$(BUNDLED_MODEL)/config.json: | $(VENV)/.installed
 	$(PY) scripts/prepare_bundled_model.py --output $(BUNDLED_MODEL)
 
 setup-dev: setup $(VENV)/.installed-dev
