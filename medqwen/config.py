@@ -62,10 +62,14 @@ class DataConfig:
     input: list[str] = _f([], "Input file or folder (repeatable). Formats are detected per file; "
                               "append ':N' to upsample a file N times (e.g. data/lora_identity.jsonl:3).")
     identity: list[str] = _f([], "Identity file(s) with {{NAME}}/{{AUTHOR}} placeholders (repeatable).")
-    identity_upsample: int = _f(1, "How many times identity conversations are repeated in the output.")
+    identity_upsample: int = _f(1, "How many times identity conversations are repeated in the output "
+                                   "(an identity file given as 'path:N' uses N instead).")
     name: str = _f("MedQwen", "Assistant name filled into {{NAME}}.", env="ASSISTANT_NAME")
     author: str = _f("MedQwen Team", "Author name filled into {{AUTHOR}}.", env="ASSISTANT_AUTHOR")
-    output: str = _f("data/lora_medical_merged.jsonl", "Merged conversation JSONL to write.")
+    output: str = _f("data/lora_medical_merged.jsonl", "Merged conversation JSONL to write; <stem>.stats.json, "
+                                                       "<stem>.length_hist.png and <stem>.config.yaml go beside it.")
+    encoding: str = _f("auto", "Text encoding of the inputs (auto: UTF-8 with or without BOM, else GB18030/GBK).",
+                       choices=["auto", "utf-8", "gb18030", "gbk"])
     system_prompt: str | None = _f(None, "System message added to conversations that have none (None: leave).")
     skip_invalid: bool = _f(False, "Skip invalid records (counted by reason) instead of stopping at the first.")
     dedup: bool = _f(True, "Drop exact duplicate conversations (after normalising whitespace).")
@@ -75,6 +79,113 @@ class DataConfig:
     max_seq_len: int = _f(1024, "Drop conversations longer than this many tokens (0: keep all).")
     shuffle: bool = _f(True, "Shuffle the merged output (seeded).")
     seed: int = _f(42, "Random seed for shuffling.")
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    """trainer/train_lora.py: LoRA SFT (TRL SFTTrainer + PEFT) with assistant-only loss on conversation JSONL."""
+
+    model_name_or_path: str = _f("model/qwen", "Base model folder (HF format) or hub id.")
+    data_path: str = _f("data/lora_medical_merged.jsonl", "Conversation JSONL ('conversations' or 'messages').")
+    output_dir: str = _f("out/qwen3-4b-lora-medical", "Run folder: adapter, checkpoints, logs/, config.yaml.")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template with {% generation %} markers used for training.")
+    max_seq_len: int = _f(1024, "Longest training sequence (tokens); longer conversations are truncated.")
+    num_train_epochs: float = _f(2.0, "Passes over the training split.")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run num_train_epochs). For smoke runs.")
+    per_device_train_batch_size: int = _f(8, "Sequences per device per micro-batch.")
+    per_device_eval_batch_size: int = _f(8, "Sequences per device per evaluation batch.")
+    gradient_accumulation_steps: int = _f(8, "Micro-batches per optimizer step "
+                                             "(effective batch = this x batch x processes).")
+    learning_rate: float = _f(1e-4, "Peak learning rate of the AdamW optimizer.")
+    lr_scheduler_type: str = _f("linear", "Learning-rate schedule (transformers name: linear, cosine, constant...).")
+    warmup_steps: float = _f(0.0, "Warm-up: optimizer steps, or a fraction of all steps when < 1.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    lora_r: int = _f(8, "LoRA rank.")
+    lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    lora_target_modules: list[str] = _f(LORA_TARGETS, "Linear layers that get LoRA adapters (names in the model).")
+    assistant_only_loss: bool = _f(True, "Train only on assistant replies (the template's {% generation %} spans).")
+    packing: bool = _f(False, "Pack conversations into max_seq_len rows, padding-free (positions restart per "
+                              "conversation; attention and loss never cross conversations).")
+    bf16: bool = _f(True, "bf16 mixed precision (turned off automatically on CPU).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations to save memory (turned off automatically on CPU).")
+    attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2... (None: "
+                                               "transformers' default).")
+    use_liger_kernel: bool = _f(False, "Liger Triton kernels (GPU only; needs the liger-kernel package).")
+    torch_compile: bool = _f(False, "Compile the model with torch.compile.")
+    eval_ratio: float = _f(0.1, "Fraction of conversations held out for validation (0: no evaluation).")
+    eval_steps: int = _f(50, "Evaluate and checkpoint every N optimizer steps.")
+    save_total_limit: int = _f(2, "Checkpoints kept on disk (the best one is always kept).")
+    logging_steps: int = _f(10, "Log a line (loss, lr, tokens/s, ETA) every N optimizer steps.")
+    early_stopping_patience: int = _f(0, "Stop after N evaluations without eval-loss improvement (0: off).")
+    resume_from_checkpoint: str | None = _f(None, "'true' resumes from the last complete checkpoint in "
+                                                  "output_dir; a path resumes from that checkpoint.")
+    report_to: str = _f("tensorboard", "Logger for metrics (TensorBoard writes to <output_dir>/logs; 'none' off).")
+    dataloader_num_workers: int = _f(0, "Background processes that collate batches.")
+    seed: int = _f(42, "Random seed (data split, LoRA init, shuffling).")
+
+
+@dataclass
+class MergeConfig:
+    """trainer/merge_lora.py: merge a LoRA adapter into its base model and save a full model folder."""
+
+    adapter: str = _f("out/qwen3-4b-lora-medical", "LoRA run folder (a trainer output_dir) or adapter folder.")
+    base_model: str | None = _f(None, "Base model folder (None: read from the run's config.yaml).")
+    output_dir: str | None = _f(None, "Where the merged model goes (None: <adapter>-merged).")
+    dtype: str = _f("auto", "Saved weight dtype: auto (the base model's), bfloat16, float16 or float32.",
+                    choices=["auto", "bfloat16", "float16", "float32"])
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template saved with the merged model.")
+
+
+@dataclass
+class EvalConfig:
+    """eval/eval_{base,lora,grpo}.py: open-ended evaluation on held-out conversations (loss, ROUGE-L, BLEU,
+    identity probes, optional LLM judge); --compare puts finished runs side by side."""
+
+    name: str = _f("base", "Run name; outputs go to out/eval/<name>/ unless --output_dir is set.")
+    model_name_or_path: str | None = _f("model/qwen", "Base model folder (HF format) or hub id; None with --adapter: "
+                                                      "read from the adapter run's config.yaml.")
+    adapter: str | None = _f(None, "LoRA/GRPO adapter folder (a trainer output_dir) applied on the base model.")
+    data_path: str = _f("data/lora_medical_merged.jsonl", "Conversation JSONL, split 90/10 like the trainer "
+                                                          "does when --split_run saved no split.")
+    split_run: str | None = _f("out/qwen3-4b-lora-medical", "Trainer run whose saved validation split is "
+                               "evaluated, so base, LoRA and GRPO answer the same questions (None: use --data_path).")
+    eval_split: str = _f("validation", "'validation': the held-out split; 'all': every conversation in --data_path.",
+                         choices=["validation", "all"])
+    eval_ratio: float = _f(0.1, "Held-out fraction when splitting --data_path (the trainer's eval_ratio).")
+    seed: int = _f(42, "Seed of the split (the trainer's), of the sampled report answers and of the bootstrap.")
+    limit: int | None = _f(None, "Evaluate only the first N held-out conversations (smoke runs).")
+    output_dir: str | None = _f(None, "Output folder (None: out/eval/<name>; with --compare: out/eval/compare).")
+    backend: str = _f("hf", "'hf': transformers in this process (loss + answers); 'openai': answers from an "
+                            "OpenAI-compatible server such as vLLM (no reference loss).", choices=["hf", "openai"])
+    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL (backend openai).",
+                       env="VLLM_BASE_URL")
+    served_model: str = _f("lora-adapter", "Model name on that server (backend openai).", env="MODEL_NAME")
+    api_key: str | None = _f(None, "API key for that server (vLLM needs none).", env="OPENAI_API_KEY", secret=True)
+    request_timeout_s: float = _f(120.0, "Timeout of one generation request (seconds).")
+    max_new_tokens: int = _f(256, "Longest generated answer (tokens).")
+    batch_size: int = _f(8, "Conversations per forward pass / generate call (hf backend).")
+    max_seq_len: int = _f(1024, "Longest conversation scored for the reference loss (tokens; longer truncated).")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used to render prompts (the one training used).")
+    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only: false appends an empty think block.")
+    device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
+    dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
+    identity_probes: bool = _f(True, "Ask 'who are you / 你是谁' probes and count replies naming --assistant_name.")
+    assistant_name: str = _f("MedQwen", "Name the identity probes look for.", env="ASSISTANT_NAME")
+    judge_base_url: str | None = _f(None, "OpenAI-compatible URL of an LLM judge (None: no judge).",
+                                    env="JUDGE_BASE_URL")
+    judge_model: str | None = _f(None, "Model name the judge endpoint serves.", env="JUDGE_MODEL")
+    judge_api_key: str | None = _f(None, "Judge API key.", env="JUDGE_API_KEY", secret=True)
+    judge_rubric: str = _f("eval/judge_rubric.md", "Rubric file sent as the judge's system message.")
+    judge_timeout_s: float = _f(60.0, "Timeout of one judge request (seconds).")
+    judge_max_retries: int = _f(2, "Retries of a judge request after a connection error, 429 or 5xx.")
+    report_samples: int = _f(20, "Held-out answers shown in report.md/report.html (seeded sample).")
+    compare: list[str] = _f([], "Finished eval folders to put side by side (repeatable or comma-separated); "
+                                "no model is run.")
 
 
 # ----------------------------------------------------------------------------------------------------------

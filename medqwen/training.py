@@ -1,0 +1,404 @@
+"""LoRA SFT with TRL's SFTTrainer: data split, trainer construction, atomic checkpoints, resume, reporting.
+
+`build_trainer(cfg, train_dataset, eval_dataset, model=..., tokenizer=...)` is the one place a trainer is made,
+so the CLI (`trainer/train_lora.py`), the tests and speed benchmarks all run the same train step:
+
+    cfg = TrainConfig(model_name_or_path="model/smollm2-135m-instruct", max_steps=10)
+    summary = train(cfg)                                  # everything the CLI does
+    trainer = build_trainer(cfg, to_dataset(records))     # just the trainer (e.g. around a random model)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from medqwen.config import TrainConfig, save_config
+
+CHECKPOINT_PREFIX = "checkpoint"
+STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place (atomic on one filesystem)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+class DataFormatError(ValueError):
+    """A conversation JSONL line that cannot be trained on; the message names file and line."""
+
+
+def read_conversations(path: str | Path) -> list[list[dict]]:
+    """Message lists from conversation JSONL (`conversations` or `messages` key), with file:line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data '{path}' not found. Prepare it first, e.g.\n"
+                                f"  python data/prepare_data.py --output {path}")
+    conversations = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            messages = record.get("conversations", record.get("messages"))
+            if not isinstance(messages, list) or not messages:
+                raise DataFormatError(f"{where}: expected a non-empty 'conversations' (or 'messages') list")
+            for i, message in enumerate(messages):
+                if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                    raise DataFormatError(f"{where}: message {i} needs a 'role' string")
+                if message.get("content") is not None and not isinstance(message["content"], str):
+                    raise DataFormatError(f"{where}: message {i} 'content' must be a string")
+            if not any(m["role"] == "assistant" for m in messages):
+                raise DataFormatError(f"{where}: no assistant message, so nothing to train on")
+            conversations.append(messages)
+    if not conversations:
+        raise DataFormatError(f"{path}: no conversations found")
+    return conversations
+
+
+def to_trl_record(messages: list[dict]) -> dict[str, Any]:
+    """A `{"messages": [...]}` row for TRL; tool-call arguments become JSON strings.
+
+    Arrow stores dict arguments as one struct type per column, filling keys missing in a row with null, which
+    the template would render as `"key": null`. As strings they render byte-identically to the dict form.
+    """
+    clean = []
+    for message in messages:
+        message = dict(message)
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                call = json.loads(json.dumps(call))
+                fn = call.get("function", call)
+                if not isinstance(fn.get("arguments"), str):
+                    fn["arguments"] = json.dumps(fn.get("arguments", {}), ensure_ascii=False)
+                calls.append(call)
+            message["tool_calls"] = calls
+        clean.append(message)
+    return {"messages": clean}
+
+
+def split_conversations(conversations: list, eval_ratio: float, seed: int) -> tuple[list, list]:
+    """Seeded shuffle, then hold out `eval_ratio` of the conversations (at least one when ratio > 0)."""
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0 if eval_ratio <= 0 else max(1, round(len(order) * eval_ratio))
+    if n_eval >= len(order):
+        raise ValueError(f"eval_ratio {eval_ratio} leaves no training data ({len(order)} conversations)")
+    return [conversations[i] for i in order[n_eval:]], [conversations[i] for i in order[:n_eval]]
+
+
+def write_jsonl(rows: list[list[dict]], path: Path) -> None:
+    """Write conversations as `{"conversations": [...]}` lines (the repository's format)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for messages in rows:
+            handle.write(json.dumps({"conversations": messages}, ensure_ascii=False) + "\n")
+
+
+def to_dataset(conversations: list[list[dict]]):
+    """A `datasets.Dataset` in TRL's conversational format."""
+    from datasets import Dataset
+
+    return Dataset.from_list([to_trl_record(m) for m in conversations])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model, LoRA and trainer
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def load_base_model(cfg: TrainConfig):
+    """The base model in bf16 on GPU (fp32 on CPU), with the configured attention kernel."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medqwen.modeling import check_model_dir
+
+    check_model_dir(cfg.model_name_or_path)
+    dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
+    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    return AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs)
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+
+
+def sft_config(cfg: TrainConfig, has_eval: bool):
+    """TRL SFTConfig from our TrainConfig. bf16 and gradient checkpointing only on GPU (TRL defaults both on)."""
+    from trl import SFTConfig
+
+    gpu = on_gpu()
+    eval_kwargs: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
+    if has_eval:
+        eval_kwargs = dict(eval_strategy="steps", eval_steps=cfg.eval_steps, load_best_model_at_end=True,
+                           metric_for_best_model="eval_loss", greater_is_better=False)
+    return SFTConfig(
+        output_dir=cfg.output_dir,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=cfg.bf16 and gpu,
+        gradient_checkpointing=cfg.gradient_checkpointing and gpu,
+        use_liger_kernel=cfg.use_liger_kernel,
+        torch_compile=cfg.torch_compile,
+        max_length=cfg.max_seq_len,
+        assistant_only_loss=cfg.assistant_only_loss,
+        # BFD packing is padding-free: rows are concatenations whose position ids restart at every conversation;
+        # transformers turns restarting position ids into a block-diagonal mask (SDPA/eager) or varlen kernels.
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        save_strategy="steps",
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        disable_tqdm=True,  # LogLineCallback prints one line per logging step instead
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        dataloader_pin_memory=gpu,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        **eval_kwargs,
+    )
+
+
+def _trainer_class():
+    """SFTTrainer whose checkpoints appear atomically: written under `.staging/`, then renamed into place.
+
+    A process killed mid-save leaves at most a partial folder under `.staging/`; every `checkpoint-N` that
+    exists (and so every resume point and every "best" checkpoint) is complete and loads.
+    """
+    import torch.distributed as dist
+    from transformers.trainer_utils import rotate_checkpoints
+    from trl import SFTTrainer
+
+    class AtomicSFTTrainer(SFTTrainer):
+        _staging: str | None = None
+
+        def _get_output_dir(self, trial):
+            return self._staging or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            run_dir = super()._get_output_dir(trial)
+            name = f"{CHECKPOINT_PREFIX}-{self.state.global_step}"
+            staging = os.path.join(run_dir, STAGING_DIR)
+            staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
+            if self.args.should_save and os.path.exists(staged):
+                shutil.rmtree(staged)  # leftover of a killed save
+            self._staging = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = None
+            if self.args.should_save:
+                if self.state.best_model_checkpoint == staged:
+                    self.state.best_model_checkpoint = final
+                    self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+                if os.path.exists(final):
+                    shutil.rmtree(final)  # re-running a step from an earlier checkpoint replaces it
+                os.replace(staged, final)
+                rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # no rank resumes work before the checkpoint is in place
+
+    return AtomicSFTTrainer
+
+
+def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None, tokenizer=None,
+                  callbacks: list | None = None):
+    """The SFTTrainer (LoRA via PEFT) for a config and TRL-format datasets; `model`/`tokenizer` may be given."""
+    from transformers import PrinterCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from medqwen.callbacks import LogLineCallback
+    from medqwen.chat import load_tokenizer
+
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_name_or_path, cfg.chat_template)
+    model = model if model is not None else load_base_model(cfg)
+    has_eval = eval_dataset is not None and len(eval_dataset) > 0
+    args = sft_config(cfg, has_eval)
+    callbacks = [LogLineCallback(), *(callbacks or [])]
+    if has_eval and cfg.early_stopping_patience > 0:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_dataset,
+                               eval_dataset=eval_dataset if has_eval else None, processing_class=tokenizer,
+                               peft_config=lora_config(cfg), callbacks=callbacks)
+    if trainer.chat_template is not None:
+        # TRL swaps in its own training template when ours lacks {% generation %} markers: never train on it.
+        raise RuntimeError(f"{cfg.chat_template} has no {{% generation %}} markers; TRL would train on its own "
+                           "template, not the one used at inference")
+    trainer.remove_callback(PrinterCallback)  # raw log dicts; LogLineCallback prints them as one line
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):  # transformers 5 dropped `logging_dir`; the original used <out>/logs
+            cb.logging_dir = str(Path(cfg.output_dir) / "logs")
+    return trainer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints and saving
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in output_dir (staged, partial saves are not candidates)."""
+    folder = Path(output_dir)
+    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()
+             and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def resolve_resume(cfg: TrainConfig) -> str | None:
+    """`--resume_from_checkpoint`: true/last -> last checkpoint in output_dir; a path -> that; false/None -> none."""
+    value = cfg.resume_from_checkpoint
+    if value is None or value.lower() in ("false", "no", "0", ""):
+        return None
+    if value.lower() in ("true", "last", "yes", "1"):
+        found = last_checkpoint(cfg.output_dir)
+        if found is None:
+            print(f"no checkpoint in {cfg.output_dir}: starting from scratch")
+        return str(found) if found else None
+    if not (Path(value) / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no trainer_state.json)")
+    return value
+
+
+def save_adapter_atomic(trainer, output_dir: str | Path) -> None:
+    """Save adapter + tokenizer (+ chat_template.jinja) into output_dir, each file replaced atomically.
+
+    Files are staged first and moved in with os.replace, adapter_config.json last: a folder that has it has
+    complete weights next to it.
+    """
+    output_dir = Path(output_dir)
+    staged = output_dir / STAGING_DIR / "final"
+    if trainer.args.should_save and staged.exists():
+        shutil.rmtree(staged)
+    trainer.save_model(str(staged))  # unwraps DDP/FSDP; writes on the main process only
+    if not trainer.args.should_save:
+        return
+    files = sorted(p for p in staged.iterdir() if p.is_file())
+    files.sort(key=lambda p: p.name == "adapter_config.json")
+    for path in files:
+        os.replace(path, output_dir / path.name)
+    shutil.rmtree(output_dir / STAGING_DIR)
+
+
+def peak_memory_gb() -> float:
+    """Peak accelerator memory (CUDA) or peak resident memory of this process (CPU), in GiB."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
+    """Train and eval loss against optimizer step as a PNG."""
+    train = [(r["step"], r["loss"]) for r in log_history if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for points, label, style in ((train, "train", "-"), (evals, "eval", "o-")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set(xlabel="optimizer step", ylabel="loss (assistant tokens)", title="LoRA SFT loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole run
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Split, train (or resume), save the adapter atomically, write loss_curve.png and metrics.json."""
+    from accelerate import PartialState
+
+    from medqwen.reporting import markdown_table, write_metrics
+
+    out = Path(cfg.output_dir)
+    main_process = PartialState().is_main_process
+    conversations = read_conversations(cfg.data_path)
+    train_rows, eval_rows = split_conversations(conversations, cfg.eval_ratio, cfg.seed)
+    resume = resolve_resume(cfg)
+    if main_process:
+        save_config(cfg, out / "config.yaml", extra={"train_conversations": len(train_rows),
+                                                     "eval_conversations": len(eval_rows),
+                                                     "gpu": on_gpu(), "processes": PartialState().num_processes})
+        write_jsonl(train_rows, out / "split" / "train.jsonl")
+        write_jsonl(eval_rows, out / "split" / "eval.jsonl")
+        if resume is None and last_checkpoint(out) is not None:
+            print(f"note: {out} holds checkpoints; pass --resume_from_checkpoint true to continue from them")
+    print(f"data: {len(train_rows)} train / {len(eval_rows)} eval conversations from {cfg.data_path}")
+
+    trainer = build_trainer(cfg, to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None)
+    if main_process:
+        trainer.model.print_trainable_parameters()
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall_s = time.perf_counter() - t0
+    save_adapter_atomic(trainer, out)
+
+    state = trainer.state
+    evals = [r["eval_loss"] for r in state.log_history if "eval_loss" in r]
+    tokens = max([r.get("num_tokens", 0) for r in state.log_history] or [0])
+    summary = {
+        "global_step": state.global_step,
+        "epochs": round(state.epoch or 0.0, 4),
+        "train_loss": result.training_loss,
+        "final_eval_loss": evals[-1] if evals else None,
+        "best_eval_loss": state.best_metric,
+        "best_checkpoint": state.best_model_checkpoint,
+        "train_tokens": int(tokens),
+        "wall_time_s": round(wall_s, 2),
+        "peak_memory_gb": round(peak_memory_gb(), 3),
+        "train_conversations": len(train_rows),
+        "eval_conversations": len(eval_rows),
+        "resumed_from": resume,
+    }
+    if main_process:
+        plot_loss_curve(state.log_history, out / "loss_curve.png")
+        write_metrics(out, summary, detail={"log_history": state.log_history}, seed=cfg.seed,
+                      meta_extra={"base_model": cfg.model_name_or_path})
+        rows = [[k, v] for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))]
+        print(markdown_table(rows, ["metric", "value"]))
+        print(f"adapter saved to {out} (base model: {cfg.model_name_or_path})")
+    return summary
