@@ -1,0 +1,78 @@
+"""Chat with the base model (optionally with a LoRA adapter), streaming tokens.
+
+    python run.py                                                     # interactive, model/qwen
+    python run.py --model model/smollm2-135m-instruct --prompt "What is the capital of France?"
+    python run.py --adapter out/qwen3-4b-lora-medical --prompt "头痛三天，需要做什么检查？"
+
+Interactive commands: /reset clears the history, /exit (or Ctrl-D) quits.
+"""
+
+import sys
+from threading import Thread
+
+from medqwen.chat import load_tokenizer
+from medqwen.config import ChatConfig, format_config, parse_config
+from medqwen.modeling import ModelNotFoundError, load_model
+
+
+def stream_reply(model, tokenizer, messages, cfg: ChatConfig) -> str:
+    """Generate one assistant reply for `messages`, printing tokens as they arrive."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    kwargs = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True, **kwargs).to(model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 \
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    torch.manual_seed(cfg.seed)
+    generation = dict(**inputs, streamer=streamer, max_new_tokens=cfg.max_new_tokens,
+                      eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                      pad_token_id=tokenizer.pad_token_id, **sampling)
+    worker = Thread(target=model.generate, kwargs=generation, daemon=True)
+    worker.start()
+    pieces = []
+    for piece in streamer:
+        print(piece, end="", flush=True)
+        pieces.append(piece)
+    worker.join()
+    print()
+    return "".join(pieces)
+
+
+def main(cfg: ChatConfig) -> None:
+    try:
+        tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
+        model = load_model(cfg.model, adapter=cfg.adapter)
+    except ModelNotFoundError as err:
+        sys.exit(f"error: {err}")
+    system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    if cfg.prompt is not None:
+        stream_reply(model, tokenizer, system + [{"role": "user", "content": cfg.prompt}], cfg)
+        return
+    print(f"chatting with {cfg.model}{' + ' + cfg.adapter if cfg.adapter else ''} on {model.device} "
+          "(/reset clears history, /exit quits)")
+    history = list(system)
+    while True:
+        try:
+            user = input("\nyou> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if user in ("/exit", "/quit"):
+            return
+        if user == "/reset":
+            history = list(system)
+            continue
+        if not user:
+            continue
+        history.append({"role": "user", "content": user})
+        print("assistant> ", end="", flush=True)
+        history.append({"role": "assistant", "content": stream_reply(model, tokenizer, history, cfg)})
+
+
+if __name__ == "__main__":
+    config = parse_config(ChatConfig)
+    print("config:\n" + format_config(config), file=sys.stderr)
+    main(config)

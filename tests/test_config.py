@@ -1,0 +1,97 @@
+"""Config precedence (default < env < YAML < CLI), types, errors, and secrets never saved."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from medqwen.config import ChatConfig, _f, build_parser, parse_config, resolve_config, save_config
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    base_url: str = _f("http://localhost:8001/v1", "Server URL.", env="VLLM_BASE_URL")
+    model_name: str = _f("lora-adapter", "Served model name.", env="MODEL_NAME")
+    api_key: str | None = _f(None, "API key.", env="OPENWEATHER_API_KEY", secret=True)
+    learning_rate: float = _f(1e-4, "Peak learning rate.")
+    epochs: int = _f(2, "Passes over the data.")
+    packing: bool = _f(False, "Pack examples.")
+    inputs: list[str] = _f([], "Input files.")
+    style: str = _f("official", "Prompt style.", choices=["official", "lm-eval"])
+
+
+def test_defaults_equal_declared_values():
+    cfg = parse_config(DemoConfig, [], environ={})
+    assert cfg == DemoConfig()
+    assert ChatConfig().model == "model/qwen"
+
+
+def test_precedence_default_env_yaml_cli(tmp_path):
+    env = {"VLLM_BASE_URL": "http://env:1/v1", "MODEL_NAME": "env-model"}
+    assert parse_config(DemoConfig, [], environ=env).base_url == "http://env:1/v1"
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("base_url: http://yaml:2/v1\nepochs: 5\n")
+    cfg = parse_config(DemoConfig, ["--config", str(cfg_file)], environ=env)
+    assert (cfg.base_url, cfg.model_name, cfg.epochs) == ("http://yaml:2/v1", "env-model", 5)
+    cfg = parse_config(DemoConfig, ["--config", str(cfg_file), "--base_url", "http://cli:3/v1"], environ=env)
+    assert cfg.base_url == "http://cli:3/v1" and cfg.epochs == 5
+
+
+def test_types_bools_lists_and_dashed_flags():
+    cfg = parse_config(DemoConfig, ["--learning-rate", "3e-4", "--packing", "--inputs", "a", "--inputs", "b"],
+                       environ={})
+    assert cfg.learning_rate == 3e-4 and cfg.packing is True and cfg.inputs == ["a", "b"]
+    assert parse_config(DemoConfig, ["--no-packing"], environ={}).packing is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "two"], "expected int"),
+    (["--style", "fancy"], "invalid choice"),
+    (["--no_such_flag", "1"], "unrecognized arguments"),
+])
+def test_bad_cli_values_exit_with_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(DemoConfig, argv, environ={})
+    assert message in capsys.readouterr().err
+
+
+def test_bad_yaml_is_reported_with_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 2\nlearning_rat: 1\n")
+    with pytest.raises(ValueError, match="unknown field.*learning_rat"):
+        resolve_config(DemoConfig, cli={"config": str(bad)})
+    bad.write_text("epochs: [unclosed\n")
+    with pytest.raises(ValueError, match="invalid YAML"):
+        resolve_config(DemoConfig, cli={"config": str(bad)})
+    with pytest.raises(ValueError, match="no such file"):
+        resolve_config(DemoConfig, cli={"config": str(tmp_path / "missing.yaml")})
+    with pytest.raises(ValueError, match=r"\$MODEL_NAME|epochs"):
+        resolve_config(DemoConfig, environ={}, cli={"epochs": "x"})
+
+
+def test_secret_read_from_env_but_never_saved(tmp_path):
+    cfg = parse_config(DemoConfig, [], environ={"OPENWEATHER_API_KEY": "sk-secret-123"})
+    assert cfg.api_key == "sk-secret-123"
+    path = save_config(cfg, tmp_path / "config.yaml")
+    text = path.read_text()
+    assert "sk-secret-123" not in text and "api_key" not in text
+    assert yaml.safe_load(text)["base_url"] == "http://localhost:8001/v1"
+
+
+def test_dotenv_file_is_read_but_real_env_wins(tmp_path):
+    (tmp_path / ".env").write_text("MODEL_NAME=from-dotenv\nVLLM_BASE_URL=http://dotenv:9/v1\n")
+    code = ("from medqwen.config import parse_config; from tests.test_config import DemoConfig; "
+            "c = parse_config(DemoConfig, []); print(c.model_name, c.base_url)")
+    env = {"PATH": "", "VLLM_BASE_URL": "http://real-env:8/v1", "PYTHONPATH": str(__import__('pathlib').Path(__file__).parent.parent)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["from-dotenv", "http://real-env:8/v1"]
+
+
+def test_help_explains_every_field():
+    text = build_parser(DemoConfig).format_help()
+    for f in dataclasses.fields(DemoConfig):
+        assert f"--{f.name}" in text
+    assert "[env: VLLM_BASE_URL]" in text and "secret" in text
