@@ -1,0 +1,17 @@
+"""Evaluate the base model on held-out medical conversations (loss, ROUGE-L, BLEU, identity probes, judge).
+
+    python eval/eval_base.py                                    # model/qwen -> out/eval/base/
+    python eval/eval_base.py --limit 20 --max_new_tokens 128    # smoke run
+    python eval/eval_base.py --judge_base_url http://localhost:8002/v1 --judge_model qwen-judge
+    python eval/eval_base.py --compare out/eval/base out/eval/lora out/eval/grpo   # side by side
+
+Same implementation as eval_lora.py / eval_grpo.py (medqwen/evaluation.py); only the defaults differ.
+"""
+
+from medqwen.config import EvalConfig, parse_config
+from medqwen.evaluation import main, with_defaults
+
+DEFAULTS = dict(name="base", model_name_or_path="model/qwen", adapter=None)
+
+if __name__ == "__main__":
+    main(parse_config(with_defaults(EvalConfig, **DEFAULTS)))

@@ -1,0 +1,17 @@
+"""Evaluate the GRPO adapter on held-out medical conversations (its base model comes from the run's config.yaml).
+
+    python eval/eval_grpo.py                                    # out/qwen3-4b-grpo-medical -> out/eval/grpo/
+    python eval/eval_grpo.py --limit 20 --max_new_tokens 128    # smoke run
+    python eval/eval_grpo.py --compare out/eval/base out/eval/lora out/eval/grpo
+
+The held-out questions default to the SFT run's validation split, so all three evaluations answer the same ones.
+Same implementation as eval_base.py / eval_lora.py (medqwen/evaluation.py); only the defaults differ.
+"""
+
+from medqwen.config import EvalConfig, parse_config
+from medqwen.evaluation import main, with_defaults
+
+DEFAULTS = dict(name="grpo", model_name_or_path=None, adapter="out/qwen3-4b-grpo-medical")
+
+if __name__ == "__main__":
+    main(parse_config(with_defaults(EvalConfig, **DEFAULTS)))

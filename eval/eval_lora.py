@@ -1,0 +1,17 @@
+"""Evaluate the LoRA SFT adapter on held-out medical conversations (its base model comes from the run's config.yaml).
+
+    python eval/eval_lora.py                                    # out/qwen3-4b-lora-medical -> out/eval/lora/
+    python eval/eval_lora.py --limit 20 --max_new_tokens 128    # smoke run
+    python eval/eval_lora.py --backend openai --served_model lora-adapter   # answers from `bash agent/serve_vllm.sh`
+    python eval/eval_lora.py --compare out/eval/base out/eval/lora         # side by side
+
+Same implementation as eval_base.py / eval_grpo.py (medqwen/evaluation.py); only the defaults differ.
+"""
+
+from medqwen.config import EvalConfig, parse_config
+from medqwen.evaluation import main, with_defaults
+
+DEFAULTS = dict(name="lora", model_name_or_path=None, adapter="out/qwen3-4b-lora-medical")
+
+if __name__ == "__main__":
+    main(parse_config(with_defaults(EvalConfig, **DEFAULTS)))
