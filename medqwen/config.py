@@ -234,6 +234,81 @@ class ToolDataConfig:
     seed: int = _f(42, "Random seed; the held-out questions use a different stream and never repeat training ones.")
 
 
+@dataclass
+class GrpoConfig:
+    """trainer/train_grpo.py: GRPO (TRL GRPOTrainer + LoRA) on multiple-choice questions with verifiable rewards:
+    the option the benchmark's parser reads from the reply is correct, and the reply has the answer format."""
+
+    model_name_or_path: str = _f("model/qwen", "Base model folder (HF format) or hub id.")
+    init_adapter: str | None = _f(None, "SFT LoRA run folder (a train_lora.py output_dir) to continue training; "
+                                        "None: a fresh LoRA on the base model.")
+    data_path: str = _f("data/grpo_mcq_sample.jsonl", "Multiple-choice questions: MCQ JSONL "
+                                                      "(data/convert_mcq.py writes it), or a C-Eval/CMMLU CSV.")
+    subject: str | None = _f(None, "Subject of a CSV's questions (C-Eval id such as clinical_medicine; None: "
+                                   "from the file name). JSONL lines carry their own.")
+    output_dir: str = _f("out/qwen3-4b-grpo-medical", "Run folder: adapter, checkpoints, logs/, config.yaml.")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template that renders the prompts (the one used everywhere).")
+    prompt_style: str = _f("official", "C-Eval prompt style, as in benchmark_ceval.py (zero-shot, chat).",
+                           choices=["official", "lm-eval"])
+    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only: false appends an empty think block.")
+    max_questions: int | None = _f(None, "Use only the first N questions (smoke runs).")
+    num_generations: int = _f(8, "Group size G: completions sampled per prompt; advantages are relative "
+                                 "within the group.")
+    max_completion_length: int = _f(128, "Longest sampled completion (tokens).")
+    temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
+    top_p: float = _f(1.0, "Nucleus sampling probability mass of the rollouts (0-1].")
+    beta: float = _f(0.04, "KL coefficient against the reference policy (the starting adapter; 0: no reference "
+                           "pass, faster).")
+    correct_reward_weight: float = _f(1.0, "Weight of the correctness reward (1 when the parsed option is the "
+                                           "answer, else 0).")
+    format_reward_weight: float = _f(0.2, "Weight of the format reward (1: reply opens with the option letter; "
+                                          "0.5: the letter is found by the fallback rules; 0: unparseable).")
+    loss_type: str = _f("dapo", "TRL loss aggregation.", choices=["grpo", "dr_grpo", "dapo", "bnpo"])
+    scale_rewards: str = _f("group", "Advantage scaling: by the group's reward std, the batch's, or none.",
+                            choices=["group", "batch", "none"])
+    num_train_epochs: float = _f(1.0, "Passes over the questions.")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run num_train_epochs).")
+    per_device_train_batch_size: int = _f(8, "Completions per device per micro-batch (a multiple of "
+                                             "num_generations, together with gradient accumulation).")
+    gradient_accumulation_steps: int = _f(4, "Micro-batches per optimizer step (completions per step = "
+                                             "this x batch x processes; prompts per step = that / num_generations).")
+    learning_rate: float = _f(1e-5, "Peak learning rate of the AdamW optimizer.")
+    lr_scheduler_type: str = _f("constant", "Learning-rate schedule (transformers name).")
+    warmup_steps: float = _f(0.0, "Warm-up: optimizer steps, or a fraction of all steps when < 1.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    lora_r: int = _f(8, "LoRA rank (fresh adapter only; --init_adapter keeps its own).")
+    lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    lora_target_modules: list[str] = _f(LORA_TARGETS, "Linear layers that get LoRA adapters (names in the model).")
+    use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU machines with the vllm package).")
+    vllm_mode: str = _f("colocate", "colocate: vLLM inside the training process; server: a `trl vllm-serve` "
+                                    "process.", choices=["colocate", "server"])
+    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction vLLM may take in colocate mode (0-1].")
+    vllm_server_base_url: str | None = _f(None, "URL of `trl vllm-serve` in server mode (None: localhost:8000).")
+    bf16: bool = _f(True, "bf16 mixed precision (turned off automatically on CPU).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations to save memory (turned off automatically on CPU).")
+    attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2... (None: "
+                                               "transformers' default).")
+    logging_steps: int = _f(1, "Log a line (reward, correct, format, KL, completion length) every N steps.")
+    save_steps: int = _f(50, "Write a checkpoint every N optimizer steps.")
+    save_total_limit: int = _f(2, "Checkpoints kept on disk.")
+    log_completions: bool = _f(False, "Print a table of sampled completions at each logging step.")
+    report_to: str = _f("tensorboard", "Logger for metrics (TensorBoard writes to <output_dir>/logs; 'none' off).")
+    seed: int = _f(42, "Random seed (question order, LoRA init, sampling).")
+
+
+@dataclass
+class McqConvertConfig:
+    """data/convert_mcq.py: multiple-choice questions (C-Eval/CMMLU CSV, JSONL) -> MCQ JSONL for GRPO."""
+
+    input: list[str] = _f([], "Input file(s) (repeatable): .csv (C-Eval or CMMLU layout) or .jsonl "
+                              "(question/options/answer).")
+    output: str = _f("data/grpo_mcq.jsonl", "MCQ JSONL to write: id, subject, question, options [A-D], answer.")
+    subject: str | None = _f(None, "Subject for CSV rows (None: from the file name, e.g. clinical_medicine_val.csv "
+                                   "-> clinical_medicine).")
+    skip_invalid: bool = _f(False, "Skip invalid rows (counted) instead of stopping at the first.")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Parsing machinery.
 
