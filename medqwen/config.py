@@ -113,10 +113,17 @@ class TrainConfig:
                               "conversation; attention and loss never cross conversations).")
     bf16: bool = _f(True, "bf16 mixed precision (turned off automatically on CPU).")
     gradient_checkpointing: bool = _f(True, "Recompute activations to save memory (turned off automatically on CPU).")
-    attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2... (None: "
+    attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2, varlen (packed rows "
+                                               "through FlashAttention varlen; medqwen.fast_lora)... (None: "
                                                "transformers' default).")
     use_liger_kernel: bool = _f(False, "Liger Triton kernels (GPU only; needs the liger-kernel package).")
     torch_compile: bool = _f(False, "Compile the model with torch.compile.")
+    fused_lora: bool = _f(False, "Fast path: LoRA layers as one fused autograd function (same math as PEFT; "
+                                 "benchmark/PERF.md).")
+    compile_layers: bool = _f(False, "Fast path: torch.compile each decoder layer (lengths vary, so this beats "
+                                     "whole-model --torch_compile).")
+    recompute_layers: int = _f(-1, "With gradient_checkpointing: recompute only the first N decoder layers and "
+                                   "keep the others' activations (-1: all layers).")
     eval_ratio: float = _f(0.1, "Fraction of conversations held out for validation (0: no evaluation).")
     eval_steps: int = _f(50, "Evaluate and checkpoint every N optimizer steps.")
     save_total_limit: int = _f(2, "Checkpoints kept on disk (the best one is always kept).")

@@ -135,6 +135,10 @@ def load_base_model(cfg: TrainConfig):
     check_model_dir(cfg.model_name_or_path)
     dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    if cfg.attn_implementation == "varlen":  # packed-row FlashAttention of the fast path
+        from medqwen.fast_lora import register_attention
+
+        register_attention()
     return AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs)
 
 
@@ -261,6 +265,9 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):  # transformers 5 dropped `logging_dir`; the original used <out>/logs
             cb.logging_dir = str(Path(cfg.output_dir) / "logs")
+    from medqwen.fast_lora import apply_fast_path
+
+    apply_fast_path(trainer, cfg)  # fused LoRA, varlen attention, per-layer compile, selective recompute (if set)
     return trainer
 
 
