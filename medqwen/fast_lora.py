@@ -1,0 +1,227 @@
+"""The trainer's fast path: fused LoRA linear layers, varlen attention, per-layer compile, selective recompute.
+
+Each piece computes the same function as the plain PEFT/transformers path (tests/test_fast_path.py checks the
+losses and the adapter after optimizer steps on CPU); benchmark/PERF.md records what each one bought on a GPU.
+
+    apply_fast_path(trainer, cfg)     # called by medqwen.training.build_trainer; reads the TrainConfig switches:
+    cfg.fused_lora          LoRA forward/backward as one autograd function (no fp32 copies of the input,
+                            scale and add folded into one addmm)
+    cfg.attn_implementation "varlen": FlashAttention over packed rows via cu_seqlens (CUDA); per-sequence SDPA
+                            elsewhere
+    cfg.compile_layers      torch.compile each decoder layer (one graph shared by all layers)
+    cfg.recompute_layers    with gradient checkpointing: recompute only the first N layers, keep the rest
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+
+import torch
+import torch.nn.functional as F
+
+VARLEN = "varlen"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fused LoRA linear
+
+
+class LoraLinearFunction(torch.autograd.Function):
+    """y = x W^T (+ bias) + scaling * dropout(x) A^T B^T, with W (and bias) frozen.
+
+    PEFT computes the same with separate modules: under bf16 autocast it copies x to fp32 for its adapter,
+    drops out the copy, casts it back, and writes B's output, the scaled output and the sum as three more
+    tensors; backward mirrors each. Here x stays in its dtype, the adapter output is added into the base
+    output by one addmm, and backward saves x (shared by q/k/v and by gate/up) plus a bool dropout mask.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float):
+        x2 = x.reshape(-1, x.shape[-1])
+        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
+        out = F.linear(x2, weight.to(x.dtype) if weight.dtype != x.dtype else weight, bias)
+        if p > 0:
+            xd, mask = torch.native_dropout(x2, p, True)  # same draw as nn.Dropout (PEFT's lora_dropout)
+        else:
+            xd, mask = x2, None
+        u = xd @ a.t()  # (tokens, r)
+        out = out.to(x.dtype).addmm_(u, b.t(), alpha=scaling)
+        ctx.save_for_backward(x2, mask, u, weight, lora_a, lora_b)
+        ctx.scaling, ctx.p, ctx.x_shape = scaling, p, x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_out):
+        x2, mask, u, weight, lora_a, lora_b = ctx.saved_tensors
+        s, p = ctx.scaling, ctx.p
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
+        a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)
+        grad_b = (g.t() @ u).mul_(s)  # (out, r)
+        du = (g @ b).mul_(s)  # (tokens, r)
+        xd = x2 if mask is None else torch.ops.aten.native_dropout_backward(x2, mask, 1.0 / (1.0 - p))
+        grad_a = du.t() @ xd  # (r, in)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g @ weight.to(x2.dtype)
+            if mask is None:
+                grad_x.addmm_(du, a)
+            else:
+                grad_x.add_(torch.ops.aten.native_dropout_backward(du @ a, mask, 1.0 / (1.0 - p)))
+            grad_x = grad_x.view(ctx.x_shape)
+        return grad_x, None, None, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None
+
+
+def _fused_lora_forward(self, x, *args, **kwargs):
+    """Forward of a peft.tuners.lora.Linear through LoraLinearFunction; PEFT's own forward where it must."""
+    names = self.active_adapters
+    name = names[0] if len(names) == 1 else None
+    base = self.base_layer
+    plain = (self.disable_adapters or self.merged or name is None or args or kwargs
+             or name not in self.lora_A or self.use_dora.get(name, False)
+             or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
+             or not isinstance(base, torch.nn.Linear))
+    if plain:
+        return type(self).forward(self, x, *args, **kwargs)
+    dropout = self.lora_dropout[name]
+    p = dropout.p if isinstance(dropout, torch.nn.Dropout) and self.training else 0.0
+    return LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                                    float(self.scaling[name]), float(p))
+
+
+def fuse_lora(model) -> int:
+    """Route every PEFT LoRA Linear of `model` through LoraLinearFunction; returns how many were switched."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    count = 0
+    for module in model.modules():
+        if type(module) is LoraLinear:  # subclasses (quantized layers) keep their own forward
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            count += 1
+    return count
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Varlen attention over packed rows
+
+
+def _varlen_kernel():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, set()
+    return varlen_attn, set(inspect.signature(varlen_attn).parameters)
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                             **kwargs):
+    """Causal attention that never crosses the sequences packed in one row (boundaries in `cu_seq_lens_q`).
+
+    CUDA: one FlashAttention varlen call over all tokens (no T x T mask). Elsewhere: SDPA per sequence. Without
+    packing information (no `cu_seq_lens_q`, or a padding mask) it is transformers' SDPA attention.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or attention_mask is not None or query.shape[0] != 1 or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
+    kernel, params = _varlen_kernel()
+    if query.is_cuda and kernel is not None:
+        if "enable_gqa" not in params and k.shape[1] != q.shape[1]:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        extra = {"enable_gqa": True} if "enable_gqa" in params else {}
+        extra.update({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)})
+        max_len = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
+        cu = cu.to(device=q.device, dtype=torch.int32)
+        out = kernel(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, scale=scaling,
+                     **extra)
+        return out.unsqueeze(0), None
+    outs = []
+    bounds = cu.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, heads, n, d)
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scaling,
+                                                   enable_gqa=ks.shape[1] != qs.shape[1]))
+    out = torch.cat([o[0].transpose(0, 1) for o in outs], dim=0)  # (tokens, heads, d)
+    return out.unsqueeze(0), None
+
+
+def _varlen_mask(*args, attention_mask=None, **kwargs):
+    """No mask for packed or purely causal rows (the attention uses cu_seqlens / is_causal); SDPA's otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register_attention() -> None:
+    """Make attn_implementation="varlen" known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    AttentionMaskInterface.register(VARLEN, _varlen_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Compile and selective recompute
+
+
+def decoder_layers(model) -> list:
+    """The repeated decoder blocks of a (PEFT-wrapped) causal LM."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def compile_layers(model) -> int:
+    """torch.compile each decoder layer in place; with inlined modules all layers share one compiled graph."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def set_recompute_layers(model, n: int) -> None:
+    """Keep gradient checkpointing on the first `n` decoder layers only (run after the trainer enabled it)."""
+    for i, layer in enumerate(decoder_layers(model)):
+        if layer.gradient_checkpointing:
+            layer.gradient_checkpointing = i < n
+
+
+def _recompute_callback(n: int):
+    from transformers import TrainerCallback
+
+    class RecomputeLayersCallback(TrainerCallback):
+        """Selective recompute: the Trainer enables checkpointing on every layer; keep it on the first n."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if model is not None:
+                set_recompute_layers(model, n)
+
+    return RecomputeLayersCallback()
+
+
+def apply_fast_path(trainer, cfg) -> dict:
+    """Switch the trainer's model to the fast pieces the config asks for; returns what was applied."""
+    model = trainer.model
+    applied = {}
+    if cfg.attn_implementation == VARLEN:
+        register_attention()
+        if getattr(model.config, "_attn_implementation", None) != VARLEN:
+            model.set_attn_implementation(VARLEN)
+        applied["attention"] = VARLEN
+    if getattr(cfg, "fused_lora", False):
+        applied["fused_lora_layers"] = fuse_lora(model)
+    if getattr(cfg, "recompute_layers", -1) >= 0 and cfg.gradient_checkpointing:
+        trainer.add_callback(_recompute_callback(cfg.recompute_layers))
+        applied["recompute_layers"] = cfg.recompute_layers
+    if getattr(cfg, "compile_layers", False):
+        applied["compiled_layers"] = compile_layers(model)
+    return applied
