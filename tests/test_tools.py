@@ -1,0 +1,302 @@
+"""The agent's tools: the calculator (fuzzed), OpenWeatherMap weather against a local fake, the time tool."""
+
+import ast
+import builtins
+import contextlib
+import datetime as dt
+import json
+import math
+import threading
+import time
+from unittest import mock
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medqwen.tools import calculate, evaluate, get_current_time, get_weather, lookup_city
+
+# ----------------------------------------------------------------------------------------------------------
+# Calculator
+
+REFERENCE = [
+    ("(12 + 8) * 3", "60"), ("1 + 2 * 3", "7"), ("2 ** 10", "1024"), ("2^10", "1024"), ("7 // 2", "3"),
+    ("7 % 3", "1"), ("-7 // 2", "-4"), ("10 / 4", "2.5"), ("0.1 + 0.2", "0.3"), ("-(-3)", "3"), ("-2 ** 2", "-4"),
+    ("(-2) ** 2", "4"), ("2 ** -1", "0.5"), ("3 × 4 ÷ 2", "6"), ("（1 + 2）* 3", "9"), ("sqrt(16)", "4"),
+    ("sqrt(2)", "1.41421356237"), ("abs(-5.5)", "5.5"), ("round(3.14159, 2)", "3.14"), ("floor(2.7)", "2"),
+    ("ceil(2.1)", "3"), ("log(100, 10)", "2"), ("log10(1000)", "3"), ("ln(e)", "1"), ("log2(8)", "3"),
+    ("sin(0)", "0"), ("cos(pi)", "-1"), ("factorial(5)", "120"), ("max(3, 9, 4)", "9"), ("min(3, 9, 4)", "3"),
+    ("2 * pi", "6.28318530718"), ("1e3 + 1", "1001"), ("123456789 * 987654321", "121932631112635269"),
+    ("10 ** 299 // 10 ** 298", "10"), ("3.5e-3 * 2", "0.007"), ("(1 + 2) * (3 + 4) / 7", "3"),
+]
+
+REFUSED = [
+    ("1 / 0", "division by zero"), ("5 % 0", "division by zero"), ("0 ** -1", "division by zero"),
+    ("9 ** 9 ** 9", "too large"), ("10 ** 300", "exceeds"), ("1e308 * 10", "exceeds"),
+    ("factorial(1000)", "limited"), ("(-8) ** 0.5", "not a real number"), ("sqrt(-1)", "math error"),
+    ("__import__('os').system('true')", "unsupported syntax"), ("__import__('os')", "unknown function"), ("open('/etc/passwd')", "unknown function"),
+    ("(1).__class__", "unsupported syntax"), ("[1, 2]", "unsupported syntax"), ("lambda: 1", "unsupported syntax"),
+    ("x + 1", "unknown name"), ("True + 1", "unsupported literal"), ("'a' * 3", "unsupported literal"),
+    ("1 if 1 else 2", "unsupported syntax"), ("2 < 3", "unsupported syntax"), ("", "empty"),
+    ("1 +", "cannot parse"), ("50%", "cannot parse"), ("(" * 400 + "1" + ")" * 400, "longer than"),
+    ("-" * 250 + "1", "more than"), ("round(1.5, 2.5)", "integer n"), ("max(1)", "argument"),
+    ("sqrt(x=4)", "unsupported syntax"), ("1j", "unsupported literal"),
+]
+
+
+@pytest.mark.parametrize("expression,expected", REFERENCE)
+def test_calculator_reference(expression, expected):
+    assert calculate(expression) == expected
+
+
+@pytest.mark.parametrize("expression,reason", REFUSED)
+def test_calculator_refuses_with_reason(expression, reason):
+    result = calculate(expression)
+    assert result.startswith("Error: ") and reason in result, result
+
+
+@contextlib.contextmanager
+def no_code_execution():
+    """eval/exec explode and compile may only build syntax trees (what ast.parse needs)."""
+    real_compile = builtins.compile
+
+    def boom(*args, **kwargs):
+        raise AssertionError("eval/exec called")
+
+    def ast_only_compile(source, filename, mode, flags=0, *args, **kwargs):
+        assert flags & ast.PyCF_ONLY_AST, "compile() asked for a code object"
+        return real_compile(source, filename, mode, flags, *args, **kwargs)
+
+    with mock.patch.object(builtins, "eval", boom), mock.patch.object(builtins, "exec", boom), \
+            mock.patch.object(builtins, "compile", ast_only_compile):
+        yield
+
+
+def calculate_without_eval(expression: str) -> str:
+    with no_code_execution():
+        return calculate(expression)
+
+
+def test_the_guard_itself_catches_code_execution():
+    with no_code_execution():
+        for attempt in (lambda: eval("1"), lambda: exec("x = 1"), lambda: compile("1", "<s>", "eval")):
+            with pytest.raises(AssertionError):
+                attempt()
+        assert calculate("2 * 3") == "6"  # while ast.parse still works
+
+
+# A grammar of expressions the calculator accepts, and of hostile ones it must refuse safely.
+numbers = st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(-1e6, 1e6, allow_nan=False).map(repr),
+                    st.sampled_from(["pi", "e", "0", "0.0", "1e308", "9" * 50]))
+atoms = st.recursive(
+    numbers,
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "^"]), inner).map(" ".join),
+        inner.map(lambda x: f"({x})"), inner.map(lambda x: f"-{x}"),
+        st.tuples(st.sampled_from(["sqrt", "abs", "log", "exp", "sin", "factorial", "round", "floor"]), inner)
+        .map(lambda t: f"{t[0]}({t[1]})"),
+    ),
+    max_leaves=12,
+)
+hostile = st.sampled_from(["__import__", "os", "system", "open", "eval", "exec", "lambda", ".", "[", "]", "{", "}",
+                           "'", '"', ":", ";", "=", "__class__", "__subclasses__", "globals", "\\", "\x00", "if",
+                           "for", "import", "@", "~", "<<", ">>", "&", "|", "<", "==", "not", "and", "(", ")"])
+
+
+def _is_valid_result(out: str) -> bool:
+    if out.startswith("Error: "):
+        return True
+    float(out)  # a number, printed finitely
+    return not math.isinf(float(out)) and not math.isnan(float(out))
+
+
+@settings(max_examples=4000, deadline=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=80))
+def test_calculator_fuzz_text(text):
+    assert _is_valid_result(calculate_without_eval(text))
+
+
+@settings(max_examples=3000, deadline=200, suppress_health_check=[HealthCheck.too_slow])
+@given(atoms)
+def test_calculator_fuzz_grammar(expression):
+    start = time.perf_counter()
+    assert _is_valid_result(calculate_without_eval(expression))
+    assert time.perf_counter() - start < 0.1
+
+
+@settings(max_examples=2000, deadline=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(atoms, hostile), min_size=1, max_size=8).map(" ".join))
+def test_calculator_fuzz_hostile(expression):
+    assert _is_valid_result(calculate_without_eval(expression))
+
+
+# Exact integer trees: the tree's value computed here must equal the calculator's reading of its text.
+def _int_tree():
+    leaf = st.integers(-1000, 1000).map(lambda n: (str(n) if n >= 0 else f"({n})", n))
+
+    def combine(children):
+        def apply(left, op, right):
+            text, a, b = f"({left[0]} {op} {right[0]})", left[1], right[1]
+            if a is None or b is None or (op in ("//", "%") and b == 0) or (op == "**" and not 0 <= b <= 3):
+                return text, None  # refused by the calculator, or a float result: not exact integer arithmetic
+            if op == "+":
+                value = a + b
+            elif op == "-":
+                value = a - b
+            elif op == "*":
+                value = a * b
+            elif op == "//":
+                value = a // b
+            elif op == "%":
+                value = a % b
+            else:
+                value = a ** b
+            return text, value if abs(value) < 10**300 else None
+
+        return st.tuples(children, st.sampled_from(["+", "-", "*", "//", "%", "**"]), children).map(
+            lambda t: apply(*t))
+
+    return st.recursive(leaf, combine, max_leaves=10)
+
+
+@settings(max_examples=1500, deadline=200, suppress_health_check=[HealthCheck.too_slow])
+@given(_int_tree())
+def test_calculator_matches_exact_integer_arithmetic(tree):
+    text, value = tree
+    if value is not None:  # None: division by zero, huge or fractional powers (see the refusal tests)
+        assert evaluate(text) == value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weather, against a local server that speaks OpenWeatherMap's /data/2.5 API.
+
+NOW = dt.datetime(2026, 11, 29, 4, 0, tzinfo=dt.timezone.utc)  # 12:00 in Beijing (UTC+8)
+
+
+def _forecast_entry(when: dt.datetime, temp: float, description: str, pop: float) -> dict:
+    return {"dt": int(when.timestamp()), "main": {"temp": temp, "temp_min": temp - 1, "temp_max": temp + 1,
+                                                   "humidity": 40}, "weather": [{"description": description}],
+            "wind": {"speed": 2.0}, "pop": pop}
+
+
+class FakeOpenWeather(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, payload: dict):
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        FakeOpenWeather.requests.append({"path": url.path, **q})
+        if q.get("appid") != "good-key":
+            return self._send(401, {"cod": 401, "message": "Invalid API key."})
+        if q["q"] == "SlowCity":
+            time.sleep(2)
+        if q["q"] == "BusyCity":
+            return self._send(429, {"cod": 429, "message": "rate limit"})
+        if q["q"] not in ("Beijing,CN", "Reykjavik"):
+            return self._send(404, {"cod": "404", "message": "city not found"})
+        if url.path == "/data/2.5/weather":
+            return self._send(200, {"name": q["q"].split(",")[0], "weather": [{"description": "晴"}],
+                                    "main": {"temp": 5.24, "feels_like": 2.0, "humidity": 30}, "wind": {"speed": 3.4},
+                                    "timezone": 28800, "cod": 200})
+        tomorrow = dt.datetime(2026, 11, 30, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+        entries = [_forecast_entry(tomorrow + dt.timedelta(hours=h), t, d, p)
+                   for h, t, d, p in [(-3, 9.0, "晴", 0.0), (2, 1.0, "小雨", 0.6), (8, 6.0, "小雨", 0.3),
+                                      (14, 4.0, "多云", 0.1), (26, 20.0, "晴", 0.0)]]
+        return self._send(200, {"cod": "200", "list": entries, "city": {"name": "Beijing", "timezone": 28800}})
+
+
+@pytest.fixture(scope="module")
+def weather_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenWeather)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_weather_current_in_chinese(weather_url):
+    out = get_weather("北京", api_key="good-key", base_url=weather_url)
+    assert out == "Beijing: 晴, 5.2°C (feels like 2.0°C), humidity 30%, wind 3.4 m/s"
+    last = FakeOpenWeather.requests[-1]
+    assert last["path"] == "/data/2.5/weather" and last["q"] == "Beijing,CN" and last["lang"] == "zh_cn"
+    assert last["units"] == "metric"
+
+
+def test_weather_tomorrow_aggregates_the_local_day(weather_url):
+    out = get_weather("北京市", when="明天", units="imperial", api_key="good-key", base_url=weather_url,
+                      today=dt.date(2026, 11, 29))
+    # Only the three entries inside 2026-11-30 Beijing time count: min 1-1, max 6+1, most frequent "小雨".
+    assert out == "Beijing 2026-11-30: 小雨, 0.0-7.0°F, chance of precipitation 60%"
+    assert FakeOpenWeather.requests[-1]["path"] == "/data/2.5/forecast"
+
+
+def test_weather_english_city_passes_through(weather_url):
+    assert get_weather("Reykjavik", api_key="good-key", base_url=weather_url).startswith("Reykjavik: ")
+    assert FakeOpenWeather.requests[-1]["lang"] == "en"
+
+
+@pytest.mark.parametrize("city,key,expected", [
+    ("北京", "bad-key", "rejected the API key (401)"),
+    ("Atlantis", "good-key", "does not know the city 'Atlantis' (404)"),
+    ("BusyCity", "good-key", "rate limit reached (429"),
+])
+def test_weather_api_errors_are_explained(weather_url, city, key, expected):
+    out = get_weather(city, api_key=key, base_url=weather_url)
+    assert out.startswith("Error: ") and expected in out
+    assert key not in out  # the key never appears in what the model (and the log) sees
+
+
+def test_weather_timeout(weather_url):
+    start = time.perf_counter()
+    out = get_weather("SlowCity", api_key="good-key", base_url=weather_url, timeout_s=0.3)
+    assert out == "Error: the weather service did not answer within 0.3 s; try again later."
+    assert time.perf_counter() - start < 1.5
+
+
+def test_weather_without_key_or_server():
+    assert "OPENWEATHER_API_KEY is not set" in get_weather("北京", api_key=None)
+    out = get_weather("北京", api_key="k", base_url="http://127.0.0.1:9", timeout_s=1)  # nothing listens on 9
+    assert out.startswith("Error: cannot reach the weather service")
+    assert get_weather("北京", when="next year", api_key="k").startswith("Error: when must be one of")
+    assert get_weather("北京", units="kelvin", api_key="k").startswith("Error: units must be one of")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Time
+
+
+@pytest.mark.parametrize("where,expected", [
+    ("Asia/Shanghai", "2026-11-29 12:00:00 Sunday/星期日 (Asia/Shanghai, UTC+08:00)"),
+    ("北京", "2026-11-29 12:00:00 Sunday/星期日 (Asia/Shanghai, UTC+08:00)"),
+    ("纽约", "2026-11-28 23:00:00 Saturday/星期六 (America/New_York, UTC-05:00)"),
+    ("london", "2026-11-29 04:00:00 Sunday/星期日 (Europe/London, UTC+00:00)"),
+    ("UTC", "2026-11-29 04:00:00 Sunday/星期日 (UTC, UTC+00:00)"),
+])
+def test_time_in_zones_and_cities(where, expected):
+    assert get_current_time(where, now=NOW) == expected
+
+
+@pytest.mark.parametrize("where", ["Mars", "../../etc/passwd", "", "Asia/Nowhere", "a" * 200])
+def test_time_unknown_zone_is_explained(where):
+    out = get_current_time(where, now=NOW)
+    assert out.startswith("Error: unknown timezone or city") or (where == "" and "Asia/Shanghai" in out)
+
+
+def test_city_lookup_both_languages():
+    assert lookup_city("上海") == lookup_city("Shanghai") == lookup_city("shanghai ")
+    assert lookup_city("Gotham") is None
