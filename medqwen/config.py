@@ -384,6 +384,30 @@ class RagBenchConfig(RagConfig):
     limit: int | None = _f(None, "Evaluate only the first N questions (smoke runs).")
 
 
+@dataclass
+class PerfTrainConfig:
+    """benchmark/perf_train.py: time the trainer's real train step for named recipes on a random model of a
+    real shape; real tok/s, padded tok/s, MFU, peak memory, ratio to the original recipe."""
+
+    shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
+    tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, short sequences, 2+1 steps.")
+    variants: list[str] = _f(["original", "packed", "packed+liger", "packed+liger+compile", "fused", "speed",
+                              "24gb"], "Recipes to time (benchmark/perf_train.py VARIANTS), each in its own process.")
+    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
+                                     "model/smollm2-135m-instruct).")
+    data: str | None = _f(None, "Conversation JSONL for a real length distribution (None: synthetic lognormal).")
+    conversations: int = _f(0, "Conversations to train on (0: enough for all steps).")
+    median_len: int = _f(280, "Synthetic lengths: median of the lognormal (tokens).")
+    max_seq_len: int = _f(1024, "Longest sequence (tokens); synthetic lengths are capped here.")
+    warmup_steps: int = _f(2, "Optimizer steps run before timing (compilation, allocator warm-up).")
+    steps: int = _f(3, "Timed optimizer steps per variant (median step time is reported).")
+    variant_timeout_s: int = _f(420, "A variant still running after this many seconds is stopped.")
+    peak_tflops: float | None = _f(None, "bf16 matmul peak for MFU (None: measured here on 8192^3 products).")
+    output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
+    seed: int = _f(0, "Seed of lengths, content and model init.")
+    run_one: str | None = _f(None, "Internal: time only this variant in this process and print its JSON.")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Parsing machinery.
 
