@@ -349,6 +349,9 @@ def from_messages(record: dict) -> list[dict]:
             message["tool_calls"] = _tool_calls(turn["tool_calls"])
         if isinstance(turn.get("reasoning_content"), str) and turn["reasoning_content"].strip():
             message["reasoning_content"] = turn["reasoning_content"]
+        for key in ("tool_call_id", "name"):  # which call a tool result answers; kept for OpenAI-style consumers
+            if message["role"] == "tool" and isinstance(turn.get(key), str):
+                message[key] = turn[key]
         messages.append(message)
     return messages
 
@@ -639,7 +642,7 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
             unique.append(conversation)
         result.conversations = unique
 
-    tokenizer_dir = _resolve(cfg.tokenizer) if cfg.tokenizer else default_tokenizer_dir()
+    tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), _resolve(cfg.tokenizer))
     all_lengths: list[int] = []
     if tokenizer_dir is not None:
         from medqwen.chat import load_tokenizer
@@ -654,8 +657,8 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
                     result.drop("too_long")
                 result.conversations = [c for c, k in zip(result.conversations, keep) if k]
     elif cfg.max_seq_len > 0 and verbose:
-        print("warning: no tokenizer found (model/qwen or the bundled model): no length statistics or filter",
-              file=sys.stderr)
+        print("warning: no tokenizer (--tokenizer none, or auto found neither model/qwen nor the bundled model): "
+              "no token-length statistics and no length filter", file=sys.stderr)
 
     merged = [c for r in results for c in r.conversations for _ in range(r.spec.repeat)]
     if cfg.shuffle:
