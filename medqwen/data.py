@@ -12,7 +12,8 @@ Every output line is one conversation in the OpenAI message shape (`tools` only 
 Formats are detected per file from its first record: ShareGPT (`conversations` of `from`/`value`),
 `conversations`/`messages` of `role`/`content` (tool calls and `tool` turns included), Alpaca
 (`instruction`/`input`/`output`, optional `system`/`history`), question/answer pairs (`问`/`答`,
-`question`/`answer`, ...), and department CSVs (`department,title,ask,answer`). Files are JSONL, JSON arrays or
+`question`/`answer`, ...), HuatuoGPT `data` lists ('问：...', '答：...'), and department CSVs
+(`department,title,ask,answer`). Files are JSONL, JSON arrays or
 CSV, in UTF-8 (with or without BOM) or GB18030/GBK (detected). Bad records raise `DataError` ("path:line: why");
 with `skip_invalid` they are skipped and counted by reason instead.
 """
@@ -61,7 +62,7 @@ PLACEHOLDER = re.compile(r"\{\{|\}\}")
 # Reasons a record is dropped; stats count by these names.
 INVALID_REASONS = ("encoding", "invalid_json", "unknown_format", "missing_field", "unknown_role", "turn_order",
                    "empty_content", "tool_call", "placeholder")
-DROP_REASONS = ("duplicate", "too_long")
+DROP_REASONS = ("duplicate", "sampled_out", "too_long")
 
 
 class RecordError(ValueError):
@@ -240,6 +241,8 @@ def detect_format(record: dict) -> str | None:
                 return "messages"
     if "instruction" in record and "output" in record:
         return "alpaca"
+    if isinstance(record.get("data"), list) and all(isinstance(t, str) for t in record["data"]):
+        return "huatuo"
     if "ask" in record and "answer" in record:
         return "department_csv"
     if any(q in record and a in record for q, a in QA_KEYS):
@@ -374,6 +377,15 @@ def from_qa(record: dict) -> list[dict]:
     raise RecordError("missing_field", f"missing question/answer fields (one of {QA_KEYS})")
 
 
+def from_huatuo(record: dict) -> list[dict]:
+    """HuatuoGPT-sft-data-v1: `data` alternates '问：...' and '答：...' strings."""
+    turns = record.get("data")
+    if not isinstance(turns, list):
+        raise RecordError("missing_field", "missing list field 'data'")
+    return [{"role": ("user", "assistant")[i % 2], "content": re.sub(r"^\s*[问答][：:]", "", str(text))}
+            for i, text in enumerate(turns)]
+
+
 def from_department_csv(record: dict) -> list[dict]:
     """Chinese medical dialogue CSVs: the patient's title is a summary, `ask` the details ('无' when none)."""
     title, ask = (record.get("title") or "").strip(), _text(record, "ask").strip()
@@ -385,7 +397,7 @@ def from_department_csv(record: dict) -> list[dict]:
 
 
 CONVERTERS = {"sharegpt": from_sharegpt, "messages": from_messages, "alpaca": from_alpaca, "qa": from_qa,
-              "department_csv": from_department_csv}
+              "huatuo": from_huatuo, "department_csv": from_department_csv}
 
 
 def validate(messages: list[dict]) -> None:
@@ -641,6 +653,11 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
             seen.add(key)
             unique.append(conversation)
         result.conversations = unique
+        if 0 < cfg.max_per_input < len(unique):
+            keep = sorted(random.Random(cfg.seed).sample(range(len(unique)), cfg.max_per_input))
+            for _ in range(len(unique) - len(keep)):
+                result.drop("sampled_out")
+            result.conversations = [unique[i] for i in keep]
 
     tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), _resolve(cfg.tokenizer))
     all_lengths: list[int] = []
@@ -678,7 +695,8 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
         assert r.read == len(r.conversations) + sum(r.dropped.values()), "every record read is kept or counted"
         detail.append({"input": str(r.spec.path), "identity": r.spec.identity, "format": r.format,
                        "encoding": r.encoding, "repeat": r.spec.repeat, "read": r.read, "invalid": invalid,
-                       "duplicate": r.dropped["duplicate"], "too_long": r.dropped["too_long"],
+                       "duplicate": r.dropped["duplicate"], "sampled_out": r.dropped["sampled_out"],
+                       "too_long": r.dropped["too_long"],
                        "kept": len(r.conversations), "written": len(r.conversations) * r.spec.repeat,
                        "token_length": percentiles(r.lengths), "examples": r.examples})
     dropped = sum((r.dropped for r in results), Counter())
@@ -728,12 +746,13 @@ def summary_table(stats: dict[str, Any]) -> str:
     for d in stats["detail"]:
         invalid = ", ".join(f"{k} {v}" for k, v in sorted(d["invalid"].items())) or "0"
         rows.append([Path(d["input"]).name + (" (identity)" if d["identity"] else ""), d["format"], d["encoding"],
-                     d["read"], invalid, d["duplicate"], d["too_long"], d["kept"], f"x{d['repeat']}", d["written"]])
+                     d["read"], invalid, d["duplicate"], d["sampled_out"], d["too_long"], d["kept"], f"x{d['repeat']}",
+                     d["written"]])
     s = stats["summary"]
     rows.append(["**total**", "", "", s["read"], sum(sum(d["invalid"].values()) for d in stats["detail"]),
-                 s["dropped"].get("duplicate", 0), s["dropped"].get("too_long", 0), s["kept"], "", s["written"]])
-    table = markdown_table(rows, ["input", "format", "encoding", "read", "invalid", "duplicate", "too long",
-                                  "kept", "upsample", "written"])
+                 *(s["dropped"].get(k, 0) for k in DROP_REASONS), s["kept"], "", s["written"]])
+    table = markdown_table(rows, ["input", "format", "encoding", "read", "invalid", "duplicate", "sampled out",
+                                  "too long", "kept", "upsample", "written"])
     t = s["token_length"]
     if t.get("n"):
         table += "\n\n" + markdown_table([[t["n"], t["mean"], t["p50"], t["p90"], t["p95"], t["p99"], t["max"]]],

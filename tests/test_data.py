@@ -56,6 +56,8 @@ def run(tmp_path, inputs, identity=(), **overrides):
     ("alpaca.jsonl", "alpaca", [user("解释什么是高血压。"), assistant("高血压是指血压持续高于正常范围，需要医生评估。")]),
     ("qa.jsonl", "qa", [user("感冒需要吃抗生素吗？"), assistant("普通感冒多由病毒引起，一般不需要抗生素。")]),
     ("messages_tools.jsonl", "messages", None),
+    ("huatuo.jsonl", "huatuo", [user("孩子咳嗽有痰怎么办？"),
+                                assistant("多喝水、保持室内湿润；如果发热、呼吸急促或精神差，请及时就医。")]),
     ("department_gb18030.csv", "department_csv", [user("头晕乏力怎么办\n最近一周总是头晕，\n站起来眼前发黑。"),
                                                   assistant("建议先测血压、查血常规，明确原因后再处理。")]),
 ])
@@ -252,6 +254,16 @@ def test_upsampling_with_path_suffix_and_identity_upsample(tmp_path):
     assert len(out) == 8 and texts.count("A0") == 3 and texts.count("I am Dr. Bot.") == 2
     _, out = run(tmp_path, [a], identity=[f"{ident}:5"], identity_upsample=2)  # path:N wins
     assert len(out) == 7
+
+
+def test_max_per_input_samples_and_counts(tmp_path):
+    a = tmp_path / "a.jsonl"
+    a.write_text(jsonl(*[conv(user(f"Q{i}"), assistant(f"A{i}")) for i in range(20)]), encoding="utf-8")
+    stats, out = run(tmp_path, [a], max_per_input=5, shuffle=False)
+    assert stats["detail"][0]["sampled_out"] == 15 and len(out) == 5
+    numbers = [int(c["conversations"][0]["content"][1:]) for c in out]
+    assert numbers == sorted(numbers) and numbers != list(range(5))  # a random sample, in file order
+    assert out == run(tmp_path, [a], max_per_input=5, shuffle=False)[1]  # seeded
 
 
 def test_shuffle_is_seeded(tmp_path):
