@@ -73,6 +73,8 @@ class DataConfig:
     system_prompt: str | None = _f(None, "System message added to conversations that have none (None: leave).")
     skip_invalid: bool = _f(False, "Skip invalid records (counted by reason) instead of stopping at the first.")
     dedup: bool = _f(True, "Drop exact duplicate conversations (after normalising whitespace).")
+    max_per_input: int = _f(0, "Keep at most this many conversations per input file: a seeded random sample taken "
+                               "after validation and de-duplication, before the length filter (0: keep all).")
     tokenizer: str = _f("auto", "Tokenizer folder for token-length statistics and the length filter ('auto': "
                                 "model/qwen if present, else model/smollm2-135m-instruct; 'none': skip both).")
     chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used to count tokens as training sees them.")
