@@ -90,17 +90,22 @@ def example_id(messages: Sequence[Message]) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
-def to_examples(conversations: list[list[Message]]) -> list[dict[str, Any]]:
-    """One example per conversation: prompt = everything before the last assistant reply, reference = that reply."""
+def to_examples(conversations: list[list[Message] | dict[str, Any]]) -> list[dict[str, Any]]:
+    """One example per conversation: prompt = everything before the last assistant reply, reference = that reply.
+
+    A conversation is a message list or a record `{"conversations": [...], "tools": [...]}` (tools optional).
+    """
     examples = []
-    for messages in conversations:
+    for record in conversations:
+        messages, tools = (record["conversations"], record.get("tools")) if isinstance(record, dict) else (record, None)
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last is None or not isinstance(messages[last].get("content"), str) or messages[last].get("tool_calls"):
             continue  # nothing to compare a generated text answer against
         prompt = messages[:last]
         question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-        examples.append({"id": example_id(prompt), "kind": "heldout", "prompt": prompt, "question": question,
-                         "reference": messages[last]["content"], "conversation": messages[:last + 1]})
+        examples.append({"id": example_id(prompt), "kind": "heldout", "prompt": prompt, "tools": tools or None,
+                         "question": question, "reference": messages[last]["content"],
+                         "conversation": messages[:last + 1]})
     return examples
 
 
@@ -198,7 +203,8 @@ def resolve_base_model(cfg: EvalConfig) -> str:
 
 
 def reference_loss(model, tokenizer, conversations: list[list[Message]], max_seq_len: int, batch_size: int,
-                   enable_thinking: bool | None = None) -> list[tuple[float, int]]:
+                   enable_thinking: bool | None = None, tools: list[list[dict] | None] | None = None
+                   ) -> list[tuple[float, int]]:
     """(summed NLL in nats, assistant token count) per conversation, teacher-forced on assistant tokens only."""
     import torch
     from tqdm.auto import tqdm
@@ -206,8 +212,8 @@ def reference_loss(model, tokenizer, conversations: list[list[Message]], max_seq
     from medqwen.chat import encode_with_assistant_mask
 
     encoded = []
-    for messages in conversations:
-        ids, mask = encode_with_assistant_mask(tokenizer, messages, enable_thinking=enable_thinking)
+    for messages, tool_list in zip(conversations, tools or [None] * len(conversations)):
+        ids, mask = encode_with_assistant_mask(tokenizer, messages, tools=tool_list, enable_thinking=enable_thinking)
         encoded.append((ids[:max_seq_len], mask[:max_seq_len]))  # truncated like training does
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths share a batch
@@ -240,14 +246,16 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def generate_hf(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int,
-                enable_thinking: bool | None = None, desc: str = "generate") -> list[str]:
+                enable_thinking: bool | None = None, desc: str = "generate",
+                tools: list[list[dict] | None] | None = None) -> list[str]:
     """Greedy replies, batched with left padding (prompts sorted by length to waste little padding)."""
     import torch
     from tqdm.auto import tqdm
 
     from medqwen.chat import render
 
-    texts = [render(tokenizer, p, add_generation_prompt=True, enable_thinking=enable_thinking) for p in prompts]
+    texts = [render(tokenizer, p, tools=t, add_generation_prompt=True, enable_thinking=enable_thinking)
+             for p, t in zip(prompts, tools or [None] * len(prompts))]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     replies = [""] * len(texts)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues from the right edge
@@ -270,7 +278,7 @@ def generate_hf(model, tokenizer, prompts: list[list[Message]], max_new_tokens: 
 
 def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max_new_tokens: int,
                     api_key: str | None = None, timeout_s: float = 120.0, concurrency: int = 8,
-                    desc: str = "generate") -> list[str]:
+                    desc: str = "generate", tools: list[list[dict] | None] | None = None) -> list[str]:
     """Greedy replies from an OpenAI-compatible server (vLLM batches the concurrent requests)."""
     from openai import OpenAI
     from tqdm.auto import tqdm
@@ -280,13 +288,15 @@ def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max
     client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=2)
     check_endpoint(client, base_url, what="generation", key_hint="--api_key / $OPENAI_API_KEY")
 
-    def one(messages: list[Message]) -> str:
+    def one(messages: list[Message], tool_list: list[dict] | None) -> str:
+        extra = {"tools": tool_list} if tool_list else {}
         reply = client.chat.completions.create(model=model, messages=messages, temperature=0.0,
-                                               max_tokens=max_new_tokens)
+                                               max_tokens=max_new_tokens, **extra)
         return (reply.choices[0].message.content or "").strip()
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(tqdm(pool.map(one, prompts), total=len(prompts), desc=desc, unit="answer"))
+        return list(tqdm(pool.map(one, prompts, tools or [None] * len(prompts)), total=len(prompts), desc=desc,
+                         unit="answer"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,6 +311,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate one model (base or base + adapter); write every output file; return metrics.json's content."""
     out = output_dir(cfg)
     base_model = resolve_base_model(cfg)
+    if cfg.backend == "hf":
+        from medqwen.modeling import check_model_dir
+
+        check_model_dir(base_model)  # before the data is read and the judge is asked
     judge = None
     if cfg.judge_base_url:  # fail fast: a judge that is down should not cost the generation time
         from medqwen.judge import make_judge
@@ -333,19 +347,19 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         model = load_model(base_model, adapter=cfg.adapter, device=cfg.device, dtype=cfg.dtype)
         t0 = time.perf_counter()
         losses = reference_loss(model, tokenizer, [e["conversation"] for e in examples], cfg.max_seq_len,
-                                cfg.batch_size, cfg.enable_thinking)
+                                cfg.batch_size, cfg.enable_thinking, tools=[e["tools"] for e in examples])
         timings["loss_s"] = time.perf_counter() - t0
-        generate = lambda prompts, desc: generate_hf(  # noqa: E731
-            model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.enable_thinking, desc)
+        generate = lambda prompts, tools, desc: generate_hf(  # noqa: E731
+            model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.enable_thinking, desc, tools)
     else:  # chat endpoints return no logits for a given reply, so no reference loss here
-        generate = lambda prompts, desc: generate_openai(  # noqa: E731
+        generate = lambda prompts, tools, desc: generate_openai(  # noqa: E731
             cfg.base_url, cfg.served_model, prompts, cfg.max_new_tokens, cfg.api_key, cfg.request_timeout_s,
-            desc=desc)
+            desc=desc, tools=tools)
 
     t0 = time.perf_counter()
-    answers = generate([e["prompt"] for e in examples], "answers")
+    answers = generate([e["prompt"] for e in examples], [e["tools"] for e in examples], "answers")
     timings["generate_s"] = time.perf_counter() - t0
-    probe_replies = generate([p["prompt"] for p in probes], "identity probes") if probes else []
+    probe_replies = generate([p["prompt"] for p in probes], None, "identity probes") if probes else []
 
     for i, (example, answer) in enumerate(zip(examples, answers)):
         example.update(prediction=answer, rouge_l=rouge_l(answer, example["reference"]),
@@ -546,7 +560,6 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
 def main(cfg: EvalConfig) -> None:
     """Entry point shared by the three eval scripts: a run, or --compare of finished runs."""
     from medqwen.judge import EndpointUnavailableError
-    from medqwen.training import DataFormatError
 
     print("config:\n" + format_config(cfg), file=sys.stderr)
     try:
@@ -556,5 +569,5 @@ def main(cfg: EvalConfig) -> None:
             print(f"\nwrote {out}/ (report.md, report.html, compare.png)", file=sys.stderr)
             return
         run_eval(cfg)
-    except (FileNotFoundError, EvalDataError, DataFormatError, EndpointUnavailableError, ValueError) as err:
-        sys.exit(f"error: {err}")  # ModelNotFoundError is a FileNotFoundError; its message says what to do
+    except (FileNotFoundError, EndpointUnavailableError, ValueError) as err:  # bad input: data, model, endpoint
+        sys.exit(f"error: {err}")  # the messages name the file/line/URL and say what to do
