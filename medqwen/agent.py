@@ -107,14 +107,15 @@ def _tool_settings_middleware(force_tool: str | None, strict: bool):
     return ToolSettings()
 
 
-def build_agent(cfg: AgentConfig, extra_tools: Sequence = ()):
-    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.model with the default tools plus `extra_tools`."""
+def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
+    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.model (or `llm`) with the default tools + `extra_tools`."""
     from langchain.agents import create_agent
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.model, api_key=cfg.api_key or "EMPTY",
-                     temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                     timeout=cfg.timeout_s, max_retries=1)
+    if llm is None:
+        llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.model, api_key=cfg.api_key or "EMPTY",
+                         temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                         timeout=cfg.timeout_s, max_retries=1)
     tools = build_tools(cfg) + list(extra_tools)
     names = [t.name for t in tools]
     if cfg.force_tool and cfg.force_tool not in names:
@@ -157,8 +158,8 @@ def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[
     from langgraph.errors import GraphRecursionError
 
     messages = list(history) + [HumanMessage(question)]
-    # LangGraph counts graph steps: one model turn + one tool turn per round, plus the final model turn.
-    config = {"recursion_limit": 2 * cfg.max_steps + 1}
+    # LangGraph counts graph steps: model, tools, model, tools, ..., model = 2 * max_steps - 1 for max_steps turns.
+    config = {"recursion_limit": max(1, 2 * cfg.max_steps - 1)}
     streamed = False
     try:
         for mode, data in agent.stream({"messages": messages}, config=config, stream_mode=["messages", "updates"]):

@@ -1,0 +1,145 @@
+"""The agent's wiring without a server: tools, schemas, forced first tool call, tool errors, step limit, and the
+message users get when the server is down. (The real-server run is in test_serve.py.)"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import StructuredTool
+
+from medqwen.agent import (AgentServerError, DEFAULT_SYSTEM_PROMPT, ask, build_agent, build_tools, check_server,
+                           final_answer, openai_tool_schemas)
+from medqwen.config import AgentConfig, resolve_config
+from medqwen.serving import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ScriptedModel(BaseChatModel):
+    """A chat model that replays scripted replies and records what the agent asked of it."""
+
+    replies: list = []
+    bound: list = []
+    seen: list = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def bind_tools(self, tools, tool_choice=None, **kwargs):
+        self.bound.append({"tools": [t.name for t in tools], "tool_choice": tool_choice, **kwargs})
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.seen.append(messages)
+        reply = self.replies.pop(0) if self.replies else AIMessage("done")
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+def _call(name, args, call_id="c1"):
+    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": call_id, "type": "tool_call"}])
+
+
+def test_config_reads_the_original_environment_names():
+    cfg = resolve_config(AgentConfig, environ={"VLLM_BASE_URL": "http://h:9/v1", "MODEL_NAME": "m",
+                                               "OPENWEATHER_API_KEY": "k"})
+    assert (cfg.base_url, cfg.model, cfg.openweather_api_key) == ("http://h:9/v1", "m", "k")
+    defaults = AgentConfig()
+    assert (defaults.base_url, defaults.model) == ("http://localhost:8001/v1", "lora-adapter")
+
+
+def test_tools_and_schemas():
+    tools = build_tools(AgentConfig())
+    assert [t.name for t in tools] == ["calculator", "get_weather", "get_current_time"]
+    schemas = {s["function"]["name"]: s["function"] for s in openai_tool_schemas(tools)}
+    assert schemas["calculator"]["strict"] is True
+    assert schemas["calculator"]["parameters"]["required"] == ["expression"]
+    assert set(schemas["get_weather"]["parameters"]["properties"]) == {"city", "when"}
+    calculator = tools[0]
+    assert calculator.invoke({"expression": "(12 + 8) * 3"}) == "60"
+    assert calculator.invoke({"expression": "1/0"}) == "Error: division by zero"
+    assert "UTC+08:00" in tools[2].invoke({"timezone": "上海"})
+
+
+def test_weather_tool_reads_the_key_at_call_time(monkeypatch):
+    weather = build_tools(AgentConfig(weather_base_url="http://127.0.0.1:9", weather_timeout_s=1))[1]
+    monkeypatch.delenv("OPENWEATHER_API_KEY", raising=False)
+    assert "OPENWEATHER_API_KEY is not set" in weather.invoke({"city": "北京"})
+    monkeypatch.setenv("OPENWEATHER_API_KEY", "secret-key")
+    out = weather.invoke({"city": "北京"})
+    assert out.startswith("Error: cannot reach the weather service") and "secret-key" not in out
+
+
+def test_forced_tool_on_first_turn_only_and_answer_streams():
+    model = ScriptedModel(replies=[_call("calculator", {"expression": "(12 + 8) * 3"}), AIMessage("It is 60.")],
+                          bound=[], seen=[])
+    cfg = AgentConfig(force_tool="calculator", verbose=True)
+    out = []
+    history = ask(build_agent(cfg, llm=model), cfg, [], "帮我计算 (12 + 8) * 3", write=out.append)
+    assert model.bound[0]["tool_choice"] == {"type": "function", "function": {"name": "calculator"}}
+    assert model.bound[1]["tool_choice"] is None  # the turn after the tool result chooses freely
+    assert all(b["strict"] is True for b in model.bound)
+    text = "".join(out)
+    assert '[tool call] calculator({"expression": "(12 + 8) * 3"})' in text
+    assert "[tool result] calculator: 60" in text and "It is 60." in text
+    assert final_answer(history) == "It is 60."
+    assert model.seen[0][0].content == DEFAULT_SYSTEM_PROMPT
+    tool_messages = [m for m in history if isinstance(m, ToolMessage)]
+    assert [m.content for m in tool_messages] == ["60"]
+
+
+def test_tool_exception_goes_back_to_the_model():
+    def broken(x: str) -> str:
+        raise RuntimeError("disk on fire")
+
+    extra = StructuredTool.from_function(broken, name="broken", description="always fails")
+    model = ScriptedModel(replies=[_call("broken", {"x": "1"}), _call("nonexistent_tool", {}, "c2"),
+                                   AIMessage("Sorry, the tool failed.")], bound=[], seen=[])
+    cfg = AgentConfig()
+    history = ask(build_agent(cfg, extra_tools=[extra], llm=model), cfg, [], "try it", write=lambda s: None)
+    tool_messages = [m for m in history if isinstance(m, ToolMessage)]
+    assert tool_messages[0].content == "Error: RuntimeError: disk on fire"
+    assert "nonexistent_tool" in tool_messages[1].content and tool_messages[1].status == "error"
+    assert final_answer(history) == "Sorry, the tool failed."
+    assert "broken" in model.bound[0]["tools"]  # extra_tools reach the model
+
+
+def test_step_limit_stops_a_looping_model():
+    model = ScriptedModel(replies=[_call("calculator", {"expression": "1+1"}, f"c{i}") for i in range(20)],
+                          bound=[], seen=[])
+    cfg = AgentConfig(max_steps=3)
+    out = []
+    ask(build_agent(cfg, llm=model), cfg, [], "loop", write=out.append)
+    assert "no final answer within max_steps=3" in "".join(out)
+    assert len(model.seen) == 3
+
+
+def test_history_carries_over_between_questions():
+    model = ScriptedModel(replies=[AIMessage("Hello!"), AIMessage("You said hi.")], bound=[], seen=[])
+    cfg = AgentConfig()
+    agent = build_agent(cfg, llm=model)
+    history = ask(agent, cfg, [], "hi", write=lambda s: None)
+    history = ask(agent, cfg, history, "what did I say?", write=lambda s: None)
+    assert [m.content for m in model.seen[1]][1:] == ["hi", "Hello!", "what did I say?"]
+
+
+def test_unknown_force_tool_is_refused():
+    with pytest.raises(ValueError, match="force_tool 'nope'"):
+        build_agent(AgentConfig(force_tool="nope"), llm=ScriptedModel(bound=[], seen=[]))
+
+
+def test_server_down_names_vllm_base_url():
+    cfg = AgentConfig(base_url=f"http://127.0.0.1:{free_port(8100, 8199)}/v1")
+    with pytest.raises(AgentServerError, match="VLLM_BASE_URL=http://127.0.0.1:"):
+        check_server(cfg)
+    env = {**os.environ, "VLLM_BASE_URL": cfg.base_url}
+    proc = subprocess.run([sys.executable, str(REPO / "agent" / "agent.py"), "--query", "hi"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"no OpenAI-compatible server answers at VLLM_BASE_URL={cfg.base_url}" in proc.stderr
+    assert "bash agent/serve_vllm.sh" in proc.stderr and "Traceback" not in proc.stderr
