@@ -122,9 +122,10 @@ def read_lines(path: Path, encoding: str = "auto") -> tuple[str, list[str], set[
     return encoding + ("-sig" if bom else ""), lines, bad
 
 
-def _encoding_error(encoding: str, lines: set[int]) -> RecordError:
-    return RecordError("encoding", f"line(s) {sorted(lines)} are not valid {encoding} text (file encoding "
-                                   f"detected from the whole file; pass --encoding to force one)")
+def _encoding_error(encoding: str, start: int, lines: set[int]) -> RecordError:
+    where = "" if lines == {start} else f"line(s) {sorted(lines)} of this record: "
+    return RecordError("encoding", f"{where}not valid {encoding} text (the encoding was detected from the whole "
+                                   f"file; pass --encoding to force one)")
 
 
 def iter_jsonl(lines: list[str], bad: set[int], encoding: str) -> Iterator[tuple[int, Any]]:
@@ -133,7 +134,7 @@ def iter_jsonl(lines: list[str], bad: set[int], encoding: str) -> Iterator[tuple
         if not text.strip():
             continue
         if number in bad:
-            yield number, _encoding_error(encoding, {number})
+            yield number, _encoding_error(encoding, number, {number})
             continue
         try:
             value = json.loads(text)
@@ -174,7 +175,7 @@ def iter_json_array(lines: list[str], bad: set[int], encoding: str, path: Path) 
             raise DataError(path, err.lineno, "invalid_json", f"invalid JSON array: {err.msg} (column {err.colno})")
         spanned = set(range(start, start + text.count("\n", pos, end) + 1)) & bad
         if spanned:
-            yield start, _encoding_error(encoding, spanned)
+            yield start, _encoding_error(encoding, start, spanned)
         elif not isinstance(value, dict):
             yield start, RecordError("invalid_json", f"expected a JSON object, got {type(value).__name__}")
         else:
@@ -208,7 +209,7 @@ def iter_csv(lines: list[str], bad: set[int], encoding: str, path: Path) -> Iter
             continue
         spanned = set(range(start, previous + 1)) & bad
         if spanned:
-            yield start, _encoding_error(encoding, spanned)
+            yield start, _encoding_error(encoding, start, spanned)
         elif len(row) != len(header):
             yield start, RecordError("missing_field", f"expected {len(header)} CSV columns {header}, got {len(row)}")
         else:
