@@ -191,6 +191,7 @@ def iter_json_array(lines: list[str], bad: set[int], encoding: str, path: Path) 
 
 def iter_csv(lines: list[str], bad: set[int], encoding: str, path: Path) -> Iterator[tuple[int, Any]]:
     """CSV rows as dicts keyed by the header (fields may span lines inside quotes)."""
+    csv.field_size_limit(2**31 - 1)  # the default (128K characters) rejects long answers
     reader = csv.reader(io.StringIO("".join(lines), newline=""))
     try:
         header = [h.strip().lstrip("\ufeff").lower() for h in next(reader)]
@@ -566,7 +567,8 @@ def load_file(spec: InputSpec, cfg: DataConfig) -> FileResult:
                 if result.format is None:
                     raise RecordError("unknown_format", f"cannot tell the format from keys {sorted(record)[:8]}; "
                                                         "expected ShareGPT, conversations/messages, Alpaca, "
-                                                        "question/answer or department,title,ask,answer")
+                                                        "question/answer, HuatuoGPT 'data' or "
+                                                        "department,title,ask,answer")
             result.conversations.append(convert_record(record, result.format, identity, cfg.system_prompt))
         except RecordError as err:
             located = DataError(spec.path, line, err.reason, err.detail)
@@ -622,10 +624,80 @@ def output_paths(output: str | Path) -> dict[str, Path]:
             "config": Path(f"{stem}.config.yaml")}
 
 
-def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
-    """Run the whole preparation; returns the stats that are also written to `<output stem>.stats.json`."""
+def deduplicate(results: list[FileResult]) -> None:
+    """Drop exact duplicates across all inputs, keeping the first occurrence (inputs in the order given)."""
+    seen: set[str] = set()
+    for result in results:
+        unique = []
+        for conversation in result.conversations:
+            key = dedup_key(conversation)
+            if key in seen:
+                result.drop("duplicate")
+                continue
+            seen.add(key)
+            unique.append(conversation)
+        result.conversations = unique
+
+
+def sample(results: list[FileResult], max_per_input: int, seed: int) -> None:
+    """Keep a seeded random sample of at most `max_per_input` conversations per file, in file order."""
+    for result in results:
+        n = len(result.conversations)
+        if 0 < max_per_input < n:
+            keep = sorted(random.Random(seed).sample(range(n), max_per_input))
+            for _ in range(n - max_per_input):
+                result.drop("sampled_out")
+            result.conversations = [result.conversations[i] for i in keep]
+
+
+def filter_lengths(results: list[FileResult], tokenizer, max_seq_len: int) -> None:
+    """Count tokens per conversation (kept in `result.lengths`) and drop those over `max_seq_len` (0: none)."""
+    for result in results:
+        result.lengths = token_lengths(result.conversations, tokenizer)
+        if max_seq_len > 0:
+            keep = [n <= max_seq_len for n in result.lengths]
+            for _ in range(keep.count(False)):
+                result.drop("too_long")
+            result.conversations = [c for c, k in zip(result.conversations, keep) if k]
+
+
+def write_jsonl(path: Path, conversations: list[dict]) -> None:
+    """Write atomically (temporary file, then rename), refusing any conversation with a placeholder left."""
+    lines = []
+    for conversation in conversations:  # last line of defence: no placeholder reaches training data
+        leftover = find_placeholder(conversation)
+        if leftover is not None:
+            raise RuntimeError(f"placeholder survived into the output: {leftover[:80]!r}")
+        lines.append(json.dumps(conversation, ensure_ascii=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(path)
+
+
+def build_stats(results: list[FileResult], written: int, cfg: DataConfig, tokenizer_dir: Path | None) -> dict:
+    """stats.json: `summary` (totals), `detail` (one entry per input file) and `meta` (git hash, versions, seed)."""
     from medqwen.reporting import run_meta
 
+    detail = []
+    for r in results:
+        assert r.read == len(r.conversations) + sum(r.dropped.values()), "every record read is kept or counted"
+        detail.append({"input": str(r.spec.path), "identity": r.spec.identity, "format": r.format,
+                       "encoding": r.encoding, "repeat": r.spec.repeat, "read": r.read,
+                       "invalid": {k: v for k, v in r.dropped.items() if k in INVALID_REASONS},
+                       **{k: r.dropped[k] for k in DROP_REASONS},
+                       "kept": len(r.conversations), "written": len(r.conversations) * r.spec.repeat,
+                       "token_length": percentiles(r.lengths), "examples": r.examples})
+    dropped = sum((r.dropped for r in results), Counter())
+    summary = {"output": cfg.output, "files": len(results), "read": sum(r.read for r in results),
+               "kept": sum(len(r.conversations) for r in results), "written": written,
+               "dropped": {k: dropped[k] for k in INVALID_REASONS + DROP_REASONS if dropped[k]},
+               "tokenizer": str(tokenizer_dir) if tokenizer_dir else None, "max_seq_len": cfg.max_seq_len,
+               "token_length": percentiles([n for r in results for n in r.lengths])}
+    return {"summary": summary, "detail": detail, "meta": run_meta(cfg.seed)}
+
+
+def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
+    """Run the whole preparation; returns the stats that are also written to `<output stem>.stats.json`."""
     specs = parse_inputs(cfg.input) + parse_inputs(cfg.identity, identity=True, default_repeat=cfg.identity_upsample)
     if not specs:
         raise ValueError("nothing to prepare: give --input FILE (repeatable) and/or --identity FILE")
@@ -642,38 +714,14 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
 
     # Read and validate everything before writing anything, so a bad file never leaves a half-written output.
     results = [load_file(spec, cfg) for spec in specs]
-
-    seen: set[str] = set()
-    for result in results:
-        unique = []
-        for conversation in result.conversations:
-            key = dedup_key(conversation)
-            if cfg.dedup and key in seen:
-                result.drop("duplicate")
-                continue
-            seen.add(key)
-            unique.append(conversation)
-        result.conversations = unique
-        if 0 < cfg.max_per_input < len(unique):
-            keep = sorted(random.Random(cfg.seed).sample(range(len(unique)), cfg.max_per_input))
-            for _ in range(len(unique) - len(keep)):
-                result.drop("sampled_out")
-            result.conversations = [unique[i] for i in keep]
-
+    if cfg.dedup:
+        deduplicate(results)
+    sample(results, cfg.max_per_input, cfg.seed)
     tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), _resolve(cfg.tokenizer))
-    all_lengths: list[int] = []
     if tokenizer_dir is not None:
         from medqwen.chat import load_tokenizer
 
-        tokenizer = load_tokenizer(tokenizer_dir, chat_template=cfg.chat_template)
-        for result in results:
-            result.lengths = token_lengths(result.conversations, tokenizer)
-            all_lengths += result.lengths
-            if cfg.max_seq_len > 0:
-                keep = [n <= cfg.max_seq_len for n in result.lengths]
-                for _ in range(keep.count(False)):
-                    result.drop("too_long")
-                result.conversations = [c for c, k in zip(result.conversations, keep) if k]
+        filter_lengths(results, load_tokenizer(tokenizer_dir, chat_template=cfg.chat_template), cfg.max_seq_len)
     elif cfg.max_seq_len > 0 and verbose:
         print("warning: no tokenizer (--tokenizer none, or auto found neither model/qwen nor the bundled model): "
               "no token-length statistics and no length filter", file=sys.stderr)
@@ -681,39 +729,17 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
     merged = [c for r in results for c in r.conversations for _ in range(r.spec.repeat)]
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(merged)
-    lines = []
-    for conversation in merged:  # last line of defence: no placeholder reaches training data
-        if find_placeholder(conversation) is not None:
-            raise RuntimeError(f"placeholder survived into the output: {find_placeholder(conversation)[:80]!r}")
-        lines.append(json.dumps(conversation, ensure_ascii=False))
-    tmp = paths["output"].with_name(paths["output"].name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(paths["output"])
+    write_jsonl(paths["output"], merged)
 
-    detail = []
-    for r in results:
-        invalid = {k: v for k, v in r.dropped.items() if k in INVALID_REASONS}
-        assert r.read == len(r.conversations) + sum(r.dropped.values()), "every record read is kept or counted"
-        detail.append({"input": str(r.spec.path), "identity": r.spec.identity, "format": r.format,
-                       "encoding": r.encoding, "repeat": r.spec.repeat, "read": r.read, "invalid": invalid,
-                       "duplicate": r.dropped["duplicate"], "sampled_out": r.dropped["sampled_out"],
-                       "too_long": r.dropped["too_long"],
-                       "kept": len(r.conversations), "written": len(r.conversations) * r.spec.repeat,
-                       "token_length": percentiles(r.lengths), "examples": r.examples})
-    dropped = sum((r.dropped for r in results), Counter())
-    summary = {"output": str(paths["output"]), "files": len(results), "read": sum(r.read for r in results),
-               "kept": sum(len(r.conversations) for r in results), "written": len(merged),
-               "dropped": {k: dropped[k] for k in INVALID_REASONS + DROP_REASONS if dropped[k]},
-               "tokenizer": str(tokenizer_dir) if tokenizer_dir else None, "max_seq_len": cfg.max_seq_len,
-               "token_length": percentiles(all_lengths)}
-    stats = {"summary": summary, "detail": detail, "meta": run_meta(cfg.seed)}
+    stats = build_stats(results, len(merged), cfg, tokenizer_dir)
     paths["stats"].write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
-    if all_lengths:
+    if stats["summary"]["token_length"]["n"]:
         plot_lengths(results, cfg.max_seq_len, paths["histogram"])
     if verbose:
         print(summary_table(stats))
-        print(f"\nwrote {paths['output']} ({len(merged)} conversations), {paths['stats'].name}"
-              + (f", {paths['histogram'].name}" if all_lengths else "") + f", {paths['config'].name}")
+        print(f"\nwrote {paths['output']} ({len(merged)} conversations) and beside it {paths['stats'].name}, "
+              + (f"{paths['histogram'].name}, " if stats["summary"]["token_length"]["n"] else "")
+              + paths["config"].name)
     return stats
 
 
