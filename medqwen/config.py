@@ -80,7 +80,7 @@ class DataConfig:
     chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used to count tokens as training sees them.")
     max_seq_len: int = _f(1024, "Drop conversations longer than this many tokens (0: keep all).")
     shuffle: bool = _f(True, "Shuffle the merged output (seeded).")
-    seed: int = _f(42, "Random seed for shuffling.")
+    seed: int = _f(42, "Random seed for shuffling and for --max_per_input sampling.")
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
