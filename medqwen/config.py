@@ -255,6 +255,7 @@ class GrpoConfig:
                                                       "(data/convert_mcq.py writes it), or a C-Eval/CMMLU CSV.")
     subject: str | None = _f(None, "Subject of a CSV's questions (C-Eval id such as clinical_medicine; None: "
                                    "from the file name). JSONL lines carry their own.")
+    subjects: list[str] = _f([], "Train only on questions of these subjects (repeatable; empty: all).")
     output_dir: str = _f("out/qwen3-4b-grpo-medical", "Run folder: adapter, checkpoints, logs/, config.yaml.")
     chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template that renders the prompts (the one used everywhere).")
     prompt_style: str = _f("official", "C-Eval prompt style, as in benchmark_ceval.py (zero-shot, chat).",
@@ -343,8 +344,10 @@ class RagConfig:
     chunk_overlap: int = _f(40, "Characters of whole trailing sentences repeated at the start of the next chunk.")
     encoding: str = _f("utf-8", "Text encoding of the input files (e.g. gb18030 for Chinese CSVs as published).")
     prune: bool = _f(True, "Delete chunks of files that disappeared from an indexed folder.")
-    retrieval: str = _f("hybrid", "dense (embeddings), bm25 (jieba tokens) or hybrid (weighted reciprocal-rank "
+    retrieval: str = _f("hybrid", "dense (embeddings), bm25 (see --bm25_tokenizer) or hybrid (weighted reciprocal-rank "
                                   "fusion of both).", choices=["dense", "bm25", "hybrid"])
+    bm25_tokenizer: str = _f("char", "BM25 tokens: char (Chinese characters + bigrams), jieba (words) or jieba+char.",
+                             choices=["char", "jieba", "jieba+char"])
     top_k: int = _f(5, "Sources retrieved per question.")
     candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.")
     rrf_k: int = _f(60, "Reciprocal-rank-fusion constant: score = sum of weight / (rrf_k + rank).")
@@ -408,6 +411,85 @@ class PerfTrainConfig:
     output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
     seed: int = _f(0, "Seed of lengths, content and model init.")
     run_one: str | None = _f(None, "Internal: time only this variant in this process and print its JSON.")
+
+
+@dataclass
+class CevalConfig:
+    """benchmark/benchmark_ceval.py: C-Eval few-shot multiple choice (val: accuracy; test: submission JSON);
+    --compare puts finished runs side by side with McNemar's test."""
+
+    model: str = _f("model/qwen", "Base model folder (HF format) or hub id (model_type base/merged; for lora/grpo "
+                                  "only when the run's config.yaml names no base model).")
+    model_type: str = _f("base", "base: --model as is; lora/grpo: the adapter in --run_dir on the base model its "
+                                 "config.yaml names (model_name_or_path); merged: --run_dir (or --model) is a "
+                                 "merged model folder.", choices=["base", "lora", "grpo", "merged"])
+    run_dir: str | None = _f(None, "Trainer run folder (None: out/qwen3-4b-lora-medical for lora, "
+                                   "out/qwen3-4b-grpo-medical for grpo, out/qwen3-4b-lora-medical-merged for merged).")
+    data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root: <dir>/{dev,val,test}/<subject>_<split>.csv "
+                                                    "(released layout) or <dir>/<subject>/ (datasets layout).")
+    subjects: list[str] = _f(["clinical_medicine"], "Subjects (repeatable or comma-separated); groups: medical "
+                                                    "(clinical_medicine, basic_medicine, physician, "
+                                                    "veterinary_medicine), all.")
+    split: str = _f("val", "val: graded accuracy; test: predictions in C-Eval's submission.json (no answers).",
+                    choices=["val", "test"])
+    k_shot: int = _f(5, "Few-shot examples taken in order from the dev split (0-5).")
+    prompt_style: str = _f("official", "official: the C-Eval paper's answer-only prompt; lm-eval: "
+                                       "lm-evaluation-harness 0.4.13 ceval-valid (scores ' A'...' D').",
+                           choices=["official", "lm-eval"])
+    chat: bool = _f(False, "Render the prompt with the chat template (few-shot as earlier turns) instead of plain "
+                           "text.")
+    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only (chat): false appends an empty think block.")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used with --chat.")
+    scoring: str = _f("loglik", "loglik: log-probability of each option letter as the next token; generate: greedy "
+                                "decoding and answer extraction.", choices=["loglik", "generate"])
+    cot: bool = _f(False, "Chain of thought (with --scoring generate): explanations in the few-shot examples, "
+                          "C-Eval's official answer extraction.")
+    max_new_tokens: int | None = _f(None, "Generated tokens per question (None: 16, or 512 with --cot).")
+    backend: str = _f("hf", "hf: transformers here; vllm: offline vllm.LLM; openai: an OpenAI-compatible server.",
+                      choices=["hf", "vllm", "openai"])
+    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL (backend openai).",
+                       env="VLLM_BASE_URL")
+    served_model: str | None = _f(None, "Model name on that server (None: the first one /v1/models lists).",
+                                  env="MODEL_NAME")
+    api_key: str | None = _f(None, "API key for that server (vLLM needs none).", env="OPENAI_API_KEY", secret=True)
+    request_timeout_s: float = _f(60.0, "Timeout of one server request (seconds).")
+    batch_size: int = _f(16, "Questions per forward pass / generate call (hf backend).")
+    reuse_prefix: bool = _f(True, "hf loglik: compute the few-shot head shared by a subject's questions once and "
+                                  "reuse its KV cache (same answers, ~3x less work at 5-shot).")
+    device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
+    dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
+    limit: int | None = _f(None, "Score only the first N questions of each subject (smoke runs).")
+    output_dir: str | None = _f(None, "Output folder (None: out/benchmark/ceval-exam/<subject or group>/<model_type>; "
+                                      "with --compare: .../compare).")
+    compare: list[str] = _f([], "Finished run folders to put side by side (repeatable or comma-separated); the "
+                                "first is the reference of the McNemar tests; no model is run.")
+    n_bootstrap: int = _f(1000, "Bootstrap resamples for the 95% confidence intervals.")
+    seed: int = _f(42, "Seed of the bootstrap.")
+
+
+@dataclass
+class PerfCevalConfig:
+    """benchmark/perf_ceval.py: questions/s of C-Eval loglik scoring (plain batched, shared-prefix KV reuse) vs
+    the original one-question-at-a-time generate-and-extract loop, on a random model of a real shape."""
+
+    shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
+    tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, a few short questions.")
+    tokenizer: str | None = _f(None, "Tokenizer that sets the lengths (None: model/qwen, else model/qwen3-tokenizer, "
+                                     "else ../shared/reference/qwen3; --tiny: model/smollm2-135m-instruct).")
+    data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root whose medical items seed the synthetic questions.")
+    questions: int = _f(1346, "Five-shot questions scored (spread over the subjects).")
+    subjects: int = _f(4, "Subjects (each has its own shared five-shot head).")
+    mean_tokens: int = _f(418, "Target mean prompt length (tokens).")
+    head_tokens: int = _f(280, "Target length of the shared instruction + five-shot head (tokens).")
+    batch_size: int = _f(64, "Questions per forward pass (our paths).")
+    original_questions: int = _f(64, "Questions timed for the original loop (its per-question time is "
+                                     "extrapolated to all; 0: skip).")
+    original_max_new_tokens: int = _f(16, "Tokens the original loop generates per question before extraction.")
+    paths: list[str] = _f(["plain", "reuse", "original"], "Paths to time: plain, reuse, original.")
+    device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
+    dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
+    output_dir: str = _f("out/perf_ceval", "Where results.md, config.yaml and metrics.json go.")
+    seed: int = _f(0, "Seed of lengths, content and model init.")
 
 
 # ----------------------------------------------------------------------------------------------------------
