@@ -1,0 +1,41 @@
+"""Build (or update) the knowledge store: files/folders -> chunks -> embeddings -> a Chroma collection.
+
+    python agent/embedding.py                                     # data/rag_sample -> out/rag/chroma
+    python agent/embedding.py --input ../shared/data/rag_corpus/tcm_books --chunk_size 200
+    python agent/embedding.py --embedding_backend sentence-transformers --embedding_model BAAI/bge-small-zh-v1.5 \
+        --collection bge_small
+    python agent/embedding.py --chroma_host localhost --chroma_port 8000   # a `chroma run` server
+
+Running it again adds nothing; a changed file has its chunks replaced, a deleted file's chunks are pruned.
+A file that cannot be read is reported (exit status 1) and the others are still indexed.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from medqwen.config import RagConfig, format_config, parse_config, save_config
+from medqwen.rag import StoreError, index_paths, open_client, open_collection
+from medqwen.reporting import markdown_table
+
+
+def main(cfg: RagConfig) -> int:
+    print("config:\n" + format_config(cfg))
+    out_dir = Path(cfg.persist_dir) if not cfg.chroma_host else Path("out/rag")
+    save_config(cfg, out_dir / "index_config.yaml")
+    try:
+        collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+        stats = index_paths(collection, cfg.input, cfg)
+    except (StoreError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    (out_dir / "index_stats.json").write_text(json.dumps(stats.as_dict(), ensure_ascii=False, indent=2))
+    rows = [[k, v] for k, v in stats.as_dict().items() if k != "errors"]
+    print(markdown_table(rows, ["index", "value"]))
+    for error in stats.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if stats.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_config(RagConfig)))

@@ -1,0 +1,70 @@
+"""Ask the knowledge store: retrieve sources (dense, BM25 or hybrid), answer with a model, print cited sources.
+
+    python agent/rag_query.py                                           # interactive, vLLM at $VLLM_BASE_URL
+    python agent/rag_query.py --query "桂枝汤主治什么？"
+    python agent/rag_query.py --query "桂枝汤主治什么？" --retrieve_only  # sources only, no model
+    python agent/rag_query.py --query "..." --backend local --local_model model/smollm2-135m-instruct
+    python agent/rag_query.py --retrieval bm25 --top_k 3 --reranker BAAI/bge-reranker-base
+
+Build the store first with agent/embedding.py (same --persist_dir / --collection / embedding flags).
+"""
+
+import sys
+import time
+
+from medqwen.config import RagConfig, format_config, parse_config
+from medqwen.rag import Retriever, StoreError, open_client, open_collection
+from medqwen.rag.answer import GenerationError, build_messages, format_sources, make_answerer
+
+
+def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) -> None:
+    """Retrieve, print the sources, then (unless retrieve-only) generate and print the answer."""
+    start = time.perf_counter()
+    hits = retriever.search(question, cfg.top_k)
+    took_ms = (time.perf_counter() - start) * 1000
+    print(f"\nsources ({cfg.retrieval}, {took_ms:.0f} ms):")
+    for n, hit in enumerate(hits, start=1):
+        ranks = ", ".join(f"{m} #{r}" for m, r in hit.ranks.items())
+        print(f"  [{n}] {hit.source_id}  ({ranks})")
+    if not hits:
+        print("  (none matched)")
+    if answerer is None:
+        print("\n" + format_sources(hits))
+        return
+    try:
+        reply = answerer(build_messages(question, hits))
+    except GenerationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return
+    print(f"\nanswer:\n{reply}")
+
+
+def main(cfg: RagConfig) -> int:
+    print("config:\n" + format_config(cfg))
+    try:
+        retriever = Retriever(open_collection(open_client(cfg), cfg), cfg)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if len(retriever) == 0:
+        print(f"error: the collection {cfg.collection!r} is empty: index documents with "
+              f"`python agent/embedding.py --input <files or folders>`", file=sys.stderr)
+        return 2
+    print(f"store: {len(retriever)} chunks in {cfg.chroma_host or cfg.persist_dir} / {cfg.collection}")
+    answerer = None if cfg.retrieve_only else make_answerer(cfg)
+    if cfg.query:
+        answer_one(cfg.query, retriever, answerer, cfg)
+        return 0
+    print("Ask a question (empty line or Ctrl-D quits).")
+    while True:
+        try:
+            question = input("\n问题> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            return 0
+        if not question:
+            return 0
+        answer_one(question, retriever, answerer, cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_config(RagConfig)))

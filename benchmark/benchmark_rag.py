@@ -1,0 +1,110 @@
+"""Retrieval benchmark: recall@1/5/10 and MRR@10 of BM25, dense and hybrid retrieval on a gold question set, per
+question kind, with query latency and indexing throughput.
+
+    python benchmark/benchmark_rag.py                       # six classical books, data/rag_gold_tcm.jsonl
+    python benchmark/benchmark_rag.py --limit 10 --throughput_chunks 0          # smoke run
+    python benchmark/benchmark_rag.py --input my_docs/ --gold my_gold.jsonl --persist_dir out/bench_mine
+
+The corpus is indexed into --persist_dir first (idempotent: a second run embeds nothing), so the first run on a
+CPU takes a while. Writes <output_dir>/config.yaml, metrics.json, questions.jsonl and recall_by_kind.png.
+"""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from medqwen.config import RagBenchConfig, format_config, parse_config, save_config
+from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection
+from medqwen.rag.documents import file_chunks
+from medqwen.rag.evaluate import KS, evaluate, load_gold, measure_embedding_throughput
+from medqwen.rag.store import iter_files
+from medqwen.reporting import markdown_table, write_metrics
+
+
+def plot(results: dict, kinds: list[str], path: Path) -> None:
+    """Grouped bars: recall@5 per question kind for every method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(results)), 3.5))
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        values = [r["metrics"].get(kind, {}).get("recall@5", 0) for r in results.values()]
+        ax.bar([j + i * width for j in range(len(results))], values, width, label=kind)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(results))], list(results), rotation=20, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("recall@5")
+    ax.legend(fontsize=8, ncol=len(kinds))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(cfg: RagBenchConfig) -> int:
+    print("config:\n" + format_config(cfg))
+    out = Path(cfg.output_dir)
+    save_config(cfg, out / "config.yaml")
+    gold = load_gold(cfg.gold)[: cfg.limit]
+
+    collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+    indexing = index_paths(collection, cfg.input, cfg)
+    print(f"indexed: {indexing.chunks_added} new chunks in {indexing.seconds:.1f} s; {indexing.chunks_total} in store")
+    if indexing.errors:
+        print("errors:\n  " + "\n  ".join(indexing.errors), file=sys.stderr)
+
+    throughput = {}
+    if cfg.throughput_chunks:  # embed a spread-out sample of corpus chunks from scratch
+        chunks = [c.document for p, _ in iter_files(cfg.input)
+                  for c in file_chunks(p, str(p), cfg.chunk_size, cfg.chunk_overlap, cfg.encoding)]
+        step = max(1, len(chunks) // cfg.throughput_chunks)
+        throughput = measure_embedding_throughput(make_embedding(cfg), chunks[::step][: cfg.throughput_chunks])
+        print(f"embedding throughput: {throughput}")
+
+    runs = {}  # name -> (config overrides, search kwargs)
+    for method in cfg.methods:
+        name = method if method != "hybrid" else f"hybrid (dense w={cfg.dense_weight:g}, default)"
+        runs[name] = ({}, {"method": method})
+    for weight in cfg.dense_weights:
+        if weight != cfg.dense_weight:
+            runs[f"hybrid (dense w={weight:g})"] = ({}, {"method": "hybrid", "dense_weight": weight})
+    for tokenizer in ("jieba",) if "bm25" in cfg.methods and cfg.bm25_tokenizer != "jieba" else ():
+        runs[f"bm25 ({tokenizer})"] = ({"bm25_tokenizer": tokenizer}, {"method": "bm25"})
+
+    results = {}
+    retrievers = {}
+    for name, (overrides, kwargs) in runs.items():
+        key = tuple(sorted(overrides.items()))
+        if key not in retrievers:
+            retrievers[key] = Retriever(collection, dataclasses.replace(cfg, **overrides))
+        results[name] = evaluate(retrievers[key], gold, **kwargs)
+        print(f"{name}: {results[name]['metrics']['all']}  latency {results[name]['latency_ms']}")
+
+    kinds = sorted({g["kind"] for g in gold})
+    headers = ["method"] + [f"R@{k}" for k in KS] + ["MRR@10"] + [f"R@5 {k}" for k in kinds] + ["p50 ms", "p95 ms"]
+    rows = [[name] + [r["metrics"]["all"][f"recall@{k}"] for k in KS] + [r["metrics"]["all"]["mrr@10"]]
+            + [r["metrics"][k]["recall@5"] for k in kinds] + [r["latency_ms"]["p50"], r["latency_ms"]["p95"]]
+            for name, r in results.items()]
+    table = markdown_table(rows, headers)
+    print(f"\n{len(gold)} questions, {indexing.chunks_total} chunks ({cfg.chunk_size} chars), top-k = chunks\n")
+    print(table)
+
+    with open(out / "questions.jsonl", "w", encoding="utf-8") as f:
+        for name, r in results.items():
+            for row in r["questions"]:
+                f.write(json.dumps({"method": name, **row}, ensure_ascii=False) + "\n")
+    plot(results, kinds, out / "recall_by_kind.png")
+    default = next(n for n in results if cfg.retrieval in n and (cfg.retrieval != "hybrid" or "default" in n))
+    summary = {"default_method": default, **results[default]["metrics"]["all"],
+               "latency_ms": results[default]["latency_ms"], "questions": len(gold),
+               "chunks": indexing.chunks_total, "indexing": indexing.as_dict(), "embedding_throughput": throughput}
+    detail = {name: {"metrics": r["metrics"], "latency_ms": r["latency_ms"]} for name, r in results.items()}
+    write_metrics(out, summary, detail, meta_extra={"table": table})
+    print(f"\nwrote {out}/metrics.json, questions.jsonl, recall_by_kind.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_config(RagBenchConfig)))

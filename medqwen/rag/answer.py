@@ -1,0 +1,125 @@
+"""Answers with cited sources: a prompt with numbered sources, generation (OpenAI-compatible server or a local
+HF model), and the agent's `search_knowledge_base` tool.
+
+    messages = build_messages(question, hits)
+    text = OpenAIAnswerer(cfg)(messages)      # or LocalAnswerer(cfg)(messages)
+    tool = make_search_tool(cfg)              # LangChain tool for medqwen.agent.build_agent(extra_tools=[tool])
+"""
+
+from __future__ import annotations
+
+from medqwen.config import RagConfig
+from medqwen.rag.retrieval import Hit
+
+SYSTEM_PROMPT = ("你是一名中医药知识助手。只根据用户给出的编号资料回答问题，在用到的句子后用 [编号] 标注出处；"
+                 "资料中没有答案时，直接说明资料不足，不要编造。")
+
+
+def format_sources(hits: list[Hit], max_chars: int | None = None) -> str:
+    """Numbered sources: `[n] <source id>` then the chunk text (its first line is the section header)."""
+    blocks = []
+    for n, hit in enumerate(hits, start=1):
+        text = hit.document if max_chars is None else hit.document[:max_chars]
+        blocks.append(f"[{n}] {hit.source_id}\n{text}")
+    return "\n\n".join(blocks)
+
+
+def build_messages(question: str, hits: list[Hit], system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages: the instruction as system, then the numbered sources and the question."""
+    user = f"资料：\n{format_sources(hits)}\n\n问题：{question}"
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+
+class GenerationError(RuntimeError):
+    """The model server is down, slow or refuses the request; the message says what to do."""
+
+
+class OpenAIAnswerer:
+    """Chat completions on an OpenAI-compatible server (agent/serve_vllm.sh starts one)."""
+
+    def __init__(self, cfg: RagConfig):
+        from openai import OpenAI
+
+        self.cfg = cfg
+        # max_retries=0: a server that is down should say so now, not after retries.
+        self.client = OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "EMPTY", timeout=cfg.timeout_s,
+                             max_retries=0)
+
+    def __call__(self, messages: list[dict]) -> str:
+        import openai
+
+        cfg = self.cfg
+        hint = "start it with `bash agent/serve_vllm.sh`, or use --backend local, or --retrieve_only"
+        try:
+            reply = self.client.chat.completions.create(model=cfg.model, messages=messages,
+                                                        max_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+        except openai.APITimeoutError:
+            raise GenerationError(f"the model server at {cfg.base_url} did not answer within {cfg.timeout_s:g} s "
+                                  f"(raise --timeout_s, or {hint})") from None
+        except openai.APIConnectionError:
+            raise GenerationError(f"cannot reach the model server at {cfg.base_url}: {hint}") from None
+        except openai.NotFoundError:
+            raise GenerationError(f"the server at {cfg.base_url} does not serve model {cfg.model!r}: "
+                                  f"set --model (MODEL_NAME) to a name listed by {cfg.base_url}/models") from None
+        except openai.APIStatusError as err:
+            raise GenerationError(f"the model server answered HTTP {err.status_code}: {err.message}") from None
+        return reply.choices[0].message.content or ""
+
+
+class LocalAnswerer:
+    """A local HF model (+ optional LoRA adapter), greedy when temperature is 0, with our chat template."""
+
+    def __init__(self, cfg: RagConfig):
+        from medqwen.chat import load_tokenizer
+        from medqwen.modeling import load_model
+
+        self.cfg = cfg
+        self.model = load_model(cfg.local_model, adapter=cfg.adapter)
+        self.tokenizer = load_tokenizer(cfg.local_model, chat_template=cfg.chat_template)
+
+    def __call__(self, messages: list[dict]) -> str:
+        import torch
+
+        cfg, tok = self.cfg, self.tokenizer
+        inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=True).to(self.model.device)
+        sampling = {"do_sample": True, "temperature": cfg.temperature} if cfg.temperature > 0 else \
+            {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **sampling)
+        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def make_answerer(cfg: RagConfig):
+    """The generation backend the config asks for."""
+    return LocalAnswerer(cfg) if cfg.backend == "local" else OpenAIAnswerer(cfg)
+
+
+def make_search_tool(cfg: RagConfig | None = None):
+    """A LangChain tool `search_knowledge_base(query)` over the store; the store is opened on first use, so an
+    agent without a store still starts (the tool then answers with how to build one)."""
+    from langchain_core.tools import tool
+
+    cfg = cfg or RagConfig()
+    state: dict = {}
+
+    @tool
+    def search_knowledge_base(query: str) -> str:
+        """Search the Chinese-medicine knowledge base (classical texts, notes) and return numbered source
+        passages. Use it for questions about herbs, formulas, syndromes or classical texts; cite the numbers."""
+        from medqwen.rag.retrieval import Retriever
+        from medqwen.rag.store import StoreError, open_client, open_collection
+
+        if "retriever" not in state:
+            try:
+                state["retriever"] = Retriever(open_collection(open_client(cfg), cfg), cfg)
+            except StoreError as err:
+                return f"The knowledge base is not available: {err}"
+        retriever = state["retriever"]
+        if len(retriever) == 0:
+            return "The knowledge base is empty: index documents with `python agent/embedding.py --input <folder>`."
+        hits = retriever.search(query, cfg.top_k)
+        return format_sources(hits, max_chars=600) if hits else "No matching passages found."
+
+    return search_knowledge_base

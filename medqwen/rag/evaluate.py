@@ -1,0 +1,70 @@
+"""Retrieval evaluation: recall@k and MRR@10 against gold source ids, overall and per question kind, with latency.
+
+Gold JSONL, one question per line: {"id": "tcm-001", "kind": "named", "question": "...", "gold_ids": ["书/篇"]}.
+A question counts as found at rank r when the r-th retrieved chunk belongs to any of its gold sources.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from medqwen.rag.retrieval import Retriever, recall_mrr
+
+KS = (1, 5, 10)
+
+
+def load_gold(path: str | Path) -> list[dict]:
+    """Gold questions; a malformed line raises with its file:line."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+        missing = [k for k in ("question", "gold_ids") if not row.get(k)]
+        if missing:
+            raise ValueError(f"{path}:{number}: missing {missing}")
+        row.setdefault("id", f"line{number}")
+        row.setdefault("kind", "all")
+        rows.append(row)
+    return rows
+
+
+def evaluate(retriever: Retriever, gold: list[dict], **search_kwargs) -> dict:
+    """Run every gold question through retriever.search(k=10, **search_kwargs); metrics, latency, per-question ranks."""
+    retriever.search(gold[0]["question"], k=10, **search_kwargs)  # warm-up: loads models, builds BM25
+    per_kind: dict[str, list[dict]] = defaultdict(list)
+    latencies, rows = [], []
+    for item in gold:
+        start = time.perf_counter()
+        hits = retriever.search(item["question"], k=max(KS), **search_kwargs)
+        latencies.append((time.perf_counter() - start) * 1000)
+        sources = [h.source_id for h in hits]
+        metrics = recall_mrr(sources, set(item["gold_ids"]), KS)
+        per_kind[item["kind"]].append(metrics)
+        per_kind["all"].append(metrics)
+        rows.append({"id": item["id"], "kind": item["kind"], "metrics": metrics, "top_sources": sources})
+    summary = {kind: {name: round(float(np.mean([m[name] for m in ms])), 4) for name in ms[0]} | {"n": len(ms)}
+               for kind, ms in per_kind.items()}
+    return {"metrics": summary, "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
+                                               "p95": round(float(np.percentile(latencies, 95)), 2)},
+            "questions": rows}
+
+
+def measure_embedding_throughput(embedding, texts: list[str]) -> dict:
+    """Documents embedded per second from scratch (what indexing spends its time on)."""
+    if not texts:
+        return {}
+    embedding(texts[:2])  # warm-up: loads the model
+    start = time.perf_counter()
+    embedding(texts)
+    seconds = time.perf_counter() - start
+    return {"documents": len(texts), "seconds": round(seconds, 3), "docs_per_s": round(len(texts) / seconds, 2),
+            "mean_chars": round(sum(map(len, texts)) / len(texts), 1)}

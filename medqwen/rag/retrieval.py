@@ -1,0 +1,218 @@
+"""Retrieval over a Chroma collection: dense (the collection's embeddings), BM25 (character n-grams or jieba words,
+built in memory from the collection's texts when the retriever starts), and their
+weighted reciprocal-rank fusion, optionally reordered by a cross-encoder.
+
+    retriever = Retriever(collection, cfg)
+    hits = retriever.search("桂枝汤主治什么？", k=5)          # cfg.retrieval: dense | bm25 | hybrid
+    hits[0].metadata["source_id"], hits[0].document
+
+Fusion: score(d) = sum_m w_m / (rrf_k + rank_m(d)) over the methods that ranked d in their top candidate_k.
+With equal weights a weak retriever's top hits tie with a strong one's, which is how a naive fusion can fall
+below its best member; the weights let the stronger signal lead (benchmark/benchmark_rag.py measures them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medqwen.config import RagConfig
+
+_NOT_A_WORD = re.compile(r"[\W_]+")
+_HAN_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_LATIN_WORD = re.compile(r"[a-zA-Z0-9]+")
+BM25_TOKENIZERS = ("char", "jieba", "jieba+char")
+
+
+def char_ngrams(text: str) -> list[str]:
+    """Chinese characters and character bigrams, plus lower-cased Latin words/numbers (no dictionary needed).
+
+    Single characters carry meaning in classical Chinese and match modern paraphrases; bigrams keep names
+    (桂枝, 大黄) and formulas precise. Segmenters trained on modern text split classical text poorly.
+    """
+    tokens: list[str] = []
+    for run in _HAN_RUN.findall(text):
+        tokens += list(run) + [run[i:i + 2] for i in range(len(run) - 1)]
+    return tokens + [w.lower() for w in _LATIN_WORD.findall(text)]
+
+
+def jieba_words(text: str) -> list[str]:
+    """jieba search-mode words (words plus their sub-words), lower-cased, punctuation dropped."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return [t.lower() for t in jieba.lcut_for_search(text) if t.strip() and not _NOT_A_WORD.fullmatch(t)]
+
+
+def bm25_tokens(text: str, tokenizer: str = "char") -> list[str]:
+    """Tokens for BM25: char (unigrams + bigrams), jieba (words), or jieba+char (both)."""
+    if tokenizer == "char":
+        return char_ngrams(text)
+    if tokenizer == "jieba":
+        return jieba_words(text)
+    if tokenizer == "jieba+char":
+        return jieba_words(text) + char_ngrams(text)
+    raise ValueError(f"unknown BM25 tokenizer {tokenizer!r}: use one of {BM25_TOKENIZERS}")
+
+
+class Bm25Index:
+    """Okapi BM25 (k1, b; Lucene's non-negative idf) as one sparse doc x term weight matrix: a query sums columns."""
+
+    def __init__(self, token_lists: list[list[str]], k1: float = 1.5, b: float = 0.75):
+        from scipy.sparse import csc_matrix
+
+        self.vocab: dict[str, int] = {}
+        rows, cols, tfs = [], [], []
+        lengths = np.zeros(len(token_lists), dtype=np.float64)
+        for row, tokens in enumerate(token_lists):
+            lengths[row] = len(tokens)
+            for token, count in Counter(tokens).items():
+                rows.append(row)
+                cols.append(self.vocab.setdefault(token, len(self.vocab)))
+                tfs.append(count)
+        rows_a, cols_a, tf = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), np.array(tfs, float)
+        n = max(len(token_lists), 1)
+        df = np.bincount(cols_a, minlength=len(self.vocab)) if len(cols_a) else np.zeros(0)
+        idf = np.log1p((n - df + 0.5) / (df + 0.5))
+        norm = k1 * (1 - b + b * lengths / max(lengths.mean() if len(lengths) else 1.0, 1e-9))
+        weights = idf[cols_a] * tf * (k1 + 1) / (tf + norm[rows_a]) if len(cols_a) else tf
+        self.matrix = csc_matrix((weights, (rows_a, cols_a)), shape=(len(token_lists), len(self.vocab)))
+
+    def scores(self, tokens: list[str]) -> np.ndarray:
+        """BM25 score of every document for the query tokens (repeated query terms count once)."""
+        cols = sorted({self.vocab[t] for t in tokens if t in self.vocab})
+        if not cols:
+            return np.zeros(self.matrix.shape[0])
+        return np.asarray(self.matrix[:, cols].sum(axis=1)).ravel()
+
+    def top(self, tokens: list[str], k: int) -> list[int]:
+        """Row indices of the k best-scoring documents with a positive score, best first."""
+        scores = self.scores(tokens)
+        k = min(k, int((scores > 0).sum()))
+        if k == 0:
+            return []
+        best = np.argpartition(-scores, k - 1)[:k]
+        return best[np.argsort(-scores[best], kind="stable")].tolist()
+
+
+def weighted_rrf(rankings: dict[str, list[str]], weights: dict[str, float], rrf_k: int) -> list[tuple[str, float]]:
+    """Weighted reciprocal-rank fusion of ranked id lists (rank 1 = best); ties keep first-seen order."""
+    scores: dict[str, float] = {}
+    for method, ids in rankings.items():
+        for rank, doc_id in enumerate(ids, start=1):
+            scores[doc_id] = scores.get(doc_id, 0.0) + weights.get(method, 1.0) / (rrf_k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+@dataclass
+class Hit:
+    id: str
+    document: str
+    metadata: dict
+    score: float
+    ranks: dict[str, int] = field(default_factory=dict)  # method -> 1-based rank among its candidates
+
+    @property
+    def source_id(self) -> str:
+        return self.metadata.get("source_id", self.id)
+
+
+class Retriever:
+    """Loads the collection's texts once (for BM25 and for returning hits), then answers queries."""
+
+    def __init__(self, collection, cfg: RagConfig, page: int = 5000):
+        self.collection, self.cfg = collection, cfg
+        self.ids: list[str] = []
+        self.documents: list[str] = []
+        self.metadatas: list[dict] = []
+        offset = 0
+        while True:  # paged: Chroma caps one get()
+            got = collection.get(include=["documents", "metadatas"], limit=page, offset=offset)
+            self.ids += got["ids"]
+            self.documents += got["documents"]
+            self.metadatas += got["metadatas"]
+            if len(got["ids"]) < page:
+                break
+            offset += page
+        self.row = {cid: i for i, cid in enumerate(self.ids)}
+        self._bm25: Bm25Index | None = None
+        self._reranker = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def bm25(self) -> Bm25Index:
+        if self._bm25 is None:
+            self._bm25 = Bm25Index([bm25_tokens(d, self.cfg.bm25_tokenizer) for d in self.documents])
+        return self._bm25
+
+    def rank_bm25(self, query: str, k: int) -> list[str]:
+        return [self.ids[i] for i in self.bm25.top(bm25_tokens(query, self.cfg.bm25_tokenizer), k)]
+
+    def rank_dense(self, query: str, k: int) -> list[str]:
+        if not self.ids:
+            return []
+        # query_texts: Chroma calls the collection's embedding function's embed_query (e5 "query: " prefix).
+        got = self.collection.query(query_texts=[query], n_results=min(k, len(self.ids)), include=[])
+        return got["ids"][0]
+
+    def search(self, query: str, k: int | None = None, method: str | None = None,
+               dense_weight: float | None = None, bm25_weight: float | None = None) -> list[Hit]:
+        """Top-k chunks for the query by cfg.retrieval (or `method`), reranked when cfg.reranker is set."""
+        cfg = self.cfg
+        k = k or cfg.top_k
+        method = method or cfg.retrieval
+        depth = max(cfg.candidate_k, k, cfg.rerank_k if cfg.reranker else 0)
+        rankings: dict[str, list[str]] = {}
+        if method in ("bm25", "hybrid"):
+            rankings["bm25"] = self.rank_bm25(query, depth)
+        if method in ("dense", "hybrid"):
+            rankings["dense"] = self.rank_dense(query, depth)
+        if method not in ("bm25", "dense", "hybrid"):
+            raise ValueError(f"unknown retrieval method {method!r}: use dense, bm25 or hybrid")
+        weights = {"bm25": cfg.bm25_weight if bm25_weight is None else bm25_weight,
+                   "dense": cfg.dense_weight if dense_weight is None else dense_weight}
+        fused = weighted_rrf(rankings, weights, cfg.rrf_k)
+        ranks = {m: {cid: r for r, cid in enumerate(ids, start=1)} for m, ids in rankings.items()}
+        hits = [Hit(cid, self.documents[self.row[cid]], self.metadatas[self.row[cid]], score,
+                    {m: ranks[m][cid] for m in ranks if cid in ranks[m]})
+                for cid, score in fused if cid in self.row]
+        if cfg.reranker:
+            hits = self.rerank(query, hits[:cfg.rerank_k])
+        return hits[:k]
+
+    def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        """Reorder by a cross-encoder's relevance score (sentence-transformers CrossEncoder)."""
+        if not hits:
+            return hits
+        if self._reranker is None:
+            from sentence_transformers import CrossEncoder
+
+            try:
+                self._reranker = CrossEncoder(self.cfg.reranker, device=self.cfg.embedding_device)
+            except OSError as err:
+                raise OSError(f"cannot load reranker {self.cfg.reranker!r}: give a local folder or download it "
+                              f"first ({err})") from None
+        scores = self._reranker.predict([(query, h.document) for h in hits], show_progress_bar=False)
+        for hit, score in zip(hits, scores):
+            hit.score = float(score)
+        return sorted(hits, key=lambda h: -h.score)
+
+
+def source_ranks(hits: list[Hit]) -> list[str]:
+    """The hits' source ids in rank order (one per chunk; duplicates kept, as the prompt sees them)."""
+    return [h.source_id for h in hits]
+
+
+def recall_mrr(ranked_sources: list[str], gold: set[str], ks=(1, 5, 10), mrr_k: int = 10) -> dict[str, float]:
+    """recall@k (1 if any gold source is in the top k) and reciprocal rank of the first gold hit within mrr_k."""
+    first = next((i for i, s in enumerate(ranked_sources, start=1) if s in gold), math.inf)
+    out = {f"recall@{k}": float(first <= k) for k in ks}
+    out[f"mrr@{mrr_k}"] = 1.0 / first if first <= mrr_k else 0.0
+    return out

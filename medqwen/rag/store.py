@@ -1,0 +1,193 @@
+"""The Chroma store: open it (local folder or `chroma run` server), and index files into it idempotently.
+
+    client = open_client(cfg)                         # PersistentClient(persist_dir) or HttpClient(host, port)
+    collection = open_collection(client, cfg, create=True)
+    stats = index_paths(collection, cfg.input, cfg)   # second run adds nothing; changed files replaced
+
+Chunk ids are content hashes, so an unchanged chunk keeps its id (and its embedding) across runs; a file whose
+bytes are unchanged is skipped without reading it; chunks of a deleted file are pruned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from medqwen.config import RagConfig
+from medqwen.rag.documents import SUPPORTED_SUFFIXES, Chunk, DocumentError, file_chunks
+from medqwen.rag.embeddings import MedqwenEmbedding
+
+
+class StoreError(RuntimeError):
+    """The store is missing, empty, unreachable or was built differently; the message says what to do."""
+
+
+def make_embedding(cfg: RagConfig) -> MedqwenEmbedding:
+    """The embedding function the config asks for."""
+    return MedqwenEmbedding(cfg.embedding_backend, cfg.embedding_model, cfg.query_prefix, cfg.document_prefix,
+                            cfg.embedding_batch_size, cfg.embedding_device)
+
+
+def open_client(cfg: RagConfig, create: bool = False):
+    """A Chroma client: HttpClient when cfg.chroma_host is set, else PersistentClient(cfg.persist_dir)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if cfg.chroma_host:
+        try:
+            client = chromadb.HttpClient(host=cfg.chroma_host, port=cfg.chroma_port, settings=settings)
+            client.heartbeat()
+        except Exception as err:  # chromadb raises plain Exception/ValueError for connection failures
+            raise StoreError(f"cannot reach the Chroma server at {cfg.chroma_host}:{cfg.chroma_port} ({err}). "
+                             f"Start it with `chroma run --path out/rag/chroma --port {cfg.chroma_port}`.") from None
+        return client
+    path = Path(cfg.persist_dir)
+    if not create and not path.is_dir():
+        raise StoreError(f"no knowledge store at {path}: build it first with `python agent/embedding.py "
+                         f"--input <files or folders> --persist_dir {path}`")
+    return chromadb.PersistentClient(path=str(path), settings=settings)
+
+
+def open_collection(client, cfg: RagConfig, create: bool = False):
+    """Open (or create) the collection with our embedding function; refuse one built with another model."""
+    from chromadb.errors import NotFoundError
+
+    embedding = make_embedding(cfg)
+    if create:
+        collection = client.get_or_create_collection(
+            cfg.collection, embedding_function=embedding,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata={"chunk_size": cfg.chunk_size, "chunk_overlap": cfg.chunk_overlap})
+    else:
+        try:
+            collection = client.get_collection(cfg.collection, embedding_function=embedding)
+        except (NotFoundError, ValueError) as err:
+            if "does not exist" not in str(err) and not isinstance(err, NotFoundError):
+                raise
+            raise StoreError(f"collection {cfg.collection!r} not found in the store: build it with "
+                             f"`python agent/embedding.py --collection {cfg.collection}`") from None
+    stored = (collection.configuration or {}).get("embedding_function")
+    if stored is not None and hasattr(stored, "get_config"):
+        old, new = stored.get_config(), embedding.get_config()
+        if (old.get("backend"), old.get("model")) != (new["backend"], new["model"]):
+            raise StoreError(f"collection {cfg.collection!r} was embedded with {old.get('model')} but the config "
+                             f"asks for {new['model']}: use the same model or another --collection")
+    return collection
+
+
+@dataclass
+class IndexStats:
+    files: int = 0  # files seen
+    unchanged: int = 0  # skipped: same bytes as last time
+    indexed: int = 0  # new or changed files (re)chunked
+    failed: int = 0
+    pruned_files: int = 0
+    chunks_added: int = 0
+    chunks_deleted: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    chunks_per_s: float = 0.0  # chunks added per second of the whole run
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def iter_files(paths: list[str]) -> list[tuple[Path, Path]]:
+    """(file, root) for every supported file under the given files/folders, sorted; missing paths raise."""
+    found = []
+    for raw in paths:
+        root = Path(raw).expanduser().resolve()
+        if root.is_file():
+            found.append((root, root))
+        elif root.is_dir():
+            found += [(p, root) for p in sorted(root.rglob("*"))
+                      if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        else:
+            raise FileNotFoundError(f"{raw}: no such file or folder")
+    return found
+
+
+def _existing(collection, batch: int = 5000) -> dict[str, dict[str, str]]:
+    """source path -> {chunk id: file hash} for everything in the collection (paged: large stores)."""
+    by_source: dict[str, dict[str, str]] = {}
+    offset = 0
+    while True:
+        page = collection.get(include=["metadatas"], limit=batch, offset=offset)
+        for cid, meta in zip(page["ids"], page["metadatas"]):
+            by_source.setdefault(meta.get("source", ""), {})[cid] = meta.get("file_sha256", "")
+        if len(page["ids"]) < batch:
+            return by_source
+        offset += batch
+
+
+def _delete(collection, ids: list[str], batch: int) -> None:
+    for i in range(0, len(ids), batch):
+        collection.delete(ids=ids[i:i + batch])
+
+
+def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = True) -> IndexStats:
+    """Index files/folders into the collection idempotently; a bad file is reported and the rest indexed."""
+    start = time.perf_counter()
+    stats = IndexStats()
+    files = iter_files(paths)
+    stats.files = len(files)
+    existing = _existing(collection)
+    max_batch = max(1, min(cfg.embedding_batch_size, 5000))
+
+    to_add: list[Chunk] = []
+    to_delete: list[str] = []
+    for path, _root in tqdm(files, desc="reading", unit="file", disable=not progress or len(files) < 2):
+        source = str(path)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        old = existing.get(source, {})
+        if old and set(old.values()) == {sha}:
+            stats.unchanged += 1
+            continue
+        try:
+            chunks = file_chunks(path, source, cfg.chunk_size, cfg.chunk_overlap, cfg.encoding)
+        except (DocumentError, OSError) as err:
+            stats.failed += 1
+            stats.errors.append(str(err))
+            continue  # its old chunks (if any) stay: nothing is lost because of a bad edit
+        stats.indexed += 1
+        for chunk in chunks:
+            chunk.metadata["file_sha256"] = sha
+        new_ids = {c.id for c in chunks}
+        to_add += [c for c in chunks if c.id not in old]
+        to_delete += [cid for cid in old if cid not in new_ids]
+        kept = [c for c in chunks if c.id in old]
+        if kept:  # same text, new file version: refresh the file hash, keep the embedding
+            for i in range(0, len(kept), max_batch):
+                part = kept[i:i + max_batch]
+                collection.update(ids=[c.id for c in part], metadatas=[c.metadata for c in part])
+
+    if cfg.prune:  # files that were under an indexed folder and are gone now
+        seen = {str(p) for p, _ in files}
+        roots = {str(root) for _, root in files} | {str(Path(p).expanduser().resolve()) for p in paths}
+        for source, ids in existing.items():
+            if source not in seen and any(source.startswith(r.rstrip("/") + "/") for r in roots):
+                stats.pruned_files += 1
+                to_delete += list(ids)
+
+    bar = tqdm(total=len(to_add), desc="embedding", unit="chunk", disable=not progress or not to_add)
+    for i in range(0, len(to_add), max_batch):
+        part = to_add[i:i + max_batch]
+        documents = [c.document for c in part]
+        # No embeddings passed: Chroma calls the collection's MedqwenEmbedding on the documents.
+        collection.add(ids=[c.id for c in part], documents=documents, metadatas=[c.metadata for c in part])
+        bar.update(len(part))
+    bar.close()
+    _delete(collection, to_delete, 5000)  # after the adds: a crash in between leaves old chunks, not none
+
+    stats.chunks_added, stats.chunks_deleted = len(to_add), len(to_delete)
+    stats.chunks_total = collection.count()
+    stats.seconds = round(time.perf_counter() - start, 3)
+    stats.chunks_per_s = round(stats.chunks_added / stats.seconds, 2) if stats.seconds else 0.0
+    return stats
