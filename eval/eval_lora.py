@@ -8,10 +8,9 @@
 Same implementation as eval_base.py / eval_grpo.py (medqwen/evaluation.py); only the defaults differ.
 """
 
-from medqwen.config import EvalConfig, parse_config
-from medqwen.evaluation import main, with_defaults
+from medqwen.evaluation import cli
 
 DEFAULTS = dict(name="lora", model_name_or_path=None, adapter="out/qwen3-4b-lora-medical")
 
 if __name__ == "__main__":
-    main(parse_config(with_defaults(EvalConfig, **DEFAULTS)))
+    cli(**DEFAULTS)

@@ -239,41 +239,16 @@ def reference_loss(model, tokenizer, conversations: list[list[Message]], max_seq
     return results
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """<|im_end|> ends an assistant turn in our template; the tokenizer's eos as well."""
-    ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
-    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
-
-
 def generate_hf(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int,
-                enable_thinking: bool | None = None, desc: str = "generate",
-                tools: list[list[dict] | None] | None = None) -> list[str]:
-    """Greedy replies, batched with left padding (prompts sorted by length to waste little padding)."""
-    import torch
-    from tqdm.auto import tqdm
-
+                enable_thinking: bool | None = None, tools: list[list[dict] | None] | None = None) -> list[str]:
+    """Greedy replies: prompts rendered with our chat template, then the benchmark's batched HF generation."""
+    from medqwen.backends import HFBackend
     from medqwen.chat import render
 
     texts = [render(tokenizer, p, tools=t, add_generation_prompt=True, enable_thinking=enable_thinking)
              for p, t in zip(prompts, tools or [None] * len(prompts))]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    replies = [""] * len(texts)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues from the right edge
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-            batch = order[start:start + batch_size]
-            inputs = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                               add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                     top_p=None, top_k=None, eos_token_id=stop_token_ids(tokenizer),
-                                     pad_token_id=tokenizer.pad_token_id)
-            for row, i in enumerate(batch):
-                replies[i] = tokenizer.decode(out[row, inputs["input_ids"].shape[1]:],
-                                              skip_special_tokens=True).strip()
-    finally:
-        tokenizer.padding_side = side
-    return replies
+    backend = HFBackend(model, tokenizer, batch_size=batch_size, progress=True)
+    return [reply.strip() for reply in backend.generate(texts, max_new_tokens=max_new_tokens)]
 
 
 def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max_new_tokens: int,
@@ -350,7 +325,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
                                 cfg.batch_size, cfg.enable_thinking, tools=[e["tools"] for e in examples])
         timings["loss_s"] = time.perf_counter() - t0
         generate = lambda prompts, tools, desc: generate_hf(  # noqa: E731
-            model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.enable_thinking, desc, tools)
+            model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.enable_thinking, tools)
     else:  # chat endpoints return no logits for a given reply, so no reference loss here
         generate = lambda prompts, tools, desc: generate_openai(  # noqa: E731
             cfg.base_url, cfg.served_model, prompts, cfg.max_new_tokens, cfg.api_key, cfg.request_timeout_s,
@@ -555,6 +530,28 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def spread_values(argv: Sequence[str], flag: str = "--compare") -> list[str]:
+    """`--compare a b c` -> `--compare a --compare b --compare c` (the config parser takes one value per flag)."""
+    out, taking = [], False
+    for arg in argv:
+        if arg in (flag, flag.replace("_", "-")):
+            taking = True
+            continue
+        if taking and not arg.startswith("-"):
+            out += [flag, arg]
+            continue
+        taking = False
+        out.append(arg)
+    return out
+
+
+def cli(**defaults: Any) -> None:
+    """What eval/eval_*.py run: EvalConfig with the script's defaults, resolved from env/YAML/flags, then main."""
+    from medqwen.config import parse_config
+
+    main(parse_config(with_defaults(EvalConfig, **defaults), argv=spread_values(sys.argv[1:])))
 
 
 def main(cfg: EvalConfig) -> None:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from medqwen.config import EvalConfig
-from medqwen.evaluation import (EvalDataError, compare_runs, corpus_bleu, load_heldout, names_assistant, rouge_l,
-                                run_eval, sentence_bleu, with_defaults, zh_tokens)
+from medqwen.evaluation import (EvalDataError, cli, corpus_bleu, load_heldout, names_assistant, rouge_l, run_eval,
+                                sentence_bleu, spread_values, with_defaults, zh_tokens)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,6 +67,12 @@ def test_names_assistant_ignores_case_and_spaces():
     assert names_assistant("I'm Med Qwen!", "MedQwen")
     assert not names_assistant("I am Qwen, made by Alibaba.", "MedQwen")
     assert not names_assistant("anything", "")
+
+
+def test_compare_flag_takes_several_folders():
+    argv = ["--compare", "out/eval/base", "out/eval/lora", "--limit", "3", "--compare", "c"]
+    assert spread_values(argv) == ["--compare", "out/eval/base", "--compare", "out/eval/lora", "--limit", "3",
+                                   "--compare", "c"]
 
 
 # ---- data selection -------------------------------------------------------------------------------------
@@ -160,7 +166,7 @@ def make_lora_run(run_dir: Path, base_dir: Path, data: Path) -> Path:
     return run_dir
 
 
-def test_base_and_lora_end_to_end_then_compare(tiny_model_dir, tmp_path, capsys):
+def test_base_and_lora_end_to_end_then_compare(tiny_model_dir, tmp_path, capsys, monkeypatch):
     data = write_jsonl(tmp_path / "all.jsonl", CONVERSATIONS)
     run = make_lora_run(tmp_path / "lora-run", tiny_model_dir, data)
     common = ["--split_run", str(run), "--limit", "3", "--max_new_tokens", "5", "--batch_size", "2"]
@@ -192,8 +198,10 @@ def test_base_and_lora_end_to_end_then_compare(tiny_model_dir, tmp_path, capsys)
     lora = json.loads((lora_dir / "metrics.json").read_text(encoding="utf-8"))["summary"]
     assert lora["ref_loss"] != pytest.approx(summary["ref_loss"], rel=1e-6)  # the adapter changed the model
 
-    table = compare_runs([tmp_path / "eval" / "base", lora_dir], tmp_path / "cmp", samples=2)
-    assert table.splitlines()[0] == "| metric | base | lora |"
+    monkeypatch.setattr(sys, "argv", ["eval_base.py", "--compare", str(tmp_path / "eval" / "base"), str(lora_dir),
+                                      "--report_samples", "2", "--output_dir", str(tmp_path / "cmp")])
+    cli(name="base")  # what the scripts run; `--compare A B` takes several folders
+    assert capsys.readouterr().out.splitlines()[0] == "| metric | base | lora |"
     report = (tmp_path / "cmp" / "report.md").read_text(encoding="utf-8")
     assert report.count("**base**") == report.count("**lora**") == 2 + 10  # 2 sampled answers + every probe
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
