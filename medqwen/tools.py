@@ -268,25 +268,35 @@ def get_weather(city: str, when: str = "now", units: str = "metric", *, api_key:
         return _api_error(response.status_code, city, response.text)
     try:
         data = response.json()
-        temp_unit, wind_unit = UNIT_SYMBOLS[units]
         if days == 0:
-            main = data["main"]
-            return (f"{data.get('name', city)}: {data['weather'][0]['description']}, {main['temp']:.1f}{temp_unit} "
-                    f"(feels like {main['feels_like']:.1f}{temp_unit}), humidity {main['humidity']}%, "
-                    f"wind {data['wind']['speed']:.1f} {wind_unit}")
+            return format_current(data, city, units)
         offset = dt.timedelta(seconds=data["city"].get("timezone", 0))  # the city's UTC offset
         local_today = today or (dt.datetime.now(dt.timezone.utc) + offset).date()
-        target = local_today + dt.timedelta(days=days)
-        entries = [e for e in data["list"]
-                   if (dt.datetime.fromtimestamp(e["dt"], dt.timezone.utc) + offset).date() == target]
+        return format_forecast(data, city, local_today + dt.timedelta(days=days), units)
     except (KeyError, IndexError, TypeError, ValueError):
         return "Error: the weather service sent an answer in an unexpected format."
+
+
+def format_current(data: dict, city: str, units: str) -> str:
+    """One line from an OpenWeatherMap /weather answer."""
+    temp_unit, wind_unit = UNIT_SYMBOLS[units]
+    main = data["main"]
+    return (f"{data.get('name', city)}: {data['weather'][0]['description']}, {main['temp']:.1f}{temp_unit} "
+            f"(feels like {main['feels_like']:.1f}{temp_unit}), humidity {main['humidity']}%, "
+            f"wind {data['wind']['speed']:.1f} {wind_unit}")
+
+
+def format_forecast(data: dict, city: str, day: dt.date, units: str) -> str:
+    """One line for `day` (the city's local date) from an OpenWeatherMap /forecast answer (3-hour entries)."""
+    offset = dt.timedelta(seconds=data["city"].get("timezone", 0))
+    entries = [e for e in data["list"] if (dt.datetime.fromtimestamp(e["dt"], dt.timezone.utc) + offset).date() == day]
     if not entries:
-        return f"Error: the forecast has no data for {target.isoformat()}."
+        return f"Error: the forecast has no data for {day.isoformat()}."
+    temp_unit = UNIT_SYMBOLS[units][0]
     low = min(e["main"]["temp_min"] for e in entries)
     high = max(e["main"]["temp_max"] for e in entries)
     rain = max(e.get("pop", 0) for e in entries)
-    return (f"{data['city'].get('name', city)} {target.isoformat()}: {_describe(entries)}, "
+    return (f"{data['city'].get('name', city)} {day.isoformat()}: {_describe(entries)}, "
             f"{low:.1f}-{high:.1f}{temp_unit}, chance of precipitation {rain:.0%}")
 
 
