@@ -244,6 +244,17 @@ class ToolDataConfig:
 
 
 @dataclass
+class AgentEvalConfig(AgentConfig):
+    """agent/eval_agent.py: the agent answers held-out arithmetic questions; counts calculator calls and
+    correct final answers."""
+
+    questions: str = _f("data/heldout_arithmetic.jsonl", "JSONL of {question, answer} written by "
+                                                         "data/make_tool_data.py --heldout_output.")
+    output_dir: str = _f("out/eval/agent", "Where predictions.jsonl, metrics.json and config.yaml go.")
+    limit: int | None = _f(None, "Ask only the first N questions (smoke runs).")
+
+
+@dataclass
 class GrpoConfig:
     """trainer/train_grpo.py: GRPO (TRL GRPOTrainer + LoRA) on multiple-choice questions with verifiable rewards:
     the option the benchmark's parser reads from the reply is correct, and the reply has the answer format."""
