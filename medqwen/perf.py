@@ -163,3 +163,102 @@ def matmul_peak_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     torch.cuda.synchronize()
     seconds = start.elapsed_time(end) / 1000 / repeats
     return 2 * n**3 / seconds / 1e12
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Timing the trainer's real train step
+
+
+# Named recipes: TrainConfig overrides on top of the defaults (the original recipe), or a preset YAML.
+# A variant may add overrides after a colon: "24gb:per_device_train_batch_size=4:recompute_layers=20".
+VARIANTS: dict[str, dict | str] = {
+    # the seed recipe: pad to the longest in the batch, batch 8 x accumulation 8, gradient checkpointing, SDPA
+    "original": {"attn_implementation": "sdpa"},
+    # padding-free BFD packing; rows of <= max_seq_len tokens hold ~2.7 conversations, so 8 x 3 rows ~ 64 conversations
+    "packed": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa"},
+    "packed+liger": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
+                     "use_liger_kernel": True, "gradient_checkpointing": False},
+    "packed+liger+compile": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
+                             "use_liger_kernel": True, "gradient_checkpointing": False, "compile_layers": True},
+    "fused": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
+              "use_liger_kernel": True, "gradient_checkpointing": False, "fused_lora": True},
+    "fused+varlen": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "varlen",
+                     "use_liger_kernel": True, "gradient_checkpointing": False, "fused_lora": True},
+    "speed": "configs/qwen3-4b/lora_speed_1xh200.yaml",
+    "24gb": "configs/qwen3-4b/lora_24gb.yaml",
+}
+
+
+def variant_config(spec: str, base: dict):
+    """TrainConfig of a variant spec (`name` or `name:field=value:field=value`) on top of `base` overrides."""
+    from medqwen.config import TrainConfig, resolve_config
+
+    name, _, extra = spec.partition(":")
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+    recipe = VARIANTS[name]
+    cli = dict(base)
+    if isinstance(recipe, str):
+        from medqwen.config import REPO_ROOT
+
+        cli["config"] = str(REPO_ROOT / recipe)
+    else:
+        cli.update(recipe)
+    for item in filter(None, extra.split(":")):
+        key, _, value = item.partition("=")
+        cli[key.strip()] = value.strip()
+    return resolve_config(TrainConfig, cli=cli)
+
+
+class CountingCollator:
+    """Wraps the trainer's collator and counts what each batch holds: real and computed tokens, sequences."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.real = self.computed = self.sequences = 0
+        self.lengths: list[int] = []
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        ids = batch["input_ids"]
+        self.computed += ids.numel()
+        if "attention_mask" in batch:  # padded rows
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+        else:  # padding-free: one row, boundaries where position ids restart
+            cu = batch["cu_seq_lens_q"]
+            lengths = (cu[1:] - cu[:-1]).tolist()
+        self.real += sum(lengths)
+        self.sequences += len(lengths)
+        self.lengths.extend(lengths)
+        return batch
+
+
+def time_trainer(trainer, warmup_steps: int, steps: int, sync=None) -> dict:
+    """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds, tokens and sequence lengths."""
+    from transformers import TrainerCallback
+
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    marks: list[tuple[float, int, int, int, int]] = []
+
+    class Marks(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.mark()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.mark()
+
+        def mark(self):
+            if sync:
+                sync()  # queued kernels belong to the step they were launched in
+            marks.append((time.perf_counter(), counter.real, counter.computed, counter.sequences,
+                          len(counter.lengths)))
+
+    trainer.add_callback(Marks())
+    trainer.args.max_steps = warmup_steps + steps
+    trainer.train()
+    rows = []
+    for (t0, r0, c0, s0, l0), (t1, r1, c1, s1, l1) in zip(marks[:-1], marks[1:]):
+        rows.append({"seconds": t1 - t0, "real_tokens": r1 - r0, "computed_tokens": c1 - c0,
+                     "sequences": s1 - s0, "lengths": counter.lengths[l0:l1]})
+    return {"warmup": rows[:warmup_steps], "timed": rows[warmup_steps:]}
