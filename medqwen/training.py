@@ -30,64 +30,45 @@ STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into plac
 # Data
 
 
-class DataFormatError(ValueError):
-    """A conversation JSONL line that cannot be trained on; the message names file and line."""
+def read_conversations(path: str | Path) -> list[dict]:
+    """Conversations (`{"conversations": [...], "tools"?: [...]}`) from JSONL, validated by medqwen.data.
 
+    `conversations` or `messages` (and the other formats data/prepare_data.py converts) are accepted; a bad
+    line raises medqwen.data.DataError with "path:line: what is wrong".
+    """
+    from medqwen.config import DataConfig
+    from medqwen.data import InputSpec, load_file
 
-def read_conversations(path: str | Path) -> list[list[dict]]:
-    """Message lists from conversation JSONL (`conversations` or `messages` key), with file:line errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training data '{path}' not found. Prepare it first, e.g.\n"
+        raise FileNotFoundError(f"training data '{path}' not found. Prepare it first (README, section data):\n"
                                 f"  python data/prepare_data.py --output {path}")
-    conversations = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            messages = record.get("conversations", record.get("messages"))
-            if not isinstance(messages, list) or not messages:
-                raise DataFormatError(f"{where}: expected a non-empty 'conversations' (or 'messages') list")
-            for i, message in enumerate(messages):
-                if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                    raise DataFormatError(f"{where}: message {i} needs a 'role' string")
-                if message.get("content") is not None and not isinstance(message["content"], str):
-                    raise DataFormatError(f"{where}: message {i} 'content' must be a string")
-            if not any(m["role"] == "assistant" for m in messages):
-                raise DataFormatError(f"{where}: no assistant message, so nothing to train on")
-            conversations.append(messages)
+    conversations = load_file(InputSpec(path), DataConfig()).conversations
     if not conversations:
-        raise DataFormatError(f"{path}: no conversations found")
+        raise ValueError(f"{path}: no conversations found")
     return conversations
 
 
-def to_trl_record(messages: list[dict]) -> dict[str, Any]:
-    """A `{"messages": [...]}` row for TRL; tool-call arguments become JSON strings.
+def to_trl_record(conversation: dict) -> dict[str, Any]:
+    """A row in TRL's conversational format: `messages`, and `tools` as a JSON string (or None).
 
-    Arrow stores dict arguments as one struct type per column, filling keys missing in a row with null, which
-    the template would render as `"key": null`. As strings they render byte-identically to the dict form.
+    Tool-call arguments become JSON strings too: Arrow stores dicts as one struct type per column and fills keys
+    missing in a row with null, which the template would render as `"key": null`. The template renders a
+    string argument verbatim, and json.dumps gives the same text as the template's `tojson`.
     """
-    clean = []
-    for message in messages:
+    messages = []
+    for message in conversation["conversations"]:
         message = dict(message)
         if message.get("tool_calls"):
-            calls = []
-            for call in message["tool_calls"]:
-                call = json.loads(json.dumps(call))
+            calls = json.loads(json.dumps(message["tool_calls"]))
+            for call in calls:
                 fn = call.get("function", call)
                 if not isinstance(fn.get("arguments"), str):
                     fn["arguments"] = json.dumps(fn.get("arguments", {}), ensure_ascii=False)
-                calls.append(call)
             message["tool_calls"] = calls
-        clean.append(message)
-    return {"messages": clean}
+        messages.append(message)
+    tools = conversation.get("tools")
+    return {"messages": messages, "tools": json.dumps(tools, ensure_ascii=False) if tools else None}
 
 
 def split_conversations(conversations: list, eval_ratio: float, seed: int) -> tuple[list, list]:
@@ -100,15 +81,15 @@ def split_conversations(conversations: list, eval_ratio: float, seed: int) -> tu
     return [conversations[i] for i in order[n_eval:]], [conversations[i] for i in order[:n_eval]]
 
 
-def write_jsonl(rows: list[list[dict]], path: Path) -> None:
-    """Write conversations as `{"conversations": [...]}` lines (the repository's format)."""
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    """Write conversations as JSONL lines (the repository's format)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
-        for messages in rows:
-            handle.write(json.dumps({"conversations": messages}, ensure_ascii=False) + "\n")
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def to_dataset(conversations: list[list[dict]]):
+def to_dataset(conversations: list[dict]):
     """A `datasets.Dataset` in TRL's conversational format."""
     from datasets import Dataset
 
@@ -123,6 +104,14 @@ def on_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def process_state():
+    """accelerate's view of this process (rank, world size). On CPU it must be asked for with cpu=True, else
+    processes started by `accelerate launch`/torchrun without GPUs each think they are alone."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not on_gpu())
 
 
 def load_base_model(cfg: TrainConfig):
@@ -170,6 +159,7 @@ def sft_config(cfg: TrainConfig, has_eval: bool):
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
+        use_cpu=not gpu,  # also makes CPU processes under accelerate/torchrun one gloo process group
         bf16=cfg.bf16 and gpu,
         gradient_checkpointing=cfg.gradient_checkpointing and gpu,
         use_liger_kernel=cfg.use_liger_kernel,
@@ -222,10 +212,11 @@ def _trainer_class():
                 super()._save_checkpoint(model, trial)
             finally:
                 self._staging = None
-            if self.args.should_save:
-                if self.state.best_model_checkpoint == staged:
-                    self.state.best_model_checkpoint = final
+            if self.state.best_model_checkpoint == staged:  # on every rank: all of them load the best at the end
+                self.state.best_model_checkpoint = final
+                if self.args.should_save:
                     self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+            if self.args.should_save:
                 if os.path.exists(final):
                     shutil.rmtree(final)  # re-running a step from an earlier checkpoint replaces it
                 os.replace(staged, final)
@@ -357,19 +348,18 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Split, train (or resume), save the adapter atomically, write loss_curve.png and metrics.json."""
-    from accelerate import PartialState
-
     from medqwen.reporting import markdown_table, write_metrics
 
     out = Path(cfg.output_dir)
-    main_process = PartialState().is_main_process
+    procs = process_state()
+    main_process = procs.is_main_process
     conversations = read_conversations(cfg.data_path)
     train_rows, eval_rows = split_conversations(conversations, cfg.eval_ratio, cfg.seed)
     resume = resolve_resume(cfg)
     if main_process:
         save_config(cfg, out / "config.yaml", extra={"train_conversations": len(train_rows),
                                                      "eval_conversations": len(eval_rows),
-                                                     "gpu": on_gpu(), "processes": PartialState().num_processes})
+                                                     "gpu": on_gpu(), "processes": procs.num_processes})
         write_jsonl(train_rows, out / "split" / "train.jsonl")
         write_jsonl(eval_rows, out / "split" / "eval.jsonl")
         if resume is None and last_checkpoint(out) is not None:

@@ -20,14 +20,12 @@ The run folder gets the adapter (+ tokenizer and chat template), config.yaml (wr
 split/{train,eval}.jsonl, checkpoint-N/, logs/ (TensorBoard), loss_curve.png and metrics.json.
 """
 
-from accelerate import PartialState
-
 from medqwen.config import TrainConfig, format_config, parse_config
-from medqwen.training import train
+from medqwen.training import process_state, train
 
 
 def main(cfg: TrainConfig) -> dict:
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print("train_lora config:\n" + format_config(cfg))
     return train(cfg)
 
