@@ -285,11 +285,14 @@ def output_dir(cfg: EvalConfig) -> Path:
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate one model (base or base + adapter); write every output file; return metrics.json's content."""
     out = output_dir(cfg)
-    base_model = resolve_base_model(cfg)
     if cfg.backend == "hf":
         from medqwen.modeling import check_model_dir
 
+        base_model = resolve_base_model(cfg)
         check_model_dir(base_model)  # before the data is read and the judge is asked
+        model_label = base_model + (f" + {cfg.adapter}" if cfg.adapter else "")
+    else:  # the server holds the model (and any adapter)
+        base_model, model_label = None, f"{cfg.served_model} at {cfg.base_url}"
     judge = None
     if cfg.judge_base_url:  # fail fast: a judge that is down should not cost the generation time
         from medqwen.judge import make_judge
@@ -302,8 +305,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if not examples:
         raise EvalDataError(f"no conversation ending in an assistant reply in the {source}")
     save_config(cfg, out / "config.yaml", extra={"resolved_base_model": base_model, "data_source": source})
-    print(f"evaluating {base_model}{' + ' + cfg.adapter if cfg.adapter else ''} on {len(examples)} held-out "
-          f"conversations ({source})", file=sys.stderr)
+    print(f"evaluating {model_label} on {len(examples)} held-out conversations ({source})", file=sys.stderr)
 
     probes = []
     if cfg.identity_probes:
@@ -358,7 +360,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         for row in examples + probes:
             row = {k: v for k, v in row.items() if k != "conversation"}
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    meta = {"model": base_model, "adapter": cfg.adapter, "backend": cfg.backend, "data_source": source,
+    meta = {"model": model_label, "base_model": base_model, "backend": cfg.backend, "data_source": source,
             "max_new_tokens": cfg.max_new_tokens, "assistant_name": cfg.assistant_name,
             "judge_model": cfg.judge_model if judge else None, "timings_s": timings}
     write_metrics(out, summary, detail={"per_example": "predictions.jsonl"}, meta_extra=meta, seed=cfg.seed)
@@ -390,9 +392,11 @@ def summarize(examples: list[dict], probes: list[dict], losses: list[tuple[float
         summary["identity_rate_ci95"] = mean_ci(hits, seed)
         summary["identity_n"] = len(hits)
     if judgements is not None:
-        from medqwen.judge import summarize_judgements
+        from medqwen.judge import CRITERIA, summarize_judgements
 
         summary.update(summarize_judgements(judgements))
+        for name in CRITERIA:
+            summary[f"judge_{name}_ci95"] = mean_ci([j[name] for j in judgements if "error" not in j], seed)
     return summary
 
 
@@ -428,9 +432,44 @@ def _with_ci(metrics: dict[str, Any], key: str) -> Any:
 
 
 def metric_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
-    """Rows of (metric, value per run) for the metrics at least one run has."""
+    """Rows of (metric, value per run) for the metrics at least one run has, then the paired comparisons."""
     return [[label] + [_with_ci(r["metrics"], key) for r in runs] for key, label in HEADLINE
-            if any(r["metrics"].get(key) is not None for r in runs)]
+            if any(r["metrics"].get(key) is not None for r in runs)] + paired_rows(runs)
+
+
+PAIRED = [("rouge_l", "ROUGE-L", lambda p: p.get("rouge_l")), ("bleu", "sentence BLEU", lambda p: p.get("bleu")),
+          ("loss", "loss/token", lambda p: p["ref_nll"] / p["ref_tokens"] if p.get("ref_tokens") else None)]
+
+
+def paired_rows(runs: list[dict[str, Any]], seed: int = 0) -> list[list[Any]]:
+    """Every later run minus the first on the questions both answered: mean difference with a paired 95%
+    bootstrap interval; identity probes with McNemar's exact test (only probes the two runs disagree on count)."""
+    from medqwen.stats import mcnemar_exact
+
+    if len(runs) < 2:
+        return []
+    first = {p["id"]: p for p in runs[0]["predictions"]}
+    rows = []
+    for _, label, value in PAIRED:
+        row = [f"Δ {label} vs {runs[0]['name']}", "-"]
+        for run in runs[1:]:
+            diffs = [value(p) - value(first[p["id"]]) for p in run["predictions"] if p.get("kind") == "heldout"
+                     and p["id"] in first and value(p) is not None and value(first[p["id"]]) is not None]
+            ci = mean_ci(diffs, seed)
+            row.append(f"{sum(diffs) / len(diffs):+.4g}" + (f" [{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else "")
+                       + f" (n={len(diffs)})" if diffs else "-")
+        if any(cell != "-" for cell in row[2:]):
+            rows.append(row)
+    row = [f"identity vs {runs[0]['name']}: McNemar p", "-"]
+    for run in runs[1:]:
+        pairs = [(first[p["id"]]["names_assistant"], p["names_assistant"]) for p in run["predictions"]
+                 if p.get("kind") == "identity" and p["id"] in first]
+        test = mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+        row.append(f"{test['p_value']:.3g} ({test['a_only']} only {runs[0]['name']}, {test['b_only']} only "
+                   f"{run['name']})" if test else "-")
+    if any(cell != "-" for cell in row[2:]):
+        rows.append(row)
+    return rows
 
 
 def sample_ids(runs: list[dict[str, Any]], k: int, seed: int) -> list[str]:
@@ -453,7 +492,8 @@ def write_report(out_dir: str | Path, runs: list[dict[str, Any]], samples: int =
     chosen = sample_ids(runs, samples, seed)
 
     md = [f"# Evaluation: {' vs '.join(names)}", "", markdown_table(metric_rows(runs), ["metric"] + names), "",
-          "Values in brackets: 95% bootstrap interval over questions.", "", "## Sampled answers", ""]
+          "Values in brackets: 95% bootstrap interval over questions (paired for the Δ rows: each run minus the "
+          "first, on the questions both answered).", "", "## Sampled answers", ""]
     for n, item_id in enumerate(chosen, 1):
         first = by_id[0][item_id]
         md += [f"### {n}. {first['kind']} `{item_id}`", "", f"**Question:** {first['question']}", ""]

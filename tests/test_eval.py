@@ -201,7 +201,9 @@ def test_base_and_lora_end_to_end_then_compare(tiny_model_dir, tmp_path, capsys,
     monkeypatch.setattr(sys, "argv", ["eval_base.py", "--compare", str(tmp_path / "eval" / "base"), str(lora_dir),
                                       "--report_samples", "2", "--output_dir", str(tmp_path / "cmp")])
     cli(name="base")  # what the scripts run; `--compare A B` takes several folders
-    assert capsys.readouterr().out.splitlines()[0] == "| metric | base | lora |"
+    table = capsys.readouterr().out
+    assert table.splitlines()[0] == "| metric | base | lora |"
+    assert "| Δ loss/token vs base | - | " in table and "| identity vs base: McNemar p | - | " in table
     report = (tmp_path / "cmp" / "report.md").read_text(encoding="utf-8")
     assert report.count("**base**") == report.count("**lora**") == 2 + 10  # 2 sampled answers + every probe
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0

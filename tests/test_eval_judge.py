@@ -44,7 +44,7 @@ def test_parse_judge_reply_rejects_what_is_not_a_valid_grade(reply, message):
 
 
 class FakeOpenAI(ThreadingHTTPServer):
-    """Answers /v1/models and /v1/chat/completions; `replies` are the judge's texts, in order (int: HTTP status)."""
+    """Answers /v1/models and /v1/chat/completions; `replies` are the texts, in order (int: an HTTP status)."""
 
     def __init__(self, port: int):
         super().__init__(("127.0.0.1", port), Handler)
@@ -71,7 +71,8 @@ class Handler(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         request["authorization"] = self.headers.get("Authorization")
         self.server.requests.append(request)
-        reply = self.server.replies.pop(0)
+        # Queued replies in order; with none queued, echo the last message (order-free for concurrent requests).
+        reply = self.server.replies.pop(0) if self.server.replies else request["messages"][-1]["content"]
         if isinstance(reply, int):
             self._send(reply, {"error": {"message": "server error", "type": "server_error"}})
             return
@@ -162,3 +163,23 @@ def test_eval_run_with_judge_end_to_end(server, tiny_model_dir, tmp_path, monkey
     server.server_close()
     with pytest.raises(SystemExit, match=f"judge endpoint {url} is not reachable"):
         main(cfg)
+
+
+def test_answers_from_an_openai_compatible_server(server, tmp_path):
+    """--backend openai: answers come from chat completions (here: the question echoed); no model is loaded."""
+    from medqwen.config import EvalConfig
+    from medqwen.data import IDENTITY_PROBES
+    from medqwen.evaluation import rouge_l, run_eval
+    from tests.test_eval import CONVERSATIONS, write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", CONVERSATIONS)
+    cfg = EvalConfig(model_name_or_path=str(tmp_path / "not-needed"), backend="openai", served_model="lora-adapter",
+                     base_url=f"http://127.0.0.1:{server.server_port}/v1", data_path=str(data), split_run=None,
+                     eval_split="all", limit=4, assistant_name="你", output_dir=str(tmp_path / "out"))
+    summary = run_eval(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    heldout = [r for r in rows if r["kind"] == "heldout"]
+    assert [r["prediction"] for r in heldout] == [c[1]["content"] for c in CONVERSATIONS[:4]]
+    assert summary["rouge_l"] == pytest.approx(sum(rouge_l(r["question"], r["reference"]) for r in heldout) / 4)
+    assert summary["identity_rate"] == pytest.approx(sum("你" in q for q in IDENTITY_PROBES) / len(IDENTITY_PROBES))
+    assert "ref_loss" not in summary and all(r["model"] == "lora-adapter" for r in server.requests)
