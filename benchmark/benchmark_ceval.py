@@ -1,0 +1,115 @@
+"""C-Eval few-shot benchmark (clinical medicine by default): base vs LoRA vs GRPO, faithful to the paper and to
+lm-evaluation-harness, with confidence intervals and paired tests.
+
+    python benchmark/benchmark_ceval.py                                  # base model/qwen, 5-shot, val
+    python benchmark/benchmark_ceval.py --model-type lora                # adapter in out/qwen3-4b-lora-medical
+    python benchmark/benchmark_ceval.py --model-type grpo                # adapter in out/qwen3-4b-grpo-medical
+    python benchmark/benchmark_ceval.py --subjects medical --split test  # submission.json for cevalbenchmark.com
+    python benchmark/benchmark_ceval.py --prompt-style lm-eval           # lm-eval's ceval-valid rendering
+    python benchmark/benchmark_ceval.py --scoring generate --cot --chat  # chain of thought, official extraction
+    python benchmark/benchmark_ceval.py --backend openai --base-url http://localhost:8001/v1 --chat \
+        --served-model lora-adapter                                      # a running vLLM server
+    python benchmark/benchmark_ceval.py --compare out/benchmark/ceval-exam/clinical_medicine/base \
+        out/benchmark/ceval-exam/clinical_medicine/lora                  # side by side + McNemar + PNG
+
+Writes to out/benchmark/ceval-exam/<subject or group>/<model_type>/: config.yaml, predictions.jsonl,
+metrics.json (accuracy, n, 95% bootstrap CI, per subject), results.md (and submission.json for --split test).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from medqwen.ceval import GROUPS, compare_runs, expand_subjects, results_table, run_benchmark, submission, summarize
+from medqwen.ceval import write_predictions
+from medqwen.config import CevalConfig, config_to_dict, format_config, load_saved_config, parse_config, save_config
+from medqwen.reporting import write_metrics
+
+DEFAULT_RUN_DIRS = {"lora": "out/qwen3-4b-lora-medical", "grpo": "out/qwen3-4b-grpo-medical",
+                    "merged": "out/qwen3-4b-lora-medical-merged"}
+
+
+def resolve_model(cfg: CevalConfig) -> tuple[str, str | None]:
+    """(model folder, adapter folder or None) for the chosen model type."""
+    if cfg.model_type == "base":
+        return cfg.model, None
+    run_dir = Path(cfg.run_dir or DEFAULT_RUN_DIRS[cfg.model_type])
+    if cfg.model_type == "merged":
+        return str(run_dir if run_dir.is_dir() or cfg.run_dir else cfg.model), None
+    if not (run_dir / "adapter_config.json").is_file():
+        raise SystemExit(f"error: no LoRA adapter in {run_dir} (adapter_config.json missing). Train one first "
+                         f"(python trainer/train_{'grpo' if cfg.model_type == 'grpo' else 'lora'}.py) or pass "
+                         f"--run_dir.")
+    saved = load_saved_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    return saved.get("model_name_or_path") or cfg.model, str(run_dir)
+
+
+def subject_tag(subjects: list[str]) -> str:
+    """Folder name for a subject list: the subject, the group name, or the subjects joined."""
+    return next((g for g in GROUPS if list(subjects) == [g]), None) or "+".join(expand_subjects(subjects))
+
+
+def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
+    """The scoring backend the config asks for."""
+    from medqwen.backends import HFBackend, OpenAIBackend, VLLMBackend
+
+    if cfg.backend == "hf":
+        return HFBackend.from_pretrained(model, adapter, chat_template=cfg.chat_template, device=cfg.device,
+                                         dtype=cfg.dtype, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix,
+                                         progress=True)
+    if cfg.backend == "vllm":
+        backend = VLLMBackend(model, adapter)
+        if cfg.chat:
+            from medqwen.chat import load_chat_template
+
+            backend.tokenizer.chat_template = load_chat_template(cfg.chat_template)
+        return backend
+    tokenizer = None
+    if cfg.chat:  # prompts are rendered here with the same template file the server was started with
+        from medqwen.chat import load_tokenizer
+
+        tokenizer = load_tokenizer(model, cfg.chat_template)
+    return OpenAIBackend(cfg.base_url, cfg.served_model, api_key=cfg.api_key, timeout_s=cfg.request_timeout_s,
+                         tokenizer=tokenizer)
+
+
+def main(cfg: CevalConfig) -> dict:
+    root = Path("out/benchmark/ceval-exam") / subject_tag(cfg.subjects)
+    if cfg.compare:
+        table, result = compare_runs(cfg.compare, cfg.output_dir or root / "compare", cfg.n_bootstrap, cfg.seed)
+        print(table)
+        return result
+    out_dir = Path(cfg.output_dir or root / cfg.model_type)
+    model, adapter = resolve_model(cfg)
+    save_config(cfg, out_dir / "config.yaml", extra={"resolved_model": model, "resolved_adapter": adapter})
+    print(f"C-Eval {cfg.split}, {cfg.k_shot}-shot, {cfg.prompt_style} prompt, {cfg.scoring}: {model}"
+          f"{' + ' + adapter if adapter else ''} -> {out_dir}\n{format_config(cfg)}", flush=True)
+
+    backend = make_backend(cfg, model, adapter)
+    max_new_tokens = cfg.max_new_tokens or (512 if cfg.cot else 16)
+    predictions, timing = run_benchmark(backend, cfg.data_dir, cfg.subjects, cfg.split, cfg.k_shot, cfg.limit,
+                                        style=cfg.prompt_style, scoring=cfg.scoring, cot=cfg.cot, chat=cfg.chat,
+                                        max_new_tokens=max_new_tokens, enable_thinking=cfg.enable_thinking)
+    write_predictions(predictions, out_dir / "predictions.jsonl")
+    summary = summarize(predictions, cfg.n_bootstrap, cfg.seed)
+    summary.update(model_type=cfg.model_type, model=model, adapter=adapter, split=cfg.split, k_shot=cfg.k_shot,
+                   prompt_style=cfg.prompt_style, scoring=cfg.scoring, chat=cfg.chat, cot=cfg.cot, **timing)
+    if cfg.split == "test":
+        (out_dir / "submission.json").write_text(json.dumps(submission(predictions), ensure_ascii=False, indent=2),
+                                                 encoding="utf-8")
+    per_subject = summary.pop("per_subject")
+    write_metrics(out_dir, summary, detail=per_subject, seed=cfg.seed, meta_extra={"config": config_to_dict(cfg)})
+    table = results_table({**summary, "per_subject": per_subject})
+    (out_dir / "results.md").write_text(table + "\n", encoding="utf-8")
+    print(f"\n{table}\n\n{len(predictions)} questions in {timing['seconds']:.1f} s "
+          f"({timing['questions_per_s']:.2f} questions/s); outputs in {out_dir}/")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_config(CevalConfig))
+    except (FileNotFoundError, ValueError, ConnectionError) as err:  # bad data / folders / server: say what to do
+        sys.exit(f"error: {err}")

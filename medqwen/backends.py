@@ -1,0 +1,288 @@
+"""Scoring and generation backends with one interface, so benchmarks and evaluations do not care where a
+model runs:
+
+    backend.loglik(contexts, continuations) -> np.ndarray [len(contexts), len(continuations)]
+        log P(continuation | context), summed over the continuation's tokens (lm-evaluation-harness semantics)
+    backend.generate(prompts, max_new_tokens) -> list[str]      greedy completions of plain-text prompts
+    backend.tokenizer                                           for chat templates (None for remote servers)
+
+HFBackend      transformers, batched and length-sorted. When every continuation is one token (A/B/C/D) one
+               forward pass per question scores all of them, and the few-shot head shared by a subject's
+               questions is computed once and its KV cache reused for every question (`reuse_prefix`).
+VLLMBackend    offline `vllm.LLM`, prompt logprobs.
+OpenAIBackend  any OpenAI-compatible server (`vllm serve`, ...): /v1/completions with echo + logprobs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation token ids exactly as lm-evaluation-harness's HFLM._encode_pair makes them:
+    trailing context spaces move into the continuation; the continuation is whole[len(context_ids):]."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = tokenizer.encode(context + continuation, add_special_tokens=False)
+    context_ids = tokenizer.encode(context, add_special_tokens=False)
+    return context_ids, whole[len(context_ids):]
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by all sequences."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped longest first, so each batch pads little (and a too-large batch fails first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class HFBackend:
+    """A transformers causal LM (optionally with a PEFT adapter) in eval mode."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, reuse_prefix: bool = True,
+                 min_prefix_tokens: int = 16, progress: bool = False):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.reuse_prefix, self.min_prefix_tokens = batch_size, reuse_prefix, min_prefix_tokens
+        self.progress = progress
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay in
+        self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, model_path: str | Path, adapter: str | Path | None = None, chat_template=None,
+                        device: str | None = None, dtype: str | None = None, **kwargs) -> "HFBackend":
+        """Load model (+ adapter) and tokenizer from local folders."""
+        from medqwen.chat import load_tokenizer
+        from medqwen.config import DEFAULT_TEMPLATE
+        from medqwen.modeling import load_model
+
+        tokenizer = load_tokenizer(model_path, chat_template or DEFAULT_TEMPLATE)
+        return cls(load_model(model_path, adapter=adapter, device=device, dtype=dtype), tokenizer, **kwargs)
+
+    # -- loglik ------------------------------------------------------------------------------------------
+
+    def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+        """log P(continuation | context) for every pair (lm-eval's tokenization)."""
+        pairs = [[encode_pair(self.tokenizer, ctx, cont) for cont in continuations] for ctx in contexts]
+        if any(len(cont) == 0 for row in pairs for _, cont in row):
+            raise ValueError("a continuation encodes to no tokens after its context (tokenizer merged them)")
+        if all(len(cont) == 1 for row in pairs for _, cont in row):
+            token_ids = [cont[0] for _, cont in pairs[0]]
+            if all([cont[0] for _, cont in row] == token_ids for row in pairs):
+                # The usual case: one forward pass per question reads all options at the last position.
+                return self.next_token_logprobs([row[0][0] for row in pairs], token_ids)
+        flat = [ctx + cont for row in pairs for ctx, cont in row]
+        n_cont = [len(cont) for row in pairs for _, cont in row]
+        return self.sequence_logprobs(flat, n_cont).reshape(len(contexts), len(continuations))
+
+    def next_token_logprobs(self, seqs: Sequence[Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
+        """log P(token | seq) for each sequence and candidate token: [len(seqs), len(token_ids)].
+
+        With `reuse_prefix`, the longest prefix all sequences share (the k-shot head of a subject) is run once;
+        each batch of suffixes then attends to its KV cache instead of recomputing it.
+        """
+        import torch
+
+        out = np.zeros((len(seqs), len(token_ids)), dtype=np.float64)
+        if not seqs:
+            return out
+        prefix_len = common_prefix_len(seqs) if self.reuse_prefix and len(seqs) > 1 else 0
+        prefix_len = min(prefix_len, min(len(s) for s in seqs) - 1)  # every suffix keeps >= 1 token
+        cache = None
+        if prefix_len >= self.min_prefix_tokens:
+            with torch.inference_mode():
+                ids = torch.tensor([list(seqs[0][:prefix_len])], device=self.device)
+                cache = self.decoder(input_ids=ids, use_cache=True).past_key_values
+        else:
+            prefix_len = 0
+        cand = torch.tensor(list(token_ids), device=self.device)
+        batches = length_sorted_batches([len(s) for s in seqs], self.batch_size)
+        for batch in _progress(batches, self.progress, "loglik"):
+            hidden = self._last_hidden([seqs[i][prefix_len:] for i in batch], cache, prefix_len)
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(self.lm_head(hidden).float(), dim=-1)[:, cand]
+            out[batch] = logprobs.cpu().double().numpy()
+        return out
+
+    def _last_hidden(self, suffixes: Sequence[Sequence[int]], cache, prefix_len: int):
+        """Final hidden state at each suffix's last token (right padding keeps positions exact)."""
+        import torch
+
+        lengths = torch.tensor([len(s) for s in suffixes], device=self.device)
+        batch, width = len(suffixes), int(lengths.max())
+        ids = torch.full((batch, width), self.tokenizer.pad_token_id or 0, device=self.device)
+        mask = torch.zeros((batch, prefix_len + width), dtype=torch.long, device=self.device)
+        mask[:, :prefix_len] = 1
+        for i, s in enumerate(suffixes):
+            ids[i, : len(s)] = torch.tensor(list(s), device=self.device)
+            mask[i, prefix_len:prefix_len + len(s)] = 1
+        past = None
+        if cache is not None:
+            past = copy.deepcopy(cache)  # the model appends to the cache it is given; keep the prefix intact
+            past.batch_repeat_interleave(batch)
+        with torch.inference_mode():
+            hidden = self.decoder(input_ids=ids, attention_mask=mask, past_key_values=past,
+                                  use_cache=past is not None).last_hidden_state
+            return hidden[torch.arange(batch, device=self.device), lengths - 1]
+
+    def sequence_logprobs(self, seqs: Sequence[Sequence[int]], n_last: Sequence[int]) -> np.ndarray:
+        """Sum of log P(token | tokens before it) over the last n tokens of each sequence (multi-token case)."""
+        import torch
+
+        out = np.zeros(len(seqs), dtype=np.float64)
+        for batch in length_sorted_batches([len(s) for s in seqs], self.batch_size):
+            width = max(len(seqs[i]) for i in batch)
+            ids = torch.full((len(batch), width), self.tokenizer.pad_token_id or 0, device=self.device)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(batch):
+                ids[row, : len(seqs[i])] = torch.tensor(list(seqs[i]), device=self.device)
+                mask[row, : len(seqs[i])] = 1
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            for row, i in enumerate(batch):
+                n, k = len(seqs[i]), n_last[i]
+                targets = ids[row, n - k:n]
+                out[i] = logprobs[row, n - k - 1:n - 1].gather(-1, targets[:, None]).sum().item()
+        return out
+
+    # -- generate ----------------------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+        """Greedy completions, batched (left padding for generation), longest prompts first."""
+        import torch
+
+        encoded = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        outputs: list[str] = [""] * len(prompts)
+        stop = [t for t in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+                if isinstance(t, int) and t >= 0]
+        for batch in _progress(length_sorted_batches([len(e) for e in encoded], self.batch_size),
+                               self.progress, "generate"):
+            width = max(len(encoded[i]) for i in batch)
+            pad = self.tokenizer.pad_token_id or 0
+            ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=self.device)
+            mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
+                                device=self.device)
+            with torch.inference_mode():
+                gen = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          do_sample=False, temperature=None, top_p=None, top_k=None,
+                                          pad_token_id=pad, eos_token_id=stop or None)
+            for row, i in enumerate(batch):
+                outputs[i] = self.tokenizer.decode(gen[row, width:], skip_special_tokens=True)
+        return outputs
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+class VLLMBackend:
+    """Offline vLLM engine: loglik from prompt logprobs, greedy generation; same tokenization as HFBackend."""
+
+    def __init__(self, model_path: str | Path, adapter: str | Path | None = None, **llm_kwargs):
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise ImportError("--backend vllm needs vLLM in this environment (on CPU: .venv-serve; on GPUs "
+                              "`pip install vllm`), or use --backend openai with a running server") from err
+        self.llm = LLM(model=str(model_path), enable_lora=adapter is not None, **llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest("adapter", 1, str(adapter))
+
+    def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+        from vllm import SamplingParams
+
+        pairs = [encode_pair(self.tokenizer, ctx, cont) for ctx in contexts for cont in continuations]
+        prompts = [{"prompt_token_ids": ctx + cont} for ctx, cont in pairs]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+        results = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
+        scores = []
+        for (ctx, cont), res in zip(pairs, results):
+            ids = ctx + cont
+            scores.append(sum(res.prompt_logprobs[j][ids[j]].logprob for j in range(len(ctx), len(ids))))
+        return np.array(scores, dtype=np.float64).reshape(len(contexts), len(continuations))
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
+        ids = [{"prompt_token_ids": self.tokenizer.encode(p, add_special_tokens=False)} for p in prompts]
+        return [r.outputs[0].text for r in self.llm.generate(ids, params, lora_request=self.lora, use_tqdm=False)]
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible server via /v1/completions (prompts are rendered here, so chat templates match)."""
+
+    tokenizer = None
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, timeout_s: float = 60,
+                 tokenizer=None):
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
+        self.tokenizer = tokenizer
+        self.model = model or self._first_model()
+
+    def _post(self, path: str, payload: dict | None = None) -> dict:
+        import httpx
+
+        url = f"{self.base_url}{path}"
+        try:
+            resp = self.client.post(url, json=payload) if payload is not None else self.client.get(url)
+        except httpx.HTTPError as err:
+            raise ConnectionError(f"cannot reach {url} ({err.__class__.__name__}): start the server "
+                                  f"(bash agent/serve_vllm.sh) or pass --base_url") from None
+        if resp.status_code != 200:
+            raise RuntimeError(f"{url} answered {resp.status_code}: {resp.text[:500]}")
+        return resp.json()
+
+    def _first_model(self) -> str:
+        models = self._post("/models").get("data", [])
+        if not models:
+            raise RuntimeError(f"{self.base_url}/models lists no model; pass --served_model")
+        return models[0]["id"]
+
+    def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+        """echo=True returns the prompt's own token logprobs: sum those that lie inside the continuation."""
+        out = np.zeros((len(contexts), len(continuations)), dtype=np.float64)
+        for i, ctx in enumerate(contexts):
+            texts = [ctx + cont for cont in continuations]
+            resp = self._post("/completions", {"model": self.model, "prompt": texts, "max_tokens": 1, "echo": True,
+                                               "logprobs": 1, "temperature": 0})
+            for choice in resp["choices"]:
+                lp, j = choice["logprobs"], choice["index"]
+                out[i, j] = sum(v for v, off in zip(lp["token_logprobs"], lp["text_offset"])
+                                if v is not None and len(ctx) <= off < len(texts[j]))
+        return out
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+        resp = self._post("/completions", {"model": self.model, "prompt": list(prompts), "temperature": 0,
+                                           "max_tokens": max_new_tokens})
+        texts = [""] * len(prompts)
+        for choice in resp["choices"]:
+            texts[choice["index"]] = choice["text"]
+        return texts
