@@ -5,7 +5,8 @@
     stats = index_paths(collection, cfg.input, cfg)   # second run adds nothing; changed files replaced
 
 Chunk ids are content hashes, so an unchanged chunk keeps its id (and its embedding) across runs; a file whose
-bytes are unchanged is skipped without reading it; chunks of a deleted file are pruned.
+bytes and chunk settings are unchanged, and whose chunks are all in the store, is skipped without parsing it (an
+interrupted run resumes where it stopped); chunks of a deleted file are pruned.
 """
 
 from __future__ import annotations
@@ -114,14 +115,21 @@ def iter_files(paths: list[str]) -> list[tuple[Path, Path]]:
     return found
 
 
-def _existing(collection, batch: int = 5000) -> dict[str, dict[str, str]]:
-    """source path -> {chunk id: file hash} for everything in the collection (paged: large stores)."""
-    by_source: dict[str, dict[str, str]] = {}
+def fingerprint(data: bytes, cfg: RagConfig) -> str:
+    """What a file's chunks depend on: its bytes and the chunking settings."""
+    settings = f"{cfg.chunk_size}|{cfg.chunk_overlap}|{cfg.encoding}".encode()
+    return hashlib.sha256(data + b"\0" + settings).hexdigest()
+
+
+def _existing(collection, batch: int = 5000) -> dict[str, dict[str, tuple[str, int]]]:
+    """source path -> {chunk id: (file fingerprint, chunks in file)} for the whole collection (paged)."""
+    by_source: dict[str, dict[str, tuple[str, int]]] = {}
     offset = 0
     while True:
         page = collection.get(include=["metadatas"], limit=batch, offset=offset)
         for cid, meta in zip(page["ids"], page["metadatas"]):
-            by_source.setdefault(meta.get("source", ""), {})[cid] = meta.get("file_sha256", "")
+            by_source.setdefault(meta.get("source", ""), {})[cid] = (meta.get("file_fingerprint", ""),
+                                                                      meta.get("file_chunks", -1))
         if len(page["ids"]) < batch:
             return by_source
         offset += batch
@@ -145,9 +153,9 @@ def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = T
     to_delete: list[str] = []
     for path, _root in tqdm(files, desc="reading", unit="file", disable=not progress or len(files) < 2):
         source = str(path)
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha = fingerprint(path.read_bytes(), cfg)
         old = existing.get(source, {})
-        if old and set(old.values()) == {sha}:
+        if old and set(old.values()) == {(sha, len(old))}:  # same bytes and settings, and completely indexed
             stats.unchanged += 1
             continue
         try:
@@ -158,12 +166,12 @@ def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = T
             continue  # its old chunks (if any) stay: nothing is lost because of a bad edit
         stats.indexed += 1
         for chunk in chunks:
-            chunk.metadata["file_sha256"] = sha
+            chunk.metadata.update(file_fingerprint=sha, file_chunks=len(chunks))
         new_ids = {c.id for c in chunks}
         to_add += [c for c in chunks if c.id not in old]
         to_delete += [cid for cid in old if cid not in new_ids]
         kept = [c for c in chunks if c.id in old]
-        if kept:  # same text, new file version: refresh the file hash, keep the embedding
+        if kept:  # same text, new file version: refresh the fingerprint, keep the embedding
             for i in range(0, len(kept), max_batch):
                 part = kept[i:i + max_batch]
                 collection.update(ids=[c.id for c in part], metadatas=[c.metadata for c in part])
