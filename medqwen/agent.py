@@ -116,7 +116,9 @@ def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
         llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.model, api_key=cfg.api_key or "EMPTY",
                          temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                          timeout=cfg.timeout_s, max_retries=1)
-    tools = build_tools(cfg) + list(extra_tools)
+    from medqwen.rag.answer import knowledge_base_tools  # [] unless a store from agent/embedding.py exists
+
+    tools = build_tools(cfg) + knowledge_base_tools() + list(extra_tools)
     names = [t.name for t in tools]
     if cfg.force_tool and cfg.force_tool not in names:
         raise ValueError(f"force_tool '{cfg.force_tool}' is not one of the tools {names}")

@@ -217,3 +217,13 @@ def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir):
         OpenAIAnswerer(down)(messages)
     local = LocalAnswerer(replace(cfg, local_model=str(tiny_model_dir), max_new_tokens=4, temperature=0))
     assert isinstance(local(messages), str)
+
+
+def test_agent_gets_the_tool_only_when_a_store_exists(store, tmp_path):
+    from medqwen.rag.answer import knowledge_base_tools
+
+    cfg, _, _ = store
+    assert knowledge_base_tools({"RAG_PERSIST_DIR": str(tmp_path / "none")}) == []
+    tools = knowledge_base_tools({"RAG_PERSIST_DIR": cfg.persist_dir, "RAG_COLLECTION": "test"})
+    assert [t.name for t in tools] == ["search_knowledge_base"]
+    assert tools[0].invoke({"query": "无汗而喘"}).startswith("[1] formulas/mahuang")

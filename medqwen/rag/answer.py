@@ -123,3 +123,15 @@ def make_search_tool(cfg: RagConfig | None = None):
         return format_sources(hits, max_chars=600) if hits else "No matching passages found."
 
     return search_knowledge_base
+
+
+def knowledge_base_tools(environ: dict | None = None) -> list:
+    """[search_knowledge_base] when a knowledge store is configured (RAG_PERSIST_DIR exists, or CHROMA_HOST is
+    set), else [] so an agent without a store keeps working with its other tools."""
+    import os
+    from pathlib import Path
+
+    from medqwen.config import resolve_config
+
+    cfg = resolve_config(RagConfig, environ=dict(os.environ) if environ is None else environ)
+    return [make_search_tool(cfg)] if cfg.chroma_host or Path(cfg.persist_dir).is_dir() else []
