@@ -69,8 +69,17 @@ serve_agent() {
 }
 
 # --- stage: rag (RAG issue) ---
+rag() {
+  stage "RAG: index data/rag_sample into $OUT/rag/chroma (twice: the second run adds nothing), ask with sources"
+  python agent/embedding.py --input data/rag_sample --persist_dir "$OUT/rag/chroma"
+  python agent/embedding.py --input data/rag_sample --persist_dir "$OUT/rag/chroma" | grep -E "chunks_added|unchanged"
+  # The bundled SmolLM2 speaks English only: the answer shows the wiring (prompt with numbered sources), not
+  # medical quality; a served Qwen3 LoRA answers the same question with --backend openai.
+  python agent/rag_query.py --persist_dir "$OUT/rag/chroma" --query "发热汗出恶风，脉浮缓，应该用什么方？" \
+    --backend local --local_model "$MODEL" --max_new_tokens 48 --temperature 0 --top_k 3
+}
 
-STAGES=(data chat_base evaluate serve_agent)
+STAGES=(data chat_base evaluate serve_agent rag)
 if [ $# -gt 0 ]; then STAGES=("$@"); fi
 for s in "${STAGES[@]}"; do "$s"; done
 stage "demo finished: outputs under $OUT/"
