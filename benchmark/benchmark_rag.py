@@ -43,13 +43,38 @@ def plot(results: dict, kinds: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def latency_at_scale(client, collection, cfg: RagBenchConfig, gold: list[dict], documents: int) -> dict:
+    """Copy the stored chunks (texts, metadata and embeddings) into a scratch collection until it holds
+    `documents` entries, time the default retrieval there, drop it. Cost, not quality, is measured."""
+    name = f"{cfg.collection}_latency"
+    if name in [c.name for c in client.list_collections()]:
+        client.delete_collection(name)
+    scratch = client.create_collection(name, embedding_function=make_embedding(cfg),
+                                       configuration={"hnsw": {"space": "cosine"}})
+    got = collection.get(include=["documents", "metadatas", "embeddings"])
+    copy = 0
+    while scratch.count() < documents:
+        n = min(len(got["ids"]), documents - scratch.count())
+        for i in range(0, n, 1000):
+            part = slice(i, min(i + 1000, n))
+            scratch.add(ids=[f"{cid}-{copy}" for cid in got["ids"][part]], documents=got["documents"][part],
+                        metadatas=got["metadatas"][part], embeddings=got["embeddings"][part])
+        copy += 1
+    try:
+        result = evaluate(Retriever(scratch, cfg), gold)
+        return {"documents": scratch.count(), "latency_ms": result["latency_ms"]}
+    finally:
+        client.delete_collection(name)
+
+
 def main(cfg: RagBenchConfig) -> int:
     print("config:\n" + format_config(cfg))
     out = Path(cfg.output_dir)
     save_config(cfg, out / "config.yaml")
     gold = load_gold(cfg.gold)[: cfg.limit]
 
-    collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+    client = open_client(cfg, create=True)
+    collection = open_collection(client, cfg, create=True)
     indexing = index_paths(collection, cfg.input, cfg)
     print(f"indexed: {indexing.chunks_added} new chunks in {indexing.seconds:.1f} s; {indexing.chunks_total} in store")
     if indexing.errors:
@@ -82,6 +107,11 @@ def main(cfg: RagBenchConfig) -> int:
         results[name] = evaluate(retrievers[key], gold, **kwargs)
         print(f"{name}: {results[name]['metrics']['all']}  latency {results[name]['latency_ms']}")
 
+    scale = {}
+    if cfg.latency_docs > indexing.chunks_total > 0:  # query latency on a larger store: the corpus replicated
+        scale = latency_at_scale(client, collection, cfg, gold, cfg.latency_docs)
+        print(f"latency on {scale['documents']} documents ({cfg.retrieval}): {scale['latency_ms']}")
+
     kinds = sorted({g["kind"] for g in gold})
     headers = ["method"] + [f"R@{k}" for k in KS] + ["MRR@10"] + [f"R@5 {k}" for k in kinds] + ["p50 ms", "p95 ms"]
     rows = [[name] + [r["metrics"]["all"][f"recall@{k}"] for k in KS] + [r["metrics"]["all"]["mrr@10"]]
@@ -99,7 +129,8 @@ def main(cfg: RagBenchConfig) -> int:
     default = next(n for n in results if cfg.retrieval in n and (cfg.retrieval != "hybrid" or "default" in n))
     summary = {"default_method": default, **results[default]["metrics"]["all"],
                "latency_ms": results[default]["latency_ms"], "questions": len(gold),
-               "chunks": indexing.chunks_total, "indexing": indexing.as_dict(), "embedding_throughput": throughput}
+               "chunks": indexing.chunks_total, "indexing": indexing.as_dict(), "embedding_throughput": throughput,
+               "latency_at_scale": scale}
     detail = {name: {"metrics": r["metrics"], "latency_ms": r["latency_ms"]} for name, r in results.items()}
     write_metrics(out, summary, detail, meta_extra={"table": table})
     print(f"\nwrote {out}/metrics.json, questions.jsonl, recall_by_kind.png")

@@ -396,7 +396,9 @@ class RagBenchConfig(RagConfig):
     methods: list[str] = _f(["bm25", "dense", "hybrid"], "Retrieval methods compared (hybrid uses the weights "
                                                          "above).")
     dense_weights: list[float] = _f([0.25, 0.5, 1.0], "Extra hybrid rows: the dense weight swept (bm25 weight fixed).")
-    throughput_chunks: int = _f(200, "Chunks embedded from scratch to measure indexing throughput (0: skip).")
+    throughput_chunks: int = _f(64, "Chunks embedded from scratch to measure indexing throughput (0: skip).")
+    latency_docs: int = _f(10000, "Also time queries on a scratch copy of the store replicated to this many "
+                                  "documents (0: skip).")
     limit: int | None = _f(None, "Evaluate only the first N questions (smoke runs).")
 
 
