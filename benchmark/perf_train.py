@@ -116,12 +116,16 @@ def run_isolated(pcfg: PerfTrainConfig, spec: str) -> dict:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=pcfg.variant_timeout_s)
     except subprocess.TimeoutExpired:
         return {"variant": spec, "error": f"timed out after {pcfg.variant_timeout_s} s"}
+    with (Path(pcfg.output_dir) / "variants.log").open("a", encoding="utf-8") as log:
+        log.write(f"===== {spec} (exit {proc.returncode})\n{proc.stdout[-20000:]}\n{proc.stderr[-20000:]}\n")
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(MARK):
             return json.loads(line[len(MARK):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
-    oom = any("OutOfMemory" in line or "out of memory" in line for line in tail)
-    return {"variant": spec, "error": "out of memory" if oom else " | ".join(tail)[-600:]}
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    if any("OutOfMemory" in line or "out of memory" in line for line in lines[-30:]):
+        return {"variant": spec, "error": "out of memory"}
+    cause = [line for line in lines if "Error" in line or "Unsupported" in line][-2:]
+    return {"variant": spec, "error": " | ".join(cause or lines[-3:])[-600:]}
 
 
 def main(pcfg: PerfTrainConfig) -> list[dict]:

@@ -19,8 +19,13 @@ import types
 
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 VARLEN = "varlen"
+# With compiled layers Liger patches nothing: its layer kernels stop Dynamo, and TRL computes the loss with its
+# own chunked LM head (no logits tensor) instead of Liger's fused linear cross-entropy anyway.
+LIGER_WITH_COMPILED_LAYERS = {"rope": False, "rms_norm": False, "swiglu": False, "cross_entropy": False,
+                              "fused_linear_cross_entropy": False}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,9 +115,13 @@ def fuse_lora(model) -> int:
 def _varlen_kernel():
     try:
         from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None, set()
-    return varlen_attn, set(inspect.signature(varlen_attn).parameters)
+    except ImportError:  # torch < 2.9: per-sequence SDPA
+        return None, frozenset()
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+# Resolved once at import: inside a compiled layer, imports and signature inspection would break the graph.
+_VARLEN_ATTN, _VARLEN_PARAMS = _varlen_kernel()
 
 
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -122,14 +131,12 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     CUDA: one FlashAttention varlen call over all tokens (no T x T mask). Elsewhere: SDPA per sequence. Without
     packing information (no `cu_seq_lens_q`, or a padding mask) it is transformers' SDPA attention.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None or attention_mask is not None or query.shape[0] != 1 or dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
-    kernel, params = _varlen_kernel()
+    kernel, params = _VARLEN_ATTN, _VARLEN_PARAMS
     if query.is_cuda and kernel is not None:
         if "enable_gqa" not in params and k.shape[1] != q.shape[1]:
             groups = q.shape[1] // k.shape[1]
@@ -224,4 +231,9 @@ def apply_fast_path(trainer, cfg) -> dict:
         applied["recompute_layers"] = cfg.recompute_layers
     if getattr(cfg, "compile_layers", False):
         applied["compiled_layers"] = compile_layers(model)
+        if cfg.use_liger_kernel:
+            # Liger's Triton autograd functions stop Dynamo inside a layer (seen with torch 2.11 / liger 0.8.5);
+            # Inductor fuses norm, RoPE and SwiGLU itself. The Trainer applies this config when training starts.
+            trainer.args.liger_kernel_config = dict(LIGER_WITH_COMPILED_LAYERS)
+            applied["liger_kernel_config"] = trainer.args.liger_kernel_config
     return applied
