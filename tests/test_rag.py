@@ -227,3 +227,36 @@ def test_agent_gets_the_tool_only_when_a_store_exists(store, tmp_path):
     tools = knowledge_base_tools({"RAG_PERSIST_DIR": cfg.persist_dir, "RAG_COLLECTION": "test"})
     assert [t.name for t in tools] == ["search_knowledge_base"]
     assert tools[0].invoke({"query": "无汗而喘"}).startswith("[1] formulas/mahuang")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny random BERT with a character vocabulary: a sentence-transformers encoder and a cross-encoder."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    chars = sorted(set("桂枝汤治发热汗出恶风麻黄恶寒无汗而喘人参大补元气黄芪补气固表，。？：query passage"))
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars))
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    config = BertConfig(vocab_size=len(chars) + 5, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    for sub, model_cls in (("encoder", BertModel), ("reranker", BertForSequenceClassification)):
+        model_cls(config).save_pretrained(folder / sub)
+        tokenizer.save_pretrained(folder / sub)
+    return folder
+
+
+def test_sentence_transformers_backend_and_reranker(tmp_path, tiny_bert_dir):
+    docs = tmp_path / "docs"
+    write_corpus(docs)
+    cfg = RagConfig(input=[str(docs)], persist_dir=str(tmp_path / "chroma"), collection="st-backend",
+                    embedding_backend="sentence-transformers", embedding_model=str(tiny_bert_dir / "encoder"),
+                    query_prefix="query: ", reranker=str(tiny_bert_dir / "reranker"), rerank_k=4)
+    collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+    assert index_paths(collection, cfg.input, cfg, progress=False).chunks_added == 4
+    embedding = collection.configuration["embedding_function"]
+    assert (embedding.model, embedding.query_prefix, embedding.document_prefix) == (cfg.embedding_model, "query: ", "")
+    assert len(collection.get(include=["embeddings"])["embeddings"][0]) == 32
+    hits = Retriever(collection, cfg).search("无汗而喘", k=3)
+    assert len(hits) == 3 and all(isinstance(h.score, float) for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)  # reranker order
