@@ -109,7 +109,9 @@ def main(cfg: PerfCevalConfig) -> dict:
     with device:  # initialise on the device: a 4B model initialised on CPU takes minutes
         # qwen3-4b already has Qwen3's 151,936-row vocabulary; tiny takes the tokenizer's size
         model = random_qwen3(cfg.shape, vocab_size=len(tokenizer) if cfg.shape == "tiny" else None, seed=cfg.seed)
-    model.eval()
+    model = model.to(dtype).eval()
+    print(f"model: random {cfg.shape}, {next(model.parameters()).dtype}, attention "
+          f"{model.config._attn_implementation}, {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params")
     torch.set_default_dtype(default_dtype)
     candidates = [encode_pair(tokenizer, "答案：", c)[1][0] for c in CHOICES]
 

@@ -121,24 +121,24 @@ class HFBackend:
         return out
 
     def _last_hidden(self, suffixes: Sequence[Sequence[int]], cache, prefix_len: int):
-        """Final hidden state at each suffix's last token (right padding keeps positions exact)."""
+        """Final hidden state at each suffix's last token.
+
+        Right padding needs no attention mask: a real token only attends to earlier positions (causal), and every
+        pad sits after the last real token, so masks are left out and SDPA may take its fused causal kernels.
+        """
         import torch
 
         lengths = torch.tensor([len(s) for s in suffixes], device=self.device)
         batch, width = len(suffixes), int(lengths.max())
         ids = torch.full((batch, width), self.tokenizer.pad_token_id or 0, device=self.device)
-        mask = torch.zeros((batch, prefix_len + width), dtype=torch.long, device=self.device)
-        mask[:, :prefix_len] = 1
         for i, s in enumerate(suffixes):
             ids[i, : len(s)] = torch.tensor(list(s), device=self.device)
-            mask[i, prefix_len:prefix_len + len(s)] = 1
         past = None
         if cache is not None:
             past = copy.deepcopy(cache)  # the model appends to the cache it is given; keep the prefix intact
             past.batch_repeat_interleave(batch)
         with torch.inference_mode():
-            hidden = self.decoder(input_ids=ids, attention_mask=mask, past_key_values=past,
-                                  use_cache=past is not None).last_hidden_state
+            hidden = self.decoder(input_ids=ids, past_key_values=past, use_cache=past is not None).last_hidden_state
             return hidden[torch.arange(batch, device=self.device), lengths - 1]
 
     def sequence_logprobs(self, seqs: Sequence[Sequence[int]], n_last: Sequence[int]) -> np.ndarray:
@@ -149,12 +149,10 @@ class HFBackend:
         for batch in length_sorted_batches([len(s) for s in seqs], self.batch_size):
             width = max(len(seqs[i]) for i in batch)
             ids = torch.full((len(batch), width), self.tokenizer.pad_token_id or 0, device=self.device)
-            mask = torch.zeros_like(ids)
             for row, i in enumerate(batch):
                 ids[row, : len(seqs[i])] = torch.tensor(list(seqs[i]), device=self.device)
-                mask[row, : len(seqs[i])] = 1
-            with torch.inference_mode():
-                logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            with torch.inference_mode():  # right padding: causal attention alone keeps pads out (see _last_hidden)
+                logprobs = torch.log_softmax(self.model(input_ids=ids).logits.float(), -1)
             for row, i in enumerate(batch):
                 n, k = len(seqs[i]), n_last[i]
                 targets = ids[row, n - k:n]
