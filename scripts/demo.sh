@@ -25,6 +25,20 @@ chat_base() {
 
 # --- stage: train (trainer issue) ---
 # --- stage: benchmark (C-Eval issue) ---
+benchmark() {
+  stage "C-Eval clinical_medicine 5-shot (shipped team-written sample): base vs demo LoRA -> $OUT/benchmark/"
+  if [ ! -f "$OUT/lora/adapter_config.json" ]; then
+    echo "no demo LoRA in $OUT/lora: run the train stage first (bash scripts/demo.sh train)" >&2; return 1
+  fi
+  # 12 val questions per run: the shared 5-shot head is computed once, each question adds ~110 tokens.
+  # SmolLM2 reads no Chinese, so expect chance-level accuracy: the stage shows the wiring, not medical skill.
+  local common=(--data_dir data/benchmark/ceval-exam --subjects clinical_medicine --k_shot 5 --limit 12)
+  python benchmark/benchmark_ceval.py --model "$MODEL" --output_dir "$OUT/benchmark/base" "${common[@]}"
+  python benchmark/benchmark_ceval.py --model_type lora --run_dir "$OUT/lora" --model "$MODEL" \
+    --output_dir "$OUT/benchmark/lora" "${common[@]}"
+  python benchmark/benchmark_ceval.py --compare "$OUT/benchmark/base" "$OUT/benchmark/lora" \
+    --output_dir "$OUT/benchmark/compare"
+}
 # --- stage: evaluate (evaluation issue) ---
 evaluate() {
   stage "evaluate base vs demo LoRA on the LoRA run's held-out split -> $OUT/eval/"
@@ -79,7 +93,7 @@ rag() {
     --backend local --local_model "$MODEL" --max_new_tokens 48 --temperature 0 --top_k 3
 }
 
-STAGES=(data chat_base evaluate serve_agent rag)
+STAGES=(data chat_base benchmark evaluate serve_agent rag)
 if [ $# -gt 0 ]; then STAGES=("$@"); fi
 for s in "${STAGES[@]}"; do "$s"; done
 stage "demo finished: outputs under $OUT/"
