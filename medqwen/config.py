@@ -301,6 +301,8 @@ class GrpoConfig:
     lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
     lora_target_modules: list[str] = _f(LORA_TARGETS, "Linear layers that get LoRA adapters (names in the model).")
+    lora_last_layers: int | None = _f(None, "LoRA only in the last N transformer layers (None: all). Backward "
+                                            "then stops at layer L-N: about twice as fast on CPU.")
     use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU machines with the vllm package).")
     vllm_mode: str = _f("colocate", "colocate: vLLM inside the training process; server: a `trl vllm-serve` "
                                     "process.", choices=["colocate", "server"])

@@ -1,0 +1,158 @@
+"""Multiple-choice questions with known answers (GRPO's verifiable data): read them, check them, write them.
+
+Every reader returns `medqwen.ceval.Question`, so GRPO prompts are rendered and parsed by the benchmark's code.
+
+    from medqwen.mcq import read_mcq_file, write_mcq_jsonl
+    questions = read_mcq_file("data/grpo_mcq_sample.jsonl")            # MCQ JSONL
+    questions = read_mcq_file("ceval-exam/val/clinical_medicine_val.csv")  # C-Eval CSV (dev/val: has answers)
+    questions = read_mcq_file("cmmlu/dev/clinical_knowledge.csv")      # CMMLU CSV (",Question,A,B,C,D,Answer")
+
+MCQ JSONL, one question per line (what data/convert_mcq.py writes):
+
+    {"id": "med-001", "subject": "clinical_medicine", "question": "...", "options": ["...", "...", "...", "..."],
+     "answer": "C"}
+
+`options` may also be an {"A": ..., "D": ...} object, or the four options may be top-level "A".."D" keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from medqwen.ceval import CHOICES, Question, read_csv_split
+
+CMMLU_HEADER = ["question", "a", "b", "c", "d", "answer"]  # after the unnamed index column, lower-cased
+
+
+class McqDataError(ValueError):
+    """A multiple-choice file or line that cannot give a verifiable reward; the message names file and line."""
+
+
+def subject_from_filename(path: str | Path) -> str:
+    """`clinical_medicine_val.csv` -> `clinical_medicine` (C-Eval), `clinical_knowledge.csv` -> itself (CMMLU)."""
+    return re.sub(r"_(dev|val|test)$", "", Path(path).stem)
+
+
+def make_question(record: dict[str, Any], where: str, default_subject: str, default_id: str) -> Question:
+    """Validate one JSON record (question, four options, answer letter) and turn it into a Question."""
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise McqDataError(f"{where}: 'question' must be a non-empty string")
+    options = record.get("options")
+    if options is None and all(c in record for c in CHOICES):
+        options = [record[c] for c in CHOICES]
+    if isinstance(options, dict):
+        if sorted(options) != list(CHOICES):
+            raise McqDataError(f"{where}: 'options' object must have exactly the keys A, B, C, D")
+        options = [options[c] for c in CHOICES]
+    if not isinstance(options, list) or len(options) != len(CHOICES):
+        raise McqDataError(f"{where}: 'options' must list exactly 4 options (A-D), the benchmark's format")
+    if not all(isinstance(o, (str, int, float)) and str(o).strip() for o in options):
+        raise McqDataError(f"{where}: every option must be a non-empty string")
+    answer = str(record.get("answer", "")).strip().upper()
+    if answer not in CHOICES:
+        raise McqDataError(f"{where}: 'answer' must be one of A/B/C/D, got {record.get('answer')!r}")
+    return Question(subject=str(record.get("subject") or default_subject), split="train",
+                    id=str(record.get("id") or default_id), question=question,
+                    options=tuple(str(o) for o in options), answer=answer,  # type: ignore[arg-type]
+                    explanation=record.get("explanation") or None)
+
+
+def read_mcq_jsonl(path: str | Path, subject: str | None = None) -> list[Question]:
+    """MCQ JSONL (see the module docstring); errors name file and line."""
+    path = Path(path)
+    questions = []
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise McqDataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise McqDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            questions.append(make_question(record, where, subject or path.stem, f"{path.stem}-{lineno}"))
+    return questions
+
+
+def read_cmmlu_csv(path: str | Path, subject: str | None = None) -> list[Question]:
+    """A CMMLU CSV (`,Question,A,B,C,D,Answer`; the first column is the row number)."""
+    path = Path(path)
+    questions = []
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        for row in reader:
+            if not row:
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(header):
+                raise McqDataError(f"{where}: {len(row)} fields, expected {len(header)} (a stray comma or an "
+                                   "unclosed quote?)")
+            record = dict(zip(CMMLU_HEADER, row[1:]))
+            record["options"] = [record.pop(c.lower()) for c in CHOICES]
+            questions.append(make_question(record, where, subject or subject_from_filename(path), row[0]))
+    return questions
+
+
+def read_mcq_csv(path: str | Path, subject: str | None = None) -> list[Question]:
+    """A C-Eval (dev/val layout: it has answers) or CMMLU CSV, told apart by the header."""
+    path = Path(path)
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        header = next(csv.reader(f), [])
+    lower = [h.strip().lower() for h in header]
+    if lower[1:7] == CMMLU_HEADER:
+        return read_cmmlu_csv(path, subject)
+    if lower[:6] == ["id", "question", *[c.lower() for c in CHOICES]]:
+        if "answer" not in lower:
+            raise McqDataError(f"{path}: no 'answer' column (C-Eval's test split keeps its answers private), so "
+                               "there is nothing to reward; use the dev or val split")
+        split = "dev" if "explanation" in lower else "val"
+        # The benchmark's reader: the released layout, quoted newlines, file:line errors.
+        return [Question(q.subject, "train", q.id, q.question, q.options, q.answer, q.explanation)
+                for q in read_csv_split(path, subject or subject_from_filename(path), split)]
+    raise McqDataError(f"{path}: header {header} is neither C-Eval (id,question,A,B,C,D,answer[,explanation]) nor "
+                       "CMMLU (,Question,A,B,C,D,Answer)")
+
+
+def read_mcq_file(path: str | Path, subject: str | None = None) -> list[Question]:
+    """Questions with answers from .jsonl (MCQ JSONL) or .csv (C-Eval/CMMLU); at least one, or an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"multiple-choice data '{path}' not found. The repository ships "
+                                "data/grpo_mcq_sample.jsonl; convert your own with `python data/convert_mcq.py "
+                                "--input your.csv --output data/grpo_mcq.jsonl`")
+    if path.suffix.lower() == ".csv":
+        questions = read_mcq_csv(path, subject)
+    elif path.suffix.lower() in (".jsonl", ".json"):
+        questions = read_mcq_jsonl(path, subject)
+    else:
+        raise McqDataError(f"{path}: unknown extension; expected .jsonl (MCQ JSONL) or .csv (C-Eval/CMMLU)")
+    if not questions:
+        raise McqDataError(f"{path}: no questions")
+    return questions
+
+
+def question_record(q: Question) -> dict[str, Any]:
+    """One MCQ JSONL line's content."""
+    record = {"id": q.id, "subject": q.subject, "question": q.question, "options": list(q.options),
+              "answer": q.answer}
+    if q.explanation:
+        record["explanation"] = q.explanation
+    return record
+
+
+def write_mcq_jsonl(questions: Iterable[Question], path: str | Path) -> Path:
+    """Write MCQ JSONL (UTF-8, one question per line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for q in questions:
+            f.write(json.dumps(question_record(q), ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,229 @@
+"""GRPO on multiple-choice questions: rewards, MCQ reading/conversion, shipped data, and a tiny model that trains."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medqwen.ceval import Question, load_questions, render_prompt
+from medqwen.config import GrpoConfig, McqConvertConfig, parse_config
+from medqwen.grpo import answer_format_score, correct_reward, format_reward, grpo_args, mcq_dataset
+from medqwen.mcq import McqDataError, read_mcq_file, write_mcq_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "grpo_mcq_sample.jsonl"
+BENCHMARK = REPO / "data" / "benchmark" / "ceval-exam"
+
+Q = Question("arithmetic", "train", "t1", "What is 11 + 5?", ("16", "14", "17", "13"), "A")
+
+
+def rewards(replies, q=Q):
+    n = len(replies)
+    correct = correct_reward(replies, answer=[q.answer] * n, options=[list(q.options)] * n,
+                             question=[q.question] * n, subject=[q.subject] * n, question_id=[q.id] * n)
+    return correct, format_reward(replies)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rewards: what the benchmark's parser reads, and the answer format
+
+
+@pytest.mark.parametrize("reply, correct, fmt", [
+    ("A", 1.0, 1.0),
+    ("A. 16", 1.0, 1.0),
+    ("答案：A", 1.0, 1.0),
+    ("（A）", 1.0, 1.0),
+    ("B", 0.0, 1.0),                       # well formed, wrong
+    ("所以答案是A。", 1.0, 0.5),             # the fallback rules find it
+    ("11 + 5 = 16", 1.0, 0.0),              # the parser matches the option text; no letter at all
+    ("I am not sure.", 0.0, 0.0),
+    ("<think>11+5=16</think>A", 1.0, 1.0),  # hybrid models think first, as extract_answer allows
+    ([{"role": "assistant", "content": "A"}], 1.0, 1.0),  # conversational completions
+])
+def test_rewards_follow_the_benchmark_parser(reply, correct, fmt):
+    assert rewards([reply]) == ([correct], [fmt])
+
+
+def test_answer_format_score_range():
+    assert answer_format_score("D because") == 1.0 and answer_format_score("") == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompts: the benchmark's own zero-shot chat prompt
+
+
+def test_prompts_are_the_benchmarks(tiny_model_dir, tmp_path):
+    from medqwen.chat import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    csv_path = BENCHMARK / "val" / "clinical_medicine_val.csv"
+    ours = read_mcq_file(csv_path)  # the subject comes from the file name, as the benchmark's does
+    theirs = load_questions(BENCHMARK, "clinical_medicine", "val")
+    rows = mcq_dataset(ours[:3], tokenizer, "official")
+    for row, q in zip(rows, theirs):
+        assert row["prompt"] == render_prompt(q, (), "official", False, tokenizer, chat=True)
+        assert row["answer"] == q.answer and row["prompt"].endswith("答案：<|im_end|>\n<|im_start|>assistant\n")
+        assert "临床医学" in row["prompt"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading and converting MCQ files
+
+
+def test_read_jsonl_forms_and_errors(tmp_path):
+    good = tmp_path / "q.jsonl"
+    good.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
+        {"question": "1+1=?", "options": ["1", "2", "3", "4"], "answer": "b", "subject": "arithmetic"},
+        {"question": "2+2=?", "options": {"A": "4", "B": "5", "C": "6", "D": "7"}, "answer": "A"},
+        {"question": "3+3=?", "A": "5", "B": "7", "C": "6", "D": "8", "answer": "C", "id": "x9"},
+    ]) + "\n\n", encoding="utf-8")
+    qs = read_mcq_file(good)
+    assert [q.answer for q in qs] == ["B", "A", "C"] and qs[1].options == ("4", "5", "6", "7")
+    assert [q.subject for q in qs] == ["arithmetic", "q", "q"] and qs[2].id == "x9" and qs[0].id == "q-1"
+
+    for line, message in [("{not json", "not valid JSON"),
+                          ('{"question": "x", "options": ["1", "2", "3"], "answer": "A"}', "exactly 4"),
+                          ('{"question": "x", "options": ["1", "2", "3", "4"], "answer": "E"}', "A/B/C/D"),
+                          ('{"options": ["1", "2", "3", "4"], "answer": "A"}', "'question'")]:
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(good.read_text(encoding="utf-8").splitlines()[0] + "\n" + line + "\n", encoding="utf-8")
+        with pytest.raises(McqDataError, match=rf"bad.jsonl:2: .*{re.escape(message)}"):
+            read_mcq_file(bad)
+    with pytest.raises(FileNotFoundError, match="convert_mcq.py"):
+        read_mcq_file(tmp_path / "missing.jsonl")
+
+
+def test_read_csv_layouts(tmp_path):
+    ceval = tmp_path / "nursing_val.csv"
+    ceval.write_text('id,question,A,B,C,D,answer\n0,"line one\nline two",a,b,c,d,D\n', encoding="utf-8")
+    (q,) = read_mcq_file(ceval)
+    assert (q.subject, q.question, q.answer) == ("nursing", "line one\nline two", "D")
+
+    cmmlu = tmp_path / "clinical_knowledge.csv"
+    cmmlu.write_text(",Question,A,B,C,D,Answer\n0,问题一,甲,乙,丙,丁,B\n1,问题二,甲,乙,丙,丁,A\n", encoding="utf-8")
+    assert [(q.subject, q.id, q.answer) for q in read_mcq_file(cmmlu)] == [
+        ("clinical_knowledge", "0", "B"), ("clinical_knowledge", "1", "A")]
+
+    test_split = tmp_path / "nursing_test.csv"
+    test_split.write_text("id,question,A,B,C,D\n0,q,a,b,c,d\n", encoding="utf-8")
+    with pytest.raises(McqDataError, match="no 'answer' column"):
+        read_mcq_file(test_split)
+    other = tmp_path / "other.csv"
+    other.write_text("q,opt1,opt2\n", encoding="utf-8")
+    with pytest.raises(McqDataError, match="neither C-Eval"):
+        read_mcq_file(other)
+
+
+def test_convert_mcq_round_trip(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_mcq", REPO / "data" / "convert_mcq.py")
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    out = tmp_path / "out.jsonl"
+    cfg = parse_config(McqConvertConfig, ["--input", str(BENCHMARK / "dev" / "clinical_medicine_dev.csv"),
+                                          "--input", str(SAMPLE), "--output", str(out)], environ={})
+    questions = convert.main(cfg)
+    again = read_mcq_file(out)
+    assert [(q.id, q.subject, q.question, q.options, q.answer) for q in again] == \
+           [(q.id, q.subject, q.question, q.options, q.answer) for q in questions]
+    printed = capsys.readouterr().out
+    assert "| arithmetic | 64 | 16 | 16 | 16 | 16 |" in printed and f"| **all** | {len(again)} |" in printed
+    assert len(again) == 5 + len(read_mcq_file(SAMPLE))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The shipped questions
+
+
+def test_shipped_questions_are_valid_and_correct():
+    questions = read_mcq_file(SAMPLE)
+    arithmetic = [q for q in questions if q.subject == "arithmetic"]
+    medical = [q for q in questions if q.subject != "arithmetic"]
+    assert len(arithmetic) >= 40 and len(medical) >= 40
+    assert len({q.id for q in questions}) == len(questions)
+    for q in arithmetic:  # recompute every answer (no eval: parse "What is a op b?")
+        a, op, b = re.fullmatch(r"What is (\d+) ([+\-×]) (\d+)\?", q.question).groups()
+        value = {"+": int(a) + int(b), "-": int(a) - int(b), "×": int(a) * int(b)}[op]
+        assert q.options[ord(q.answer) - ord("A")] == str(value), q.id
+        assert [o for o in q.options].count(str(value)) == 1, q.id
+    for q in questions:
+        assert len(set(q.options)) == 4, q.id
+    for group in (arithmetic, medical):  # no position bias to learn
+        counts = [sum(q.answer == c for q in group) for c in "ABCD"]
+        assert max(counts) - min(counts) <= 1, counts
+
+
+def test_shipped_questions_are_not_benchmark_questions():
+    bench = set()
+    for subject in ("clinical_medicine", "basic_medicine"):
+        for split in ("dev", "val", "test"):
+            bench |= {re.sub(r"\s", "", q.question) for q in load_questions(BENCHMARK, subject, split)}
+    overlap = [q.id for q in read_mcq_file(SAMPLE) if re.sub(r"\s", "", q.question) in bench]
+    assert not overlap, f"training questions also in the benchmark sample: {overlap}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config and the trainer
+
+
+def test_config_flags_and_cpu_args():
+    cfg = parse_config(GrpoConfig, ["--num-generations", "4", "--beta", "0", "--max_completion_length", "32",
+                                    "--temperature", "0.7", "--use_vllm"], environ={})
+    assert (cfg.num_generations, cfg.beta, cfg.max_completion_length, cfg.temperature, cfg.use_vllm) == \
+           (4, 0.0, 32, 0.7, True)
+    args = grpo_args(GrpoConfig())
+    assert args.num_generations == 8 and args.reward_weights == [1.0, 0.2]
+    assert args.bf16 is False and args.gradient_checkpointing is False  # CPU: both off (TRL defaults both on)
+
+
+def run_train(argv):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_grpo", REPO / "trainer" / "train_grpo.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.main(parse_config(GrpoConfig, argv, environ={}))
+
+
+def test_tiny_model_trains_two_steps_and_saves_like_sft(tiny_model_dir, tmp_path):
+    from medqwen.config import EvalConfig
+    from medqwen.evaluation import resolve_base_model
+    from medqwen.modeling import load_model
+
+    out = tmp_path / "grpo"
+    common = ["--data_path", str(SAMPLE), "--subjects", "arithmetic", "--max_questions", "8",
+              "--num_generations", "2", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+              "--max_completion_length", "8", "--learning_rate", "1e-3", "--save_steps", "1000"]
+    summary = run_train(["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
+                         "--beta", "0", *common])
+    assert summary["global_step"] == 2 and summary["completions"] == 8
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
+                 "config.yaml", "metrics.json", "reward_curve.png"):
+        assert (out / name).is_file(), name
+    assert list((out / "logs").glob("events.out.tfevents.*")), "no TensorBoard events in <output_dir>/logs"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["step"] for r in metrics["detail"]["rewards"]] == [1, 2]
+    assert metrics["meta"]["base_model"] == str(tiny_model_dir) and metrics["meta"]["git_hash"]
+    # eval_grpo.py / benchmark_ceval.py --model-type grpo read the base model from the run's config.yaml
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model_name_or_path"] == str(tiny_model_dir) and saved["questions"] == 8
+    assert resolve_base_model(EvalConfig(model_name_or_path=None, adapter=str(out))) == str(tiny_model_dir)
+    load_model(tiny_model_dir, adapter=out)
+
+    # continue from that adapter (as from an SFT run) with a KL term: TRL's frozen "ref" copy is not saved
+    again = tmp_path / "grpo2"
+    summary = run_train(["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(again),
+                         "--init_adapter", str(out), "--max_steps", "1", "--beta", "0.04", *common])
+    assert summary["global_step"] == 1
+    assert "kl" in json.loads((again / "metrics.json").read_text())["detail"]["rewards"][0]
+    assert (again / "adapter_model.safetensors").is_file() and not (again / "ref").exists()
+    assert json.loads((again / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_init_adapter_must_be_an_adapter(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        run_train(["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"),
+                   "--init_adapter", str(tmp_path), "--data_path", str(SAMPLE), "--max_steps", "1"])
