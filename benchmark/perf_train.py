@@ -57,8 +57,6 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     cfg = variant_config(spec, {"model_name_or_path": str(tok_dir), "output_dir": out, "report_to": "none",
                                 "max_seq_len": pcfg.max_seq_len, "eval_ratio": 0.0, "logging_steps": 10**6,
                                 "eval_steps": 10**6, "seed": pcfg.seed})
-    if not cuda and any(getattr(cfg, k) for k in GPU_ONLY):
-        return {"variant": spec, "skipped": "needs CUDA (" + ", ".join(k for k in GPU_ONLY if getattr(cfg, k)) + ")"}
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * (3 if cfg.packing else 1)
     n = pcfg.conversations or int((pcfg.warmup_steps + pcfg.steps + 1) * max(per_step, 64) * 1.3)
     if pcfg.data:
@@ -111,6 +109,13 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
 
 def run_isolated(pcfg: PerfTrainConfig, spec: str) -> dict:
     """One variant in a child process with a time limit; a crash or OOM becomes an error row."""
+    import torch
+
+    from medqwen.perf import variant_config
+
+    cfg = variant_config(spec, {})
+    if not torch.cuda.is_available() and any(getattr(cfg, k) for k in GPU_ONLY):
+        return {"variant": spec, "skipped": "needs CUDA (" + ", ".join(k for k in GPU_ONLY if getattr(cfg, k)) + ")"}
     argv = [sys.executable, __file__, *sys.argv[1:], "--run_one", spec]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=pcfg.variant_timeout_s)
@@ -133,7 +138,7 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
     from medqwen.reporting import markdown_table, write_metrics
 
     if pcfg.tiny:
-        pcfg.shape, pcfg.max_seq_len, pcfg.median_len = "tiny", 256, 64
+        pcfg.shape, pcfg.max_seq_len, pcfg.median_len = "tiny", 128, 40
     if pcfg.run_one:
         print(MARK + json.dumps(run_one(pcfg, pcfg.run_one)), flush=True)
         return []

@@ -1,0 +1,104 @@
+"""benchmark/perf_train.py and medqwen.perf: FLOP formula, length distributions, token counting, CPU smoke run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from medqwen.perf import (CountingCollator, lora_train_flops, projection_shapes, synthetic_conversations,
+                          synthetic_lengths, variant_config)
+from tests.conftest import REPO
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_flop_formula_counts_the_real_qwen3_4b_parameters():
+    """The parameters the formula multiplies are the model's own (built on the meta device, no memory)."""
+    from peft import LoraConfig, get_peft_model
+
+    from medqwen.modeling import random_qwen3
+
+    with torch.device("meta"):
+        model = random_qwen3("qwen3-4b")
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    # tied embeddings: the LM head is the embedding matrix, counted once as a matmul
+    shapes = projection_shapes(model.config)
+    assert linear == sum(i * o for i, o in shapes.values()) * 36 + model.config.vocab_size * 2560
+    with torch.device("meta"):
+        lora = get_peft_model(model, LoraConfig(r=8, target_modules=TARGETS)).get_nb_trainable_parameters()[0]
+    # one token, no attention context to speak of: 4 FLOPs per frozen weight, 6 per LoRA weight (+ attention)
+    flops = lora_train_flops(model.config, [1], lora_r=8, targets=TARGETS)
+    attention = 3 * 4 * 4096 * 1 * 36
+    assert flops == 4 * linear + 6 * lora + attention
+    assert 16.0e9 < flops < 16.2e9  # ~4 x 4.0B parameters
+    # attention grows with the square of the length; a 1024-token sequence costs more per token than 1 token
+    assert lora_train_flops(model.config, [1024], 8, TARGETS) / 1024 > flops * 1.05
+
+
+def test_synthetic_lengths_follow_the_lognormal_and_cap():
+    lengths = synthetic_lengths(4000, median=280, cap=1024, seed=0)
+    assert lengths == synthetic_lengths(4000, median=280, cap=1024, seed=0)
+    assert max(lengths) == 1024 and min(lengths) >= 32
+    assert 260 < sorted(lengths)[2000] < 300
+
+
+def test_synthetic_conversations_render_to_the_requested_length(bundled_model_dir):
+    from medqwen.chat import load_tokenizer
+
+    tokenizer = load_tokenizer(bundled_model_dir)
+    probe = [{"role": "user", "content": " the"}, {"role": "assistant", "content": " the"}]
+    overhead = len(tokenizer.apply_chat_template(probe, tokenize=True, return_dict=True)["input_ids"]) - 2
+    targets = [40, 100, 333]
+    for target, conv in zip(targets, synthetic_conversations(tokenizer, targets, overhead, seed=1)):
+        n = len(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"])
+        assert abs(n - target) <= 2, (n, target)
+
+
+def test_counting_collator_counts_real_and_padded_tokens():
+    def padded(examples):
+        return {"input_ids": torch.zeros(2, 10, dtype=torch.long),
+                "attention_mask": torch.tensor([[1] * 10, [1] * 4 + [0] * 6])}
+
+    def packed(examples):
+        return {"input_ids": torch.zeros(1, 14, dtype=torch.long), "cu_seq_lens_q": torch.tensor([0, 10, 14])}
+
+    for collate, real, computed in ((padded, 14, 20), (packed, 14, 14)):
+        counter = CountingCollator(collate)
+        counter([])
+        assert (counter.real, counter.computed, counter.sequences, counter.lengths) == (real, computed, 2, [10, 4])
+
+
+def test_variant_specs_resolve_presets_and_overrides():
+    speed = variant_config("speed", {})
+    assert speed.packing and speed.fused_lora and speed.attn_implementation == "varlen"
+    small = variant_config("24gb:per_device_train_batch_size=2:recompute_layers=30", {"output_dir": "x"})
+    assert (small.per_device_train_batch_size, small.recompute_layers, small.gradient_checkpointing) == (2, 30, True)
+    original = variant_config("original", {})
+    assert (original.packing, original.per_device_train_batch_size, original.gradient_accumulation_steps,
+            original.gradient_checkpointing) == (False, 8, 8, True)
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_config("warp-speed", {})
+
+
+@pytest.mark.slow
+def test_perf_train_tiny_smoke(tmp_path, bundled_model_dir):
+    """The CPU smoke run: two recipes through the real trainer, a table and results.json."""
+    out = tmp_path / "perf"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, str(REPO / "benchmark/perf_train.py"), "--tiny", "--output_dir", str(out),
+           "--variants", "original:gradient_accumulation_steps=1,fused+varlen:use_liger_kernel=false:"
+           "gradient_accumulation_steps=1,speed", "--warmup_steps", "0", "--steps", "1", "--conversations", "8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["variant"].split(":")[0]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    original, fast = results["original"], results["fused+varlen"]
+    assert original["real_tok_s"] > 0 and 0 < original["padding_fraction"] < 1
+    assert fast["padding_fraction"] == 0 and fast["train_config"]["fused_lora"]
+    assert fast["real_tok_s"] / fast["computed_tok_s"] == pytest.approx(1.0)
+    assert "needs CUDA" in results["speed"]["skipped"]  # Liger / Inductor-on-GPU recipes are skipped on CPU
+    assert "| original:gradient_accumulation_steps=1 |" in proc.stdout
+    for name in ("config.yaml", "metrics.json", "results.md"):
+        assert (out / name).is_file()
