@@ -399,3 +399,62 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         print(markdown_table(rows, ["metric", "value"]))
         print(f"adapter saved to {out} (base model: {cfg.model_name_or_path})")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Merge (trainer/merge_lora.py)
+
+
+def adapter_base_model(adapter: str | Path) -> str:
+    """The base model of a LoRA run: its config.yaml (written by train), else PEFT's adapter_config.json."""
+    from medqwen.config import load_saved_config
+
+    adapter = Path(adapter)
+    if (adapter / "config.yaml").is_file():
+        base = load_saved_config(adapter / "config.yaml").get("model_name_or_path")
+        if base:
+            return base
+    if (adapter / "adapter_config.json").is_file():
+        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if base:
+            return base
+    raise ValueError(f"cannot tell the base model of '{adapter}' (no config.yaml or adapter_config.json naming it); "
+                     "pass --base_model")
+
+
+def merge_adapter(cfg) -> Path:
+    """Merge a LoRA adapter into its base (in fp32) and save model + tokenizer + chat template to a new folder."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from medqwen.chat import load_tokenizer
+    from medqwen.modeling import check_model_dir
+
+    adapter = Path(cfg.adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"'{adapter}' holds no adapter_config.json: not a LoRA adapter (train one with "
+                                "trainer/train_lora.py)")
+    base = cfg.base_model or adapter_base_model(adapter)
+    check_model_dir(base)
+    out = Path(cfg.output_dir or f"{str(adapter).rstrip('/')}-merged")
+    if out.exists() and any(out.iterdir()) and not (out / "merge_config.yaml").is_file():
+        raise FileExistsError(f"{out} exists and is not an earlier merge: choose another --output_dir")
+
+    saved_dtype = AutoConfig.from_pretrained(base).dtype if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge W + BA in full precision
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else base, cfg.chat_template)
+
+    staged = out.parent / f".{out.name}.staging"
+    if staged.exists():
+        shutil.rmtree(staged)
+    if isinstance(saved_dtype, str):
+        saved_dtype = getattr(torch, saved_dtype)
+    model.to(saved_dtype or torch.float32).save_pretrained(staged)
+    tokenizer.save_pretrained(staged)  # tokenizer files + chat_template.jinja
+    save_config(cfg, staged / "merge_config.yaml", extra={"base_model": base, "saved_dtype": str(saved_dtype)})
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staged, out)
+    return out
