@@ -248,7 +248,8 @@ def generate_hf(model, tokenizer, prompts: list[list[Message]], max_new_tokens: 
     texts = [render(tokenizer, p, tools=t, add_generation_prompt=True, enable_thinking=enable_thinking)
              for p, t in zip(prompts, tools or [None] * len(prompts))]
     backend = HFBackend(model, tokenizer, batch_size=batch_size, progress=True)
-    return [reply.strip() for reply in backend.generate(texts, max_new_tokens=max_new_tokens)]
+    # A reply cut at max_new_tokens can end inside a multi-byte character, which decodes to U+FFFD.
+    return [reply.strip().rstrip("\ufffd") for reply in backend.generate(texts, max_new_tokens=max_new_tokens)]
 
 
 def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max_new_tokens: int,
@@ -552,13 +553,13 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, samples: i
 
 
 def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
-    """Bars per run for the 0-1 metrics (ROUGE-L, identity rate), with 95% intervals where known."""
+    """One panel per headline metric (reference loss, ROUGE-L, identity rate): a bar per run, 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("rouge_l", "identity_rate") if any(r["metrics"].get(k) is not None for r in runs)]
+    keys = [k for k in ("ref_loss", "rouge_l", "identity_rate") if any(r["metrics"].get(k) is not None for r in runs)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         values = [r["metrics"].get(key) or 0.0 for r in runs]
@@ -566,7 +567,8 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
         err = [[v - c[0] if c else 0 for v, c in zip(values, cis)], [c[1] - v if c else 0 for v, c in zip(values, cis)]]
         ax.bar([r["name"] for r in runs], values, yerr=err, capsize=4, color="#4c72b0")
         ax.set_title(dict(HEADLINE)[key])
-        ax.set_ylim(0, 1)
+        if key != "ref_loss":
+            ax.set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

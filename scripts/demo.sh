@@ -45,12 +45,12 @@ evaluate() {
   if [ ! -f "$OUT/lora/adapter_config.json" ]; then
     echo "no demo LoRA in $OUT/lora: run the train stage first (bash scripts/demo.sh train)" >&2; return 1
   fi
-  # 8 held-out conversations + 10 identity probes, 48 new tokens: about a CPU minute for both runs.
-  local common=(--split_run "$OUT/lora" --data_path "$OUT/data/lora_medical_merged.jsonl" --limit 8
-                --max_new_tokens 48 --report_samples 8)
+  # 4 held-out conversations + 10 identity probes, 32 new tokens: ~35 CPU seconds for both runs.
+  local common=(--split_run "$OUT/lora" --data_path "$OUT/data/lora_medical_merged.jsonl" --limit 4
+                --max_new_tokens 32 --report_samples 4)
   python eval/eval_base.py --model_name_or_path "$MODEL" --output_dir "$OUT/eval/base" "${common[@]}"
   python eval/eval_lora.py --adapter "$OUT/lora" --output_dir "$OUT/eval/lora" "${common[@]}"
-  python eval/eval_lora.py --compare "$OUT/eval/base" "$OUT/eval/lora" --report_samples 8 \
+  python eval/eval_lora.py --compare "$OUT/eval/base" "$OUT/eval/lora" --report_samples 4 \
     --output_dir "$OUT/eval/compare"
 }
 # --- stage: serve + agent (serving issue) ---
