@@ -47,3 +47,10 @@ demo: setup setup-serve
 
 test: setup-dev setup-serve
 	$(PY) -m pytest -q
+
+# GRPO on the bundled model and the shipped English arithmetic questions, on CPU (not part of `make demo`: it
+# does not fit that budget). Writes out/demo/grpo/ (adapter, config.yaml, metrics.json, reward_curve.png, logs/).
+.PHONY: demo-grpo
+demo-grpo: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 \
+	  $(PY) trainer/train_grpo.py --config configs/smollm2/grpo_cpu_demo.yaml
