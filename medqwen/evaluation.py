@@ -22,6 +22,7 @@ import math
 import random
 import sys
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,8 +43,6 @@ class EvalDataError(ValueError):
 
 def with_defaults(cls: type, **defaults: Any) -> type:
     """A subclass of a config dataclass whose listed fields get new defaults (help text kept)."""
-    import typing
-
     resolved = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     fields = []
@@ -60,8 +59,8 @@ def with_defaults(cls: type, **defaults: Any) -> type:
 # Held-out data.
 
 
-def load_heldout(cfg: EvalConfig) -> tuple[list[list[Message]], str]:
-    """The conversations to evaluate and a sentence saying where they came from.
+def load_heldout(cfg: EvalConfig) -> tuple[list[dict[str, Any]], str]:
+    """The conversations to evaluate (records as the trainer reads them) and a sentence saying where they came from.
 
     A trainer run saves its split in <output_dir>/split/eval.jsonl; without one, --data_path is split here by
     the trainer's own function (same seed, same ratio: the same held-out conversations).

@@ -44,7 +44,8 @@ def test_parse_judge_reply_rejects_what_is_not_a_valid_grade(reply, message):
 
 
 class FakeOpenAI(ThreadingHTTPServer):
-    """Answers /v1/models and /v1/chat/completions; `replies` are the texts, in order (int: an HTTP status)."""
+    """Answers /v1/models and /v1/chat/completions; `replies` are the texts, in order (int: an HTTP status;
+    float: answer after that many seconds)."""
 
     def __init__(self, port: int):
         super().__init__(("127.0.0.1", port), Handler)
@@ -58,11 +59,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: dict):
         body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout test)
+            pass
 
     def do_GET(self):
         self._send(200, {"object": "list", "data": [{"id": "judge-model", "object": "model"}]})
@@ -73,6 +77,9 @@ class Handler(BaseHTTPRequestHandler):
         self.server.requests.append(request)
         # Queued replies in order; with none queued, echo the last message (order-free for concurrent requests).
         reply = self.server.replies.pop(0) if self.server.replies else request["messages"][-1]["content"]
+        if isinstance(reply, float):  # a slow judge: answer only after this many seconds
+            __import__("time").sleep(reply)
+            reply = '{"relevance": 5, "correctness": 5, "safety": 5}'
         if isinstance(reply, int):
             self._send(reply, {"error": {"message": "server error", "type": "server_error"}})
             return
@@ -129,6 +136,13 @@ def test_judge_grades_through_the_server_and_counts_failures(server, monkeypatch
     assert first["messages"][0]["role"] == "system" and "red-flag" in first["messages"][0]["content"].lower()
     assert "胸痛伴气短怎么办？" in first["messages"][1]["content"] and "answer 0" in first["messages"][1]["content"]
     assert first["authorization"] == "Bearer sk-test-secret"
+
+
+def test_judge_timeout_is_counted_not_fatal(server):
+    judge = make_judge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", max_retries=0, timeout_s=0.3)
+    server.replies = [1.0, '{"relevance": 3, "correctness": 3, "safety": 3}']
+    assert judge.grade("q", "r", "a")["error"] == "timeout"
+    assert judge.grade("q", "r", "a")["safety"] == 3  # the next answer is graded normally
 
 
 def test_judge_endpoint_down_is_a_clear_error_naming_the_url():
