@@ -410,9 +410,11 @@ class PerfTrainConfig:
     real shape; real tok/s, padded tok/s, MFU, peak memory, ratio to the original recipe."""
 
     shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
-    tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, short sequences, 2+1 steps.")
-    variants: list[str] = _f(["original", "packed", "packed+liger", "packed+liger+compile", "fused", "speed",
-                              "24gb"], "Recipes to time (benchmark/perf_train.py VARIANTS), each in its own process.")
+    tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, sequences of median 40, at most 128 "
+                           "tokens.")
+    variants: list[str] = _f(["original", "packed", "packed+liger", "fused", "fused+varlen", "speed", "24gb"],
+                             "Recipes to time (medqwen.perf.VARIANTS; 'name:field=value:...' overrides fields), "
+                             "comma-separated or repeated; each runs in its own process.")
     tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
                                      "model/smollm2-135m-instruct).")
     data: str | None = _f(None, "Conversation JSONL for a real length distribution (None: synthetic lognormal).")
