@@ -185,8 +185,9 @@ def resolve_base_model(cfg: EvalConfig) -> str:
 
     if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         what = "does not exist" if not Path(cfg.adapter).exists() else "holds no adapter_config.json"
-        raise ModelNotFoundError(f"adapter folder {cfg.adapter} {what}. Train it first (python "
-                                 f"trainer/train_lora.py --output_dir {cfg.adapter}) or pass --adapter PATH.")
+        trainer = "trainer/train_grpo.py" if cfg.name == "grpo" else "trainer/train_lora.py"
+        raise ModelNotFoundError(f"adapter folder {cfg.adapter} {what}. Train it first (python {trainer} "
+                                 f"--output_dir {cfg.adapter}) or pass --adapter PATH.")
     if cfg.model_name_or_path:
         return cfg.model_name_or_path
     if not cfg.adapter:
