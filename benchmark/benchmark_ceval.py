@@ -110,6 +110,8 @@ def main(cfg: CevalConfig) -> dict:
 
 if __name__ == "__main__":
     try:
-        main(parse_config(CevalConfig))
+        from medqwen.evaluation import spread_values  # `--compare a b c` as the config parser wants it
+
+        main(parse_config(CevalConfig, argv=spread_values(sys.argv[1:])))
     except (FileNotFoundError, ValueError, ConnectionError) as err:  # bad data / folders / server: say what to do
         sys.exit(f"error: {err}")

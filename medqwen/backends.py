@@ -152,11 +152,11 @@ class HFBackend:
             for row, i in enumerate(batch):
                 ids[row, : len(seqs[i])] = torch.tensor(list(seqs[i]), device=self.device)
             with torch.inference_mode():  # right padding: causal attention alone keeps pads out (see _last_hidden)
-                logprobs = torch.log_softmax(self.model(input_ids=ids).logits.float(), -1)
-            for row, i in enumerate(batch):
-                n, k = len(seqs[i]), n_last[i]
-                targets = ids[row, n - k:n]
-                out[i] = logprobs[row, n - k - 1:n - 1].gather(-1, targets[:, None]).sum().item()
+                hidden = self.decoder(input_ids=ids).last_hidden_state
+                for row, i in enumerate(batch):  # logits only where a continuation token is predicted
+                    n, k = len(seqs[i]), n_last[i]
+                    logprobs = torch.log_softmax(self.lm_head(hidden[row, n - k - 1:n - 1]).float(), -1)
+                    out[i] = logprobs.gather(-1, ids[row, n - k:n, None]).sum().item()
         return out
 
     # -- generate ----------------------------------------------------------------------------------------
