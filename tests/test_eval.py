@@ -49,6 +49,10 @@ def test_rouge_l_char_level_known_values():
     assert rouge_l("头痛", "头痛发热") == pytest.approx(2 / 3)
     assert rouge_l("咳嗽", "头痛") == 0.0
     assert rouge_l("头痛", "头痛") == pytest.approx(1.0)
+    # why not rouge-score's default tokenizer: it deletes every Chinese character
+    from rouge_score import rouge_scorer
+
+    assert rouge_scorer.RougeScorer(["rougeL"]).score("我今天很好", "今天我很好")["rougeL"].fmeasure == 0.0
 
 
 def test_bleu_char_level_known_values():
