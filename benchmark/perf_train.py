@@ -134,8 +134,7 @@ def run_isolated(pcfg: PerfTrainConfig, spec: str) -> dict:
 
 
 def main(pcfg: PerfTrainConfig) -> list[dict]:
-    from medqwen.perf import matmul_peak_tflops
-    from medqwen.reporting import markdown_table, write_metrics
+    from medqwen.perf import matmul_peak_tflops, write_report
 
     if pcfg.tiny:
         pcfg.shape, pcfg.max_seq_len, pcfg.median_len = "tiny", 128, 40
@@ -146,34 +145,14 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
     save_config(pcfg, out / "config.yaml")
     print("perf_train config:\n" + format_config(pcfg), flush=True)
     peak = pcfg.peak_tflops or matmul_peak_tflops()
+    print(f"bf16 matmul peak: {peak:.0f} TFLOP/s" if peak else "no GPU: MFU not computed", flush=True)
     results = []
     for spec in [s.strip() for v in pcfg.variants for s in v.split(",") if s.strip()]:
         row = run_isolated(pcfg, spec)
         results.append(row)
         print(f"{spec}: " + json.dumps({k: v for k, v in row.items() if k not in ("steps", "lengths")}), flush=True)
-    base = next((r for r in results if r["variant"] == "original" and "real_tok_s" in r), None)
-    table = []
-    for r in results:
-        if "real_tok_s" not in r:
-            table.append([r["variant"], r.get("error") or r.get("skipped"), "", "", "", "", "", ""])
-            continue
-        mem = r["peak_allocated_gib"] if r["peak_allocated_gib"] is not None else r["peak_rss_gib"]
-        table.append([r["variant"], round(r["real_tok_s"]), round(r["computed_tok_s"]),
-                      f"{100 * r['padding_fraction']:.0f}%",
-                      f"{100 * r['tflops'] / peak:.1f}%" if peak else "n/a",
-                      f"{mem:.1f}" + (f" ({r['peak_reserved_gib']:.1f})" if r["peak_reserved_gib"] else ""),
-                      f"{r['conversations_per_step']:.0f}",
-                      f"{r['real_tok_s'] / base['real_tok_s']:.2f}x" if base else "n/a"])
-    headers = ["variant", "real tok/s", "computed tok/s", "padding", "MFU", "peak GiB alloc (reserved)",
-               "conversations/step", "vs original"]
-    md = markdown_table(table, headers)
-    note = (f"\nMFU against a measured bf16 matmul peak of {peak:.0f} TFLOP/s; FLOPs per medqwen.perf.lora_train_flops."
-            if peak else "\nMFU: no GPU, no peak.")
-    (out / "results.md").write_text(md + note + "\n", encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"peak_tflops": peak, "results": results}, indent=2), encoding="utf-8")
-    write_metrics(out, {r["variant"]: {k: r.get(k) for k in ("real_tok_s", "peak_allocated_gib", "error", "skipped")}
-                        for r in results}, detail=results, seed=pcfg.seed, meta_extra={"peak_tflops": peak})
-    print(md + note)
+        md = write_report(results, peak, out, pcfg.seed)  # after every variant: a killed run keeps its rows
+    print(md)
     return results
 
 

@@ -14,7 +14,6 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 # Linear layers of one Qwen3/Llama decoder layer: name -> (in_features, out_features) as a function of the config.
@@ -118,33 +117,6 @@ def synthetic_conversations(tokenizer, lengths: list[int], chat_template_overhea
     return conversations
 
 
-@dataclass
-class StepTimer:
-    """Wall time of optimizer steps, synchronising the accelerator so queued kernels are counted."""
-
-    sync: object = None
-    times: list[float] = field(default_factory=list)
-    _t: float = 0.0
-
-    def start(self) -> None:
-        if self.sync:
-            self.sync()
-        self._t = time.perf_counter()
-
-    def stop(self) -> float:
-        if self.sync:
-            self.sync()
-        dt = time.perf_counter() - self._t
-        self.times.append(dt)
-        return dt
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def matmul_peak_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     """Measured bf16 matmul rate of this GPU (TFLOP/s) on random n x n x n products; None without CUDA."""
     import torch
@@ -178,8 +150,8 @@ VARIANTS: dict[str, dict | str] = {
     "packed": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa"},
     "packed+liger": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
                      "use_liger_kernel": True, "gradient_checkpointing": False},
-    "packed+liger+compile": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
-                             "use_liger_kernel": True, "gradient_checkpointing": False, "compile_layers": True},
+    "packed+compile": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
+                       "gradient_checkpointing": False, "compile_layers": True},
     "fused": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
               "use_liger_kernel": True, "gradient_checkpointing": False, "fused_lora": True},
     "fused+varlen": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "varlen",
@@ -262,3 +234,32 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None) -> dict:
         rows.append({"seconds": t1 - t0, "real_tokens": r1 - r0, "computed_tokens": c1 - c0,
                      "sequences": s1 - s0, "lengths": counter.lengths[l0:l1]})
     return {"warmup": rows[:warmup_steps], "timed": rows[warmup_steps:]}
+
+
+def write_report(results: list[dict], peak: float | None, out: Path, seed: int = 0) -> str:
+    """The Markdown table of perf_train results (returned, and written to results.md), results.json, metrics.json."""
+    from medqwen.reporting import markdown_table, write_metrics
+
+    base = next((r for r in results if r["variant"] == "original" and "real_tok_s" in r), None)
+    table = []
+    for r in results:
+        if "real_tok_s" not in r:
+            table.append([r["variant"], r.get("error") or r.get("skipped"), "", "", "", "", "", ""])
+            continue
+        mem = r["peak_allocated_gib"] if r["peak_allocated_gib"] is not None else r["peak_rss_gib"]
+        table.append([r["variant"], round(r["real_tok_s"]), round(r["computed_tok_s"]),
+                      f"{100 * r['padding_fraction']:.0f}%",
+                      f"{100 * r['tflops'] / peak:.1f}%" if peak else "n/a",
+                      f"{mem:.1f}" + (f" ({r['peak_reserved_gib']:.1f})" if r["peak_reserved_gib"] else ""),
+                      f"{r['conversations_per_step']:.0f}",
+                      f"{r['real_tok_s'] / base['real_tok_s']:.2f}x" if base else "n/a"])
+    headers = ["variant", "real tok/s", "computed tok/s", "padding", "MFU", "peak GiB alloc (reserved)",
+               "conversations/step", "vs original"]
+    md = markdown_table(table, headers)
+    note = (f"\nMFU against a measured bf16 matmul peak of {peak:.0f} TFLOP/s; FLOPs per medqwen.perf.lora_train_flops."
+            if peak else "\nMFU: no GPU, no peak.")
+    (out / "results.md").write_text(md + note + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"peak_tflops": peak, "results": results}, indent=2), encoding="utf-8")
+    write_metrics(out, {r["variant"]: {k: r.get(k) for k in ("real_tok_s", "peak_allocated_gib", "error", "skipped")}
+                        for r in results}, detail=results, seed=seed, meta_extra={"peak_tflops": peak})
+    return md + note
