@@ -484,6 +484,10 @@ def sample_ids(runs: list[dict[str, Any]], k: int, seed: int) -> list[str]:
     return [i for i in common if i in set(picked)] + probes
 
 
+CI_NOTE = ("Values in brackets: 95% bootstrap interval over questions (paired for the Δ rows: each run minus the "
+           "first, on the questions both answered).")
+
+
 def write_report(out_dir: str | Path, runs: list[dict[str, Any]], samples: int = 20, seed: int = 42) -> None:
     """report.md and report.html: the metric table, then sampled questions with every run's answer."""
     out_dir = Path(out_dir)
@@ -493,8 +497,7 @@ def write_report(out_dir: str | Path, runs: list[dict[str, Any]], samples: int =
     chosen = sample_ids(runs, samples, seed)
 
     md = [f"# Evaluation: {' vs '.join(names)}", "", markdown_table(metric_rows(runs), ["metric"] + names), "",
-          "Values in brackets: 95% bootstrap interval over questions (paired for the Δ rows: each run minus the "
-          "first, on the questions both answered).", "", "## Sampled answers", ""]
+          CI_NOTE, "", "## Sampled answers", ""]
     for n, item_id in enumerate(chosen, 1):
         first = by_id[0][item_id]
         md += [f"### {n}. {first['kind']} `{item_id}`", "", f"**Question:** {first['question']}", ""]
@@ -506,7 +509,8 @@ def write_report(out_dir: str | Path, runs: list[dict[str, Any]], samples: int =
 
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in ["metric"] + names)
-    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in metric_rows(runs))
+    cell = lambda c: f"{c:.4g}" if isinstance(c, float) else str(c)  # noqa: E731  (as markdown_table prints)
+    body = "".join("<tr>" + "".join(f"<td>{e(cell(c))}</td>" for c in row) + "</tr>" for row in metric_rows(runs))
     cards = []
     for item_id in chosen:
         first = by_id[0][item_id]
@@ -521,7 +525,7 @@ def write_report(out_dir: str | Path, runs: list[dict[str, Any]], samples: int =
 td,th{{border:1px solid #ccc;padding:.4em;vertical-align:top;white-space:pre-wrap;max-width:40em}}
 .s{{color:#777;font-size:.8em}}</style></head><body>
 <h1>Evaluation: {e(' vs '.join(names))}</h1>
-<table><tr>{head}</tr>{body}</table><p>Values in brackets: 95% bootstrap interval over questions.</p>
+<table><tr>{head}</tr>{body}</table><p>{e(CI_NOTE)}</p>
 <h2>Sampled answers</h2>
 <table><tr><th>question</th><th>reference</th>{answer_head}</tr>{''.join(cards)}</table></body></html>
 """
