@@ -480,7 +480,7 @@ class CevalConfig:
                                       "with --compare: .../compare).")
     compare: list[str] = _f([], "Finished run folders to put side by side (repeatable or comma-separated); the "
                                 "first is the reference of the McNemar tests; no model is run.")
-    n_bootstrap: int = _f(1000, "Bootstrap resamples for the 95% confidence intervals.")
+    n_bootstrap: int = _f(1000, "Bootstrap resamples for the 95 percent confidence intervals.")
     seed: int = _f(42, "Seed of the bootstrap.")
 
 
