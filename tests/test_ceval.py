@@ -72,6 +72,13 @@ def test_malformed_csv_gets_a_clear_error(tmp_path, body, message):
         read_csv_split(path, "clinical_medicine", "val")
 
 
+def test_help_lists_every_flag():
+    from medqwen.config import CevalConfig, PerfCevalConfig, build_parser
+
+    assert "--prompt_style" in build_parser(CevalConfig).format_help()
+    assert "--original_questions" in build_parser(PerfCevalConfig).format_help()
+
+
 def test_missing_data_names_the_fix(tmp_path):
     with pytest.raises(CevalDataError, match="get_ceval.py"):
         load_questions(tmp_path, "clinical_medicine", "val")
@@ -152,6 +159,9 @@ def test_generate_scoring_records_raw_output(tiny_backend):
     preds = score_questions(tiny_backend, questions, [], scoring="generate", chat=True, max_new_tokens=3)
     assert all(isinstance(p.output, str) and p.logprobs is None for p in preds)
     assert all(p.pred in (*CHOICES, None) for p in preds)
+    shots = load_questions(DATA, "clinical_medicine", "dev")[:1]
+    cot = score_questions(tiny_backend, questions[:1], shots, scoring="generate", cot=True, max_new_tokens=3)
+    assert cot[0].prompt.endswith("答案：让我们一步一步思考，\n1.") and "所以答案是" in cot[0].prompt
     with pytest.raises(ValueError, match="CoT needs --scoring generate"):
         score_questions(tiny_backend, questions, [], cot=True)
 
