@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medqwen.config import TrainConfig
-from medqwen.fast_lora import LoraLinearFunction, VARLEN, fuse_lora, register_attention
+from medqwen.fast_lora import LoraLinearFunction, VARLEN, _fused_lora_forward, fuse_lora, register_attention
 from medqwen.modeling import random_qwen3
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -127,13 +127,18 @@ def train_adapter(tiny_model_dir, tmp_path, **overrides):
                       lora_dropout=0.0, max_seq_len=128, report_to="none", eval_ratio=0.0, logging_steps=100,
                       eval_steps=100, seed=0, **overrides)
     trainer = build_trainer(cfg, Dataset.from_list([{"messages": c} for c in conversations(8)]))
+    fused = sum(getattr(m.forward, "__func__", None) is _fused_lora_forward for m in trainer.model.modules())
+    assert fused == (2 * len(TARGETS) if cfg.fused_lora else 0)  # the trainer really runs the path under test
     result = trainer.train()
     weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     return result.training_loss, weights
 
 
 def test_fast_path_trains_the_same_adapter(tiny_model_dir, tmp_path):
-    """Every step sees all 8 conversations, so padded/plain and packed/fused/varlen steps are the same math."""
+    """Every step sees all 8 conversations, so padded/plain and packed/fused/varlen steps are the same math.
+
+    Adam ignores a constant scale of a gradient, so this catches wrong gradients, not mis-scaled ones; the
+    gradients themselves are compared in test_fused_lora_matches_peft."""
     loss_plain, plain = train_adapter(tiny_model_dir, tmp_path / "plain")
     loss_fast, fast = train_adapter(tiny_model_dir, tmp_path / "fast", packing=True, fused_lora=True,
                                     attn_implementation=VARLEN)
