@@ -38,7 +38,8 @@ class LoraLinearFunction(torch.autograd.Function):
     PEFT computes the same with separate modules: under bf16 autocast it copies x to fp32 for its adapter,
     drops out the copy, casts it back, and writes B's output, the scaled output and the sum as three more
     tensors; backward mirrors each. Here x stays in its dtype, the adapter output is added into the base
-    output by one addmm, and backward saves x (shared by q/k/v and by gate/up) plus a bool dropout mask.
+    output by one addmm, and backward saves x (shared by q/k/v and by gate/up), a bool dropout mask and the
+    rank-r product.
     """
 
     @staticmethod
@@ -46,13 +47,13 @@ class LoraLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float):
         x2 = x.reshape(-1, x.shape[-1])
         a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
-        out = F.linear(x2, weight.to(x.dtype) if weight.dtype != x.dtype else weight, bias)
+        out = F.linear(x2, weight.to(x.dtype), bias)
         if p > 0:
             xd, mask = torch.native_dropout(x2, p, True)  # same draw as nn.Dropout (PEFT's lora_dropout)
         else:
             xd, mask = x2, None
         u = xd @ a.t()  # (tokens, r)
-        out = out.to(x.dtype).addmm_(u, b.t(), alpha=scaling)
+        out = out.to(x.dtype).addmm_(u, b.t(), alpha=scaling)  # base + scaling * u B^T, one pass over out
         ctx.save_for_backward(x2, mask, u, weight, lora_a, lora_b)
         ctx.scaling, ctx.p, ctx.x_shape = scaling, p, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -129,7 +130,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     """Causal attention that never crosses the sequences packed in one row (boundaries in `cu_seq_lens_q`).
 
     CUDA: one FlashAttention varlen call over all tokens (no T x T mask). Elsewhere: SDPA per sequence. Without
-    packing information (no `cu_seq_lens_q`, or a padding mask) it is transformers' SDPA attention.
+    packing information (no `cu_seq_lens_q`, or a padding mask) it is transformers' SDPA attention, so packed
+    rows must come with `cu_seq_lens_q` (TRL's padding-free collator adds them to every batch).
     """
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None or attention_mask is not None or query.shape[0] != 1 or dropout:

@@ -86,13 +86,17 @@ def read_jsonl_conversations(path: str | Path, limit: int | None = None) -> list
     return rows
 
 
-def filler_words(tokenizer, candidates: str = "the of and to in is that for it with as was on be at by this "
-                 "had not are but from or have an they which one you were her all she there would their we him "
-                 "been has when who will more no if out so said what up its about into than them can only other "
-                 "new some could time these two may then do first any my now such like our over man me even "
-                 "most made after also did many before must through back years where much your way well down") -> list[str]:
+# Common English words; most tokenizers (Qwen3's, SmolLM2's) keep " word" as a single token.
+FILLER_WORDS = ("the of and to in is that for it with as was on be at by this had not are but from or have an they "
+                "which one you were her all she there would their we him been has when who will more no if out so "
+                "said what up its about into than them can only other new some could time these two may then do "
+                "first any my now such like our over man me even most made after also did many before must "
+                "through back years where much your way well down").split()
+
+
+def filler_words(tokenizer, candidates: list[str] = FILLER_WORDS) -> list[str]:
     """Words that are one token each with a leading space, so text of k words is k tokens."""
-    words = [w for w in candidates.split() if len(tokenizer.encode(" " + w, add_special_tokens=False)) == 1]
+    words = [w for w in candidates if len(tokenizer.encode(" " + w, add_special_tokens=False)) == 1]
     if len(words) < 8:
         raise ValueError("tokenizer splits the filler words; cannot build conversations of exact lengths")
     return words
@@ -146,7 +150,7 @@ def matmul_peak_tflops(n: int = 8192, repeats: int = 10) -> float | None:
 VARIANTS: dict[str, dict | str] = {
     # the seed recipe: pad to the longest in the batch, batch 8 x accumulation 8, gradient checkpointing, SDPA
     "original": {"attn_implementation": "sdpa"},
-    # padding-free BFD packing; rows of <= max_seq_len tokens hold ~2.7 conversations, so 8 x 3 rows ~ 64 conversations
+    # padding-free BFD packing: a row of <= max_seq_len tokens holds ~2.6 conversations, 8 x 3 rows ~ 64 of them
     "packed": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa"},
     "packed+liger": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
                      "use_liger_kernel": True, "gradient_checkpointing": False},

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from medqwen.config import TrainConfig
-from medqwen.fast_lora import LoraLinearFunction, VARLEN, _fused_lora_forward, fuse_lora, register_attention
+from medqwen.fast_lora import (LoraLinearFunction, VARLEN, _fused_lora_forward, decoder_layers, fuse_lora,
+                               register_attention, set_recompute_layers)
 from medqwen.modeling import random_qwen3
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -79,6 +80,21 @@ def test_disabled_adapter_falls_back_to_base_model():
         on = fused(input_ids=ids).logits
     torch.testing.assert_close(off, expected)
     assert not torch.allclose(on, off)  # the adapter is really applied when enabled
+
+
+def test_selective_recompute_keeps_the_math():
+    """Checkpointing only the first layer changes which activations are stored, not the loss or gradients."""
+    plain, fused = peft_pair(0.0)
+    fused.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    set_recompute_layers(fused, 1)
+    assert [layer.gradient_checkpointing for layer in decoder_layers(fused)] == [True, False]
+    plain.train(), fused.train()
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(2))
+    loss_p, grads_p = loss_and_grads(plain, ids, seed=0)
+    loss_f, grads_f = loss_and_grads(fused, ids, seed=0)
+    torch.testing.assert_close(loss_f, loss_p, rtol=1e-5, atol=1e-6)
+    for name in grads_p:
+        torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def per_example_losses(logits, labels):
