@@ -363,9 +363,13 @@ class RagConfig:
                              choices=["char", "jieba", "jieba+char"])
     top_k: int = _f(5, "Sources retrieved per question.")
     candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.")
+    hnsw_ef_search: int = _f(200, "HNSW candidate list size of dense search: larger is closer to exact search, "
+                                  "slower (Chroma's default 100 missed neighbours at 50 candidates here).")
     rrf_k: int = _f(60, "Reciprocal-rank-fusion constant: score = sum of weight / (rrf_k + rank).")
     bm25_weight: float = _f(1.0, "Weight of BM25 ranks in hybrid fusion.")
-    dense_weight: float = _f(0.5, "Weight of dense ranks in hybrid fusion (benchmark/benchmark_rag.py compares).")
+    dense_weight: float = _f(0.25, "Weight of dense ranks in hybrid fusion: below bm25's, so dense reorders and adds "
+                                   "to BM25's candidates rather than outvoting them (benchmark/benchmark_rag.py "
+                                   "compares weights).")
     reranker: str | None = _f(None, "Optional sentence-transformers CrossEncoder (folder or hub id, e.g. "
                                     "BAAI/bge-reranker-base) that reorders the fused candidates.")
     rerank_k: int = _f(20, "Fused candidates the reranker scores.")

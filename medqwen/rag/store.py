@@ -62,7 +62,7 @@ def open_collection(client, cfg: RagConfig, create: bool = False):
     if create:
         collection = client.get_or_create_collection(
             cfg.collection, embedding_function=embedding,
-            configuration={"hnsw": {"space": "cosine"}},
+            configuration={"hnsw": {"space": "cosine", "ef_search": cfg.hnsw_ef_search}},
             metadata={"chunk_size": cfg.chunk_size, "chunk_overlap": cfg.chunk_overlap})
     else:
         try:
@@ -72,6 +72,9 @@ def open_collection(client, cfg: RagConfig, create: bool = False):
                 raise
             raise StoreError(f"collection {cfg.collection!r} not found in the store: build it with "
                              f"`python agent/embedding.py --collection {cfg.collection}`") from None
+    hnsw = (collection.configuration or {}).get("hnsw") or {}
+    if hnsw.get("ef_search") not in (None, cfg.hnsw_ef_search):  # a search-time setting: safe to change
+        collection.modify(configuration={"hnsw": {"ef_search": cfg.hnsw_ef_search}})
     stored = (collection.configuration or {}).get("embedding_function")
     if stored is not None and hasattr(stored, "get_config"):
         old, new = stored.get_config(), embedding.get_config()
