@@ -17,7 +17,7 @@
 #   MAX_MODEL_LEN [8192 GPU, 4096 CPU]    longest prompt + reply (tokens)
 #   GPU_MEMORY_UTILIZATION [0.85]     share of each GPU vLLM may take (weights + KV cache); 0.85 leaves room
 #                                     for the desktop/other processes on a 24 GB card
-#   MAX_LORA_RANK [the adapter's r]   vLLM's default (16) rejects larger adapters
+#   MAX_LORA_RANK [smallest vLLM rank >= the adapter's r]   vLLM's default (16) rejects larger adapters
 #   DTYPE [auto on GPU, float32 on CPU]   VLLM_CPU_KVCACHE_SPACE [1] KV cache on CPU (GiB)
 #   VLLM_PYTHON [.venv-serve/bin/python if present, else python]   the environment that has vLLM
 #   START_TIMEOUT_S [900]             how long to wait for /health before giving up
@@ -49,7 +49,9 @@ LORA_ARGS=()
 if [ "$ADAPTER_PATH" != "none" ]; then
   [ -f "$ADAPTER_PATH/adapter_config.json" ] || die "no LoRA adapter at ADAPTER_PATH=$ADAPTER_PATH (adapter_config.json
   missing). Train one (python trainer/train_lora.py), point ADAPTER_PATH at it, or ADAPTER_PATH=none for the base model."
-  RANK="$("$VLLM_PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["r"])' "$ADAPTER_PATH/adapter_config.json")"
+  # vLLM accepts only these ranks as --max-lora-rank: take the smallest that fits the adapter's r.
+  RANK="$("$VLLM_PYTHON" -c 'import json,sys; r = json.load(open(sys.argv[1]))["r"]
+print(min(x for x in (1, 8, 16, 32, 64, 128, 256, 320, 512) if x >= r))' "$ADAPTER_PATH/adapter_config.json")"
   if [ -z "${MODEL_PATH:-}" ] && [ -f "$ADAPTER_PATH/config.yaml" ]; then
     MODEL_PATH="$("$VLLM_PYTHON" -c 'import sys,yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("model_name_or_path") or "")' "$ADAPTER_PATH/config.yaml")"
   fi

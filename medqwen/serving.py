@@ -70,18 +70,31 @@ def wait_ready(port: int, proc: subprocess.Popen, log_path: str | Path, timeout_
     raise ServerStartError(f"no answer on port {port} within {timeout_s:.0f}s:\n{_log_tail(Path(log_path))}")
 
 
-def stop_server(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    """SIGTERM the script (its trap stops vLLM and waits); SIGKILL the process group if it hangs."""
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def stop_server(proc: subprocess.Popen, timeout_s: float = 60.0) -> bool:
+    """SIGTERM the script (its trap stops vLLM and waits for it). True when everything it started exited by
+    itself; otherwise the leftovers of the process group this module created are SIGKILLed and False returned."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group this start_server created, nothing else
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, 0)  # anything left in the group (a stray engine process)?
-        os.killpg(proc.pid, signal.SIGKILL)
+            pass
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group_alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)  # only the group start_server created
+        proc.wait()
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -94,4 +107,5 @@ def vllm_server(model: str | Path | None, adapter: str | Path | None, port: int,
         wait_ready(port, proc, log_path, timeout_s)
         yield f"http://localhost:{port}/v1"
     finally:
-        stop_server(proc)
+        if not stop_server(proc):
+            print(f"warning: serve_vllm.sh left processes behind; killed them (log: {log_path})")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from medqwen.chat import load_tokenizer, render
-from medqwen.serving import SERVE_SCRIPT, free_port, vllm_server
+from medqwen.serving import SERVE_SCRIPT, free_port, start_server, stop_server, wait_ready
 from medqwen.tools import calculate
 
 REPO = SERVE_SCRIPT.parent.parent
@@ -62,9 +62,15 @@ def adapter_dir(tmp_path_factory, tiny_model_dir):
 def server(adapter_dir, tmp_path_factory):
     port = free_port(8100, 8199)
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with vllm_server(None, adapter_dir, port, log, timeout_s=240, MAX_MODEL_LEN="2048",
-                     OMP_NUM_THREADS="1") as base_url:
-        yield base_url
+    # No MODEL_PATH: the script finds the base model in the adapter's config.yaml, as users run it.
+    proc = start_server(None, adapter_dir, port, log, MAX_MODEL_LEN="2048", OMP_NUM_THREADS="1")
+    try:
+        wait_ready(port, proc, log, timeout_s=240)
+        yield f"http://localhost:{port}/v1"
+    finally:
+        clean = stop_server(proc)
+    assert clean, "SIGTERM to serve_vllm.sh left vLLM processes running (its trap should stop them)"
+    assert "serve_vllm: ready at" in log.read_text()
 
 
 def _logprobs_hf(model_dir, adapter, token_ids):
