@@ -17,8 +17,8 @@ from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, build_messages, format_sources, make_answerer
 
 
-def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) -> None:
-    """Retrieve, print the sources, then (unless retrieve-only) generate and print the answer."""
+def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) -> bool:
+    """Retrieve, print the sources, then (unless retrieve-only) generate and print the answer; False on error."""
     start = time.perf_counter()
     hits = retriever.search(question, cfg.top_k)
     took_ms = (time.perf_counter() - start) * 1000
@@ -30,13 +30,14 @@ def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) ->
         print("  (none matched)")
     if answerer is None:
         print("\n" + format_sources(hits))
-        return
+        return True
     try:
         reply = answerer(build_messages(question, hits))
     except GenerationError as err:
         print(f"error: {err}", file=sys.stderr)
-        return
+        return False
     print(f"\nanswer:\n{reply}")
+    return True
 
 
 def main(cfg: RagConfig) -> int:
@@ -53,8 +54,7 @@ def main(cfg: RagConfig) -> int:
     print(f"store: {len(retriever)} chunks in {cfg.chroma_host or cfg.persist_dir} / {cfg.collection}")
     answerer = None if cfg.retrieve_only else make_answerer(cfg)
     if cfg.query:
-        answer_one(cfg.query, retriever, answerer, cfg)
-        return 0
+        return 0 if answer_one(cfg.query, retriever, answerer, cfg) else 1
     print("Ask a question (empty line or Ctrl-D quits).")
     while True:
         try:

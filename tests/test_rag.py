@@ -215,6 +215,8 @@ def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir):
     down = replace(cfg, base_url="http://127.0.0.1:8299/v1", timeout_s=5)
     with pytest.raises(GenerationError, match="cannot reach the model server"):
         OpenAIAnswerer(down)(messages)
+    assert rag_query.main(replace(down, query="人参")) == 1  # the sources are printed, then the clear error
+    assert "cannot reach the model server" in capsys.readouterr().err
     local = LocalAnswerer(replace(cfg, local_model=str(tiny_model_dir), max_new_tokens=4, temperature=0))
     assert isinstance(local(messages), str)
 

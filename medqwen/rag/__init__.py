@@ -7,6 +7,7 @@ cited answers; the agent's `search_knowledge_base` tool.
     store.py       open the store (local folder or server), idempotent indexing
     retrieval.py   BM25, dense, weighted reciprocal-rank fusion, optional reranker, recall/MRR
     answer.py      prompt with numbered sources, generation, the agent tool
+    evaluate.py    recall@k / MRR@10 per question kind, latency, embedding throughput (benchmark_rag.py)
 
 Importing this package registers the embedding function with Chroma, which a collection needs before it can
 be reopened in a new process.
