@@ -14,7 +14,9 @@ original recipe. Recipes: medqwen.perf.VARIANTS; the presets are configs/qwen3-4
     # CPU smoke run (CI): tiny model, a few steps
     python benchmark/perf_train.py --tiny --output_dir out/perf-tiny
 
-Writes results.json, results.md, config.yaml and metrics.json to --output_dir; prints the table.
+Writes results.json, results.md, config.yaml, metrics.json and variants.log (each variant's output) to
+--output_dir; prints the table. The tokenizer comes from model/qwen; a machine without the weights needs only
+the tokenizer files (vocab.json, merges.txt, tokenizer_config.json, config.json) in model/qwen3-tokenizer.
 """
 
 import json
