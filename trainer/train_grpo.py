@@ -27,8 +27,10 @@ model_name_or_path is the base model that eval_grpo.py and benchmark_ceval.py lo
 
 from accelerate import PartialState
 
+from medqwen.ceval import CevalDataError
 from medqwen.config import GrpoConfig, format_config, parse_config
 from medqwen.grpo import train_grpo
+from medqwen.mcq import McqDataError
 
 
 def main(cfg: GrpoConfig) -> dict:
@@ -38,4 +40,7 @@ def main(cfg: GrpoConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(GrpoConfig))
+    try:
+        main(parse_config(GrpoConfig))
+    except (McqDataError, CevalDataError, FileNotFoundError) as err:  # bad data or a missing model/adapter folder
+        raise SystemExit(f"error: {err}") from None
