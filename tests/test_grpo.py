@@ -10,7 +10,7 @@ import yaml
 from medqwen.ceval import Question, load_questions, render_prompt
 from medqwen.config import GrpoConfig, McqConvertConfig, parse_config
 from medqwen.grpo import answer_format_score, correct_reward, format_reward, grpo_args, mcq_dataset
-from medqwen.mcq import McqDataError, read_mcq_file, write_mcq_jsonl
+from medqwen.mcq import McqDataError, read_mcq_file
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "grpo_mcq_sample.jsonl"
