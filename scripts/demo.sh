@@ -24,6 +24,16 @@ chat_base() {
 }
 
 # --- stage: train (trainer issue) ---
+train() {
+  stage "LoRA SFT of the bundled model on the demo data (identity + medical sample) -> $OUT/lora"
+  python trainer/train_lora.py --config configs/smollm2/lora_cpu_demo.yaml \
+    --data_path "$OUT/data/lora_medical_merged.jsonl" --output_dir "$OUT/lora"
+}
+
+chat_lora() {
+  stage "chat with the demo LoRA adapter (it should name itself)"
+  python run.py --model "$MODEL" --adapter "$OUT/lora" --prompt "Who are you?" --max_new_tokens 40 --temperature 0
+}
 # --- stage: benchmark (C-Eval issue) ---
 benchmark() {
   stage "C-Eval clinical_medicine 5-shot (shipped team-written sample): base vs demo LoRA -> $OUT/benchmark/"
@@ -93,7 +103,7 @@ rag() {
     --backend local --local_model "$MODEL" --max_new_tokens 48 --temperature 0 --top_k 3
 }
 
-STAGES=(data chat_base benchmark evaluate serve_agent rag)
+STAGES=(data chat_base train chat_lora benchmark evaluate serve_agent rag)
 if [ $# -gt 0 ]; then STAGES=("$@"); fi
 for s in "${STAGES[@]}"; do "$s"; done
 stage "demo finished: outputs under $OUT/"

@@ -214,7 +214,7 @@ def test_kill_after_checkpoint_then_resume_matches_uninterrupted_run(tiny_model_
     import torch
     from safetensors.torch import load_file
 
-    steps = 24
+    steps = 16
     reference = train(tiny_cfg(tiny_model_dir, toy_data, tmp_path / "ref", max_steps=steps, eval_steps=4))
 
     out = tmp_path / "killed"
