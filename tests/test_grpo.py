@@ -238,27 +238,28 @@ def test_init_adapter_must_be_an_adapter(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_mean_reward_rises(bundled_model_dir, tmp_path):
-    """5 GRPO steps (8 completions each) on the CPU demo settings; the reward curve is printed.
+    """4 GRPO steps (8 completions each) on the CPU demo settings at learning rate 3e-3; the curve is printed.
 
-    Measured before writing the thresholds (same settings, seed 42, on a shared 2-core CPU, ~35 CPU s/step):
-    reward 0.175 0.175 0.150 0.300 0.325, format 0.250 0.250 0.750 0.875 1.000, correct 0.125 0.125 0.000
-    0.125 0.125: the model learns to open its reply with the option letter; correctness does not move in 5 steps.
+    Measured before writing the thresholds (same settings, seed 42, 2-core CPU, ~38 s/step):
+    reward 0.175 0.175 0.150 0.425, format 0.250 0.250 0.750 0.875, correct 0.125 0.125 0.000 0.250:
+    the model learns to open its reply with the option letter; 32 samples say little about correctness.
     """
     from medqwen.config import REPO_ROOT, GrpoConfig, resolve_config
     from medqwen.grpo import train_grpo
 
     cfg = resolve_config(GrpoConfig, cli={"config": str(REPO_ROOT / "configs/smollm2/grpo_cpu_demo.yaml"),
-                                          "model_name_or_path": str(bundled_model_dir), "max_steps": "5",
-                                          "output_dir": str(tmp_path / "grpo"), "report_to": "none"})
+                                          "model_name_or_path": str(bundled_model_dir), "max_steps": "4",
+                                          "learning_rate": "3e-3", "output_dir": str(tmp_path / "grpo"),
+                                          "report_to": "none"})
     summary = train_grpo(cfg)
     rows = json.loads((tmp_path / "grpo" / "metrics.json").read_text())["detail"]["rewards"]
     print("\nstep | reward | correct | format")
     for r in rows:
         print(f"{r['step']:>4} | {r['reward']:.3f} | {r['correct']:.3f} | {r['format']:.3f}")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
     first, last = rows[:2], rows[-2:]
     mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
-    # measured: format 0.250 -> 0.938 (+0.69), reward 0.175 -> 0.313 (+0.14); thresholds keep about half of that
-    assert mean(last, "format") - mean(first, "format") >= 0.35
-    assert mean(last, "reward") - mean(first, "reward") >= 0.07
+    # measured: format 0.250 -> 0.813 (+0.56), reward 0.175 -> 0.288 (+0.11); thresholds keep about half of that
+    assert mean(last, "format") - mean(first, "format") >= 0.3
+    assert mean(last, "reward") - mean(first, "reward") >= 0.05
     assert summary["reward_last"] > summary["reward_first"]
