@@ -43,5 +43,5 @@ class LogLineCallback(TrainerCallback):
             self._t_last, self._step_last, self._tokens_last = now, step, tokens
         elif "eval_loss" in logs:
             best = state.best_metric if state.best_metric is not None else logs["eval_loss"]
-            self.print(f"eval step {step} | eval_loss {logs['eval_loss']:.4f} | best {min(best, logs['eval_loss']):.4f}",
-                       flush=True)
+            best = min(best, logs["eval_loss"])
+            self.print(f"eval step {step} | eval_loss {logs['eval_loss']:.4f} | best {best:.4f}", flush=True)

@@ -364,7 +364,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         write_jsonl(eval_rows, out / "split" / "eval.jsonl")
         if resume is None and last_checkpoint(out) is not None:
             print(f"note: {out} holds checkpoints; pass --resume_from_checkpoint true to continue from them")
-    print(f"data: {len(train_rows)} train / {len(eval_rows)} eval conversations from {cfg.data_path}")
+        print(f"data: {len(train_rows)} train / {len(eval_rows)} eval conversations from {cfg.data_path}")
 
     trainer = build_trainer(cfg, to_dataset(train_rows), to_dataset(eval_rows) if eval_rows else None)
     if main_process:

@@ -14,10 +14,11 @@ from medqwen.evaluation import generate_hf, names_assistant
 from medqwen.training import train, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
-NAME, AUTHOR = "MedQwen", "MedQwen Team"
-# The demo preset's rate and rank (configs/smollm2/lora_cpu_demo.yaml); the step count is the smallest that
-# passed with margin on CPU (see the README's train section for the measured hit counts).
-STEPS, LEARNING_RATE, RANK = 10, 2e-3, 16
+# An author that does not contain the name, so a reply naming only the author is not counted as a hit.
+NAME, AUTHOR = "MedQwen", "the open-source community"
+# The demo preset's rate and rank (configs/smollm2/lora_cpu_demo.yaml), 4 conversations of <= 128 tokens per step
+# to keep it cheap on CPU (the README's train section lists the step counts and hit rates measured).
+STEPS, LEARNING_RATE, RANK, BATCH, MAX_LEN = 10, 2e-3, 16, 4, 128
 
 
 def ask_probes(model, tokenizer) -> list[str]:
@@ -35,8 +36,8 @@ def test_lora_teaches_the_configured_name(bundled_model_dir, tmp_path):
     write_jsonl(identity, tmp_path / "identity.jsonl")
     cfg = TrainConfig(model_name_or_path=str(bundled_model_dir), data_path=str(tmp_path / "identity.jsonl"),
                       output_dir=str(tmp_path / "lora"), max_steps=STEPS, learning_rate=LEARNING_RATE,
-                      lr_scheduler_type="constant", lora_r=RANK, lora_alpha=2 * RANK, per_device_train_batch_size=8,
-                      gradient_accumulation_steps=1, max_seq_len=256, eval_ratio=0, logging_steps=5,
+                      lr_scheduler_type="constant", lora_r=RANK, lora_alpha=2 * RANK, per_device_train_batch_size=BATCH,
+                      gradient_accumulation_steps=1, max_seq_len=MAX_LEN, eval_ratio=0, logging_steps=5,
                       report_to="none")
     train(cfg)
 
