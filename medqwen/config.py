@@ -93,7 +93,7 @@ class TrainConfig:
     model_name_or_path: str = _f("model/qwen", "Base model folder (HF format) or hub id.")
     data_path: str = _f("data/lora_medical_merged.jsonl", "Conversation JSONL ('conversations' or 'messages').")
     output_dir: str = _f("out/qwen3-4b-lora-medical", "Run folder: adapter, checkpoints, logs/, config.yaml.")
-    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template with {% generation %} markers used for training.")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template (with generation markers) used for training.")
     max_seq_len: int = _f(1024, "Longest training sequence (tokens); longer conversations are truncated.")
     num_train_epochs: float = _f(2.0, "Passes over the training split.")
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run num_train_epochs). For smoke runs.")
@@ -110,7 +110,7 @@ class TrainConfig:
     lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
     lora_target_modules: list[str] = _f(LORA_TARGETS, "Linear layers that get LoRA adapters (names in the model).")
-    assistant_only_loss: bool = _f(True, "Train only on assistant replies (the template's {% generation %} spans).")
+    assistant_only_loss: bool = _f(True, "Train only on assistant replies (the template's generation-marked spans).")
     packing: bool = _f(False, "Pack conversations into max_seq_len rows, padding-free (positions restart per "
                               "conversation; attention and loss never cross conversations).")
     bf16: bool = _f(True, "bf16 mixed precision (turned off automatically on CPU).")

@@ -350,6 +350,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Split, train (or resume), save the adapter atomically, write loss_curve.png and metrics.json."""
     from medqwen.reporting import markdown_table, write_metrics
 
+    from medqwen.modeling import check_model_dir
+
+    check_model_dir(cfg.model_name_or_path)  # fail before anything is written
     out = Path(cfg.output_dir)
     procs = process_state()
     main_process = procs.is_main_process

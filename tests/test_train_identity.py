@@ -23,7 +23,7 @@ STEPS, LEARNING_RATE, RANK, BATCH, MAX_LEN = 10, 2e-3, 16, 4, 128
 
 def ask_probes(model, tokenizer) -> list[str]:
     return generate_hf(model, tokenizer, [[{"role": "user", "content": q}] for q in IDENTITY_PROBES],
-                       max_new_tokens=24, batch_size=len(IDENTITY_PROBES), desc="identity probes")
+                       max_new_tokens=24, batch_size=len(IDENTITY_PROBES))
 
 
 @pytest.mark.slow

@@ -89,6 +89,21 @@ def test_reads_messages_alias_and_names_bad_line(tmp_path):
         read_conversations(tmp_path / "missing.jsonl")
 
 
+def test_help_lists_every_flag_and_missing_inputs_fail_before_writing(tmp_path):
+    from medqwen.config import build_parser
+    from medqwen.modeling import ModelNotFoundError
+
+    text = build_parser(TrainConfig).format_help()
+    for flag in ("--model_name_or_path", "--data_path", "--output_dir", "--num_train_epochs", "--max_steps",
+                 "--per_device_train_batch_size", "--gradient_accumulation_steps", "--learning_rate", "--lora_r",
+                 "--lora_alpha", "--lora_dropout", "--max_seq_len", "--packing", "--report_to",
+                 "--resume_from_checkpoint"):
+        assert flag in text, flag
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        train(TrainConfig(model_name_or_path=str(tmp_path / "no-model"), output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
 def test_split_is_seeded_disjoint_and_complete():
     rows = [{"id": i} for i in range(50)]
     train_a, eval_a = split_conversations(rows, 0.1, seed=1)

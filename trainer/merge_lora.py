@@ -9,6 +9,8 @@ base model's dtype (--dtype to change it), with the tokenizer and our chat templ
 what was merged.
 """
 
+import sys
+
 from medqwen.config import MergeConfig, format_config, parse_config
 from medqwen.training import merge_adapter
 
@@ -21,4 +23,7 @@ def main(cfg: MergeConfig):
 
 
 if __name__ == "__main__":
-    main(parse_config(MergeConfig))
+    try:
+        main(parse_config(MergeConfig))
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        sys.exit(f"error: {err}")

@@ -20,7 +20,10 @@ The run folder gets the adapter (+ tokenizer and chat template), config.yaml (wr
 split/{train,eval}.jsonl, checkpoint-N/, logs/ (TensorBoard), loss_curve.png and metrics.json.
 """
 
+import sys
+
 from medqwen.config import TrainConfig, format_config, parse_config
+from medqwen.data import DataError
 from medqwen.training import process_state, train
 
 
@@ -31,4 +34,7 @@ def main(cfg: TrainConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(TrainConfig))
+    try:
+        main(parse_config(TrainConfig))
+    except (FileNotFoundError, DataError) as err:  # missing model/data folder, bad JSONL line: say what to do
+        sys.exit(f"error: {err}")
