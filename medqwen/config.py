@@ -559,8 +559,10 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
 
 def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
     """Load `.env` (repo root or cwd) into os.environ without overriding variables already set."""
-    from dotenv import load_dotenv
-
+    try:
+        from dotenv import load_dotenv
+    except ImportError:  # python-dotenv is in requirements.txt; a bare GPU image may lack it
+        return
     for candidate in [path] if path else [Path.cwd() / ".env", REPO_ROOT / ".env"]:
         if candidate and Path(candidate).is_file():
             load_dotenv(candidate, override=False)
@@ -583,7 +585,8 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
         if f.metadata.get("secret"):
             help_text += " (secret: never saved)"
             default = None
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text + f" (default: {default!r})"}
+        help_text = (help_text + f" (default: {default!r})").replace("%", "%%")  # argparse formats help with %
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if f.metadata.get("choices"):
             kwargs["choices"] = list(f.metadata["choices"])
         if tp is bool:
