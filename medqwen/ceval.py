@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medqwen.reporting import write_jsonl
+
 CHOICES = ("A", "B", "C", "D")
 
 # subject -> Chinese name, as in C-Eval's subject_mapping.json (the name goes into the instruction).
@@ -380,12 +382,7 @@ def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int =
 
 def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Path:
     """predictions.jsonl: one JSON object per question."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-    return path
+    return write_jsonl((asdict(p) for p in predictions), path)
 
 
 def read_predictions(path: str | Path) -> list[Prediction]:

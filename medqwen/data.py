@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from medqwen import reporting
 from medqwen.config import REPO_ROOT, DataConfig, format_config, save_config
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),
@@ -663,15 +664,11 @@ def filter_lengths(results: list[FileResult], tokenizer, max_seq_len: int) -> No
 
 def write_jsonl(path: Path, conversations: list[dict]) -> None:
     """Write atomically (temporary file, then rename), refusing any conversation with a placeholder left."""
-    lines = []
     for conversation in conversations:  # last line of defence: no placeholder reaches training data
         leftover = find_placeholder(conversation)
         if leftover is not None:
             raise RuntimeError(f"placeholder survived into the output: {leftover[:80]!r}")
-        lines.append(json.dumps(conversation, ensure_ascii=False) + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    reporting.write_jsonl(conversations, path)
 
 
 def build_stats(results: list[FileResult], written: int, cfg: DataConfig, tokenizer_dir: Path | None) -> dict:

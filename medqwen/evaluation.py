@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqwen.config import EvalConfig, format_config, load_saved_config, save_config
-from medqwen.reporting import markdown_table, write_metrics
+from medqwen.reporting import markdown_table, write_jsonl, write_metrics
 
 Message = dict[str, Any]
 
@@ -357,10 +357,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             example["judge"] = verdict
 
     summary = summarize(examples, probes, losses, judgements, cfg.seed)
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as handle:
-        for row in examples + probes:
-            row = {k: v for k, v in row.items() if k != "conversation"}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(({k: v for k, v in row.items() if k != "conversation"} for row in examples + probes),
+                out / "predictions.jsonl")
     meta = {"model": model_label, "base_model": base_model, "backend": cfg.backend, "data_source": source,
             "max_new_tokens": cfg.max_new_tokens, "assistant_name": cfg.assistant_name,
             "judge_model": cfg.judge_model if judge else None, "timings_s": timings}

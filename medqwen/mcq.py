@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from medqwen.ceval import CHOICES, Question, read_csv_split
+from medqwen.reporting import write_jsonl
 
 CMMLU_HEADER = ["question", "a", "b", "c", "d", "answer"]  # after the unnamed index column, lower-cased
 
@@ -150,9 +151,4 @@ def question_record(q: Question) -> dict[str, Any]:
 
 def write_mcq_jsonl(questions: Iterable[Question], path: str | Path) -> Path:
     """Write MCQ JSONL (UTF-8, one question per line)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for q in questions:
-            f.write(json.dumps(question_record(q), ensure_ascii=False) + "\n")
-    return path
+    return write_jsonl((question_record(q) for q in questions), path)

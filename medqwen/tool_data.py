@@ -14,7 +14,6 @@ by the weather tool's own formatter. A share of questions needs no tool.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 from typing import Any
 
@@ -230,12 +229,3 @@ def make_heldout_arithmetic(n: int, seed: int = 42, languages: list[str] | None 
     return out
 
 
-def write_jsonl(rows: list[dict], path) -> None:
-    """One JSON object per line, UTF-8, Chinese unescaped."""
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

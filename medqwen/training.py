@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medqwen.config import TrainConfig, save_config
+from medqwen.reporting import write_jsonl
 
 CHECKPOINT_PREFIX = "checkpoint"
 STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place (atomic on one filesystem)
@@ -80,13 +81,6 @@ def split_conversations(conversations: list, eval_ratio: float, seed: int) -> tu
         raise ValueError(f"eval_ratio {eval_ratio} leaves no training data ({len(order)} conversations)")
     return [conversations[i] for i in order[n_eval:]], [conversations[i] for i in order[:n_eval]]
 
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    """Write conversations as JSONL lines (the repository's format)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def to_dataset(conversations: list[dict]):

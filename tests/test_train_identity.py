@@ -11,7 +11,8 @@ import pytest
 from medqwen.config import DataConfig, TrainConfig
 from medqwen.data import IDENTITY_PROBES, InputSpec, load_file
 from medqwen.evaluation import generate_hf, names_assistant
-from medqwen.training import train, write_jsonl
+from medqwen.reporting import write_jsonl
+from medqwen.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 # An author that does not contain the name, so a reply naming only the author is not counted as a hit.
