@@ -48,9 +48,9 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
 
     from medqwen.chat import load_tokenizer
     from medqwen.modeling import random_qwen3
-    from medqwen.perf import (length_summary, lora_train_flops, read_jsonl_conversations, synthetic_conversations,
-                              synthetic_lengths, time_trainer, variant_config)
-    from medqwen.training import build_trainer, peak_memory_gb
+    from medqwen.perf import (length_summary, lora_train_flops, synthetic_conversations, synthetic_lengths,
+                              time_trainer, variant_config)
+    from medqwen.training import build_trainer, peak_memory_gb, read_conversations
 
     cuda = torch.cuda.is_available()
     tok_dir = tokenizer_dir(pcfg)
@@ -62,7 +62,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * (3 if cfg.packing else 1)
     n = pcfg.conversations or int((pcfg.warmup_steps + pcfg.steps + 1) * max(per_step, 64) * 1.3)
     if pcfg.data:
-        conversations = read_jsonl_conversations(pcfg.data)
+        conversations = [c["conversations"] for c in read_conversations(pcfg.data)]  # the trainer's reader
         conversations = (conversations * (n // len(conversations) + 1))[:n]
     else:
         probe = [{"role": "user", "content": " the"}, {"role": "assistant", "content": " the"}]

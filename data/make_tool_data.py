@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medqwen.config import ToolDataConfig, format_config, parse_config, save_config
 from medqwen.reporting import markdown_table
-from medqwen.reporting import write_jsonl
+from medqwen.jsonl import write_jsonl
 from medqwen.tool_data import make_heldout_arithmetic, make_tool_conversations
 
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medqwen.reporting import write_jsonl
+from medqwen.jsonl import write_jsonl
 
 CHOICES = ("A", "B", "C", "D")
 
@@ -248,7 +248,7 @@ _COT_FINAL = re.compile(r"所以答案是(.+?)。", re.M)
 _COT_PATTERNS = [re.compile(p, re.M) for p in (
     r"([ABCD])是正确的", r"选项([ABCD])正确", r"答案为([ABCD])", r"答案是([ABCD])", r"答案([ABCD])",
     r"选择([ABCD])", r"答案：([ABCD])", r"选择答案([ABCD])")]
-_LEADING = re.compile(r"^[\s\"'“（(【\[]*(?:答案|正确答案)?\s*(?:是|为|选|：|:)?\s*(?:选项)?\s*([ABCD])(?![A-Za-z])")
+LEADING_ANSWER = re.compile(r"^[\s\"'“（(【\[]*(?:答案|正确答案)?\s*(?:是|为|选|：|:)?\s*(?:选项)?\s*([ABCD])(?![A-Za-z])")
 
 
 def extract_cot_answer(text: str, q: Question | None = None) -> str | None:
@@ -275,7 +275,7 @@ def extract_answer(text: str, q: Question | None = None, cot: bool = False) -> s
     """The option a reply chooses: a leading letter ("B", "B.", "答案：B", "（B）") first, then the CoT rules."""
     text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)  # hybrid models may think first
     if not cot:
-        m = _LEADING.match(text)
+        m = LEADING_ANSWER.match(text)
         if m:
             return m.group(1)
     return extract_cot_answer(text, q)

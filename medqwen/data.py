@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from medqwen import reporting
 from medqwen.config import REPO_ROOT, DataConfig, format_config, save_config
+from medqwen import jsonl
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),
 # so the trainer and evaluation can ask them to see whether the identity was learned, not memorised.
@@ -668,7 +668,7 @@ def write_jsonl(path: Path, conversations: list[dict]) -> None:
         leftover = find_placeholder(conversation)
         if leftover is not None:
             raise RuntimeError(f"placeholder survived into the output: {leftover[:80]!r}")
-    reporting.write_jsonl(conversations, path)
+    jsonl.write_jsonl(conversations, path)
 
 
 def build_stats(results: list[FileResult], written: int, cfg: DataConfig, tokenizer_dir: Path | None) -> dict:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqwen.config import EvalConfig, format_config, load_saved_config, save_config
-from medqwen.reporting import markdown_table, write_jsonl, write_metrics
+from medqwen.jsonl import write_jsonl
+from medqwen.reporting import markdown_table, write_metrics
 
 Message = dict[str, Any]
 

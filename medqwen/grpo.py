@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
-from medqwen.ceval import _LEADING as LEADING_ANSWER  # the benchmark's "answer letter first" pattern
+from medqwen.ceval import LEADING_ANSWER  # the benchmark's "answer letter first" pattern
 from medqwen.ceval import Question, extract_answer, extract_cot_answer, render_prompt
 from medqwen.config import GrpoConfig, load_saved_config, save_config
 from medqwen.training import load_base_model, lora_config, on_gpu, peak_memory_gb, save_adapter_atomic

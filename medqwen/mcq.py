@@ -18,13 +18,12 @@ MCQ JSONL, one question per line (what data/convert_mcq.py writes):
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from medqwen.ceval import CHOICES, Question, read_csv_split
-from medqwen.reporting import write_jsonl
+from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 
 CMMLU_HEADER = ["question", "a", "b", "c", "d", "answer"]  # after the unnamed index column, lower-cased
 
@@ -67,18 +66,8 @@ def read_mcq_jsonl(path: str | Path, subject: str | None = None) -> list[Questio
     """MCQ JSONL (see the module docstring); errors name file and line."""
     path = Path(path)
     questions = []
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise McqDataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise McqDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            questions.append(make_question(record, where, subject or path.stem, f"{path.stem}-{lineno}"))
+    for lineno, record in iter_jsonl_objects(path, error=McqDataError):
+        questions.append(make_question(record, f"{path}:{lineno}", subject or path.stem, f"{path.stem}-{lineno}"))
     return questions
 
 

@@ -66,26 +66,6 @@ def length_summary(lengths: list[int]) -> dict[str, float]:
             "p90": pick(0.9), "max": ordered[-1], "total": sum(ordered)}
 
 
-def read_jsonl_conversations(path: str | Path, limit: int | None = None) -> list[list[dict]]:
-    """Message lists from conversation JSONL (`conversations` or `messages`), for real length distributions."""
-    rows = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            messages = record.get("conversations", record.get("messages")) if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise ValueError(f"{path}:{lineno}: expected a 'conversations' (or 'messages') list")
-            rows.append(messages)
-            if limit and len(rows) >= limit:
-                break
-    return rows
-
-
 # Common English words; most tokenizers (Qwen3's, SmolLM2's) keep " word" as a single token.
 FILLER_WORDS = ("the of and to in is that for it with as was on be at by this had not are but from or have an they "
                 "which one you were her all she there would their we him been has when who will more no if out so "

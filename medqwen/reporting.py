@@ -63,18 +63,6 @@ def write_metrics(out_dir: str | Path, summary: dict[str, Any], detail: Any = No
     return path
 
 
-def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
-    """One JSON object per line (UTF-8, Chinese unescaped), written atomically: a killed run leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
-
-
 def markdown_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     """A GitHub Markdown table; floats printed with 4 significant digits."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medqwen.config import TrainConfig, save_config
-from medqwen.reporting import write_jsonl
+from medqwen.jsonl import write_jsonl
 
 CHECKPOINT_PREFIX = "checkpoint"
 STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place (atomic on one filesystem)

@@ -11,7 +11,7 @@ import pytest
 from medqwen.config import DataConfig, TrainConfig
 from medqwen.data import IDENTITY_PROBES, InputSpec, load_file
 from medqwen.evaluation import generate_hf, names_assistant
-from medqwen.reporting import write_jsonl
+from medqwen.jsonl import write_jsonl
 from medqwen.training import train
 
 REPO = Path(__file__).resolve().parent.parent

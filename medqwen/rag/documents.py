@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medqwen.jsonl import iter_jsonl_objects
 from medqwen.rag.chunking import chunk_text, normalize_text
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".jsonl", ".csv", ".pdf")
@@ -150,18 +150,7 @@ def read_sections(path: Path, encoding: str = "utf-8") -> list[Section]:
 
     text = read_text(path, encoding)
     if suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DocumentError(f"{path}:{number}: invalid JSON ({err.msg}); fix or remove the line") from None
-            if not isinstance(record, dict):
-                raise DocumentError(f"{path}:{number}: expected a JSON object per line")
-            records.append((number, record))
-        return record_sections(records, doc_title)
+        return record_sections(list(iter_jsonl_objects(path, text, error=DocumentError)), doc_title)
     if suffix == ".csv":
         try:
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
