@@ -210,12 +210,15 @@ def _trainer_class():
                 self.state.best_model_checkpoint = final
                 if self.args.should_save:
                     self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
+            distributed = dist.is_available() and dist.is_initialized()
+            if distributed:
+                dist.barrier()  # every rank has written its part (its RNG state) before the folder moves
             if self.args.should_save:
                 if os.path.exists(final):
                     shutil.rmtree(final)  # re-running a step from an earlier checkpoint replaces it
                 os.replace(staged, final)
                 rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
-            if dist.is_available() and dist.is_initialized():
+            if distributed:
                 dist.barrier()  # no rank resumes work before the checkpoint is in place
 
     return AtomicSFTTrainer
