@@ -26,7 +26,8 @@ from transformers import TrainerCallback
 from medqwen.ceval import LEADING_ANSWER  # the benchmark's "answer letter first" pattern
 from medqwen.ceval import Question, extract_answer, extract_cot_answer, render_prompt
 from medqwen.config import GrpoConfig, load_saved_config, save_config
-from medqwen.training import load_base_model, lora_config, on_gpu, peak_memory_gb, save_adapter_atomic
+from medqwen.training import (load_base_model, lora_config, on_gpu, peak_memory_gb, save_adapter_atomic,
+                              with_atomic_checkpoints)
 
 # ----------------------------------------------------------------------------------------------------------
 # Rewards. TRL calls each with the completions and, as keyword lists, the dataset's other columns.
@@ -192,9 +193,9 @@ def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=Non
         model, peft_config = load_policy(cfg)
     else:
         peft_config = None if hasattr(model, "peft_config") else grpo_lora_config(cfg, model)
-    trainer = GRPOTrainer(model=model, reward_funcs=REWARD_FUNCS, args=grpo_args(cfg), train_dataset=train_dataset,
-                          processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=[RewardLineCallback(), *(callbacks or [])])
+    trainer = with_atomic_checkpoints(GRPOTrainer)(
+        model=model, reward_funcs=REWARD_FUNCS, args=grpo_args(cfg), train_dataset=train_dataset,
+        processing_class=tokenizer, peft_config=peft_config, callbacks=[RewardLineCallback(), *(callbacks or [])])
     trainer.remove_callback(PrinterCallback)  # raw log dicts; RewardLineCallback prints them as one line
     for cb in trainer.callback_handler.callbacks:
         if isinstance(cb, TensorBoardCallback):  # transformers 5 dropped `logging_dir`; runs log to <out>/logs

@@ -178,17 +178,17 @@ def sft_config(cfg: TrainConfig, has_eval: bool):
     )
 
 
-def _trainer_class():
-    """SFTTrainer whose checkpoints appear atomically: written under `.staging/`, then renamed into place.
+def with_atomic_checkpoints(trainer_cls):
+    """A subclass of a transformers/TRL trainer whose checkpoints appear atomically: written under `.staging/`,
+    then renamed into place (SFTTrainer here, GRPOTrainer in medqwen.grpo).
 
     A process killed mid-save leaves at most a partial folder under `.staging/`; every `checkpoint-N` that
     exists (and so every resume point and every "best" checkpoint) is complete and loads.
     """
     import torch.distributed as dist
     from transformers.trainer_utils import rotate_checkpoints
-    from trl import SFTTrainer
 
-    class AtomicSFTTrainer(SFTTrainer):
+    class AtomicTrainer(trainer_cls):
         _staging: str | None = None
 
         def _get_output_dir(self, trial):
@@ -221,7 +221,8 @@ def _trainer_class():
             if distributed:
                 dist.barrier()  # no rank resumes work before the checkpoint is in place
 
-    return AtomicSFTTrainer
+    AtomicTrainer.__name__ = AtomicTrainer.__qualname__ = f"Atomic{trainer_cls.__name__}"
+    return AtomicTrainer
 
 
 def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None, tokenizer=None,
@@ -242,9 +243,11 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         from transformers import EarlyStoppingCallback
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = _trainer_class()(model=model, args=args, train_dataset=train_dataset,
-                               eval_dataset=eval_dataset if has_eval else None, processing_class=tokenizer,
-                               peft_config=lora_config(cfg), callbacks=callbacks)
+    from trl import SFTTrainer
+
+    trainer = with_atomic_checkpoints(SFTTrainer)(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset if has_eval else None,
+        processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     if trainer.chat_template is not None:
         # TRL swaps in its own training template when ours lacks {% generation %} markers: never train on it.
         raise RuntimeError(f"{cfg.chat_template} has no {{% generation %}} markers; TRL would train on its own "

@@ -226,6 +226,23 @@ def test_tiny_model_trains_two_steps_and_saves_like_sft(tiny_model_dir, tmp_path
     assert json.loads((again / "adapter_config.json").read_text())["r"] == 8
 
 
+def test_checkpoints_are_moved_into_place_whole(tiny_model_dir, tmp_path):
+    """GRPO checkpoints go through the SFT trainer's staging folder: each one that exists is complete."""
+    from medqwen.modeling import load_model
+
+    out = tmp_path / "grpo"
+    run_train(["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "2",
+               "--data_path", str(SAMPLE), "--subjects", "arithmetic", "--max_questions", "4", "--num_generations",
+               "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+               "--max_completion_length", "4", "--save_steps", "1", "--beta", "0"])
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert checkpoints and checkpoints[-1] == "checkpoint-2"
+    assert not (out / ".staging").exists()
+    for name in checkpoints:
+        assert (out / name / "trainer_state.json").is_file()
+        load_model(tiny_model_dir, adapter=out / name)
+
+
 def test_init_adapter_must_be_an_adapter(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         run_train(["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"),
