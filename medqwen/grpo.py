@@ -27,7 +27,7 @@ from medqwen.ceval import LEADING_ANSWER  # the benchmark's "answer letter first
 from medqwen.ceval import Question, extract_answer, extract_cot_answer, render_prompt
 from medqwen.config import GrpoConfig, load_saved_config, save_config
 from medqwen.training import (load_base_model, lora_config, on_gpu, peak_memory_gb, save_adapter_atomic,
-                              with_atomic_checkpoints)
+                              use_run_logging, with_atomic_checkpoints)
 
 # ----------------------------------------------------------------------------------------------------------
 # Rewards. TRL calls each with the completions and, as keyword lists, the dataset's other columns.
@@ -182,8 +182,6 @@ class RewardLineCallback(TrainerCallback):
 
 def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=None, callbacks: list | None = None):
     """The GRPOTrainer (LoRA via PEFT) for a config and an mcq_dataset; `model`/`tokenizer` may be given."""
-    from transformers import PrinterCallback
-    from transformers.integrations import TensorBoardCallback
     from trl import GRPOTrainer
 
     from medqwen.chat import load_tokenizer
@@ -196,10 +194,7 @@ def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=Non
     trainer = with_atomic_checkpoints(GRPOTrainer)(
         model=model, reward_funcs=REWARD_FUNCS, args=grpo_args(cfg), train_dataset=train_dataset,
         processing_class=tokenizer, peft_config=peft_config, callbacks=[RewardLineCallback(), *(callbacks or [])])
-    trainer.remove_callback(PrinterCallback)  # raw log dicts; RewardLineCallback prints them as one line
-    for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, TensorBoardCallback):  # transformers 5 dropped `logging_dir`; runs log to <out>/logs
-            cb.logging_dir = str(Path(cfg.output_dir) / "logs")
+    use_run_logging(trainer, cfg.output_dir)  # RewardLineCallback prints the one line per step
     return trainer
 
 

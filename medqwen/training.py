@@ -228,8 +228,6 @@ def with_atomic_checkpoints(trainer_cls):
 def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None, tokenizer=None,
                   callbacks: list | None = None):
     """The SFTTrainer (LoRA via PEFT) for a config and TRL-format datasets; `model`/`tokenizer` may be given."""
-    from transformers import PrinterCallback
-    from transformers.integrations import TensorBoardCallback
 
     from medqwen.callbacks import LogLineCallback
     from medqwen.chat import load_tokenizer
@@ -252,14 +250,22 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         # TRL swaps in its own training template when ours lacks {% generation %} markers: never train on it.
         raise RuntimeError(f"{cfg.chat_template} has no {{% generation %}} markers; TRL would train on its own "
                            "template, not the one used at inference")
-    trainer.remove_callback(PrinterCallback)  # raw log dicts; LogLineCallback prints them as one line
-    for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, TensorBoardCallback):  # transformers 5 dropped `logging_dir`; the original used <out>/logs
-            cb.logging_dir = str(Path(cfg.output_dir) / "logs")
+    use_run_logging(trainer, cfg.output_dir)
     from medqwen.fast_lora import apply_fast_path
 
     apply_fast_path(trainer, cfg)  # fused LoRA, varlen attention, per-layer compile, selective recompute (if set)
     return trainer
+
+
+def use_run_logging(trainer, output_dir: str | Path) -> None:
+    """Our one-line-per-step callback instead of raw log dicts, and TensorBoard in <output_dir>/logs."""
+    from transformers import PrinterCallback
+    from transformers.integrations import TensorBoardCallback
+
+    trainer.remove_callback(PrinterCallback)
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, TensorBoardCallback):  # transformers 5 dropped `logging_dir`; the original used <out>/logs
+            cb.logging_dir = str(Path(output_dir) / "logs")
 
 
 # ----------------------------------------------------------------------------------------------------------
