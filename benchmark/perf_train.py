@@ -82,7 +82,11 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    timing = time_trainer(trainer, pcfg.warmup_steps, pcfg.steps, sync=torch.cuda.synchronize if cuda else None)
+    timing = time_trainer(trainer, pcfg.warmup_steps, pcfg.steps, sync=torch.cuda.synchronize if cuda else None,
+                          profile_step=pcfg.profile)
+    if "profile" in timing:
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
+        (Path(pcfg.output_dir) / f"profile_{name}.txt").write_text(timing["profile"], encoding="utf-8")
     timed = timing["timed"]
     seconds = sum(r["seconds"] for r in timed)
     real, computed = sum(r["real_tokens"] for r in timed), sum(r["computed_tokens"] for r in timed)

@@ -8,14 +8,15 @@ model runs:
 
 HFBackend      transformers, batched and length-sorted. When every continuation is one token (A/B/C/D) one
                forward pass per question scores all of them, and the few-shot head shared by a subject's
-               questions is computed once and its KV cache reused for every question (`reuse_prefix`).
+               questions is computed once; the questions, packed without padding, attend to its KV cache
+               (`reuse_prefix`).
 VLLMBackend    offline `vllm.LLM`, prompt logprobs.
 OpenAIBackend  any OpenAI-compatible server (`vllm serve`, ...): /v1/completions with echo + logprobs.
 """
 
 from __future__ import annotations
 
-import copy
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -61,7 +62,7 @@ class HFBackend:
         self.batch_size, self.reuse_prefix, self.min_prefix_tokens = batch_size, reuse_prefix, min_prefix_tokens
         self.progress = progress
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay in
-        self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
+        self.base_model, self.decoder, self.lm_head = base, base.get_decoder(), base.get_output_embeddings()
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -95,7 +96,8 @@ class HFBackend:
         """log P(token | seq) for each sequence and candidate token: [len(seqs), len(token_ids)].
 
         With `reuse_prefix`, the longest prefix all sequences share (the k-shot head of a subject) is run once;
-        each batch of suffixes then attends to its KV cache instead of recomputing it.
+        the rest of each sequence is packed, without padding, into one row per batch whose attention reads the
+        head's keys/values (medqwen.packed_attention) instead of recomputing them.
         """
         import torch
 
@@ -104,42 +106,59 @@ class HFBackend:
             return out
         prefix_len = common_prefix_len(seqs) if self.reuse_prefix and len(seqs) > 1 else 0
         prefix_len = min(prefix_len, min(len(s) for s in seqs) - 1)  # every suffix keeps >= 1 token
-        cache = None
-        if prefix_len >= self.min_prefix_tokens:
-            with torch.inference_mode():
-                ids = torch.tensor([list(seqs[0][:prefix_len])], device=self.device)
-                cache = self.decoder(input_ids=ids, use_cache=True).past_key_values
-        else:
-            prefix_len = 0
+        head = self._shared_prefix(seqs[0][:prefix_len]) if prefix_len >= self.min_prefix_tokens else None
         cand = torch.tensor(list(token_ids), device=self.device)
-        batches = length_sorted_batches([len(s) for s in seqs], self.batch_size)
-        for batch in _progress(batches, self.progress, "loglik"):
-            hidden = self._last_hidden([seqs[i][prefix_len:] for i in batch], cache, prefix_len)
+        for batch in _progress(length_sorted_batches([len(s) for s in seqs], self.batch_size), self.progress,
+                               "loglik"):
+            if head is None:
+                hidden = self._last_hidden([seqs[i] for i in batch])
+            else:
+                hidden = self._packed_last_hidden([seqs[i][prefix_len:] for i in batch], head)
             with torch.inference_mode():
                 logprobs = torch.log_softmax(self.lm_head(hidden).float(), dim=-1)[:, cand]
             out[batch] = logprobs.cpu().double().numpy()
         return out
 
-    def _last_hidden(self, suffixes: Sequence[Sequence[int]], cache, prefix_len: int):
-        """Final hidden state at each suffix's last token.
+    def _last_hidden(self, seqs: Sequence[Sequence[int]]):
+        """Final hidden state at each sequence's last token, from one right-padded batch.
 
         Right padding needs no attention mask: a real token only attends to earlier positions (causal), and every
         pad sits after the last real token, so masks are left out and SDPA may take its fused causal kernels.
         """
         import torch
 
-        lengths = torch.tensor([len(s) for s in suffixes], device=self.device)
-        batch, width = len(suffixes), int(lengths.max())
-        ids = torch.full((batch, width), self.tokenizer.pad_token_id or 0, device=self.device)
-        for i, s in enumerate(suffixes):
+        lengths = torch.tensor([len(s) for s in seqs], device=self.device)
+        ids = torch.full((len(seqs), int(lengths.max())), self.tokenizer.pad_token_id or 0, device=self.device)
+        for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(list(s), device=self.device)
-        past = None
-        if cache is not None:
-            past = copy.deepcopy(cache)  # the model appends to the cache it is given; keep the prefix intact
-            past.batch_repeat_interleave(batch)
         with torch.inference_mode():
-            hidden = self.decoder(input_ids=ids, past_key_values=past, use_cache=past is not None).last_hidden_state
-            return hidden[torch.arange(batch, device=self.device), lengths - 1]
+            hidden = self.decoder(input_ids=ids).last_hidden_state
+            return hidden[torch.arange(len(seqs), device=self.device), lengths - 1]
+
+    def _shared_prefix(self, ids: Sequence[int]):
+        """The head's keys/values in every layer, from one forward pass."""
+        import torch
+
+        from medqwen.packed_attention import SharedPrefix
+
+        with torch.inference_mode():
+            cache = self.decoder(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True)
+            return SharedPrefix.from_cache(cache.past_key_values)
+
+    def _packed_last_hidden(self, suffixes: Sequence[Sequence[int]], head):
+        """Final hidden state at each suffix's last token; the suffixes go in one row after the shared head."""
+        import torch
+
+        from medqwen.packed_attention import VARLEN, register_attention
+
+        lengths = [len(s) for s in suffixes]
+        ids = torch.tensor([[t for s in suffixes for t in s]], device=self.device)
+        positions = torch.cat([torch.arange(head.length, head.length + n) for n in lengths])[None].to(self.device)
+        layout = head.layout(lengths, self.device)
+        register_attention()
+        with _attention_implementation(self.base_model, VARLEN), torch.inference_mode():
+            hidden = self.decoder(input_ids=ids, position_ids=positions, **layout).last_hidden_state[0]
+            return hidden[layout["cu_seq_lens_q"][1:].long() - 1]
 
     def sequence_logprobs(self, seqs: Sequence[Sequence[int]], n_last: Sequence[int]) -> np.ndarray:
         """Sum of log P(token | tokens before it) over the last n tokens of each sequence (multi-token case)."""
@@ -183,6 +202,19 @@ class HFBackend:
             for row, i in enumerate(batch):
                 outputs[i] = self.tokenizer.decode(gen[row, width:], skip_special_tokens=True)
         return outputs
+
+
+@contextmanager
+def _attention_implementation(model, name: str):
+    """Run `model` with another registered attention implementation, then switch back."""
+    old = model.config._attn_implementation
+    if old != name:
+        model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        if old != name:
+            model.set_attn_implementation(old)
 
 
 def _progress(items, enabled: bool, desc: str):

@@ -116,7 +116,7 @@ class TrainConfig:
     bf16: bool = _f(True, "bf16 mixed precision (turned off automatically on CPU).")
     gradient_checkpointing: bool = _f(True, "Recompute activations to save memory (turned off automatically on CPU).")
     attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2, varlen (packed rows "
-                                               "through FlashAttention varlen; medqwen.fast_lora)... (None: "
+                                               "through FlashAttention varlen; medqwen.packed_attention)... (None: "
                                                "transformers' default).")
     use_liger_kernel: bool = _f(False, "Liger Triton kernels (GPU only; needs the liger-kernel package).")
     torch_compile: bool = _f(False, "Compile the model with torch.compile.")
@@ -428,6 +428,8 @@ class PerfTrainConfig:
     warmup_steps: int = _f(2, "Optimizer steps run before timing (compilation, allocator warm-up).")
     steps: int = _f(3, "Timed optimizer steps per variant (median step time is reported).")
     variant_timeout_s: int = _f(420, "A variant still running after this many seconds is stopped.")
+    profile: bool = _f(False, "Run one more optimizer step per variant under torch.profiler (not timed) and write "
+                              "its kernel table to profile_<variant>.txt.")
     peak_tflops: float | None = _f(None, "bf16 matmul peak for MFU (None: measured here on 8192^3 products).")
     output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
     seed: int = _f(0, "Seed of lengths, content and model init.")

@@ -7,21 +7,19 @@ losses and the adapter after optimizer steps on CPU); benchmark/PERF.md records 
     cfg.fused_lora          LoRA forward/backward as one autograd function (no fp32 copies of the input,
                             scale and add folded into one addmm)
     cfg.attn_implementation "varlen": FlashAttention over packed rows via cu_seqlens (CUDA); per-sequence SDPA
-                            elsewhere
+                            elsewhere (medqwen.packed_attention)
     cfg.compile_layers      torch.compile each decoder layer (one graph shared by all layers)
     cfg.recompute_layers    with gradient checkpointing: recompute only the first N layers, keep the rest
 """
 
 from __future__ import annotations
 
-import inspect
 import types
 
 import torch
 import torch.nn.functional as F
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-VARLEN = "varlen"
+from medqwen.packed_attention import VARLEN, register_attention
 # With compiled layers Liger patches nothing: its layer kernels stop Dynamo, and TRL computes the loss with its
 # own chunked LM head (no logits tensor) instead of Liger's fused linear cross-entropy anyway.
 LIGER_WITH_COMPILED_LAYERS = {"rope": False, "rms_norm": False, "swiglu": False, "cross_entropy": False,
@@ -107,75 +105,6 @@ def fuse_lora(model) -> int:
             module.forward = types.MethodType(_fused_lora_forward, module)
             count += 1
     return count
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Varlen attention over packed rows
-
-
-def _varlen_kernel():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch < 2.9: per-sequence SDPA
-        return None, frozenset()
-    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
-
-
-# Resolved once at import: inside a compiled layer, imports and signature inspection would break the graph.
-_VARLEN_ATTN, _VARLEN_PARAMS = _varlen_kernel()
-
-
-def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                             **kwargs):
-    """Causal attention that never crosses the sequences packed in one row (boundaries in `cu_seq_lens_q`).
-
-    CUDA: one FlashAttention varlen call over all tokens (no T x T mask). Elsewhere: SDPA per sequence. Without
-    packing information (no `cu_seq_lens_q`, or a padding mask) it is transformers' SDPA attention, so packed
-    rows must come with `cu_seq_lens_q` (TRL's padding-free collator adds them to every batch).
-    """
-    cu = kwargs.get("cu_seq_lens_q")
-    if cu is None or attention_mask is not None or query.shape[0] != 1 or dropout:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head_dim)
-    kernel, params = _VARLEN_ATTN, _VARLEN_PARAMS
-    if query.is_cuda and kernel is not None:
-        if "enable_gqa" not in params and k.shape[1] != q.shape[1]:
-            groups = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        extra = {"enable_gqa": True} if "enable_gqa" in params else {}
-        extra.update({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)})
-        max_len = int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
-        cu = cu.to(device=q.device, dtype=torch.int32)
-        out = kernel(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, scale=scaling,
-                     **extra)
-        return out.unsqueeze(0), None
-    outs = []
-    bounds = cu.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, heads, n, d)
-        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scaling,
-                                                   enable_gqa=ks.shape[1] != qs.shape[1]))
-    out = torch.cat([o[0].transpose(0, 1) for o in outs], dim=0)  # (tokens, heads, d)
-    return out.unsqueeze(0), None
-
-
-def _varlen_mask(*args, attention_mask=None, **kwargs):
-    """No mask for packed or purely causal rows (the attention uses cu_seqlens / is_causal); SDPA's otherwise."""
-    from transformers.masking_utils import sdpa_mask
-
-    if attention_mask is None:
-        return None
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
-
-
-def register_attention() -> None:
-    """Make attn_implementation="varlen" known to transformers (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(VARLEN, varlen_attention_forward)
-    AttentionMaskInterface.register(VARLEN, _varlen_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------

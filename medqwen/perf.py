@@ -189,13 +189,24 @@ class CountingCollator:
         return batch
 
 
-def time_trainer(trainer, warmup_steps: int, steps: int, sync=None) -> dict:
-    """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds, tokens and sequence lengths."""
+def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step: bool = False) -> dict:
+    """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds, tokens and sequence lengths.
+
+    With `profile_step`, one more optimizer step runs under torch.profiler (not timed: profiling slows it down);
+    the result then has "profile", the profiler's per-kernel table of that step.
+    """
+    import torch
     from transformers import TrainerCallback
 
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     marks: list[tuple[float, int, int, int, int]] = []
+    profiler = None
+    if profile_step:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        profiler = torch.profiler.profile(activities=activities)
 
     class Marks(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -203,6 +214,8 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None) -> dict:
 
         def on_step_end(self, args, state, control, **kwargs):
             self.mark()
+            if profiler is not None and state.global_step == warmup_steps + steps:
+                profiler.start()  # only now: the profiler's hooks would slow the timed steps
 
         def mark(self):
             if sync:
@@ -211,13 +224,27 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None) -> dict:
                           len(counter.lengths)))
 
     trainer.add_callback(Marks())
-    trainer.args.max_steps = warmup_steps + steps
+    trainer.args.max_steps = warmup_steps + steps + (1 if profiler is not None else 0)
     trainer.train()
     rows = []
     for (t0, r0, c0, s0, l0), (t1, r1, c1, s1, l1) in zip(marks[:-1], marks[1:]):
         rows.append({"seconds": t1 - t0, "real_tokens": r1 - r0, "computed_tokens": c1 - c0,
                      "sequences": s1 - s0, "lengths": counter.lengths[l0:l1]})
-    return {"warmup": rows[:warmup_steps], "timed": rows[warmup_steps:]}
+    result = {"warmup": rows[:warmup_steps], "timed": rows[warmup_steps:warmup_steps + steps]}
+    if profiler is not None:
+        profiler.stop()
+        result["profile"] = profile_summary(profiler, rows[-1]["seconds"])
+    return result
+
+
+def profile_summary(profiler, step_seconds: float, top: int = 45) -> str:
+    """The kernels of a profiled step by total device time, and how busy the device was over the step."""
+    events = profiler.key_averages()
+    device_us = sum(e.self_device_time_total for e in events)
+    sort = "self_cuda_time_total" if device_us else "self_cpu_time_total"
+    head = (f"profiled step: {step_seconds:.3f} s wall, device busy {device_us / 1e6:.3f} s "
+            f"({100 * device_us / 1e6 / step_seconds:.0f}% of the step)\n")
+    return head + events.table(sort_by=sort, row_limit=top, max_name_column_width=90)
 
 
 def write_report(results: list[dict], peak: float | None, out: Path, seed: int = 0) -> str:

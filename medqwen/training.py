@@ -119,7 +119,7 @@ def load_base_model(cfg: TrainConfig):
     dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     if cfg.attn_implementation == "varlen":  # packed-row FlashAttention of the fast path
-        from medqwen.fast_lora import register_attention
+        from medqwen.packed_attention import register_attention
 
         register_attention()
     return AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs)

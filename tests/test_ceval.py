@@ -133,7 +133,8 @@ def tiny_backend(tiny_model_dir):
     return HFBackend.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", batch_size=4)
 
 
-def test_prefix_reuse_gives_the_plain_paths_answers(tiny_backend):
+def test_prefix_reuse_gives_the_plain_paths_answers(tiny_backend, monkeypatch):
+    """Questions packed after the cached five-shot head score exactly as each full prompt run alone, padded."""
     from medqwen.ceval import score_questions
 
     questions = load_questions(DATA, "clinical_medicine", "val")[:8]
@@ -141,7 +142,11 @@ def test_prefix_reuse_gives_the_plain_paths_answers(tiny_backend):
     tiny_backend.reuse_prefix = False
     plain = score_questions(tiny_backend, questions, shots)
     tiny_backend.reuse_prefix = True
+    packed_rows = []
+    packed = tiny_backend._packed_last_hidden
+    monkeypatch.setattr(tiny_backend, "_packed_last_hidden", lambda s, h: packed_rows.append(len(s)) or packed(s, h))
     reused = score_questions(tiny_backend, questions, shots)
+    assert packed_rows == [4, 4]  # the packed path really ran: 8 questions, batch 4
     lp = lambda preds: np.array([[p.logprobs[c] for c in CHOICES] for p in preds])  # noqa: E731
     np.testing.assert_allclose(lp(reused), lp(plain), atol=1e-5)
     assert [p.pred for p in reused] == [p.pred for p in plain]

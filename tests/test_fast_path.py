@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from medqwen.config import TrainConfig
-from medqwen.fast_lora import (LoraLinearFunction, VARLEN, _fused_lora_forward, decoder_layers, fuse_lora,
-                               register_attention, set_recompute_layers)
+from medqwen.fast_lora import LoraLinearFunction, _fused_lora_forward, decoder_layers, fuse_lora, set_recompute_layers
+from medqwen.packed_attention import VARLEN, register_attention
 from medqwen.modeling import random_qwen3
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
