@@ -116,9 +116,10 @@ def main(cfg: PerfCevalConfig) -> dict:
     candidates = [encode_pair(tokenizer, "答案：", c)[1][0] for c in CHOICES]
 
     results, answers, logprobs = [], {}, {}
-    for path in cfg.paths:
+    for path in [p.strip() for item in cfg.paths for p in item.split(",") if p.strip()]:
         if path in ("plain", "reuse"):
-            backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, reuse_prefix=path == "reuse")
+            backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, reuse_prefix=path == "reuse",
+                                compile=cfg.compile)
             groups = [[i for i in range(len(seqs)) if owner[i] == s] for s in range(cfg.subjects)]
 
             def run():
@@ -167,8 +168,13 @@ def main(cfg: PerfCevalConfig) -> dict:
     if "plain" in answers and "reuse" in answers:
         summary["reuse_same_answers"] = float(np.mean(answers["plain"] == answers["reuse"]))
         summary["reuse_max_abs_logprob_diff"] = float(np.abs(logprobs["plain"] - logprobs["reuse"]).max())
+        top2 = np.sort(logprobs["plain"], axis=1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]  # how far the plain path's answer is ahead of its runner-up
+        differ = answers["plain"] != answers["reuse"]
+        summary["reuse_differing_max_margin"] = float(margin[differ].max()) if differ.any() else 0.0
         table += (f"\n\nreuse vs plain: same answer on {summary['reuse_same_answers']:.2%} of questions, "
-                  f"max |logprob difference| {summary['reuse_max_abs_logprob_diff']:.2e}")
+                  f"max |logprob difference| {summary['reuse_max_abs_logprob_diff']:.2e}; where they differ, the "
+                  f"plain path's top two options were at most {summary['reuse_differing_max_margin']:.2e} apart")
     (out_dir / "results.md").write_text(table + "\n", encoding="utf-8")
     write_metrics(out_dir, summary, detail=results, seed=cfg.seed, meta_extra={"config": config_to_dict(cfg)})
     print(f"\n{table}\n(outputs in {out_dir}/)")

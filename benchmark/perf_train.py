@@ -108,7 +108,8 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
         "train_config": {k: getattr(cfg, k) for k in ("packing", "per_device_train_batch_size",
                                                        "gradient_accumulation_steps", "gradient_checkpointing",
                                                        "recompute_layers", "attn_implementation", "use_liger_kernel",
-                                                       "fused_lora", "compile_layers", "torch_compile")},
+                                                       "fused_lora", "compile_layers", "torch_compile",
+                                                       "activation_memory_budget", "fused_cross_entropy")},
         "steps": [{k: v for k, v in r.items() if k != "lengths"} for r in timed],
     }
 

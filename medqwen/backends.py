@@ -57,12 +57,16 @@ class HFBackend:
     """A transformers causal LM (optionally with a PEFT adapter) in eval mode."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, reuse_prefix: bool = True,
-                 min_prefix_tokens: int = 16, progress: bool = False):
+                 min_prefix_tokens: int = 16, progress: bool = False, compile: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.reuse_prefix, self.min_prefix_tokens = batch_size, reuse_prefix, min_prefix_tokens
         self.progress = progress
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay in
         self.base_model, self.decoder, self.lm_head = base, base.get_decoder(), base.get_output_embeddings()
+        if compile:  # torch.compile each decoder layer (fuses norms, RoPE, SwiGLU; the first calls compile)
+            from medqwen.fast_lora import compile_layers
+
+            compile_layers(self.decoder)
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -156,7 +160,7 @@ class HFBackend:
         positions = torch.cat([torch.arange(head.length, head.length + n) for n in lengths])[None].to(self.device)
         layout = head.layout(lengths, self.device)
         register_attention()
-        with _attention_implementation(self.base_model, VARLEN), torch.inference_mode():
+        with _attention_implementation(self.base_model, VARLEN), head.attached(self.decoder), torch.inference_mode():
             hidden = self.decoder(input_ids=ids, position_ids=positions, **layout).last_hidden_state[0]
             return hidden[layout["cu_seq_lens_q"][1:].long() - 1]
 

@@ -126,6 +126,12 @@ class TrainConfig:
                                      "whole-model --torch_compile).")
     recompute_layers: int = _f(-1, "With gradient_checkpointing: recompute only the first N decoder layers and "
                                    "keep the others' activations (-1: all layers).")
+    activation_memory_budget: float = _f(1.0, "With compile_layers: fraction of a layer's activations the compiler "
+                                              "keeps for backward (0-1); below 1 it recomputes the cheapest ops "
+                                              "(norms, activations, dropout) instead of whole layers.")
+    fused_cross_entropy: bool = _f(False, "Fast path: the loss through Liger's fused linear cross-entropy on the "
+                                          "trained positions only (gradient computed in the forward; CUDA; same "
+                                          "loss, no entropy/accuracy logs).")
     eval_ratio: float = _f(0.1, "Fraction of conversations held out for validation (0: no evaluation).")
     eval_steps: int = _f(50, "Evaluate and checkpoint every N optimizer steps.")
     save_total_limit: int = _f(2, "Checkpoints kept on disk (the best one is always kept).")
@@ -505,10 +511,13 @@ class PerfCevalConfig:
     mean_tokens: int = _f(418, "Target mean prompt length (tokens).")
     head_tokens: int = _f(280, "Target length of the shared instruction + five-shot head (tokens).")
     batch_size: int = _f(64, "Questions per forward pass (our paths).")
+    compile: bool = _f(False, "torch.compile each decoder layer for the plain and reuse paths (compiled during "
+                              "their untimed warm-up call).")
     original_questions: int = _f(64, "Questions timed for the original loop (its per-question time is "
                                      "extrapolated to all; 0: skip).")
     original_max_new_tokens: int = _f(16, "Tokens the original loop generates per question before extraction.")
-    paths: list[str] = _f(["plain", "reuse", "original"], "Paths to time: plain, reuse, original.")
+    paths: list[str] = _f(["plain", "reuse", "original"], "Paths to time: plain, reuse, original (comma-separated "
+                                                           "or repeated).")
     device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
     dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
     output_dir: str = _f("out/perf_ceval", "Where results.md, config.yaml and metrics.json go.")

@@ -5,7 +5,7 @@ Registered with transformers as `attn_implementation="varlen"` (`register_attent
     training   TRL's padding-free collator packs conversations into one row and adds `cu_seq_lens_q` (their
                boundaries); each conversation gets causal attention over itself (medqwen.fast_lora, the trainer).
     scoring    C-Eval questions of one subject share their five-shot head. The head runs once; its keys/values
-               are passed as `shared_prefix`, and each packed question attends to the head and causally to
+               are attached to the attention modules (`SharedPrefix`), and each packed question attends to the head and causally to
                itself (medqwen.backends.HFBackend). Positions continue after the head (`position_ids`).
 
 On CUDA both are one FlashAttention varlen call (torch.nn.attention.varlen); elsewhere a loop of SDPA calls per
@@ -15,6 +15,8 @@ sequence computes the same thing, which is what the CPU tests check against the 
 from __future__ import annotations
 
 import inspect
+import itertools
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -68,9 +70,9 @@ def sdpa_per_sequence(q, k, v, cu_q, cu_k, scale):
 class SharedPrefix:
     """Keys/values of a head (e.g. the five-shot examples) that every packed sequence attends to first.
 
-    `layers[i]` is (keys, values) of decoder layer i, each (prefix_len, kv_heads, head_dim). For a row of packed
-    sequences with lengths `lengths`, `layout(lengths)` gives the key/value boundaries and the gather index that
-    puts [head, sequence] side by side for each sequence.
+    `layers[i]` is (keys, values) of decoder layer i, each (prefix_len, kv_heads, head_dim). Inside
+    `with head.attached(model):` each attention module holds its layer's pair (an attribute, not a per-layer
+    lookup, so one compiled graph serves every layer); `layout(lengths)` gives the packed forward's kwargs.
     """
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]]):
@@ -82,16 +84,30 @@ class SharedPrefix:
         """From a transformers cache of one sequence (`past_key_values` of a forward pass with use_cache=True)."""
         return cls([(layer.keys[0].transpose(0, 1), layer.values[0].transpose(0, 1)) for layer in cache.layers])
 
+    @contextmanager
+    def attached(self, model):
+        """Give every attention module of `model` its layer's head keys/values for the duration."""
+        modules = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "is_causal")]
+        for m in modules:
+            m.shared_prefix_kv = self.layers[m.layer_idx]
+        try:
+            yield
+        finally:
+            for m in modules:
+                del m.shared_prefix_kv
+
     def layout(self, lengths: list[int], device) -> dict:
         """The kwargs a packed forward pass needs: query/key boundaries, maxima, and the key gather index."""
         p = self.length
         cu_q = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
         cu_k = torch.tensor([0, *[p + n for n in lengths]], device=device).cumsum(0).to(torch.int32)
-        head = torch.arange(p, device=device)
-        # rows 0..p-1 of cat([head, packed]) are the head; row p + t is packed token t
-        index = torch.cat([torch.cat([head, p + torch.arange(int(a), int(a) + n, device=device)])
-                           for a, n in zip(cu_q[:-1].tolist(), lengths)])
-        return {"shared_prefix": self, "cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k, "max_length_q": max(lengths),
+        head = torch.arange(p)
+        # rows 0..p-1 of cat([head, packed]) are the head; row p + t is packed token t (built on the CPU:
+        # hundreds of tiny device tensors would cost more launches than the forward pass has layers)
+        starts = [0, *itertools.accumulate(lengths)][:-1]
+        index = torch.cat([torch.cat([head, p + torch.arange(a, a + n)]) for a, n in zip(starts, lengths)])
+        index = index.to(device)
+        return {"cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k, "max_length_q": max(lengths),
                 "max_length_k": p + max(lengths), "prefix_index": index}
 
 
@@ -99,7 +115,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
                              **kwargs):
     """Causal attention that never crosses the sequences packed in one row (boundaries in `cu_seq_lens_q`).
 
-    With `shared_prefix` (a SharedPrefix) each sequence also attends to the head's keys/values of this layer.
+    Inside `SharedPrefix.attached`, each sequence also attends to the head's keys/values of this layer.
     Without packing information (no `cu_seq_lens_q`, or a padding mask) it is transformers' SDPA attention, so
     packed rows must come with `cu_seq_lens_q` (TRL's padding-free collator adds them to every batch).
     """
@@ -111,9 +127,9 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     cu = cu.to(device=q.device, dtype=torch.int32)
     cu_k, max_q = cu, int(kwargs.get("max_length_q") or int((cu[1:] - cu[:-1]).max()))
     max_k = max_q
-    prefix = kwargs.get("shared_prefix")
-    if prefix is not None:
-        head_k, head_v = prefix.layers[module.layer_idx]
+    head = getattr(module, "shared_prefix_kv", None)
+    if head is not None:
+        head_k, head_v = head
         index = kwargs["prefix_index"]
         k, v = torch.cat([head_k, k])[index], torch.cat([head_v, v])[index]
         cu_k, max_k = kwargs["cu_seq_lens_k"], int(kwargs["max_length_k"])

@@ -243,7 +243,12 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     from trl import SFTTrainer
 
-    trainer = with_atomic_checkpoints(SFTTrainer)(
+    from medqwen.fast_lora import apply_fast_path, with_fused_cross_entropy
+
+    trainer_cls = with_atomic_checkpoints(SFTTrainer)
+    if cfg.fused_cross_entropy:
+        trainer_cls = with_fused_cross_entropy(trainer_cls)
+    trainer = trainer_cls(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset if has_eval else None,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     if trainer.chat_template is not None:
@@ -251,8 +256,6 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         raise RuntimeError(f"{cfg.chat_template} has no {{% generation %}} markers; TRL would train on its own "
                            "template, not the one used at inference")
     use_run_logging(trainer, cfg.output_dir)
-    from medqwen.fast_lora import apply_fast_path
-
     apply_fast_path(trainer, cfg)  # fused LoRA, varlen attention, per-layer compile, selective recompute (if set)
     return trainer
 

@@ -145,19 +145,23 @@ def train_adapter(tiny_model_dir, tmp_path, **overrides):
     trainer = build_trainer(cfg, Dataset.from_list([{"messages": c} for c in conversations(8)]))
     fused = sum(getattr(m.forward, "__func__", None) is _fused_lora_forward for m in trainer.model.modules())
     assert fused == (2 * len(TARGETS) if cfg.fused_lora else 0)  # the trainer really runs the path under test
+    assert type(trainer).__name__.startswith("FusedCE") == cfg.fused_cross_entropy
     result = trainer.train()
     weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     return result.training_loss, weights
 
 
-def test_fast_path_trains_the_same_adapter(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("fused_cross_entropy", [False, True])
+def test_fast_path_trains_the_same_adapter(tiny_model_dir, tmp_path, fused_cross_entropy):
     """Every step sees all 8 conversations, so padded/plain and packed/fused/varlen steps are the same math.
 
     Adam ignores a constant scale of a gradient, so this catches wrong gradients, not mis-scaled ones; the
-    gradients themselves are compared in test_fused_lora_matches_peft."""
+    gradients themselves are compared in test_fused_lora_matches_peft, the loss's scale by the logged loss.
+    With fused_cross_entropy the CPU runs the plain LM head in its place (Liger needs CUDA): this checks the
+    loss's masking and normalisation, which are the same on both devices."""
     loss_plain, plain = train_adapter(tiny_model_dir, tmp_path / "plain")
     loss_fast, fast = train_adapter(tiny_model_dir, tmp_path / "fast", packing=True, fused_lora=True,
-                                    attn_implementation=VARLEN)
+                                    attn_implementation=VARLEN, fused_cross_entropy=fused_cross_entropy)
     assert loss_fast == pytest.approx(loss_plain, rel=1e-4)
     assert plain.keys() == fast.keys() and len(plain) == 2 * 2 * len(TARGETS)
     for name in plain:
