@@ -367,6 +367,8 @@ class RagConfig:
                                   "fusion of both).", choices=["dense", "bm25", "hybrid"])
     bm25_tokenizer: str = _f("char", "BM25 tokens: char (Chinese characters + bigrams), jieba (words) or jieba+char.",
                              choices=["char", "jieba", "jieba+char"])
+    bm25_query_stopwords: bool = _f(True, "Drop question words and particles (什么/哪些/如何/吗/呢/的/了...) from the "
+                                          "BM25 query; the dense query keeps them.")
     top_k: int = _f(5, "Sources retrieved per question.")
     candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.")
     hnsw_ef_search: int = _f(200, "HNSW candidate list size of dense search: larger is closer to exact search, "

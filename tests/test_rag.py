@@ -15,7 +15,7 @@ from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_co
 from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
 from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
 from medqwen.rag.documents import DocumentError, file_chunks, read_sections
-from medqwen.rag.retrieval import Bm25Index, char_ngrams, recall_mrr, weighted_rrf
+from medqwen.rag.retrieval import Bm25Index, char_ngrams, lexical_query, recall_mrr, weighted_rrf
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,6 +178,48 @@ def test_retrieval_methods_find_the_right_source(store):
         assert hits[0].source_id == "formulas/mahuang", method
     hybrid = retriever.search("恶寒发热，无汗而喘", k=4, method="hybrid")
     assert set(hybrid[0].ranks) == {"bm25", "dense"}
+
+
+def test_question_words_do_not_steer_bm25(tmp_path):
+    # A modern passage full of question words and 的 outranks the classical one for a modern question unless
+    # the BM25 query drops them: in classical text they are rare, so their idf is high.
+    assert lexical_query("什么方治喘的？") == " 方治喘 ？"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text("# 问答\n什么是中医？中医的理论是什么的。\n# 麻黄汤\n麻黄汤治恶寒发热，无汗而喘。\n"
+                                   "# 人参\n人参大补元气。\n", encoding="utf-8")
+    cfg = RagConfig(input=[str(docs)], persist_dir=str(tmp_path / "chroma"), collection="test")
+    collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+    index_paths(collection, cfg.input, cfg, progress=False)
+    kept = Retriever(collection, replace(cfg, bm25_query_stopwords=False))
+    assert kept.search("什么方治喘的？", k=1, method="bm25")[0].source_id == "notes/问答"
+    retriever = Retriever(collection, cfg)
+    for method in ("bm25", "hybrid"):
+        assert retriever.search("什么方治喘的？", k=1, method=method)[0].source_id == "notes/麻黄汤", method
+
+
+def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmark"))
+    import benchmark_rag
+    from medqwen.config import RagBenchConfig
+
+    docs = tmp_path / "docs"
+    write_corpus(docs)
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("\n".join(json.dumps(q, ensure_ascii=False) for q in [
+        {"id": "a", "kind": "named", "question": "麻黄汤治什么？", "gold_ids": ["formulas/mahuang"]},
+        {"id": "b", "kind": "descriptive", "question": "发热汗出恶风，脉浮缓，用什么方？", "gold_ids": ["formulas/guizhi"]},
+        {"id": "c", "kind": "named", "question": "人参有什么功效？", "gold_ids": ["herbs/人参"]}]), encoding="utf-8")
+    cfg = RagBenchConfig(input=[str(docs)], gold=str(gold), persist_dir=str(tmp_path / "chroma"),
+                         output_dir=str(tmp_path / "out"), dense_weights=[], throughput_chunks=3, latency_docs=0)
+    assert benchmark_rag.main(cfg) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    default = metrics["detail"][metrics["summary"]["default_method"]]["metrics"]
+    assert default["all"]["recall@5"] == 1.0 and default["named"]["n"] == 2
+    assert (default["odd lines"]["n"], default["even lines"]["n"], default["named/odd lines"]["n"]) == (2, 1, 2)
+    throughput = metrics["summary"]["embedding_throughput"]
+    assert throughput["documents"] == 3 and throughput["tokens_per_s"] > 0 and throughput["mean_tokens"] > 5
+    assert "bm25 (question words kept)" in metrics["detail"] and "| R@5 odd lines |" in capsys.readouterr().out
 
 
 def test_missing_and_empty_store_messages(tmp_path, capsys):

@@ -27,6 +27,11 @@ _NOT_A_WORD = re.compile(r"[\W_]+")
 _HAN_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _LATIN_WORD = re.compile(r"[a-zA-Z0-9]+")
 BM25_TOKENIZERS = ("char", "jieba", "jieba+char")
+# Words that frame a question but name nothing: interrogatives, sentence-final particles and the commonest modern
+# function characters. Classical text hardly uses the modern ones, so BM25 would give them a high idf and rank any
+# passage that happens to use them (a preface, a commentary) above the one the question describes.
+QUERY_STOPWORDS = re.compile(r"为什么|为何|什么|哪些|哪个|哪种|哪一|哪里|哪儿|哪|如何|怎么样|怎么|怎样|是否|是不是|有没有|"
+                             r"多少|请问|吗|呢|吧|啊|的|了|这|那|们")
 
 
 def char_ngrams(text: str) -> list[str]:
@@ -47,6 +52,11 @@ def jieba_words(text: str) -> list[str]:
 
     jieba.setLogLevel(logging.WARNING)
     return [t.lower() for t in jieba.lcut_for_search(text) if t.strip() and not _NOT_A_WORD.fullmatch(t)]
+
+
+def lexical_query(question: str) -> str:
+    """The question as BM25 sees it: question words and particles replaced by a space (no bigram spans them)."""
+    return QUERY_STOPWORDS.sub(" ", question)
 
 
 def bm25_tokens(text: str, tokenizer: str = "char") -> list[str]:
@@ -153,7 +163,8 @@ class Retriever:
         return self._bm25
 
     def rank_bm25(self, query: str, k: int) -> list[str]:
-        return [self.ids[i] for i in self.bm25.top(bm25_tokens(query, self.cfg.bm25_tokenizer), k)]
+        text = lexical_query(query) if self.cfg.bm25_query_stopwords else query
+        return [self.ids[i] for i in self.bm25.top(bm25_tokens(text, self.cfg.bm25_tokenizer), k)]
 
     def rank_dense(self, query: str, k: int) -> list[str]:
         if not self.ids:
