@@ -4,6 +4,8 @@ question kind, with query latency and indexing throughput.
     python benchmark/benchmark_rag.py                       # six classical books, data/rag_gold_tcm.jsonl
     python benchmark/benchmark_rag.py --limit 10 --throughput_chunks 0          # smoke run
     python benchmark/benchmark_rag.py --input my_docs/ --gold my_gold.jsonl --persist_dir out/bench_mine
+    python benchmark/benchmark_rag.py --qa_pairs ../shared/data/medical_dialogue/medicalgpt_medical_sft_1K.sharegpt.jsonl \
+        --output_dir out/benchmark/rag_qa                 # modern patient questions -> their doctors' answers
 
 The corpus is indexed into --persist_dir first (idempotent: a second run embeds nothing), so the first run on a
 CPU takes a while. Writes <output_dir>/config.yaml, metrics.json, questions.jsonl and recall_by_kind.png.
@@ -17,7 +19,7 @@ from pathlib import Path
 from medqwen.config import RagBenchConfig, format_config, parse_config, save_config
 from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection
 from medqwen.rag.documents import file_chunks
-from medqwen.rag.evaluate import KS, evaluate, load_gold, measure_embedding_throughput
+from medqwen.rag.evaluate import KS, evaluate, load_gold, measure_embedding_throughput, qa_retrieval_set
 from medqwen.rag.store import iter_files
 from medqwen.reporting import markdown_table, write_metrics
 
@@ -70,6 +72,9 @@ def latency_at_scale(client, collection, cfg: RagBenchConfig, gold: list[dict], 
 def main(cfg: RagBenchConfig) -> int:
     print("config:\n" + format_config(cfg))
     out = Path(cfg.output_dir)
+    if cfg.qa_pairs:  # answers become the corpus (own collection), questions the gold set
+        corpus, gold_path = qa_retrieval_set(cfg.qa_pairs, out / "qa_set")
+        cfg = dataclasses.replace(cfg, input=[str(corpus)], gold=str(gold_path), collection=f"{cfg.collection}_qa")
     save_config(cfg, out / "config.yaml")
     gold = load_gold(cfg.gold)[: cfg.limit]
 
@@ -90,11 +95,16 @@ def main(cfg: RagBenchConfig) -> int:
 
     runs = {}  # name -> (config overrides, search kwargs)
     for method in cfg.methods:
-        name = method if method != "hybrid" else f"hybrid (dense w={cfg.dense_weight:g}, default)"
+        name = method if method != "hybrid" else (f"hybrid {cfg.fusion} (bm25 {cfg.bm25_weight:g}, dense "
+                                                  f"{cfg.dense_weight:g}), default")
         runs[name] = ({}, {"method": method})
-    for weight in cfg.dense_weights:
-        if weight != cfg.dense_weight:
-            runs[f"hybrid (dense w={weight:g})"] = ({}, {"method": "hybrid", "dense_weight": weight})
+    if "hybrid" in cfg.methods:
+        for share in cfg.bm25_shares:
+            runs[f"hybrid score (bm25 {share:g}, dense {1 - share:g})"] = (
+                {}, {"method": "hybrid", "fusion": "score", "bm25_weight": share, "dense_weight": 1 - share})
+        for weight in cfg.rrf_dense_weights:
+            runs[f"hybrid rrf (bm25 1, dense {weight:g})"] = (
+                {}, {"method": "hybrid", "fusion": "rrf", "bm25_weight": 1.0, "dense_weight": weight})
     if cfg.bm25_query_stopwords:  # what dropping question words from the BM25 query is worth
         for method in [m for m in cfg.methods if m in ("bm25", "hybrid")]:
             runs[f"{method} (question words kept)"] = ({"bm25_query_stopwords": False}, {"method": method})
@@ -125,7 +135,7 @@ def main(cfg: RagBenchConfig) -> int:
             for name, r in results.items()]
     table = markdown_table(rows, headers)
     print(f"\n{len(gold)} questions, {indexing.chunks_total} chunks ({cfg.chunk_size} chars), top-k = chunks; "
-          f"settings were chosen on the even lines of {cfg.gold}, the odd lines are held out\n")
+          f"halves = even / odd lines of {cfg.gold}\n")
     print(table)
 
     with open(out / "questions.jsonl", "w", encoding="utf-8") as f:
@@ -133,7 +143,8 @@ def main(cfg: RagBenchConfig) -> int:
             for row in r["questions"]:
                 f.write(json.dumps({"method": name, **row}, ensure_ascii=False) + "\n")
     plot(results, kinds, out / "recall_by_kind.png")
-    default = next(n for n in results if cfg.retrieval in n and (cfg.retrieval != "hybrid" or "default" in n))
+    default = next(n for n in results if n.startswith(cfg.retrieval)
+                   and (cfg.retrieval != "hybrid" or n.endswith("default")))
     summary = {"default_method": default, **results[default]["metrics"]["all"],
                "latency_ms": results[default]["latency_ms"], "questions": len(gold),
                "chunks": indexing.chunks_total, "indexing": indexing.as_dict(), "embedding_throughput": throughput,

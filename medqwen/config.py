@@ -373,11 +373,12 @@ class RagConfig:
     candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.")
     hnsw_ef_search: int = _f(200, "HNSW candidate list size of dense search: larger is closer to exact search, "
                                   "slower (Chroma's default 100 missed neighbours at 50 candidates here).")
-    rrf_k: int = _f(60, "Reciprocal-rank-fusion constant: score = sum of weight / (rrf_k + rank).")
-    bm25_weight: float = _f(1.0, "Weight of BM25 ranks in hybrid fusion.")
-    dense_weight: float = _f(0.25, "Weight of dense ranks in hybrid fusion: below bm25's, so dense reorders and adds "
-                                   "to BM25's candidates rather than outvoting them (benchmark/benchmark_rag.py "
-                                   "compares weights).")
+    fusion: str = _f("score", "How hybrid merges the two: score (min-max-normalised BM25 and cosine scores of every "
+                              "candidate, weighted sum) or rrf (weighted reciprocal rank).", choices=["score", "rrf"])
+    rrf_k: int = _f(60, "Reciprocal-rank-fusion constant (--fusion rrf): score = sum of weight / (rrf_k + rank).")
+    bm25_weight: float = _f(0.3, "Weight of BM25 in hybrid fusion.")
+    dense_weight: float = _f(0.7, "Weight of dense retrieval in hybrid fusion (benchmark/benchmark_rag.py compares "
+                                  "weights on classical text and on modern patient questions).")
     reranker: str | None = _f(None, "Optional sentence-transformers CrossEncoder (folder or hub id, e.g. "
                                     "BAAI/bge-reranker-base) that reorders the fused candidates.")
     rerank_k: int = _f(20, "Fused candidates the reranker scores.")
@@ -409,11 +410,17 @@ class RagBenchConfig(RagConfig):
     output_dir: str = _f("out/benchmark/rag", "Where metrics.json, config.yaml and per-question ranks go.")
     methods: list[str] = _f(["bm25", "dense", "hybrid"], "Retrieval methods compared (hybrid uses the weights "
                                                          "above).")
-    dense_weights: list[float] = _f([0.25, 0.5, 1.0], "Extra hybrid rows: the dense weight swept (bm25 weight fixed).")
-    throughput_chunks: int = _f(64, "Chunks embedded from scratch to measure indexing throughput (0: skip).")
+    bm25_shares: list[float] = _f([0.2, 0.4, 0.5], "Extra hybrid rows, score fusion: BM25 weight swept, dense "
+                                                   "weight = 1 - it.")
+    rrf_dense_weights: list[float] = _f([0.25, 1.0], "Extra hybrid rows, reciprocal-rank fusion with BM25 weight 1: "
+                                                     "these dense weights (1 = plain RRF).")
+    throughput_chunks: int = _f(128, "Chunks embedded from scratch to measure indexing throughput (0: skip).")
     latency_docs: int = _f(10000, "Also time queries on a scratch copy of the store replicated to this many "
                                   "documents (0: skip).")
     limit: int | None = _f(None, "Evaluate only the first N questions (smoke runs).")
+    qa_pairs: str | None = _f(None, "Question/answer JSONL (ShareGPT conversations or 问/答 keys) to measure instead "
+                                    "of --input/--gold: every answer is a document, its question the query; indexed "
+                                    "into the collection <collection>_qa.")
 
 
 @dataclass

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medqwen.config import RagConfig
@@ -15,7 +16,7 @@ from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_co
 from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
 from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
 from medqwen.rag.documents import DocumentError, file_chunks, read_sections
-from medqwen.rag.retrieval import Bm25Index, char_ngrams, lexical_query, recall_mrr, weighted_rrf
+from medqwen.rag.retrieval import Bm25Index, char_ngrams, lexical_query, minmax, recall_mrr, weighted_rrf
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,6 +179,27 @@ def test_retrieval_methods_find_the_right_source(store):
         assert hits[0].source_id == "formulas/mahuang", method
     hybrid = retriever.search("恶寒发热，无汗而喘", k=4, method="hybrid")
     assert set(hybrid[0].ranks) == {"bm25", "dense"}
+    assert retriever.search("恶寒发热，无汗而喘", k=1, method="hybrid", fusion="rrf")[0].source_id == "formulas/mahuang"
+
+
+def test_score_fusion_scores_every_candidate_with_both_retrievers(store):
+    cfg, collection, _ = store
+    retriever = Retriever(collection, cfg)
+    query = "黄芪补气"
+    vector = retriever.embed_query(query)
+    dense_ids, dense_cos = retriever.dense(vector, 4)
+    # A candidate only BM25 found gets its cosine from its stored embedding: the same number Chroma computes.
+    assert retriever.cosines(vector, dense_ids) == pytest.approx(dense_cos, abs=1e-5)
+    bm25 = dict(zip(retriever.ids, retriever.bm25_scores(query)))
+    candidates = list(bm25)  # 4 chunks, all candidates of both retrievers
+    cos = dict(zip(dense_ids, dense_cos))
+    norm_b = minmax(np.array([bm25[c] for c in candidates]))
+    norm_d = minmax(np.array([cos[c] for c in candidates]))
+    expected = dict(zip(candidates, cfg.bm25_weight * norm_b + cfg.dense_weight * norm_d))
+    hits = retriever.search(query, k=4, method="hybrid")
+    assert hits[0].source_id == "herbs/黄芪"
+    assert {h.id: h.score for h in hits} == pytest.approx(expected)
+    assert [h.score for h in hits] == sorted(expected.values(), reverse=True)
 
 
 def test_question_words_do_not_steer_bm25(tmp_path):
@@ -211,7 +233,7 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
         {"id": "b", "kind": "descriptive", "question": "发热汗出恶风，脉浮缓，用什么方？", "gold_ids": ["formulas/guizhi"]},
         {"id": "c", "kind": "named", "question": "人参有什么功效？", "gold_ids": ["herbs/人参"]}]), encoding="utf-8")
     cfg = RagBenchConfig(input=[str(docs)], gold=str(gold), persist_dir=str(tmp_path / "chroma"),
-                         output_dir=str(tmp_path / "out"), dense_weights=[], throughput_chunks=3, latency_docs=0)
+                         output_dir=str(tmp_path / "out"), bm25_shares=[], rrf_dense_weights=[0.25], throughput_chunks=3, latency_docs=0)
     assert benchmark_rag.main(cfg) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     default = metrics["detail"][metrics["summary"]["default_method"]]["metrics"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.rag.retrieval import Retriever, recall_mrr
 
 KS = (1, 5, 10)
@@ -39,6 +40,28 @@ def load_gold(path: str | Path) -> list[dict]:
         row.setdefault("kind", "all")
         rows.append(row)
     return rows
+
+
+def qa_retrieval_set(path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """A retrieval set from question/answer pairs: every distinct answer is a document (`answers/aNNNN`), its
+    question the query. Reads ShareGPT lines ({"conversations": [human, gpt, ...]}) or {"问"/"question": ...,
+    "答"/"answer": ...}; writes <out_dir>/answers.jsonl and gold.jsonl and returns their paths."""
+    answers: dict[str, str] = {}  # answer text -> document id
+    gold = []
+    for number, record in iter_jsonl_objects(path):
+        turns = record.get("conversations") or []
+        question = next((t.get("value", "") for t in turns if t.get("from") in ("human", "user")),
+                        record.get("问") or record.get("question") or "")
+        answer = next((t.get("value", "") for t in turns if t.get("from") in ("gpt", "assistant")),
+                      record.get("答") or record.get("answer") or "")
+        if not str(question).strip() or not str(answer).strip():
+            raise ValueError(f"{path}:{number}: need a question and an answer (ShareGPT turns or 问/答 keys)")
+        doc_id = answers.setdefault(answer.strip(), f"a{len(answers) + 1:04d}")
+        gold.append({"id": f"qa-{number:04d}", "kind": "qa", "question": question.strip(),
+                     "gold_ids": [f"answers/{doc_id}"]})
+    out = Path(out_dir)
+    corpus = write_jsonl(({"id": doc_id, "text": text} for text, doc_id in answers.items()), out / "answers.jsonl")
+    return corpus, write_jsonl(gold, out / "gold.jsonl")
 
 
 def evaluate(retriever: Retriever, gold: list[dict], **search_kwargs) -> dict:

@@ -1,14 +1,18 @@
 """Retrieval over a Chroma collection: dense (the collection's embeddings), BM25 (character n-grams or jieba words,
-built in memory from the collection's texts when the retriever starts), and their
-weighted reciprocal-rank fusion, optionally reordered by a cross-encoder.
+built in memory from the collection's texts when the retriever starts), and their fusion, optionally reordered by
+a cross-encoder.
 
     retriever = Retriever(collection, cfg)
     hits = retriever.search("桂枝汤主治什么？", k=5)          # cfg.retrieval: dense | bm25 | hybrid
     hits[0].metadata["source_id"], hits[0].document
 
-Fusion: score(d) = sum_m w_m / (rrf_k + rank_m(d)) over the methods that ranked d in their top candidate_k.
-With equal weights a weak retriever's top hits tie with a strong one's, which is how a naive fusion can fall
-below its best member; the weights let the stronger signal lead (benchmark/benchmark_rag.py measures them).
+Fusion (cfg.fusion). `score` (default): every candidate of either retriever (top candidate_k of each) gets both
+scores, BM25 and cosine; each is min-max normalised over the candidates and the two are summed with the weights.
+A candidate found by one retriever is scored by the other too (its embedding is fetched), so a passage that is
+second-best for both beats one that only one of them liked. `rrf`: score(d) = sum_m w_m / (rrf_k + rank_m(d)),
+which only sees ranks. Measured (benchmark/benchmark_rag.py): on classical text BM25 is far stronger than the
+small dense model, on modern patient questions the dense model is; score fusion beat both on both, while any one
+RRF weight suited only one of them.
 """
 
 from __future__ import annotations
@@ -102,12 +106,22 @@ class Bm25Index:
 
     def top(self, tokens: list[str], k: int) -> list[int]:
         """Row indices of the k best-scoring documents with a positive score, best first."""
-        scores = self.scores(tokens)
-        k = min(k, int((scores > 0).sum()))
-        if k == 0:
-            return []
-        best = np.argpartition(-scores, k - 1)[:k]
-        return best[np.argsort(-scores[best], kind="stable")].tolist()
+        return top_rows(self.scores(tokens), k)
+
+
+def top_rows(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the k largest positive scores, best first."""
+    k = min(k, int((scores > 0).sum()))
+    if k == 0:
+        return []
+    best = np.argpartition(-scores, k - 1)[:k]
+    return best[np.argsort(-scores[best], kind="stable")].tolist()
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] over the candidates (all equal -> all 1), so BM25 and cosine scores can be added."""
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.ones_like(values)
 
 
 def weighted_rrf(rankings: dict[str, list[str]], weights: dict[str, float], rrf_k: int) -> list[tuple[str, float]]:
@@ -151,6 +165,7 @@ class Retriever:
             offset += page
         self.row = {cid: i for i, cid in enumerate(self.ids)}
         self._bm25: Bm25Index | None = None
+        self._embedding = None  # the query encoder, made on first use
         self._reranker = None
 
     def __len__(self) -> int:
@@ -162,34 +177,67 @@ class Retriever:
             self._bm25 = Bm25Index([bm25_tokens(d, self.cfg.bm25_tokenizer) for d in self.documents])
         return self._bm25
 
-    def rank_bm25(self, query: str, k: int) -> list[str]:
+    def bm25_scores(self, query: str) -> np.ndarray:
+        """BM25 score of every chunk (question words dropped from the query unless cfg says otherwise)."""
         text = lexical_query(query) if self.cfg.bm25_query_stopwords else query
-        return [self.ids[i] for i in self.bm25.top(bm25_tokens(text, self.cfg.bm25_tokenizer), k)]
+        return self.bm25.scores(bm25_tokens(text, self.cfg.bm25_tokenizer))
 
-    def rank_dense(self, query: str, k: int) -> list[str]:
+    def embed_query(self, query: str) -> np.ndarray:
+        if self._embedding is None:
+            from medqwen.rag.store import make_embedding
+
+            self._embedding = make_embedding(self.cfg)
+        return np.asarray(self._embedding.embed_query([query])[0], dtype=np.float32)
+
+    def dense(self, query_vector: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:
+        """Chroma's k nearest chunks (HNSW, cosine space) and their cosine similarities."""
         if not self.ids:
-            return []
-        # query_texts: Chroma calls the collection's embedding function's embed_query (e5 "query: " prefix).
-        got = self.collection.query(query_texts=[query], n_results=min(k, len(self.ids)), include=[])
-        return got["ids"][0]
+            return [], np.zeros(0)
+        got = self.collection.query(query_embeddings=[query_vector], n_results=min(k, len(self.ids)),
+                                    include=["distances"])
+        return got["ids"][0], 1.0 - np.asarray(got["distances"][0])  # cosine distance = 1 - cosine
+
+    def cosines(self, query_vector: np.ndarray, ids: list[str]) -> np.ndarray:
+        """Cosine similarity of the query to the given chunks (their stored, normalised embeddings)."""
+        if not ids:
+            return np.zeros(0)
+        got = self.collection.get(ids=ids, include=["embeddings"])
+        by_id = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
+        return np.array([float(by_id[i] @ query_vector) for i in ids])
 
     def search(self, query: str, k: int | None = None, method: str | None = None,
-               dense_weight: float | None = None, bm25_weight: float | None = None) -> list[Hit]:
+               dense_weight: float | None = None, bm25_weight: float | None = None,
+               fusion: str | None = None) -> list[Hit]:
         """Top-k chunks for the query by cfg.retrieval (or `method`), reranked when cfg.reranker is set."""
         cfg = self.cfg
         k = k or cfg.top_k
-        method = method or cfg.retrieval
-        depth = max(cfg.candidate_k, k, cfg.rerank_k if cfg.reranker else 0)
-        rankings: dict[str, list[str]] = {}
-        if method in ("bm25", "hybrid"):
-            rankings["bm25"] = self.rank_bm25(query, depth)
-        if method in ("dense", "hybrid"):
-            rankings["dense"] = self.rank_dense(query, depth)
+        method, fusion = method or cfg.retrieval, fusion or cfg.fusion
         if method not in ("bm25", "dense", "hybrid"):
             raise ValueError(f"unknown retrieval method {method!r}: use dense, bm25 or hybrid")
+        if fusion not in ("score", "rrf"):
+            raise ValueError(f"unknown fusion {fusion!r}: use score or rrf")
+        depth = max(cfg.candidate_k, k, cfg.rerank_k if cfg.reranker else 0)
         weights = {"bm25": cfg.bm25_weight if bm25_weight is None else bm25_weight,
                    "dense": cfg.dense_weight if dense_weight is None else dense_weight}
-        fused = weighted_rrf(rankings, weights, cfg.rrf_k)
+        rankings: dict[str, list[str]] = {}
+        if method in ("bm25", "hybrid"):
+            bm25 = self.bm25_scores(query)
+            rankings["bm25"] = [self.ids[i] for i in top_rows(bm25, depth)]
+        if method in ("dense", "hybrid"):
+            vector = self.embed_query(query)
+            rankings["dense"], dense_cos = self.dense(vector, depth)
+
+        if method == "hybrid" and fusion == "score":
+            candidates = list(dict.fromkeys(rankings["bm25"] + rankings["dense"]))
+            cos = dict(zip(rankings["dense"], dense_cos))
+            missing = [c for c in candidates if c not in cos]
+            cos.update(zip(missing, self.cosines(vector, missing)))
+            scores = (weights["bm25"] * minmax(np.array([bm25[self.row[c]] for c in candidates]))
+                      + weights["dense"] * minmax(np.array([cos[c] for c in candidates])))
+            order = np.argsort(-scores, kind="stable")
+            fused = [(candidates[i], float(scores[i])) for i in order]
+        else:
+            fused = weighted_rrf(rankings, weights, cfg.rrf_k)
         ranks = {m: {cid: r for r, cid in enumerate(ids, start=1)} for m, ids in rankings.items()}
         hits = [Hit(cid, self.documents[self.row[cid]], self.metadatas[self.row[cid]], score,
                     {m: ranks[m][cid] for m in ranks if cid in ranks[m]})
