@@ -4,8 +4,9 @@ question kind, with query latency and indexing throughput.
     python benchmark/benchmark_rag.py                       # six classical books, data/rag_gold_tcm.jsonl
     python benchmark/benchmark_rag.py --limit 10 --throughput_chunks 0          # smoke run
     python benchmark/benchmark_rag.py --input my_docs/ --gold my_gold.jsonl --persist_dir out/bench_mine
-    python benchmark/benchmark_rag.py --qa_pairs ../shared/data/medical_dialogue/medicalgpt_medical_sft_1K.sharegpt.jsonl \
-        --output_dir out/benchmark/rag_qa                 # modern patient questions -> their doctors' answers
+    # modern patient questions -> their doctors' answers (each answer a document):
+    python benchmark/benchmark_rag.py --output_dir out/benchmark/rag_qa \
+        --qa_pairs ../shared/data/medical_dialogue/medicalgpt_medical_sft_1K.sharegpt.jsonl
 
 The corpus is indexed into --persist_dir first (idempotent: a second run embeds nothing), so the first run on a
 CPU takes a while. Writes <output_dir>/config.yaml, metrics.json, questions.jsonl and recall_by_kind.png.
@@ -72,11 +73,15 @@ def latency_at_scale(client, collection, cfg: RagBenchConfig, gold: list[dict], 
 def main(cfg: RagBenchConfig) -> int:
     print("config:\n" + format_config(cfg))
     out = Path(cfg.output_dir)
-    if cfg.qa_pairs:  # answers become the corpus (own collection), questions the gold set
-        corpus, gold_path = qa_retrieval_set(cfg.qa_pairs, out / "qa_set")
-        cfg = dataclasses.replace(cfg, input=[str(corpus)], gold=str(gold_path), collection=f"{cfg.collection}_qa")
+    try:
+        if cfg.qa_pairs:  # answers become the corpus (own collection), questions the gold set
+            corpus, gold_path = qa_retrieval_set(cfg.qa_pairs, out / "qa_set")
+            cfg = dataclasses.replace(cfg, input=[str(corpus)], gold=str(gold_path), collection=f"{cfg.collection}_qa")
+        gold = load_gold(cfg.gold)[: cfg.limit]
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     save_config(cfg, out / "config.yaml")
-    gold = load_gold(cfg.gold)[: cfg.limit]
 
     client = open_client(cfg, create=True)
     collection = open_collection(client, cfg, create=True)

@@ -233,7 +233,8 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
         {"id": "b", "kind": "descriptive", "question": "发热汗出恶风，脉浮缓，用什么方？", "gold_ids": ["formulas/guizhi"]},
         {"id": "c", "kind": "named", "question": "人参有什么功效？", "gold_ids": ["herbs/人参"]}]), encoding="utf-8")
     cfg = RagBenchConfig(input=[str(docs)], gold=str(gold), persist_dir=str(tmp_path / "chroma"),
-                         output_dir=str(tmp_path / "out"), bm25_shares=[], rrf_dense_weights=[0.25], throughput_chunks=3, latency_docs=0)
+                         output_dir=str(tmp_path / "out"), bm25_shares=[], rrf_dense_weights=[0.25],
+                         throughput_chunks=3, latency_docs=0)
     assert benchmark_rag.main(cfg) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     default = metrics["detail"][metrics["summary"]["default_method"]]["metrics"]
@@ -242,6 +243,11 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
     throughput = metrics["summary"]["embedding_throughput"]
     assert throughput["documents"] == 3 and throughput["tokens_per_s"] > 0 and throughput["mean_tokens"] > 5
     assert "bm25 (question words kept)" in metrics["detail"] and "| R@5 odd lines |" in capsys.readouterr().out
+
+    pairs = tmp_path / "qa.jsonl"
+    pairs.write_text('{"问": "头痛怎么办？", "答": "注意休息。"}\n{"问": "只有问题"}\n', encoding="utf-8")
+    assert benchmark_rag.main(replace(cfg, qa_pairs=str(pairs))) == 2
+    assert "qa.jsonl:2: need a question and an answer" in capsys.readouterr().err
 
 
 def test_missing_and_empty_store_messages(tmp_path, capsys):

