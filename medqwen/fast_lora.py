@@ -11,7 +11,6 @@ losses and the adapter after optimizer steps on CPU); benchmark/PERF.md records 
     cfg.compile_layers      torch.compile each decoder layer (one graph shared by all layers)
     cfg.recompute_layers    with gradient checkpointing: recompute only the first N layers, keep the rest
     cfg.activation_memory_budget  with compiled layers: the compiler recomputes cheap ops to keep this fraction
-    cfg.fused_cross_entropy the loss by Liger's fused linear cross-entropy (with_fused_cross_entropy)
 """
 
 from __future__ import annotations
@@ -159,9 +158,6 @@ def apply_fast_path(trainer, cfg) -> dict:
         applied["attention"] = VARLEN
     if getattr(cfg, "fused_lora", False):
         applied["fused_lora_layers"] = fuse_lora(model)
-    if getattr(cfg, "fused_cross_entropy", False):
-        use_summed_loss_forward(model)
-        applied["fused_cross_entropy"] = True
     if getattr(cfg, "recompute_layers", -1) >= 0 and cfg.gradient_checkpointing:
         trainer.add_callback(_recompute_callback(cfg.recompute_layers))
         applied["recompute_layers"] = cfg.recompute_layers
@@ -180,62 +176,3 @@ def apply_fast_path(trainer, cfg) -> dict:
             trainer.args.liger_kernel_config = dict(LIGER_WITH_COMPILED_LAYERS)
             applied["liger_kernel_config"] = trainer.args.liger_kernel_config
     return applied
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Fused linear cross-entropy
-
-
-def summed_token_loss(hidden, weight, labels):
-    """Sum over the labelled positions of -log p(label); `hidden` (n, h) and `labels` (n,) hold only those.
-
-    CUDA: Liger's fused linear cross-entropy, which never holds more than a chunk of logits and computes the
-    input gradient in the forward pass. Elsewhere (and in the CPU tests): the plain LM head and cross-entropy.
-    """
-    if hidden.is_cuda:
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-
-        return liger_fused_linear_cross_entropy(hidden, weight, labels, reduction="sum")
-    return F.cross_entropy(F.linear(hidden, weight).float(), labels, reduction="sum")
-
-
-def _summed_loss_forward(self, input_ids=None, labels=None, **kwargs):
-    """Causal-LM forward whose `loss` is the *sum* of token losses over positions whose next label is not -100."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    kwargs["use_cache"] = False
-    hidden = self.get_decoder()(input_ids=input_ids, **kwargs).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    keep = targets != -100  # the LM head runs on the trained positions only (assistant tokens)
-    loss = summed_token_loss(hidden[keep], self.get_output_embeddings().weight, targets[keep])
-    return CausalLMOutputWithPast(loss=loss)
-
-
-def use_summed_loss_forward(model) -> None:
-    """Give the (PEFT-wrapped) model the summed-loss forward; with_fused_cross_entropy's trainer calls it."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.forward = types.MethodType(_summed_loss_forward, base)  # replaces TRL's fused-LM-head forward
-
-
-def with_fused_cross_entropy(trainer_cls):
-    """A subclass of TRL's SFTTrainer whose loss comes from `_summed_loss_forward` (set by apply_fast_path).
-
-    TRL's own LM head (trl.trainer.utils.add_fused_lm_head) recomputes each chunk of logits in backward and also
-    computes entropy and top-1 accuracy for its logs; this one does neither. The loss is TRL's: the summed
-    token loss over `num_items_in_batch` (the trained tokens of the whole optimizer step), times the number of
-    processes when tokens are averaged across devices (DDP then averages the gradients).
-    """
-
-    class FusedCrossEntropyTrainer(trainer_cls):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            outputs = model(**inputs)
-            if num_items_in_batch is None:  # evaluation: this batch's own mean
-                loss = outputs.loss / (inputs["labels"][:, 1:] != -100).sum().clamp(min=1)
-            else:
-                loss = outputs.loss / num_items_in_batch
-                if self.args.average_tokens_across_devices:
-                    loss = loss * self.accelerator.num_processes
-            return (loss, outputs) if return_outputs else loss
-
-    FusedCrossEntropyTrainer.__name__ = FusedCrossEntropyTrainer.__qualname__ = f"FusedCE{trainer_cls.__name__}"
-    return FusedCrossEntropyTrainer

@@ -243,12 +243,9 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     from trl import SFTTrainer
 
-    from medqwen.fast_lora import apply_fast_path, with_fused_cross_entropy
+    from medqwen.fast_lora import apply_fast_path
 
-    trainer_cls = with_atomic_checkpoints(SFTTrainer)
-    if cfg.fused_cross_entropy:
-        trainer_cls = with_fused_cross_entropy(trainer_cls)
-    trainer = trainer_cls(
+    trainer = with_atomic_checkpoints(SFTTrainer)(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset if has_eval else None,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     if trainer.chat_template is not None:

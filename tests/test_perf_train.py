@@ -74,8 +74,10 @@ def test_counting_collator_counts_real_and_padded_tokens():
 def test_variant_specs_resolve_presets_and_overrides():
     speed = variant_config("speed", {})
     assert speed.packing and speed.fused_lora and speed.attn_implementation == "varlen"
-    small = variant_config("24gb:per_device_train_batch_size=2:recompute_layers=30", {"output_dir": "x"})
-    assert (small.per_device_train_batch_size, small.recompute_layers, small.gradient_checkpointing) == (2, 30, True)
+    small = variant_config("24gb:per_device_train_batch_size=2:gradient_checkpointing=true:recompute_layers=30",
+                           {"output_dir": "x"})
+    assert (small.per_device_train_batch_size, small.recompute_layers, small.gradient_checkpointing,
+            small.activation_memory_budget) == (2, 30, True, 0.3)  # the rest comes from the preset
     original = variant_config("original", {})
     assert (original.packing, original.per_device_train_batch_size, original.gradient_accumulation_steps,
             original.gradient_checkpointing) == (False, 8, 8, True)
