@@ -58,7 +58,7 @@ def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
     if cfg.backend == "hf":
         return HFBackend.from_pretrained(model, adapter, chat_template=cfg.chat_template, device=cfg.device,
                                          dtype=cfg.dtype, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix,
-                                         progress=True)
+                                         compile=cfg.compile, progress=True)
     if cfg.backend == "vllm":
         backend = VLLMBackend(model, adapter)
         if cfg.chat:

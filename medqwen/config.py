@@ -491,6 +491,8 @@ class CevalConfig:
     batch_size: int = _f(16, "Questions per forward pass / generate call (hf backend).")
     reuse_prefix: bool = _f(True, "hf loglik: compute the few-shot head shared by a subject's questions once and "
                                   "reuse its KV cache (same answers, ~3x less work at 5-shot).")
+    compile: bool = _f(False, "hf: torch.compile each decoder layer (the first batches compile; pays off on "
+                              "large runs).")
     device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
     dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
     limit: int | None = _f(None, "Score only the first N questions of each subject (smoke runs).")

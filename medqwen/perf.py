@@ -239,8 +239,11 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
 
 def profile_summary(profiler, step_seconds: float, top: int = 45) -> str:
     """The kernels of a profiled step by total device time, and how busy the device was over the step."""
+    from torch.autograd import DeviceType
+
     events = profiler.key_averages()
-    device_us = sum(e.self_device_time_total for e in events)
+    # kernels only: CPU-side ops also carry the device time of the kernels they launched
+    device_us = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU)
     sort = "self_cuda_time_total" if device_us else "self_cpu_time_total"
     head = (f"profiled step: {step_seconds:.3f} s wall, device busy {device_us / 1e6:.3f} s "
             f"({100 * device_us / 1e6 / step_seconds:.0f}% of the step)\n")
