@@ -72,7 +72,7 @@ def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
 
         tokenizer = load_tokenizer(model, cfg.chat_template)
     return OpenAIBackend(cfg.base_url, cfg.served_model, api_key=cfg.api_key, timeout_s=cfg.request_timeout_s,
-                         tokenizer=tokenizer)
+                         tokenizer=tokenizer, prompts_per_request=cfg.batch_size)
 
 
 def main(cfg: CevalConfig) -> dict:

