@@ -157,11 +157,10 @@ class HFBackend:
 
         lengths = [len(s) for s in suffixes]
         ids = torch.tensor([[t for s in suffixes for t in s]], device=self.device)
-        positions = torch.cat([torch.arange(head.length, head.length + n) for n in lengths])[None].to(self.device)
         layout = head.layout(lengths, self.device)
         register_attention()
         with _attention_implementation(self.base_model, VARLEN), head.attached(self.decoder), torch.inference_mode():
-            hidden = self.decoder(input_ids=ids, position_ids=positions, **layout).last_hidden_state[0]
+            hidden = self.decoder(input_ids=ids, **layout).last_hidden_state[0]
             return hidden[layout["cu_seq_lens_q"][1:].long() - 1]
 
     def sequence_logprobs(self, seqs: Sequence[Sequence[int]], n_last: Sequence[int]) -> np.ndarray:

@@ -5,8 +5,8 @@ Registered with transformers as `attn_implementation="varlen"` (`register_attent
     training   TRL's padding-free collator packs conversations into one row and adds `cu_seq_lens_q` (their
                boundaries); each conversation gets causal attention over itself (medqwen.fast_lora, the trainer).
     scoring    C-Eval questions of one subject share their five-shot head. The head runs once; its keys/values
-               are attached to the attention modules (`SharedPrefix`), and each packed question attends to the head and causally to
-               itself (medqwen.backends.HFBackend). Positions continue after the head (`position_ids`).
+               are attached to the attention modules (`SharedPrefix`), and each packed question attends to the
+               head and causally to itself (medqwen.backends.HFBackend). Positions continue after the head.
 
 On CUDA both are one FlashAttention varlen call (torch.nn.attention.varlen); elsewhere a loop of SDPA calls per
 sequence computes the same thing, which is what the CPU tests check against the plain model.
@@ -97,8 +97,10 @@ class SharedPrefix:
                 del m.shared_prefix_kv
 
     def layout(self, lengths: list[int], device) -> dict:
-        """The kwargs a packed forward pass needs: query/key boundaries, maxima, and the key gather index."""
+        """The kwargs a packed forward pass needs: positions after the head, query/key boundaries, maxima, and the
+        key gather index."""
         p = self.length
+        positions = torch.cat([torch.arange(p, p + n) for n in lengths])[None].to(device)
         cu_q = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
         cu_k = torch.tensor([0, *[p + n for n in lengths]], device=device).cumsum(0).to(torch.int32)
         head = torch.arange(p)
@@ -107,8 +109,8 @@ class SharedPrefix:
         starts = [0, *itertools.accumulate(lengths)][:-1]
         index = torch.cat([torch.cat([head, p + torch.arange(a, a + n)]) for a, n in zip(starts, lengths)])
         index = index.to(device)
-        return {"cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k, "max_length_q": max(lengths),
-                "max_length_k": p + max(lengths), "prefix_index": index}
+        return {"position_ids": positions, "cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k,
+                "max_length_q": max(lengths), "max_length_k": p + max(lengths), "prefix_index": index}
 
 
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,

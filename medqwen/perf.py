@@ -261,15 +261,15 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
             table.append([r["variant"], r.get("error") or r.get("skipped"), "", "", "", "", "", "", ""])
             continue
         mem = r["peak_allocated_gib"] if r["peak_allocated_gib"] is not None else r["peak_rss_gib"]
-        median = r.get("median_step_tok_s")
-        table.append([r["variant"], round(r["real_tok_s"]), round(median) if median else "", round(r["computed_tok_s"]),
+        median = round(r["median_step_tok_s"]) if r.get("median_step_tok_s") else ""
+        table.append([r["variant"], round(r["real_tok_s"]), median, round(r["computed_tok_s"]),
                       f"{100 * r['padding_fraction']:.0f}%",
                       f"{100 * r['tflops'] / peak:.1f}%" if peak else "n/a",
                       f"{mem:.1f}" + (f" ({r['peak_reserved_gib']:.1f})" if r["peak_reserved_gib"] else ""),
                       f"{r['conversations_per_step']:.0f}",
                       f"{r['real_tok_s'] / base['real_tok_s']:.2f}x" if base else "n/a"])
-    headers = ["variant", "real tok/s", "median step real tok/s", "computed tok/s", "padding", "MFU", "peak GiB alloc (reserved)",
-               "conversations/step", "vs original"]
+    headers = ["variant", "real tok/s", "median step real tok/s", "computed tok/s", "padding", "MFU",
+               "peak GiB alloc (reserved)", "conversations/step", "vs original"]
     md = markdown_table(table, headers)
     note = (f"\nMFU against a measured bf16 matmul peak of {peak:.0f} TFLOP/s; FLOPs per medqwen.perf.lora_train_flops."
             if peak else "\nMFU: no GPU, no peak.")
