@@ -2,7 +2,8 @@
 
     original  one question at a time: greedy generate, then extract the letter (how many C-Eval scripts work)
     plain     HFBackend loglik, length-sorted batches, A/B/C/D read at the last position of one forward pass
-    reuse     the same, with each subject's shared five-shot head run once and its KV cache reused
+    reuse     each subject's shared five-shot head run once; its questions packed without padding into one row
+              per batch, attending to the head's KV cache (medqwen.packed_attention)
 
     python benchmark/perf_ceval.py                 # GPU: random Qwen3-4B shape, 1,346 questions, Qwen3 tokenizer
     python benchmark/perf_ceval.py --tiny          # CPU smoke run (tiny model, bundled tokenizer, 24 questions)

@@ -94,7 +94,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     return {
         "variant": spec,
         "real_tok_s": real / seconds,
-        # steady state: a step that recompiled for a new shape (rare over a long run) does not move the median
+        # steady state: one slow step (a recompile for a new shape, say; rare over a long run) does not move it
         "median_step_tok_s": sorted(r["real_tokens"] / r["seconds"] for r in timed)[len(timed) // 2],
         "computed_tok_s": computed / seconds,
         "padding_fraction": 1 - real / computed,
