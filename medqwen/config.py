@@ -117,11 +117,11 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(True, "Recompute activations to save memory (turned off automatically on CPU).")
     attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2, varlen (packed rows "
                                                "through FlashAttention varlen; medqwen.packed_attention)... (None: "
-                                               "transformers' default).")
+                                               "varlen with --packing, else transformers' default).")
     use_liger_kernel: bool = _f(False, "Liger Triton kernels (GPU only; needs the liger-kernel package).")
     torch_compile: bool = _f(False, "Compile the model with torch.compile.")
-    fused_lora: bool = _f(False, "Fast path: LoRA layers as one fused autograd function (same math as PEFT; "
-                                 "benchmark/PERF.md).")
+    fused_lora: bool = _f(True, "Fast path: LoRA layers as one fused autograd function (same math as PEFT, "
+                                "tested; not under FSDP/DeepSpeed; false: PEFT's own forward).")
     compile_layers: bool = _f(False, "Fast path: torch.compile each decoder layer (lengths vary, so this beats "
                                      "whole-model --torch_compile).")
     recompute_layers: int = _f(-1, "With gradient_checkpointing: recompute only the first N decoder layers and "

@@ -147,16 +147,25 @@ def _recompute_callback(n: int):
     return RecomputeLayersCallback()
 
 
+def attention_implementation(cfg) -> str | None:
+    """The attention kernel a config trains with: its own choice, else varlen for packed rows (where SDPA would
+    compute a T x T block mask), else transformers' default (None)."""
+    if cfg.attn_implementation:
+        return cfg.attn_implementation
+    return VARLEN if getattr(cfg, "packing", False) else None
+
+
 def apply_fast_path(trainer, cfg) -> dict:
     """Switch the trainer's model to the fast pieces the config asks for; returns what was applied."""
     model = trainer.model
     applied = {}
-    if cfg.attn_implementation == VARLEN:
+    if attention_implementation(cfg) == VARLEN:
         register_attention()
         if getattr(model.config, "_attn_implementation", None) != VARLEN:
             model.set_attn_implementation(VARLEN)
         applied["attention"] = VARLEN
-    if getattr(cfg, "fused_lora", False):
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if getattr(cfg, "fused_lora", False) and not sharded:  # FSDP/ZeRO-3 gather weights in module hooks: not run
         applied["fused_lora_layers"] = fuse_lora(model)
     if getattr(cfg, "recompute_layers", -1) >= 0 and cfg.gradient_checkpointing:
         trainer.add_callback(_recompute_callback(cfg.recompute_layers))

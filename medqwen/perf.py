@@ -128,14 +128,16 @@ def matmul_peak_tflops(n: int = 8192, repeats: int = 10) -> float | None:
 # Named recipes: TrainConfig overrides on top of the defaults (the original recipe), or a preset YAML.
 # A variant may add overrides after a colon: "24gb:per_device_train_batch_size=4:recompute_layers=20".
 VARIANTS: dict[str, dict | str] = {
-    # the seed recipe: pad to the longest in the batch, batch 8 x accumulation 8, gradient checkpointing, SDPA
-    "original": {"attn_implementation": "sdpa"},
+    # the seed recipe: pad to the longest in the batch, batch 8 x accumulation 8, gradient checkpointing, SDPA,
+    # PEFT's own LoRA forward (our default fuses it: same math, faster)
+    "original": {"attn_implementation": "sdpa", "fused_lora": False},
     # padding-free BFD packing: a row of <= max_seq_len tokens holds ~2.6 conversations, 8 x 3 rows ~ 64 of them
-    "packed": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa"},
+    "packed": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
+               "fused_lora": False},
     "packed+liger": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
-                     "use_liger_kernel": True, "gradient_checkpointing": False},
+                     "fused_lora": False, "use_liger_kernel": True, "gradient_checkpointing": False},
     "packed+compile": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
-                       "gradient_checkpointing": False, "compile_layers": True},
+                       "fused_lora": False, "gradient_checkpointing": False, "compile_layers": True},
     "fused": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "sdpa",
               "use_liger_kernel": True, "gradient_checkpointing": False, "fused_lora": True},
     "fused+varlen": {"packing": True, "gradient_accumulation_steps": 3, "attn_implementation": "varlen",

@@ -117,11 +117,13 @@ def load_base_model(cfg: TrainConfig):
 
     check_model_dir(cfg.model_name_or_path)
     dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
-    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    if cfg.attn_implementation == "varlen":  # packed-row FlashAttention of the fast path
-        from medqwen.packed_attention import register_attention
+    from medqwen.fast_lora import attention_implementation
+    from medqwen.packed_attention import VARLEN, register_attention
 
+    attention = attention_implementation(cfg)
+    if attention == VARLEN:  # packed-row FlashAttention of the fast path
         register_attention()
+    kwargs = {"attn_implementation": attention} if attention else {}
     return AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs)
 
 

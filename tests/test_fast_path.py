@@ -145,6 +145,8 @@ def train_adapter(tiny_model_dir, tmp_path, **overrides):
     trainer = build_trainer(cfg, Dataset.from_list([{"messages": c} for c in conversations(8)]))
     fused = sum(getattr(m.forward, "__func__", None) is _fused_lora_forward for m in trainer.model.modules())
     assert fused == (2 * len(TARGETS) if cfg.fused_lora else 0)  # the trainer really runs the path under test
+    # packing alone picks varlen attention (no T x T mask over the packed row)
+    assert trainer.model.config._attn_implementation == (VARLEN if cfg.packing else "sdpa")
     result = trainer.train()
     weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     return result.training_loss, weights
@@ -155,9 +157,8 @@ def test_fast_path_trains_the_same_adapter(tiny_model_dir, tmp_path):
 
     Adam ignores a constant scale of a gradient, so this catches wrong gradients, not mis-scaled ones; the
     gradients themselves are compared in test_fused_lora_matches_peft."""
-    loss_plain, plain = train_adapter(tiny_model_dir, tmp_path / "plain")
-    loss_fast, fast = train_adapter(tiny_model_dir, tmp_path / "fast", packing=True, fused_lora=True,
-                                    attn_implementation=VARLEN)
+    loss_plain, plain = train_adapter(tiny_model_dir, tmp_path / "plain", fused_lora=False)
+    loss_fast, fast = train_adapter(tiny_model_dir, tmp_path / "fast", packing=True)  # the default fast path
     assert loss_fast == pytest.approx(loss_plain, rel=1e-4)
     assert plain.keys() == fast.keys() and len(plain) == 2 * 2 * len(TARGETS)
     for name in plain:
