@@ -5,7 +5,6 @@
     python agent/embedding.py --embedding_backend sentence-transformers --embedding_model BAAI/bge-small-zh-v1.5 \
         --collection bge_small
     python agent/embedding.py --chroma_host localhost --chroma_port 8000   # a `chroma run` server
-    python agent/embedding.py --sentence_index       # also one entry per sentence (for --sentence_weight)
 
 Running it again adds nothing; a changed file has its chunks replaced, a deleted file's chunks are pruned.
 A file that cannot be read is reported (exit status 1) and the others are still indexed.
@@ -16,7 +15,7 @@ import sys
 from pathlib import Path
 
 from medqwen.config import RagConfig, format_config, parse_config, save_config
-from medqwen.rag import StoreError, index_paths, open_client, open_collection, open_sentences
+from medqwen.rag import StoreError, index_paths, open_client, open_collection
 from medqwen.reporting import markdown_table
 
 
@@ -25,9 +24,8 @@ def main(cfg: RagConfig) -> int:
     out_dir = Path(cfg.persist_dir) if not cfg.chroma_host else Path("out/rag")
     save_config(cfg, out_dir / "index_config.yaml")
     try:
-        client = open_client(cfg, create=True)
-        collection = open_collection(client, cfg, create=True)
-        stats = index_paths(collection, cfg.input, cfg, sentences=open_sentences(client, cfg, create=True))
+        collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+        stats = index_paths(collection, cfg.input, cfg)
     except (StoreError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

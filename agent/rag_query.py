@@ -13,7 +13,7 @@ import sys
 import time
 
 from medqwen.config import RagConfig, format_config, parse_config
-from medqwen.rag import Retriever, StoreError, open_client, open_collection, open_sentences
+from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, build_messages, format_sources, make_answerer
 
 
@@ -43,8 +43,7 @@ def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) ->
 def main(cfg: RagConfig) -> int:
     print("config:\n" + format_config(cfg))
     try:
-        client = open_client(cfg)
-        retriever = Retriever(open_collection(client, cfg), cfg, sentences=open_sentences(client, cfg))
+        retriever = Retriever(open_collection(open_client(cfg), cfg), cfg)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 from medqwen.config import RagBenchConfig, format_config, parse_config, save_config
-from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection, open_sentences
+from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection
 from medqwen.rag.documents import file_chunks
 from medqwen.rag.evaluate import KS, evaluate, load_gold, measure_embedding_throughput, qa_retrieval_set
-from medqwen.rag.store import chunk_sentences, iter_files
+from medqwen.rag.store import iter_files
 from medqwen.reporting import markdown_table, write_metrics
 
 
@@ -46,22 +46,15 @@ def plot(results: dict, kinds: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def _scratch(client, name: str, cfg: RagBenchConfig):
+def latency_at_scale(client, collection, cfg: RagBenchConfig, gold: list[dict], documents: int) -> dict:
+    """Copy the stored chunks (texts, metadata and embeddings) into a scratch collection until it holds
+    `documents` entries, time the default retrieval there, drop it. Cost, not quality, is measured."""
+    name = f"{cfg.collection}_latency"
     if name in [c.name for c in client.list_collections()]:
         client.delete_collection(name)
-    return client.create_collection(name, embedding_function=make_embedding(cfg),
-                                    configuration={"hnsw": {"space": "cosine", "ef_search": cfg.hnsw_ef_search}})
-
-
-def latency_at_scale(client, collection, sentences, cfg: RagBenchConfig, gold: list[dict], documents: int,
-                     runs: dict[str, dict]) -> dict:
-    """Copy the stored chunks (texts, metadata and embeddings; their sentences too) into scratch collections
-    until they hold `documents` chunks, time each run there, drop them. Cost, not quality, is measured."""
-    names = [f"{cfg.collection}_latency", f"{cfg.collection}_latency_sentences"]
-    scratch = _scratch(client, names[0], cfg)
-    scratch_sentences = _scratch(client, names[1], cfg) if sentences is not None else None
+    scratch = client.create_collection(name, embedding_function=make_embedding(cfg),  # searched like the store
+                                       configuration={"hnsw": {"space": "cosine", "ef_search": cfg.hnsw_ef_search}})
     got = collection.get(include=["documents", "metadatas", "embeddings"])
-    sent = sentences.get(include=["documents", "metadatas", "embeddings"]) if sentences is not None else None
     copy = 0
     while scratch.count() < documents:
         n = min(len(got["ids"]), documents - scratch.count())
@@ -69,24 +62,12 @@ def latency_at_scale(client, collection, sentences, cfg: RagBenchConfig, gold: l
             part = slice(i, min(i + 1000, n))
             scratch.add(ids=[f"{cid}-{copy}" for cid in got["ids"][part]], documents=got["documents"][part],
                         metadatas=got["metadatas"][part], embeddings=got["embeddings"][part])
-        if sent is not None:  # the copied chunks' sentences, pointing at the copies
-            kept = set(got["ids"][:n])
-            rows = [i for i, m in enumerate(sent["metadatas"]) if m["chunk_id"] in kept]
-            for i in range(0, len(rows), 1000):
-                part = rows[i:i + 1000]
-                scratch_sentences.add(
-                    ids=[f"{sent['ids'][j]}-{copy}" for j in part], documents=[sent["documents"][j] for j in part],
-                    metadatas=[{**sent["metadatas"][j], "chunk_id": f"{sent['metadatas'][j]['chunk_id']}-{copy}"}
-                               for j in part], embeddings=[sent["embeddings"][j] for j in part])
         copy += 1
     try:
-        retriever = Retriever(scratch, cfg, sentences=scratch_sentences)
-        return {"documents": scratch.count(), "sentences": scratch_sentences.count() if sent is not None else 0,
-                "latency_ms": {name: evaluate(retriever, gold, **kwargs)["latency_ms"]
-                               for name, kwargs in runs.items()}}
+        result = evaluate(Retriever(scratch, cfg), gold)
+        return {"documents": scratch.count(), "latency_ms": result["latency_ms"]}
     finally:
-        for name in names[: 2 if sent is not None else 1]:
-            client.delete_collection(name)
+        client.delete_collection(name)
 
 
 def main(cfg: RagBenchConfig) -> int:
@@ -104,10 +85,8 @@ def main(cfg: RagBenchConfig) -> int:
 
     client = open_client(cfg, create=True)
     collection = open_collection(client, cfg, create=True)
-    sentences = open_sentences(client, cfg, create=True)
-    indexing = index_paths(collection, cfg.input, cfg, sentences=sentences)
-    print(f"indexed: {indexing.chunks_added} new chunks, {indexing.sentences_added} new sentences in "
-          f"{indexing.seconds:.1f} s; {indexing.chunks_total} chunks, {indexing.sentences_total} sentences in store")
+    indexing = index_paths(collection, cfg.input, cfg)
+    print(f"indexed: {indexing.chunks_added} new chunks in {indexing.seconds:.1f} s; {indexing.chunks_total} in store")
     if indexing.errors:
         print("errors:\n  " + "\n  ".join(indexing.errors), file=sys.stderr)
 
@@ -116,13 +95,7 @@ def main(cfg: RagBenchConfig) -> int:
         chunks = [c.document for p, _ in iter_files(cfg.input)
                   for c in file_chunks(p, str(p), cfg.chunk_size, cfg.chunk_overlap, cfg.encoding)]
         step = max(1, len(chunks) // cfg.throughput_chunks)
-        sample = chunks[::step][: cfg.throughput_chunks]
-        throughput = measure_embedding_throughput(make_embedding(cfg), sample)
-        if sentences is not None:  # the same chunks' sentences, embedded as --sentence_index does (unique texts)
-            texts = list(dict.fromkeys(s for c in sample for _, s in chunk_sentences("", c)))
-            throughput["sentences"] = measure_embedding_throughput(make_embedding(cfg), texts)
-            seconds = throughput["seconds"] + throughput["sentences"]["seconds"]
-            throughput["with_sentences_chunks_per_s"] = round(len(sample) / seconds, 2)
+        throughput = measure_embedding_throughput(make_embedding(cfg), chunks[::step][: cfg.throughput_chunks])
         print(f"embedding throughput: {throughput}")
 
     runs = {}  # name -> (config overrides, search kwargs)
@@ -137,12 +110,6 @@ def main(cfg: RagBenchConfig) -> int:
         for weight in cfg.rrf_dense_weights:
             runs[f"hybrid rrf (bm25 1, dense {weight:g})"] = (
                 {}, {"method": "hybrid", "fusion": "rrf", "bm25_weight": 1.0, "dense_weight": weight})
-    if sentences is not None:
-        for share in cfg.sentence_shares:  # the sentence score takes this share of the non-BM25 weight
-            weights = {"bm25_weight": cfg.bm25_weight, "dense_weight": round((1 - cfg.bm25_weight) * (1 - share), 3),
-                       "sentence_weight": round((1 - cfg.bm25_weight) * share, 3)}
-            runs["hybrid score (bm25 {bm25_weight:g}, dense {dense_weight:g}, sentence {sentence_weight:g})"
-                 .format(**weights)] = ({}, {"method": "hybrid", "fusion": "score", **weights})
     if cfg.bm25_query_stopwords:  # what dropping question words from the BM25 query is worth
         for method in [m for m in cfg.methods if m in ("bm25", "hybrid")]:
             runs[f"{method} (question words kept)"] = ({"bm25_query_stopwords": False}, {"method": method})
@@ -154,15 +121,14 @@ def main(cfg: RagBenchConfig) -> int:
     for name, (overrides, kwargs) in runs.items():
         key = tuple(sorted(overrides.items()))
         if key not in retrievers:
-            retrievers[key] = Retriever(collection, dataclasses.replace(cfg, **overrides), sentences=sentences)
+            retrievers[key] = Retriever(collection, dataclasses.replace(cfg, **overrides))
         results[name] = evaluate(retrievers[key], gold, **kwargs)
         print(f"{name}: {results[name]['metrics']['all']}  latency {results[name]['latency_ms']}")
 
     scale = {}
     if cfg.latency_docs > indexing.chunks_total > 0:  # query latency on a larger store: the corpus replicated
-        timed = {"default": {}} | {name: kwargs for name, (_, kwargs) in runs.items() if "sentence" in name}
-        scale = latency_at_scale(client, collection, sentences, cfg, gold, cfg.latency_docs, timed)
-        print(f"latency on {scale['documents']} documents: {scale['latency_ms']}")
+        scale = latency_at_scale(client, collection, cfg, gold, cfg.latency_docs)
+        print(f"latency on {scale['documents']} documents ({cfg.retrieval}): {scale['latency_ms']}")
 
     kinds = sorted({g["kind"] for g in gold})
     halves = ["even lines", "odd lines"]

@@ -376,11 +376,6 @@ class RagConfig:
     bm25_weight: float = _f(0.3, "Weight of BM25 in hybrid fusion.")
     dense_weight: float = _f(0.7, "Weight of dense retrieval in hybrid fusion (benchmark/benchmark_rag.py compares "
                                   "weights on classical text and on modern patient questions).")
-    sentence_index: bool = _f(False, "Also embed every sentence of every chunk into the collection "
-                                     "<collection>_sentences (more, shorter texts: slower indexing); needed by "
-                                     "--sentence_weight.")
-    sentence_weight: float = _f(0.0, "Weight in hybrid score fusion of a chunk's best sentence cosine (max over its "
-                                     "sentences; needs a store built with --sentence_index).")
     reranker: str | None = _f(None, "Optional sentence-transformers CrossEncoder (folder or hub id, e.g. "
                                     "BAAI/bge-reranker-base) that reorders the fused candidates.")
     rerank_k: int = _f(20, "Fused candidates the reranker scores.")
@@ -416,9 +411,6 @@ class RagBenchConfig(RagConfig):
                                                    "weight = 1 - it.")
     rrf_dense_weights: list[float] = _f([0.25, 1.0], "Extra hybrid rows, reciprocal-rank fusion with BM25 weight 1: "
                                                      "these dense weights (1 = plain RRF).")
-    sentence_shares: list[float] = _f([0.25, 0.5, 1.0], "Extra hybrid rows with --sentence_index: BM25 at "
-                                                        "--bm25_weight, this share of the rest to the best-sentence "
-                                                        "cosine, the remainder to the chunk cosine.")
     throughput_chunks: int = _f(128, "Chunks embedded from scratch to measure indexing throughput (0: skip).")
     latency_docs: int = _f(10000, "Also time queries on a scratch copy of the store replicated to this many "
                                   "documents (0: skip).")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from medqwen.config import RagConfig
-from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection, open_sentences
+from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
 from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
 from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
 from medqwen.rag.documents import DocumentError, file_chunks, read_sections
@@ -141,55 +141,6 @@ def test_reindex_adds_nothing_and_changes_replace_or_prune(store):
     assert (stats.pruned_files, stats.chunks_deleted, stats.chunks_total) == (1, 2, 2)
 
 
-def test_sentence_index_follows_reindex_changes_prunes_and_resumes(tmp_path):
-    docs = tmp_path / "docs"
-    write_corpus(docs)
-    cfg = RagConfig(input=[str(docs)], persist_dir=str(tmp_path / "chroma"), collection="test", sentence_index=True)
-    client = open_client(cfg, create=True)
-    collection, sentences = open_collection(client, cfg, create=True), open_sentences(client, cfg, create=True)
-
-    def index():
-        return index_paths(collection, cfg.input, cfg, progress=False, sentences=sentences)
-
-    def stored() -> list[tuple[str, str]]:  # (parent chunk id, sentence) of every sentence entry
-        got = sentences.get(include=["documents", "metadatas"])
-        return sorted((m["chunk_id"], d) for m, d in zip(got["metadatas"], got["documents"]))
-
-    def expected() -> list[tuple[str, str]]:  # every sentence of every chunk, header line left out
-        got = collection.get(include=["documents"])
-        return sorted((cid, s) for cid, d in zip(got["ids"], got["documents"]) for s in split_sentences(d.split("\n")[1]))
-
-    stats = index()
-    assert stored() == expected() and stats.sentences_added == stats.sentences_total == 4
-    stats = index()
-    assert (stats.chunks_added, stats.sentences_added, stats.sentences_deleted) == (0, 0, 0)  # re-run: nothing
-
-    (docs / "herbs.md").write_text("# 人参\n人参大补元气。\n# 黄芪\n黄芪补气升阳。利水消肿。\n", encoding="utf-8")
-    stats = index()
-    assert (stats.sentences_added, stats.sentences_deleted) == (2, 1) and stored() == expected()
-    assert ("利水消肿。" in [s for _, s in stored()]) and "黄芪补气固表。" not in [s for _, s in stored()]
-
-    (docs / "formulas.jsonl").unlink()
-    stats = index()
-    assert (stats.chunks_total, stats.sentences_deleted, stats.sentences_total) == (2, 2, 3) and stored() == expected()
-
-    sentences.delete(ids=sentences.get(limit=1)["ids"])  # an interrupted run: a sentence is missing
-    assert index().sentences_added == 1 and stored() == expected()
-
-    # A chunk's sentence score is its best sentence's cosine, whether Chroma found it or it was looked up.
-    retriever = Retriever(collection, replace(cfg, sentence_weight=0.5), sentences=sentences)
-    vector = retriever.embed_query("利水消肿")
-    ids, best = retriever.sentence_dense(vector, 2)
-    assert retriever.sentence_cosines(vector, ids) == pytest.approx([best[i] for i in ids], abs=1e-5)
-    hits = retriever.search("利水消肿", k=2)
-    assert hits[0].source_id == "herbs/黄芪" and set(hits[0].ranks) == {"bm25", "dense", "sentence"}
-    with pytest.raises(ValueError, match="--sentence_index"):
-        Retriever(collection, replace(cfg, sentence_weight=0.5)).search("利水消肿")
-    with pytest.raises(StoreError, match="--sentence_index"):
-        open_sentences(client, replace(cfg, collection="other"))
-    assert open_sentences(client, replace(cfg, sentence_index=False)) is None
-
-
 def test_unreadable_files_are_reported_and_the_rest_indexed(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "agent"))
     import embedding
@@ -283,7 +234,7 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
         {"id": "c", "kind": "named", "question": "人参有什么功效？", "gold_ids": ["herbs/人参"]}]), encoding="utf-8")
     cfg = RagBenchConfig(input=[str(docs)], gold=str(gold), persist_dir=str(tmp_path / "chroma"),
                          output_dir=str(tmp_path / "out"), bm25_shares=[], rrf_dense_weights=[0.25],
-                         throughput_chunks=3, latency_docs=10, sentence_index=True, sentence_shares=[0.5])
+                         throughput_chunks=3, latency_docs=0)
     assert benchmark_rag.main(cfg) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     default = metrics["detail"][metrics["summary"]["default_method"]]["metrics"]
@@ -292,10 +243,6 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
     throughput = metrics["summary"]["embedding_throughput"]
     assert throughput["documents"] == 3 and throughput["tokens_per_s"] > 0 and throughput["mean_tokens"] > 5
     assert "bm25 (question words kept)" in metrics["detail"] and "| R@5 odd lines |" in capsys.readouterr().out
-    sentence_run = "hybrid score (bm25 0.3, dense 0.35, sentence 0.35)"
-    assert metrics["detail"][sentence_run]["metrics"]["all"]["n"] == 3 and throughput["sentences"]["documents"] == 3
-    scale = metrics["summary"]["latency_at_scale"]  # the 4 chunks copied to 10, their sentences with them
-    assert (scale["documents"], scale["sentences"]) == (10, 10) and set(scale["latency_ms"]) == {"default", sentence_run}
 
     pairs = tmp_path / "qa.jsonl"
     pairs.write_text('{"问": "头痛怎么办？", "答": "注意休息。"}\n{"问": "只有问题"}\n', encoding="utf-8")

@@ -15,5 +15,4 @@ be reopened in a new process.
 
 from medqwen.rag.embeddings import MedqwenEmbedding  # noqa: F401  (registers it with Chroma)
 from medqwen.rag.retrieval import Hit, Retriever  # noqa: F401
-from medqwen.rag.store import (StoreError, index_paths, make_embedding, open_client, open_collection,  # noqa: F401
-                               open_sentences)
+from medqwen.rag.store import StoreError, index_paths, make_embedding, open_client, open_collection  # noqa: F401

@@ -109,12 +109,11 @@ def make_search_tool(cfg: RagConfig | None = None):
         """Search the Chinese-medicine knowledge base (classical texts, notes) and return numbered source
         passages. Use it for questions about herbs, formulas, syndromes or classical texts; cite the numbers."""
         from medqwen.rag.retrieval import Retriever
-        from medqwen.rag.store import StoreError, open_client, open_collection, open_sentences
+        from medqwen.rag.store import StoreError, open_client, open_collection
 
         if "retriever" not in state:
             try:
-                client = open_client(cfg)
-                state["retriever"] = Retriever(open_collection(client, cfg), cfg, sentences=open_sentences(client, cfg))
+                state["retriever"] = Retriever(open_collection(open_client(cfg), cfg), cfg)
             except StoreError as err:
                 return f"The knowledge base is not available: {err}"
         retriever = state["retriever"]

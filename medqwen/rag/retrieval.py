@@ -13,11 +13,6 @@ second-best for both beats one that only one of them liked. `rrf`: score(d) = su
 which only sees ranks. Measured (benchmark/benchmark_rag.py): on classical text BM25 is far stronger than the
 small dense model, on modern patient questions the dense model is; score fusion beat both on both, while any one
 RRF weight suited only one of them.
-
-Sentence scores (cfg.sentence_weight > 0, a store indexed with --sentence_index): a third score joins the sum, a
-chunk's best sentence cosine (max over its sentences in `<collection>_sentences`); the chunks of the nearest
-sentences are a third candidate list. A short sentence can match a question that the whole chunk's embedding,
-an average of several topics, does not.
 """
 
 from __future__ import annotations
@@ -154,8 +149,8 @@ class Hit:
 class Retriever:
     """Loads the collection's texts once (for BM25 and for returning hits), then answers queries."""
 
-    def __init__(self, collection, cfg: RagConfig, page: int = 5000, sentences=None):
-        self.collection, self.cfg, self.sentences = collection, cfg, sentences
+    def __init__(self, collection, cfg: RagConfig, page: int = 5000):
+        self.collection, self.cfg = collection, cfg
         self.ids: list[str] = []
         self.documents: list[str] = []
         self.metadatas: list[dict] = []
@@ -210,31 +205,9 @@ class Retriever:
         by_id = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
         return np.array([float(by_id[i] @ query_vector) for i in ids])
 
-    def sentence_dense(self, query_vector: np.ndarray, k: int) -> tuple[list[str], dict[str, float]]:
-        """The k chunks owning the nearest sentences (Chroma's top 4k sentences), best first, and each such
-        chunk's best sentence cosine."""
-        got = self.sentences.query(query_embeddings=[query_vector], n_results=min(4 * k, self.sentences.count()),
-                                   include=["metadatas", "distances"])
-        best: dict[str, float] = {}
-        for meta, distance in zip(got["metadatas"][0], got["distances"][0]):
-            best.setdefault(meta["chunk_id"], 1.0 - distance)  # nearest first: the first one is the chunk's best
-        return list(best)[:k], best
-
-    def sentence_cosines(self, query_vector: np.ndarray, ids: list[str]) -> np.ndarray:
-        """Each chunk's best sentence cosine, from its sentences' stored embeddings (0 for a chunk without any)."""
-        if not ids:
-            return np.zeros(0)
-        got = self.sentences.get(where={"chunk_id": {"$in": ids}}, include=["embeddings", "metadatas"])
-        best = dict.fromkeys(ids, 0.0)
-        if got["ids"]:
-            cos = np.asarray(got["embeddings"], dtype=np.float32) @ query_vector
-            for meta, c in zip(got["metadatas"], cos):
-                best[meta["chunk_id"]] = max(best[meta["chunk_id"]], float(c))
-        return np.array([best[i] for i in ids])
-
     def search(self, query: str, k: int | None = None, method: str | None = None,
                dense_weight: float | None = None, bm25_weight: float | None = None,
-               fusion: str | None = None, sentence_weight: float | None = None) -> list[Hit]:
+               fusion: str | None = None) -> list[Hit]:
         """Top-k chunks for the query by cfg.retrieval (or `method`), reranked when cfg.reranker is set."""
         cfg = self.cfg
         k = k or cfg.top_k
@@ -245,8 +218,7 @@ class Retriever:
             raise ValueError(f"unknown fusion {fusion!r}: use score or rrf")
         depth = max(cfg.candidate_k, k, cfg.rerank_k if cfg.reranker else 0)
         weights = {"bm25": cfg.bm25_weight if bm25_weight is None else bm25_weight,
-                   "dense": cfg.dense_weight if dense_weight is None else dense_weight,
-                   "sentence": cfg.sentence_weight if sentence_weight is None else sentence_weight}
+                   "dense": cfg.dense_weight if dense_weight is None else dense_weight}
         rankings: dict[str, list[str]] = {}
         if method in ("bm25", "hybrid"):
             bm25 = self.bm25_scores(query)
@@ -256,20 +228,12 @@ class Retriever:
             rankings["dense"], dense_cos = self.dense(vector, depth)
 
         if method == "hybrid" and fusion == "score":
-            known = {"dense": dict(zip(rankings["dense"], dense_cos))}  # score of each method's own candidates
-            lookup = {"dense": self.cosines}  # scores of the other candidates
-            if weights["sentence"]:
-                if self.sentences is None:
-                    raise ValueError("sentence_weight > 0 needs the sentence index: build the store with "
-                                     "--sentence_index and open the retriever with it (open_sentences)")
-                rankings["sentence"], known["sentence"] = self.sentence_dense(vector, depth)
-                lookup["sentence"] = self.sentence_cosines
-            candidates = [c for c in dict.fromkeys(sum(rankings.values(), [])) if c in self.row]
-            scores = weights["bm25"] * minmax(np.array([bm25[self.row[c]] for c in candidates] or [0.0]))
-            for m, scored in known.items():
-                missing = [c for c in candidates if c not in scored]
-                scored = scored | dict(zip(missing, lookup[m](vector, missing)))
-                scores = scores + weights[m] * minmax(np.array([scored[c] for c in candidates] or [0.0]))
+            candidates = list(dict.fromkeys(rankings["bm25"] + rankings["dense"]))
+            cos = dict(zip(rankings["dense"], dense_cos))
+            missing = [c for c in candidates if c not in cos]
+            cos.update(zip(missing, self.cosines(vector, missing)))
+            scores = (weights["bm25"] * minmax(np.array([bm25[self.row[c]] for c in candidates]))
+                      + weights["dense"] * minmax(np.array([cos[c] for c in candidates])))
             order = np.argsort(-scores, kind="stable")
             fused = [(candidates[i], float(scores[i])) for i in order]
         else:

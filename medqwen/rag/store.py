@@ -2,29 +2,23 @@
 
     client = open_client(cfg)                         # PersistentClient(persist_dir) or HttpClient(host, port)
     collection = open_collection(client, cfg, create=True)
-    sentences = open_sentences(client, cfg, create=True)  # None unless cfg.sentence_index
-    stats = index_paths(collection, cfg.input, cfg, sentences=sentences)  # a second run adds nothing
+    stats = index_paths(collection, cfg.input, cfg)   # second run adds nothing; changed files replaced
 
 Chunk ids are content hashes, so an unchanged chunk keeps its id (and its embedding) across runs; a file whose
 bytes and chunk settings are unchanged, and whose chunks are all in the store, is skipped without parsing it (an
 interrupted run resumes where it stopped); chunks of a deleted file are pruned.
-
-With --sentence_index a second collection, `<collection>_sentences`, holds every sentence of every chunk with
-its parent's id (`chunk_id`); after the chunks are indexed it is made to match them (missing sentences embedded,
-sentences of deleted chunks removed), so it follows every change, prune and resume of the chunk collection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from medqwen.config import RagConfig
-from medqwen.rag.chunking import split_sentences
 from medqwen.rag.documents import SUPPORTED_SUFFIXES, Chunk, DocumentError, file_chunks
 from medqwen.rag.embeddings import MedqwenEmbedding
 
@@ -90,62 +84,6 @@ def open_collection(client, cfg: RagConfig, create: bool = False):
     return collection
 
 
-def open_sentences(client, cfg: RagConfig, create: bool = False):
-    """The sentence collection `<collection>_sentences` when cfg.sentence_index is set, else None."""
-    if not cfg.sentence_index:
-        return None
-    try:
-        return open_collection(client, replace(cfg, collection=f"{cfg.collection}_sentences"), create=create)
-    except StoreError:
-        raise StoreError(f"no sentence index for collection {cfg.collection!r}: build it with `python "
-                         f"agent/embedding.py --sentence_index` (or leave --sentence_index off)") from None
-
-
-def chunk_sentences(chunk_id: str, document: str) -> list[tuple[str, str]]:
-    """(sentence id, sentence) for every sentence of a chunk's text (its header line left out)."""
-    text = document.split("\n", 1)[-1]
-    return [(hashlib.sha1(f"{chunk_id}\0{i}\0{s}".encode()).hexdigest()[:32], s)
-            for i, s in enumerate(split_sentences(text))]
-
-
-def _all(collection, include: list[str], batch: int = 5000) -> dict[str, list]:
-    """Every entry of a collection (paged: Chroma caps one get())."""
-    out: dict[str, list] = {"ids": [], **{k: [] for k in include}}
-    while True:
-        page = collection.get(include=include, limit=batch, offset=len(out["ids"]))
-        for key in out:
-            out[key] += page[key]
-        if len(page["ids"]) < batch:
-            return out
-
-
-def sync_sentences(collection, sentences, cfg: RagConfig, progress: bool = True) -> tuple[int, int]:
-    """Make the sentence collection match the chunk collection: embed missing sentences, delete orphans.
-    Returns (added, deleted). A sentence repeated in overlapping chunks is embedded once."""
-    chunks = _all(collection, ["documents", "metadatas"])
-    wanted: dict[str, tuple[str, dict]] = {}
-    for cid, document, meta in zip(chunks["ids"], chunks["documents"], chunks["metadatas"]):
-        for sid, sentence in chunk_sentences(cid, document):
-            wanted[sid] = (sentence, {"chunk_id": cid, "source": meta.get("source", "")})
-    have = set(_all(sentences, [])["ids"])
-    to_add = [sid for sid in wanted if sid not in have]
-    embedding = make_embedding(cfg)
-    batch = max(1, min(cfg.embedding_batch_size, 5000))
-    bar = tqdm(total=len(to_add), desc="sentences", unit="sent", disable=not progress or not to_add)
-    for i in range(0, len(to_add), batch):
-        part = to_add[i:i + batch]
-        texts = [wanted[sid][0] for sid in part]
-        unique = list(dict.fromkeys(texts))
-        vectors = dict(zip(unique, embedding(unique)))
-        sentences.add(ids=part, documents=texts, metadatas=[wanted[sid][1] for sid in part],
-                      embeddings=[vectors[t] for t in texts])
-        bar.update(len(part))
-    bar.close()
-    orphans = [sid for sid in have if sid not in wanted]
-    _delete(sentences, orphans, 5000)
-    return len(to_add), len(orphans)
-
-
 @dataclass
 class IndexStats:
     files: int = 0  # files seen
@@ -156,9 +94,6 @@ class IndexStats:
     chunks_added: int = 0
     chunks_deleted: int = 0
     chunks_total: int = 0
-    sentences_added: int = 0  # --sentence_index
-    sentences_deleted: int = 0
-    sentences_total: int = 0
     seconds: float = 0.0
     chunks_per_s: float = 0.0  # chunks added per second of the whole run
     errors: list[str] = field(default_factory=list)
@@ -208,9 +143,8 @@ def _delete(collection, ids: list[str], batch: int) -> None:
         collection.delete(ids=ids[i:i + batch])
 
 
-def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = True, sentences=None) -> IndexStats:
-    """Index files/folders into the collection idempotently; a bad file is reported and the rest indexed.
-    With a sentence collection (open_sentences), it is brought in line with the chunks afterwards."""
+def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = True) -> IndexStats:
+    """Index files/folders into the collection idempotently; a bad file is reported and the rest indexed."""
     start = time.perf_counter()
     stats = IndexStats()
     files = iter_files(paths)
@@ -265,9 +199,6 @@ def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = T
 
     stats.chunks_added, stats.chunks_deleted = len(to_add), len(to_delete)
     stats.chunks_total = collection.count()
-    if sentences is not None:
-        stats.sentences_added, stats.sentences_deleted = sync_sentences(collection, sentences, cfg, progress)
-        stats.sentences_total = sentences.count()
     stats.seconds = round(time.perf_counter() - start, 3)
     stats.chunks_per_s = round(stats.chunks_added / stats.seconds, 2) if stats.seconds else 0.0
     return stats
