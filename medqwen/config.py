@@ -360,8 +360,8 @@ class RagConfig:
     chunk_overlap: int = _f(40, "Characters of whole trailing sentences repeated at the start of the next chunk.")
     encoding: str = _f("utf-8", "Text encoding of the input files (e.g. gb18030 for Chinese CSVs as published).")
     prune: bool = _f(True, "Delete chunks of files that disappeared from an indexed folder.")
-    retrieval: str = _f("hybrid", "dense (embeddings), bm25 (see --bm25_tokenizer) or hybrid (weighted reciprocal-rank "
-                                  "fusion of both).", choices=["dense", "bm25", "hybrid"])
+    retrieval: str = _f("hybrid", "dense (embeddings), bm25 (see --bm25_tokenizer) or hybrid (both, merged as "
+                                  "--fusion says).", choices=["dense", "bm25", "hybrid"])
     bm25_tokenizer: str = _f("char", "BM25 tokens: char (Chinese characters + bigrams), jieba (words) or jieba+char.",
                              choices=["char", "jieba", "jieba+char"])
     bm25_query_stopwords: bool = _f(True, "Drop question words and particles (什么/哪些/如何/吗/呢/的/了...) from the "
