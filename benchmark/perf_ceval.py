@@ -117,7 +117,7 @@ def main(cfg: PerfCevalConfig) -> dict:
     candidates = [encode_pair(tokenizer, "答案：", c)[1][0] for c in CHOICES]
 
     results, answers, logprobs = [], {}, {}
-    for path in [p.strip() for item in cfg.paths for p in item.split(",") if p.strip()]:
+    for path in cfg.paths:
         if path in ("plain", "reuse"):
             backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, reuse_prefix=path == "reuse",
                                 compile=cfg.compile)

@@ -156,7 +156,7 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
     peak = pcfg.peak_tflops or matmul_peak_tflops()
     print(f"bf16 matmul peak: {peak:.0f} TFLOP/s" if peak else "no GPU: MFU not computed", flush=True)
     results = []
-    for spec in [s.strip() for v in pcfg.variants for s in v.split(",") if s.strip()]:
+    for spec in pcfg.variants:
         row = run_isolated(pcfg, spec)
         results.append(row)
         print(f"{spec}: " + json.dumps({k: v for k, v in row.items() if k not in ("steps", "lengths")}), flush=True)

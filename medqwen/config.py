@@ -559,9 +559,11 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
         raise ValueError(f"{name}: a value is required")
     if typing.get_origin(inner) is list:
         (item_type,) = typing.get_args(inner) or (str,)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        return [_convert(v, item_type, name) for v in value]
+        items = []
+        for v in [value] if isinstance(value, str) else value:
+            # "a,b" is two items wherever it comes from: one env/YAML string or each value of a repeated flag
+            items += [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else [v]
+        return [_convert(v, item_type, name) for v in items]
     if inner is bool:
         if isinstance(value, bool):
             return value

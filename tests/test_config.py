@@ -44,6 +44,9 @@ def test_types_bools_lists_and_dashed_flags():
                        environ={})
     assert cfg.learning_rate == 3e-4 and cfg.packing is True and cfg.inputs == ["a", "b"]
     assert parse_config(DemoConfig, ["--no-packing"], environ={}).packing is False
+    # comma-separated values split the same way from a flag (repeated or not) as from the environment or YAML
+    cfg = parse_config(DemoConfig, ["--inputs", "a, b", "--inputs", "c,"], environ={})
+    assert cfg.inputs == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("argv, message", [
