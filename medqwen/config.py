@@ -443,9 +443,48 @@ class PerfTrainConfig:
     profile: bool = _f(False, "Run one more optimizer step per variant under torch.profiler (not timed) and write "
                               "its kernel table to profile_<variant>.txt.")
     peak_tflops: float | None = _f(None, "bf16 matmul peak for MFU (None: measured here on 8192^3 products).")
+    launchers: list[str] = _f(["single"], "How each variant runs, comma-separated: single (one process, one GPU), "
+                                          "ddp, fsdp (accelerate launch with configs/accelerate/<name>_2gpu.yaml "
+                                          "and --processes processes, one per GPU; CPU processes over gloo without "
+                                          "GPUs). A variant run both single and launched gets a scaling column.",
+                              choices=["single", "ddp", "fsdp"])
+    processes: int = _f(2, "Processes (GPUs) of the ddp and fsdp launchers; each runs the variant's per-device "
+                           "batch, so the global batch grows with them.")
     output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
     seed: int = _f(0, "Seed of lengths, content and model init.")
     run_one: str | None = _f(None, "Internal: time only this variant in this process and print its JSON.")
+
+
+@dataclass
+class DataParallelCheckConfig:
+    """benchmark/check_data_parallel.py: train N steps on several processes (DDP or FSDP) and on one process with
+    the same global batch; the per-step losses and the adapter's update must agree."""
+
+    launcher: str = _f("ddp", "How the several processes run: ddp or fsdp (configs/accelerate/<name>_2gpu.yaml).",
+                       choices=["ddp", "fsdp"])
+    processes: int = _f(2, "Processes (GPUs) of the parallel run.")
+    variant: str = _f("speed", "Training recipe (medqwen.perf.VARIANTS, 'name:field=value:...'); LoRA dropout is "
+                               "set to 0 in both runs (its random masks differ with the process count).")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step in each parallel process; the "
+                                             "single process takes this x processes, so the global batch matches.")
+    steps: int = _f(5, "Optimizer steps of each run.")
+    learning_rate: float = _f(1e-3, "Learning rate: large enough that the adapter moves measurably in a few steps.")
+    tolerance: float = _f(0.0, "Largest relative difference of a step's loss that passes, and of the adapter "
+                               "update unless twice the single run's repeat is larger (0: 1e-4 in fp32 on CPU; "
+                               "1e-2 in bf16 on GPU, where FSDP returns the loss in bf16, 3 significant digits).")
+    shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
+    tiny: bool = _f(False, "CPU run: tiny shape, bundled tokenizer, sequences of median 40, at most 128 tokens, "
+                           "recipe 'packed'.")
+    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
+                                     "model/smollm2-135m-instruct).")
+    median_len: int = _f(280, "Synthetic lengths: median of the lognormal (tokens).")
+    max_seq_len: int = _f(1024, "Longest sequence (tokens).")
+    timeout_s: int = _f(600, "Each run still going after this many seconds is stopped.")
+    output_dir: str = _f("out/check-data-parallel", "Where results.md, metrics.json, config.yaml and each run's "
+                                                   "log go.")
+    seed: int = _f(0, "Seed of lengths, content, model init and data order.")
+    run_role: str | None = _f(None, "Internal: run one side (single, its repeat, or parallel) in this process.",
+                              choices=["single", "repeat", "parallel"])
 
 
 @dataclass
@@ -609,7 +648,7 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
             default = None
         help_text = (help_text + f" (default: {default!r})").replace("%", "%%")  # argparse formats help with %
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.metadata.get("choices"):
+        if f.metadata.get("choices") and typing.get_origin(tp) is not list:  # list items: checked after splitting
             kwargs["choices"] = list(f.metadata["choices"])
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -683,8 +722,9 @@ def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dic
 
     for name, value in values.items():
         choices = fields[name].metadata.get("choices")
-        if choices and value not in choices:
-            fail(f"{name}: {value!r} is not one of {list(choices)}")
+        for item in (value if isinstance(value, list) else [value]) if choices else []:
+            if item not in choices:
+                fail(f"{name}: {item!r} is not one of {list(choices)}")
     return cls(**values)
 
 

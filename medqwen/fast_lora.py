@@ -178,6 +178,12 @@ def apply_fast_path(trainer, cfg) -> dict:
             # would save, recomputing the ops that are cheapest per byte (process-wide setting).
             functorch_config.activation_memory_budget = cfg.activation_memory_budget
             applied["activation_memory_budget"] = cfg.activation_memory_budget
+        # Under DDP, Dynamo's DDPOptimizer splits compiled graphs at gradient-bucket boundaries; meant for a
+        # compiled whole model, it fails on our per-layer graphs (torch 2.11, with LoRA dropout). DDP's bucketed
+        # all-reduce still overlaps the backward of the layers between the graphs.
+        import torch._dynamo
+
+        torch._dynamo.config.optimize_ddp = False
         applied["compiled_layers"] = compile_layers(model)
         if cfg.use_liger_kernel:
             # Liger's Triton autograd functions stop Dynamo inside a layer (seen with torch 2.11 / liger 0.8.5);

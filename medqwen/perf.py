@@ -101,6 +101,53 @@ def synthetic_conversations(tokenizer, lengths: list[int], chat_template_overhea
     return conversations
 
 
+def benchmark_tokenizer_dir(tokenizer: str | None, shape: str) -> Path:
+    """The tokenizer a benchmark uses: the given folder; the bundled model's for the tiny shape; else model/qwen,
+    or model/qwen3-tokenizer on a machine with only the tokenizer files."""
+    from medqwen.config import REPO_ROOT
+
+    if tokenizer:
+        return Path(tokenizer)
+    if shape == "tiny":
+        return REPO_ROOT / "model/smollm2-135m-instruct"
+    return next((p for p in (REPO_ROOT / "model/qwen", REPO_ROOT / "model/qwen3-tokenizer") if p.is_dir()),
+                REPO_ROOT / "model/qwen")
+
+
+def benchmark_conversations(tokenizer, n: int, median_len: int, max_seq_len: int, seed: int,
+                            data: str | None = None) -> list[list[dict]]:
+    """`n` conversations: those of `data` (repeated as needed; real lengths), else synthetic ones of lognormal
+    lengths (median `median_len`, capped at `max_seq_len` tokens)."""
+    if data:
+        from medqwen.training import read_conversations
+
+        conversations = [c["conversations"] for c in read_conversations(data)]  # the trainer's reader
+        return (conversations * (n // len(conversations) + 1))[:n]
+    probe = [{"role": "user", "content": " the"}, {"role": "assistant", "content": " the"}]
+    overhead = len(tokenizer.apply_chat_template(probe, tokenize=True, return_dict=True)["input_ids"]) - 2
+    lengths = synthetic_lengths(n, median=median_len, cap=max_seq_len, seed=seed)
+    return synthetic_conversations(tokenizer, lengths, overhead, seed=seed)
+
+
+def benchmark_model(shape: str, tokenizer, seed: int):
+    """A random model of `shape` on this process's GPU in bf16 (CPU: fp32), with the tokenizer's special tokens;
+    its own small vocabulary for the tiny shape."""
+    import torch
+
+    from medqwen.distributed import local_rank
+    from medqwen.modeling import random_qwen3
+
+    cuda = torch.cuda.is_available()
+    torch.set_default_dtype(torch.bfloat16 if cuda else torch.float32)
+    try:
+        with torch.device(f"cuda:{local_rank()}" if cuda else "cpu"):  # on the GPU: a 4B model on CPU takes minutes
+            return random_qwen3(shape, vocab_size=max(len(tokenizer), 256) if shape == "tiny" else None, seed=seed,
+                                eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa")
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def matmul_peak_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     """Measured bf16 matmul rate of this GPU (TFLOP/s) on random n x n x n products; None without CUDA."""
     import torch
@@ -239,6 +286,17 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
     return result
 
 
+def merge_process_steps(per_process: list[list[dict]]) -> list[dict]:
+    """One list of step rows from each process's (time_trainer rows): a step lasts as long as its slowest process
+    (the gradient all-reduce makes the others wait), and its tokens, sequences and lengths are everyone's."""
+    merged = []
+    for rows in zip(*per_process):
+        merged.append({"seconds": max(r["seconds"] for r in rows),
+                       **{k: sum(r[k] for r in rows) for k in ("real_tokens", "computed_tokens", "sequences")},
+                       "lengths": [n for r in rows for n in r["lengths"]]})
+    return merged
+
+
 def profile_summary(profiler, step_seconds: float, top: int = 45) -> str:
     """The kernels of a profiled step by total device time, and how busy the device was over the step."""
     from torch.autograd import DeviceType
@@ -253,30 +311,48 @@ def profile_summary(profiler, step_seconds: float, top: int = 45) -> str:
 
 
 def write_report(results: list[dict], peak: float | None, out: Path, seed: int = 0) -> str:
-    """The Markdown table of perf_train results (returned, and written to results.md), results.json, metrics.json."""
+    """The Markdown table of perf_train results (returned, and written to results.md), results.json, metrics.json.
+
+    A row launched on several processes reports their sum (real tok/s), the mean per process, MFU against
+    `processes` GPUs, the largest peak memory of any process, and its scaling over the same variant on one.
+    """
     from medqwen.reporting import markdown_table, write_metrics
 
-    base = next((r for r in results if r["variant"] == "original" and "real_tok_s" in r), None)
+    def single(variant):
+        return next((r for r in results if r["variant"] == variant and r.get("launcher", "single") == "single"
+                     and "real_tok_s" in r), None)
+
+    base = single("original")
     table = []
     for r in results:
+        processes = r.get("processes", 1)
+        launch = r.get("launcher", "single") + (f" x{processes}" if r.get("launcher", "single") != "single" else "")
+        if r.get("launcher") == "fsdp" and "weights_sharded" in r and not r["weights_sharded"]:
+            launch += f" (unsharded: ran as {r['distributed_type']})"
         if "real_tok_s" not in r:
-            table.append([r["variant"], r.get("error") or r.get("skipped"), "", "", "", "", "", "", ""])
+            table.append([r["variant"], launch, r.get("error") or r.get("skipped")] + [""] * 9)
             continue
         mem = r["peak_allocated_gib"] if r["peak_allocated_gib"] is not None else r["peak_rss_gib"]
         median = round(r["median_step_tok_s"]) if r.get("median_step_tok_s") else ""
-        table.append([r["variant"], round(r["real_tok_s"]), median, round(r["computed_tok_s"]),
-                      f"{100 * r['padding_fraction']:.0f}%",
-                      f"{100 * r['tflops'] / peak:.1f}%" if peak else "n/a",
+        one = single(r["variant"]) if processes > 1 else None
+        table.append([r["variant"], launch, round(r["real_tok_s"]), round(r["real_tok_s"] / processes), median,
+                      round(r["computed_tok_s"]), f"{100 * r['padding_fraction']:.0f}%",
+                      f"{100 * r['tflops'] / (peak * processes):.1f}%" if peak else "n/a",
                       f"{mem:.1f}" + (f" ({r['peak_reserved_gib']:.1f})" if r["peak_reserved_gib"] else ""),
                       f"{r['conversations_per_step']:.0f}",
-                      f"{r['real_tok_s'] / base['real_tok_s']:.2f}x" if base else "n/a"])
-    headers = ["variant", "real tok/s", "median step real tok/s", "computed tok/s", "padding", "MFU",
-               "peak GiB alloc (reserved)", "conversations/step", "vs original"]
+                      f"{r['real_tok_s'] / base['real_tok_s']:.2f}x" if base else "n/a",
+                      f"{r['real_tok_s'] / one['real_tok_s']:.2f}x" if one else ""])
+    headers = ["variant", "launch", "real tok/s", "per process", "median step real tok/s", "computed tok/s",
+               "padding", "MFU", "peak GiB alloc (reserved)", "conversations/step", "vs original",
+               "vs 1 process"]
     md = markdown_table(table, headers)
-    note = (f"\nMFU against a measured bf16 matmul peak of {peak:.0f} TFLOP/s; FLOPs per medqwen.perf.lora_train_flops."
+    note = (f"\nMFU against a measured bf16 matmul peak of {peak:.0f} TFLOP/s per GPU; FLOPs per "
+            "medqwen.perf.lora_train_flops. Several processes: tok/s summed over them, peak memory of the fullest."
             if peak else "\nMFU: no GPU, no peak.")
     (out / "results.md").write_text(md + note + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"peak_tflops": peak, "results": results}, indent=2), encoding="utf-8")
-    write_metrics(out, {r["variant"]: {k: r.get(k) for k in ("real_tok_s", "peak_allocated_gib", "error", "skipped")}
-                        for r in results}, detail=results, seed=seed, meta_extra={"peak_tflops": peak})
+    summary = {f"{r['variant']} on {r.get('launcher', 'single')}":
+               {k: r.get(k) for k in ("real_tok_s", "processes", "peak_allocated_gib", "error", "skipped")}
+               for r in results}
+    write_metrics(out, summary, detail=results, seed=seed, meta_extra={"peak_tflops": peak})
     return md + note

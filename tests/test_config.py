@@ -49,6 +49,16 @@ def test_types_bools_lists_and_dashed_flags():
     assert cfg.inputs == ["a", "b", "c"]
 
 
+def test_list_choices_are_checked_item_by_item(capsys):
+    from medqwen.config import PerfTrainConfig
+
+    assert parse_config(PerfTrainConfig, ["--launchers", "single,ddp", "--launchers", "fsdp"],
+                        environ={}).launchers == ["single", "ddp", "fsdp"]
+    with pytest.raises(SystemExit):
+        parse_config(PerfTrainConfig, ["--launchers", "single,deepspeed"], environ={})
+    assert "'deepspeed' is not one of ['single', 'ddp', 'fsdp']" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "two"], "expected int"),
     (["--style", "fancy"], "invalid choice"),

@@ -104,3 +104,52 @@ def test_perf_train_tiny_smoke(tmp_path, bundled_model_dir):
     assert "| original:gradient_accumulation_steps=1 |" in proc.stdout
     for name in ("config.yaml", "metrics.json", "results.md"):
         assert (out / name).is_file()
+
+
+def test_steps_of_several_processes_merge_into_one():
+    from medqwen.perf import merge_process_steps
+
+    rank0 = [{"seconds": 1.0, "real_tokens": 10, "computed_tokens": 12, "sequences": 2, "lengths": [4, 6]}]
+    rank1 = [{"seconds": 1.5, "real_tokens": 7, "computed_tokens": 7, "sequences": 1, "lengths": [7]}]
+    assert merge_process_steps([rank0, rank1]) == [
+        {"seconds": 1.5, "real_tokens": 17, "computed_tokens": 19, "sequences": 3, "lengths": [4, 6, 7]}]
+
+
+def test_report_of_launched_rows_has_scaling_and_flags_unsharded_fsdp(tmp_path):
+    from medqwen.perf import write_report
+
+    def row(launcher, processes, tok_s, **extra):
+        return {"variant": "24gb", "launcher": launcher, "processes": processes, "real_tok_s": tok_s,
+                "median_step_tok_s": tok_s, "computed_tok_s": tok_s, "padding_fraction": 0.0, "tflops": 100.0 * processes,
+                "peak_allocated_gib": 20.0, "peak_reserved_gib": 21.0, "peak_rss_gib": None,
+                "conversations_per_step": 64.0 * processes, **extra}
+
+    results = [row("single", 1, 1000.0), row("ddp", 2, 1900.0),
+               row("fsdp", 2, 1800.0, weights_sharded=False, distributed_type="MULTI_CPU"),
+               {"variant": "speed", "launcher": "fsdp", "processes": 2, "error": "out of memory"}]
+    md = write_report(results, 400.0, tmp_path)
+    lines = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines()[2:6]}
+    assert lines["ddp x2"][2:4] == ["1900", "950"] and lines["ddp x2"][-1] == "1.90x"
+    assert lines["ddp x2"][7] == "25.0%"  # MFU against two GPUs' peak
+    assert "fsdp x2 (unsharded: ran as MULTI_CPU)" in lines and lines["single"][-1] == ""
+    assert "out of memory" in md
+    assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["24gb on ddp"]["processes"] == 2
+
+
+@pytest.mark.slow
+def test_perf_train_on_two_processes(tmp_path, bundled_model_dir):
+    """DDP over gloo: the main process reports both processes' tokens, and the scaling over one process."""
+    out = tmp_path / "perf"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, str(REPO / "benchmark/perf_train.py"), "--tiny", "--output_dir", str(out),
+           "--variants", "packed:gradient_accumulation_steps=1", "--launchers", "single,ddp",
+           "--warmup_steps", "0", "--steps", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, ddp = json.loads((out / "results.json").read_text())["results"]
+    assert (single["processes"], ddp["processes"], ddp["distributed_type"]) == (1, 2, "MULTI_CPU")
+    assert len(ddp["peak_allocated_gib_per_process"]) == 2
+    # each process takes its own micro-batches: twice the rows (8 each), so about twice the conversations
+    assert 1.5 < ddp["conversations_per_step"] / single["conversations_per_step"] < 2.5
+    assert sum(s["real_tokens"] for s in ddp["steps"]) == ddp["lengths"]["total"]
+    assert "| ddp x2 |" in proc.stdout
