@@ -143,6 +143,9 @@ def main(ccfg: DataParallelCheckConfig) -> int:
            f"{noise['max_loss_relative_difference']:.2e} apart. The loss moved {100 * report['loss_change']:+.1f}% "
            f"over the run. Pass: losses within {tolerance:g}, update within {update_bound:.2e} "
            f"(the larger of {tolerance:g} and twice the repeat's): {'PASS' if passed else 'FAIL'}.")
+    if ccfg.launcher == "fsdp" and not results["parallel"]["sharded"]:
+        md += ("\n\nNote: FSDP did not shard the weights here (accelerate runs the FSDP config as plain data "
+               "parallel without GPUs), so this checked DDP-style data parallelism, not FSDP.")
     (out / "results.md").write_text(md + "\n", encoding="utf-8")
     write_metrics(out, {"passed": passed, "tolerance": tolerance, "update_bound": update_bound,
                         "launcher": ccfg.launcher,
