@@ -46,12 +46,9 @@ def run_role(ccfg: DataParallelCheckConfig, role: str) -> None:
     from datasets import Dataset
 
     from medqwen.chat import load_tokenizer
-    from medqwen.distributed import local_rank
     from medqwen.perf import benchmark_conversations, benchmark_model, benchmark_tokenizer_dir, variant_config
     from medqwen.training import build_trainer
 
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
     tok_dir = benchmark_tokenizer_dir(ccfg.tokenizer, ccfg.shape)
     tokenizer = load_tokenizer(tok_dir)
     accumulation = ccfg.gradient_accumulation_steps * (1 if role == "parallel" else ccfg.processes)

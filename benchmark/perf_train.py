@@ -42,15 +42,13 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     from datasets import Dataset
 
     from medqwen.chat import load_tokenizer
-    from medqwen.distributed import gather, local_rank, world_size
+    from medqwen.distributed import gather, world_size
     from medqwen.perf import (benchmark_conversations, benchmark_model, benchmark_tokenizer_dir, length_summary,
                               lora_train_flops, merge_process_steps, time_trainer, variant_config)
     from medqwen.training import build_trainer, peak_memory_gb
 
     cuda = torch.cuda.is_available()
     processes = world_size()
-    if cuda:
-        torch.cuda.set_device(local_rank())
     tok_dir = benchmark_tokenizer_dir(pcfg.tokenizer, pcfg.shape)
     tokenizer = load_tokenizer(tok_dir)
     out = tempfile.mkdtemp(prefix="perf-")

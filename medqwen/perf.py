@@ -131,13 +131,15 @@ def benchmark_conversations(tokenizer, n: int, median_len: int, max_seq_len: int
 
 def benchmark_model(shape: str, tokenizer, seed: int):
     """A random model of `shape` on this process's GPU in bf16 (CPU: fp32), with the tokenizer's special tokens;
-    its own small vocabulary for the tiny shape."""
+    its own small vocabulary for the tiny shape. Makes that GPU this process's current device."""
     import torch
 
     from medqwen.distributed import local_rank
     from medqwen.modeling import random_qwen3
 
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank())  # under accelerate launch: one GPU per process
     torch.set_default_dtype(torch.bfloat16 if cuda else torch.float32)
     try:
         with torch.device(f"cuda:{local_rank()}" if cuda else "cpu"):  # on the GPU: a 4B model on CPU takes minutes
