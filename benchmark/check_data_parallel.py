@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from medqwen.config import DataParallelCheckConfig, format_config, parse_config, save_config
-from medqwen.distributed import is_main_process, run_launched
+from medqwen.distributed import is_main_process, is_sharded, parallel_mode, run_launched
 
 
 def lora_weights(model) -> dict:
@@ -35,7 +35,7 @@ def lora_weights(model) -> dict:
     weights = {}
     for name, param in model.named_parameters():
         if "lora_" in name:
-            full = param.full_tensor() if hasattr(param, "full_tensor") else param  # FSDP2 shards are DTensors
+            full = param.full_tensor() if is_sharded(param) else param
             weights[name.removeprefix("module.")] = full.detach().to("cpu", torch.float32, copy=True)
     return weights
 
@@ -71,9 +71,7 @@ def run_role(ccfg: DataParallelCheckConfig, role: str) -> None:
     final = lora_weights(trainer.model)
     if is_main_process():
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        sharded = any(hasattr(p, "full_tensor") for p in trainer.model.parameters())
-        torch.save({"losses": losses, "initial": initial, "final": final, "gradient_accumulation_steps": accumulation,
-                    "distributed_type": str(trainer.accelerator.distributed_type), "sharded": sharded},
+        torch.save({"losses": losses, "initial": initial, "final": final, **parallel_mode(trainer)},
                    out / "result.pt")
 
 
@@ -89,7 +87,7 @@ def compare(single: dict, parallel: dict) -> dict:
     steps = [{"step": i + 1, "loss_single": a, "loss_parallel": b, "relative_difference": abs(a - b) / abs(a)}
              for i, (a, b) in enumerate(zip(single["losses"], parallel["losses"]))]
     return {"steps": steps, "initial_max_abs_difference": start_gap,
-            "parallel_mode": parallel["distributed_type"] + (", weights sharded" if parallel["sharded"] else ""),
+            "parallel_mode": parallel["distributed_type"] + (", weights sharded" if parallel["weights_sharded"] else ""),
             "update_norm": update_1.norm().item(),
             "update_relative_difference": ((update_p - update_1).norm() / update_1.norm()).item(),
             "loss_change": (single["losses"][-1] - single["losses"][0]) / single["losses"][0],
@@ -140,7 +138,7 @@ def main(ccfg: DataParallelCheckConfig) -> int:
            f"{noise['max_loss_relative_difference']:.2e} apart. The loss moved {100 * report['loss_change']:+.1f}% "
            f"over the run. Pass: losses within {tolerance:g}, update within {update_bound:.2e} "
            f"(the larger of {tolerance:g} and twice the repeat's): {'PASS' if passed else 'FAIL'}.")
-    if ccfg.launcher == "fsdp" and not results["parallel"]["sharded"]:
+    if ccfg.launcher == "fsdp" and not results["parallel"]["weights_sharded"]:
         md += ("\n\nNote: FSDP did not shard the weights here (accelerate runs the FSDP config as plain data "
                "parallel without GPUs), so this checked DDP-style data parallelism, not FSDP.")
     (out / "results.md").write_text(md + "\n", encoding="utf-8")

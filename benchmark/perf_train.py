@@ -42,7 +42,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     from datasets import Dataset
 
     from medqwen.chat import load_tokenizer
-    from medqwen.distributed import gather, world_size
+    from medqwen.distributed import gather, parallel_mode, world_size
     from medqwen.perf import (benchmark_conversations, benchmark_model, benchmark_tokenizer_dir, length_summary,
                               lora_train_flops, merge_process_steps, time_trainer, variant_config)
     from medqwen.training import build_trainer, peak_memory_gb
@@ -83,9 +83,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     return {
         "variant": spec,
         "processes": processes,
-        # what accelerate really ran (FSDP without GPUs falls back to plain data parallel over gloo)
-        "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
-        "weights_sharded": any(hasattr(p, "full_tensor") for p in trainer.model.parameters()),  # FSDP2 DTensors
+        **parallel_mode(trainer),
         "real_tok_s": real / seconds,  # all processes together
         # steady state: one slow step (a recompile for a new shape, say; rare over a long run) does not move it
         "median_step_tok_s": sorted(r["real_tokens"] / r["seconds"] for r in timed)[len(timed) // 2],

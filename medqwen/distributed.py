@@ -84,6 +84,18 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def is_sharded(param) -> bool:
+    """Whether a parameter is a shard of a larger tensor (FSDP2 keeps them as DTensors)."""
+    return hasattr(param, "full_tensor")
+
+
+def parallel_mode(trainer) -> dict:
+    """What accelerate really ran for a trainer: its distributed type (without GPUs it runs the FSDP config as
+    plain data parallel over gloo, MULTI_CPU) and whether the model's weights are sharded."""
+    return {"distributed_type": trainer.accelerator.distributed_type.value,
+            "weights_sharded": any(is_sharded(p) for p in trainer.model.parameters())}
+
+
 def gather(obj) -> list:
     """Every process's `obj`, in rank order, on every process (needs the process group the Trainer set up)."""
     import torch.distributed as dist

@@ -321,15 +321,15 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
     from medqwen.reporting import markdown_table, write_metrics
 
     def single(variant):
-        return next((r for r in results if r["variant"] == variant and r.get("launcher", "single") == "single"
+        return next((r for r in results if r["variant"] == variant and r["launcher"] == "single"
                      and "real_tok_s" in r), None)
 
     base = single("original")
     table = []
     for r in results:
-        processes = r.get("processes", 1)
-        launch = r.get("launcher", "single") + (f" x{processes}" if r.get("launcher", "single") != "single" else "")
-        if r.get("launcher") == "fsdp" and "weights_sharded" in r and not r["weights_sharded"]:
+        processes = r["processes"]
+        launch = r["launcher"] + (f" x{processes}" if r["launcher"] != "single" else "")
+        if r["launcher"] == "fsdp" and "weights_sharded" in r and not r["weights_sharded"]:
             launch += f" (unsharded: ran as {r['distributed_type']})"
         if "real_tok_s" not in r:
             table.append([r["variant"], launch, r.get("error") or r.get("skipped")] + [""] * 9)
@@ -353,7 +353,7 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
             if peak else "\nMFU: no GPU, no peak.")
     (out / "results.md").write_text(md + note + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"peak_tflops": peak, "results": results}, indent=2), encoding="utf-8")
-    summary = {f"{r['variant']} on {r.get('launcher', 'single')}":
+    summary = {f"{r['variant']} on {r['launcher']}":
                {k: r.get(k) for k in ("real_tok_s", "processes", "peak_allocated_gib", "error", "skipped")}
                for r in results}
     write_metrics(out, summary, detail=results, seed=seed, meta_extra={"peak_tflops": peak})
