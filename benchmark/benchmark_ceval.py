@@ -58,7 +58,7 @@ def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
     if cfg.backend == "hf":
         return HFBackend.from_pretrained(model, adapter, chat_template=cfg.chat_template, device=cfg.device,
                                          dtype=cfg.dtype, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix,
-                                         compile=cfg.compile, progress=True)
+                                         compile=cfg.compile, kernels=cfg.kernels, progress=True)
     if cfg.backend == "vllm":
         backend = VLLMBackend(model, adapter)
         if cfg.chat:
@@ -96,6 +96,8 @@ def main(cfg: CevalConfig) -> dict:
     summary = summarize(predictions, cfg.n_bootstrap, cfg.seed)
     summary.update(model_type=cfg.model_type, model=model, adapter=adapter, split=cfg.split, k_shot=cfg.k_shot,
                    prompt_style=cfg.prompt_style, scoring=cfg.scoring, chat=cfg.chat, cot=cfg.cot, **timing)
+    if hasattr(backend, "kernels"):
+        summary["kernels"] = backend.kernels  # hf: what "auto" resolved to
     if cfg.split == "test":
         (out_dir / "submission.json").write_text(json.dumps(submission(predictions), ensure_ascii=False, indent=2),
                                                  encoding="utf-8")

@@ -87,6 +87,21 @@ def time_call(fn, device) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def write_profile(path: Path, device, fn) -> None:
+    """Run `fn` once under torch.profiler and write its kernel table (and how busy the device was)."""
+    import torch
+
+    from medqwen.perf import profile_summary
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        seconds, _ = time_call(fn, device)
+    path.write_text(profile_summary(profiler, seconds, what="subject"), encoding="utf-8")
+    print(f"kernel table: {path}", flush=True)
+
+
 def main(cfg: PerfCevalConfig) -> dict:
     import torch
     from transformers import AutoTokenizer
@@ -120,7 +135,7 @@ def main(cfg: PerfCevalConfig) -> dict:
     for path in cfg.paths:
         if path in ("plain", "reuse"):
             backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, reuse_prefix=path == "reuse",
-                                compile=cfg.compile)
+                                compile=cfg.compile, kernels=cfg.kernels)
             groups = [[i for i in range(len(seqs)) if owner[i] == s] for s in range(cfg.subjects)]
 
             def run():
@@ -129,9 +144,14 @@ def main(cfg: PerfCevalConfig) -> dict:
                     out[g] = backend.next_token_logprobs([seqs[i] for i in g], candidates)
                 return out
 
-            backend.next_token_logprobs([seqs[i] for i in groups[0][: cfg.batch_size]], candidates)  # warm-up
+            # untimed warm-up (with --compile: compilation; Liger: Triton's first launches), its time reported
+            warmup, _ = time_call(lambda: backend.next_token_logprobs([seqs[i] for i in groups[0][: cfg.batch_size]],
+                                                                      candidates), device)
             seconds, lp = time_call(run, device)
             logprobs[path], answers[path] = lp, lp.argmax(1)
+            if cfg.profile:
+                write_profile(out_dir / f"profile_{path}.txt", device,
+                              lambda: backend.next_token_logprobs([seqs[i] for i in groups[0]], candidates))
             n, total = len(seqs), seconds
         elif path == "original":
             if cfg.original_questions <= 0:
@@ -149,20 +169,26 @@ def main(cfg: PerfCevalConfig) -> dict:
             with torch.inference_mode():
                 model.generate(torch.tensor([sample[0]], device=device), max_new_tokens=2, do_sample=False,
                                pad_token_id=tokenizer.pad_token_id)  # warm-up
+                warmup = None
                 seconds, _ = time_call(run_original, device)
             n, total = len(sample), seconds * len(seqs) / len(sample)
         else:
             raise ValueError(f"unknown path {path!r}: plain, reuse or original")
-        results.append({"path": path, "timed_questions": n, "seconds_timed": seconds,
+        results.append({"path": path, "kernels": backend.kernels if path != "original" else "none",
+                        "compiled": cfg.compile and path != "original", "warmup_seconds": warmup,
+                        "timed_questions": n, "seconds_timed": seconds,
                         "seconds_all": total, "questions_per_s": len(seqs) / total,
                         "extrapolated": n < len(seqs)})
-        print(f"{path}: {seconds:.2f} s for {n} questions", flush=True)
+        print(f"{path}: {seconds:.2f} s for {n} questions (kernels {results[-1]['kernels']})", flush=True)
 
     base = next((r["seconds_all"] for r in results if r["path"] == "original"), None)
-    rows = [[r["path"], len(seqs), f"{r['seconds_all']:.2f}" + (" (extrapolated)" if r["extrapolated"] else ""),
+    rows = [[r["path"], r["kernels"] + (", compiled" if r["compiled"] else ""), len(seqs),
+             f"{r['seconds_all']:.2f}" + (" (extrapolated)" if r["extrapolated"] else ""),
+             "-" if r["warmup_seconds"] is None else f"{r['warmup_seconds']:.1f}",
              r["questions_per_s"], n_tokens / r["seconds_all"], f"{base / r['seconds_all']:.1f}x" if base else "-"]
             for r in results]
-    table = markdown_table(rows, ["path", "questions", "seconds", "questions/s", "prompt tok/s", "vs original"])
+    table = markdown_table(rows, ["path", "kernels", "questions", "seconds", "warm-up s (untimed)", "questions/s",
+                                  "prompt tok/s", "vs original"])
     summary = {"questions": len(seqs), "mean_tokens": n_tokens / len(seqs), "total_tokens": n_tokens,
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
                **{f"{r['path']}_seconds": r["seconds_all"] for r in results}}
@@ -177,6 +203,7 @@ def main(cfg: PerfCevalConfig) -> dict:
                   f"max |logprob difference| {summary['reuse_max_abs_logprob_diff']:.2e}; where they differ, the "
                   f"plain path's top two options were at most {summary['reuse_differing_max_margin']:.2e} apart")
     (out_dir / "results.md").write_text(table + "\n", encoding="utf-8")
+    np.savez(out_dir / "logprobs.npz", **logprobs)  # per path: [questions, 4] log P(A..D), to compare runs
     write_metrics(out_dir, summary, detail=results, seed=cfg.seed, meta_extra={"config": config_to_dict(cfg)})
     print(f"\n{table}\n(outputs in {out_dir}/)")
     return summary

@@ -487,6 +487,10 @@ class DataParallelCheckConfig:
                               choices=["single", "repeat", "parallel"])
 
 
+KERNELS_HELP = ("hf: auto (on CUDA, Liger's fused RMSNorm/RoPE/SwiGLU Triton kernels when liger-kernel is "
+                "installed and --compile is off; else none), liger, or none (transformers' own ops).")
+
+
 @dataclass
 class CevalConfig:
     """benchmark/benchmark_ceval.py: C-Eval few-shot multiple choice (val: accuracy; test: submission JSON);
@@ -533,6 +537,7 @@ class CevalConfig:
                                   "reuse its KV cache (same answers, ~3x less work at 5-shot).")
     compile: bool = _f(False, "hf: torch.compile each decoder layer (the first batches compile; pays off on "
                               "large runs).")
+    kernels: str = _f("auto", KERNELS_HELP, choices=["auto", "liger", "none"])
     device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
     dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
     limit: int | None = _f(None, "Score only the first N questions of each subject (smoke runs).")
@@ -558,9 +563,12 @@ class PerfCevalConfig:
     subjects: int = _f(4, "Subjects (each has its own shared five-shot head).")
     mean_tokens: int = _f(418, "Target mean prompt length (tokens).")
     head_tokens: int = _f(280, "Target length of the shared instruction + five-shot head (tokens).")
-    batch_size: int = _f(64, "Questions per forward pass (our paths).")
+    batch_size: int = _f(256, "Questions per forward pass (our paths; the plain path was fastest at 64).")
     compile: bool = _f(False, "torch.compile each decoder layer for the plain and reuse paths (compiled during "
                               "their untimed warm-up call).")
+    kernels: str = _f("auto", KERNELS_HELP, choices=["auto", "liger", "none"])
+    profile: bool = _f(False, "After timing, score one subject's questions again per timed plain/reuse path under "
+                              "torch.profiler (not timed) and write its kernel table to profile_<path>.txt.")
     original_questions: int = _f(64, "Questions timed for the original loop (its per-question time is "
                                      "extrapolated to all; 0: skip).")
     original_max_new_tokens: int = _f(16, "Tokens the original loop generates per question before extraction.")

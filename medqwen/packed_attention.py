@@ -8,8 +8,8 @@ Registered with transformers as `attn_implementation="varlen"` (`register_attent
                are attached to the attention modules (`SharedPrefix`), and each packed question attends to the
                head and causally to itself (medqwen.backends.HFBackend). Positions continue after the head.
 
-On CUDA both are one FlashAttention varlen call (torch.nn.attention.varlen); elsewhere a loop of SDPA calls per
-sequence computes the same thing, which is what the CPU tests check against the plain model.
+On CUDA in fp16/bf16 both are one FlashAttention varlen call (torch.nn.attention.varlen); elsewhere a loop of SDPA
+calls per sequence computes the same thing, which is what the CPU tests check against the plain model.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
         index = kwargs["prefix_index"]
         k, v = torch.cat([head_k, k])[index], torch.cat([head_v, v])[index]
         cu_k, max_k = kwargs["cu_seq_lens_k"], int(kwargs["max_length_k"])
-    if q.is_cuda and _VARLEN_ATTN is not None:
+    # FlashAttention takes half precision only: fp32 on CUDA (e.g. an exactness check) goes the SDPA way
+    if q.is_cuda and _VARLEN_ATTN is not None and q.dtype in (torch.float16, torch.bfloat16):
         out = flash_varlen(q, k, v, cu, cu_k, max_q, max_k, scaling)
     else:
         out = sdpa_per_sequence(q, k, v, cu, cu_k, scaling)

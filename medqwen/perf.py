@@ -299,16 +299,16 @@ def merge_process_steps(per_process: list[list[dict]]) -> list[dict]:
     return merged
 
 
-def profile_summary(profiler, step_seconds: float, top: int = 45) -> str:
-    """The kernels of a profiled step by total device time, and how busy the device was over the step."""
+def profile_summary(profiler, step_seconds: float, top: int = 45, what: str = "step") -> str:
+    """The kernels of a profiled step (or other `what`) by total device time, and how busy the device was."""
     from torch.autograd import DeviceType
 
     events = profiler.key_averages()
     # kernels only: CPU-side ops also carry the device time of the kernels they launched
     device_us = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU)
     sort = "self_cuda_time_total" if device_us else "self_cpu_time_total"
-    head = (f"profiled step: {step_seconds:.3f} s wall, device busy {device_us / 1e6:.3f} s "
-            f"({100 * device_us / 1e6 / step_seconds:.0f}% of the step)\n")
+    head = (f"profiled {what}: {step_seconds:.3f} s wall, device busy {device_us / 1e6:.3f} s "
+            f"({100 * device_us / 1e6 / step_seconds:.0f}% of the {what})\n")
     return head + events.table(sort_by=sort, row_limit=top, max_name_column_width=90)
 
 

@@ -157,6 +157,27 @@ def test_prefix_reuse_gives_the_plain_paths_answers(tiny_backend, monkeypatch):
     np.testing.assert_allclose(seq, lp(plain)[:2], atol=1e-5)
 
 
+def test_compiled_scoring_compiles_the_packed_layer_once_and_matches_eager(tiny_model_dir):
+    """--compile: every layer of every subject's packed pass shares one compiled graph. Before, the forward passes
+    filled a KV cache whose per-layer guard recompiled each layer until Dynamo's limit left everything eager."""
+    import torch
+    from medqwen.backends import HFBackend
+
+    torch._dynamo.reset()
+    eager = HFBackend.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", batch_size=4)
+    compiled = HFBackend.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", batch_size=4, compile=True)
+    gen = np.random.default_rng(0)
+    options = [1, 2, 3, 4]
+    for _ in range(2):  # two subjects, each with its own head
+        head = gen.integers(5, 500, 40).tolist()
+        seqs = [head + gen.integers(5, 500, int(n)).tolist() for n in gen.integers(3, 20, 6)]
+        np.testing.assert_allclose(compiled.next_token_logprobs(seqs, options),
+                                   eager.next_token_logprobs(seqs, options), atol=1e-4)
+    layer_forward = type(compiled.decoder.layers[0]).forward.__code__
+    assert len(torch._dynamo.eval_frame._debug_get_cache_entry_list(layer_forward)) == 1
+    torch._dynamo.reset()
+
+
 def test_generate_scoring_records_raw_output(tiny_backend):
     from medqwen.ceval import score_questions
 
