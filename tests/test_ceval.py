@@ -178,6 +178,28 @@ def test_compiled_scoring_compiles_the_packed_layer_once_and_matches_eager(tiny_
     torch._dynamo.reset()
 
 
+def test_kernels_auto_means_liger_only_on_cuda_with_the_package(monkeypatch):
+    import importlib.util
+
+    import torch
+    from medqwen.backends import resolve_kernels
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    real_find_spec = importlib.util.find_spec
+    installed = lambda name, *a: object() if name == "liger_kernel" else real_find_spec(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", installed)
+    assert resolve_kernels("auto", cuda) == "liger"
+    assert resolve_kernels("auto", cuda, compile=True) == "none"  # Inductor fuses them; Liger would break graphs
+    assert resolve_kernels("auto", cpu) == "none" and resolve_kernels("none", cuda) == "none"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel"
+                        else real_find_spec(name, *a))
+    assert resolve_kernels("auto", cuda) == "none"
+    with pytest.raises(ImportError, match="pip install liger-kernel"):
+        resolve_kernels("liger", cuda)
+    with pytest.raises(ValueError, match="auto, liger, none"):
+        resolve_kernels("triton", cpu)
+
+
 def test_generate_scoring_records_raw_output(tiny_backend):
     from medqwen.ceval import score_questions
 
