@@ -75,7 +75,9 @@ class E5Tokenizer:
                 self.ids.setdefault(piece, i)
         self.scores, self.bos, self.eos, self.unk = scores, bos, eos, unk
         self.unk_score = min(scores) - 10.0
-        self.max_piece_chars = max(len(p) for p in pieces)
+        self.longest_from: dict[str, int] = {}  # first character -> longest piece starting with it (bounds Viterbi)
+        for piece in self.ids:
+            self.longest_from[piece[0]] = max(self.longest_from.get(piece[0], 0), len(piece))
         self.normalize = str.maketrans(normalize)
 
     def content_ids(self, text: str) -> list[int]:
@@ -93,7 +95,7 @@ class E5Tokenizer:
             if best[i] <= -1e29:
                 continue
             base = best[i]
-            for e in range(i + 1, min(n, i + self.max_piece_chars) + 1):
+            for e in range(i + 1, min(n, i + self.longest_from.get(chars[i], 0)) + 1):
                 idx = ids.get(chars[i:e])
                 if idx is not None and base + scores[idx] > best[e]:
                     best[e], back[e] = base + scores[idx], (idx, i)
