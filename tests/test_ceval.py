@@ -281,10 +281,13 @@ def test_perf_ceval_tiny_smoke(tmp_path):
 
     summary = perf_ceval.main(resolve_config(PerfCevalConfig, {"tiny": True, "questions": 8, "subjects": 2,
                                                               "mean_tokens": 300, "head_tokens": 200,
-                                                              "output_dir": str(tmp_path)}))
+                                                              "profile": True, "output_dir": str(tmp_path)}))
     assert summary["reuse_same_answers"] == 1.0 and summary["reuse_max_abs_logprob_diff"] < 1e-4
     assert summary["plain_seconds"] > 0 and summary["original_seconds"] > 0
-    assert "questions/s" in (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
+    assert "questions/s" in table and "| reuse | none |" in table  # kernels column: auto is none on CPU
+    assert (tmp_path / "profile_reuse.txt").read_text().startswith("profiled subject:")
+    assert set(np.load(tmp_path / "logprobs.npz")) == {"plain", "reuse"}
 
 
 def test_get_ceval_from_zip_and_offline_hub(tmp_path):
