@@ -113,6 +113,8 @@ def main(cfg: RagBenchConfig) -> int:
     if cfg.bm25_query_stopwords:  # what dropping question words from the BM25 query is worth
         for method in [m for m in cfg.methods if m in ("bm25", "hybrid")]:
             runs[f"{method} (question words kept)"] = ({"bm25_query_stopwords": False}, {"method": method})
+    if cfg.max_chunks_per_source and "hybrid" in cfg.methods:  # what capping chunks per source is worth
+        runs["hybrid (every chunk of a source)"] = ({"max_chunks_per_source": 0}, {"method": "hybrid"})
     for tokenizer in ("jieba",) if "bm25" in cfg.methods and cfg.bm25_tokenizer != "jieba" else ():
         runs[f"bm25 ({tokenizer})"] = ({"bm25_tokenizer": tokenizer}, {"method": "bm25"})
 

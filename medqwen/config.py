@@ -370,7 +370,10 @@ class RagConfig:
                              choices=["char", "jieba", "jieba+char"])
     bm25_query_stopwords: bool = _f(True, "Drop question words and particles (什么/哪些/如何/吗/呢/的/了...) from the "
                                           "BM25 query; the dense query keeps them.")
-    top_k: int = _f(5, "Sources retrieved per question.")
+    top_k: int = _f(5, "Chunks retrieved per question (what the prompt gets).")
+    max_chunks_per_source: int = _f(1, "Most chunks of one source (section) among them; 0: no limit. One gives the "
+                                       "prompt top_k different sections (README: R@5 +0.016 classical, +0.005 "
+                                       "modern).")
     candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.")
     hnsw_ef_search: int = _f(200, "HNSW candidate list size of dense search: larger is closer to exact search, "
                                   "slower (Chroma's default 100 missed neighbours at 50 candidates here).")

@@ -16,7 +16,8 @@ from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_co
 from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
 from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
 from medqwen.rag.documents import DocumentError, file_chunks, read_sections
-from medqwen.rag.retrieval import Bm25Index, char_ngrams, lexical_query, minmax, recall_mrr, weighted_rrf
+from medqwen.rag.retrieval import (Bm25Index, Hit, cap_per_source, char_ngrams, lexical_query, minmax, recall_mrr,
+                                   weighted_rrf)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,6 +83,13 @@ def test_records_markdown_and_encoding_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- retrieval
+
+def test_at_most_n_chunks_per_source_in_rank_order():
+    hits = [Hit(f"c{i}", "", {"source_id": source}, 1.0 - i / 10) for i, source in enumerate("aabcab")]
+    assert [h.id for h in cap_per_source(hits, 1)] == ["c0", "c2", "c3"]
+    assert [h.id for h in cap_per_source(hits, 2)] == ["c0", "c1", "c2", "c3", "c5"]
+    assert cap_per_source(hits, 0) == hits
+
 
 def test_bm25_and_weighted_rrf():
     docs = [char_ngrams(t) for t in ["桂枝汤主治太阳中风", "麻黄汤主治太阳伤寒", "人参大补元气"]]

@@ -244,7 +244,7 @@ class Retriever:
                 for cid, score in fused if cid in self.row]
         if cfg.reranker:
             hits = self.rerank(query, hits[:cfg.rerank_k])
-        return hits[:k]
+        return cap_per_source(hits, cfg.max_chunks_per_source)[:k]
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         """Reorder by a cross-encoder's relevance score (sentence-transformers CrossEncoder)."""
@@ -262,6 +262,20 @@ class Retriever:
         for hit, score in zip(hits, scores):
             hit.score = float(score)
         return sorted(hits, key=lambda h: -h.score)
+
+
+def cap_per_source(hits: list[Hit], limit: int) -> list[Hit]:
+    """The hits in order, keeping at most `limit` chunks of each source (0: all): a section that matches in
+    several overlapping chunks would otherwise fill the prompt with itself and push other sections out."""
+    if limit <= 0:
+        return hits
+    taken: dict[str, int] = {}
+    kept = []
+    for hit in hits:
+        taken[hit.source_id] = taken.get(hit.source_id, 0) + 1
+        if taken[hit.source_id] <= limit:
+            kept.append(hit)
+    return kept
 
 
 def source_ranks(hits: list[Hit]) -> list[str]:
