@@ -89,14 +89,9 @@ def time_call(fn, device) -> tuple[float, object]:
 
 def write_profile(path: Path, device, fn) -> None:
     """Run `fn` once under torch.profiler and write its kernel table (and how busy the device was)."""
-    import torch
+    from medqwen.perf import kernel_profiler, profile_summary
 
-    from medqwen.perf import profile_summary
-
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as profiler:
+    with kernel_profiler() as profiler:
         seconds, _ = time_call(fn, device)
     path.write_text(profile_summary(profiler, seconds, what="subject"), encoding="utf-8")
     print(f"kernel table: {path}", flush=True)

@@ -246,7 +246,6 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
     With `profile_step`, one more optimizer step runs under torch.profiler (not timed: profiling slows it down);
     the result then has "profile", the profiler's per-kernel table of that step.
     """
-    import torch
     from transformers import TrainerCallback
 
     counter = CountingCollator(trainer.data_collator)
@@ -254,10 +253,7 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
     marks: list[tuple[float, int, int, int, int]] = []
     profiler = None
     if profile_step:
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        profiler = torch.profiler.profile(activities=activities)
+        profiler = kernel_profiler()
 
     class Marks(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -297,6 +293,16 @@ def merge_process_steps(per_process: list[list[dict]]) -> list[dict]:
                        **{k: sum(r[k] for r in rows) for k in ("real_tokens", "computed_tokens", "sequences")},
                        "lengths": [n for r in rows for n in r["lengths"]]})
     return merged
+
+
+def kernel_profiler():
+    """A torch.profiler recording CPU ops and, where there is a GPU, its kernels (for profile_summary)."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities)
 
 
 def profile_summary(profiler, step_seconds: float, top: int = 45, what: str = "step") -> str:
