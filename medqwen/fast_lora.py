@@ -11,6 +11,7 @@ losses and the adapter after optimizer steps on CPU); benchmark/PERF.md records 
     cfg.compile_layers      torch.compile each decoder layer (one graph shared by all layers)
     cfg.recompute_layers    with gradient checkpointing: recompute only the first N layers, keep the rest
     cfg.activation_memory_budget  with compiled layers: the compiler recomputes cheap ops to keep this fraction
+    cfg.eager_dropout_rng   with compiled layers: dropout masks from torch's kernel, not the compiler's
 """
 
 from __future__ import annotations
@@ -185,6 +186,15 @@ def apply_fast_path(trainer, cfg) -> dict:
 
         torch._dynamo.config.optimize_ddp = False
         applied["compiled_layers"] = compile_layers(model)
+        if getattr(cfg, "eager_dropout_rng", True):
+            import torch._inductor.config as inductor_config
+
+            # Inductor's own dropout code draws a full Philox round per element and keeps one of its four
+            # numbers: with seven LoRA dropouts per layer that made the mask kernels compute-bound (8% of the
+            # speed preset's step). torch's dropout kernel keeps all four and is memory-bound; it also draws the
+            # same masks as eager training, so compiled and eager runs match (process-wide setting).
+            inductor_config.fallback_random = True
+            applied["eager_dropout_rng"] = True
         if cfg.use_liger_kernel:
             # Liger's Triton autograd functions stop Dynamo inside a layer (seen with torch 2.11 / liger 0.8.5);
             # Inductor fuses norm, RoPE and SwiGLU itself. The Trainer applies this config when training starts.
