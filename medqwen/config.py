@@ -129,9 +129,9 @@ class TrainConfig:
     activation_memory_budget: float = _f(1.0, "With compile_layers: fraction of a layer's activations the compiler "
                                               "keeps for backward (0-1); below 1 it recomputes the cheapest ops "
                                               "(norms, activations, dropout) instead of whole layers.")
-    eager_dropout_rng: bool = _f(True, "With compile_layers: draw dropout masks with torch's own kernel (the "
-                                       "masks eager training draws; faster) instead of code the compiler "
-                                       "generates (process-wide).")
+    eager_dropout_rng: bool = _f(True, "With compile_layers and activation_memory_budget 1: draw dropout masks "
+                                       "with torch's own kernel (faster; the masks eager training draws) "
+                                       "instead of code the compiler generates (process-wide).")
     eval_ratio: float = _f(0.1, "Fraction of conversations held out for validation (0: no evaluation).")
     eval_steps: int = _f(50, "Evaluate and checkpoint every N optimizer steps.")
     save_total_limit: int = _f(2, "Checkpoints kept on disk (the best one is always kept).")

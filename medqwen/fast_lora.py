@@ -11,7 +11,7 @@ losses and the adapter after optimizer steps on CPU); benchmark/PERF.md records 
     cfg.compile_layers      torch.compile each decoder layer (one graph shared by all layers)
     cfg.recompute_layers    with gradient checkpointing: recompute only the first N layers, keep the rest
     cfg.activation_memory_budget  with compiled layers: the compiler recomputes cheap ops to keep this fraction
-    cfg.eager_dropout_rng   with compiled layers: dropout masks from torch's kernel, not the compiler's
+    cfg.eager_dropout_rng   with compiled layers and no memory budget: dropout masks from torch's kernel
 """
 
 from __future__ import annotations
@@ -186,13 +186,15 @@ def apply_fast_path(trainer, cfg) -> dict:
 
         torch._dynamo.config.optimize_ddp = False
         applied["compiled_layers"] = compile_layers(model)
-        if getattr(cfg, "eager_dropout_rng", True):
+        if getattr(cfg, "eager_dropout_rng", True) and getattr(cfg, "activation_memory_budget", 1.0) >= 1.0:
             import torch._inductor.config as inductor_config
 
             # Inductor's own dropout code draws a full Philox round per element and keeps one of its four
-            # numbers: with seven LoRA dropouts per layer that made the mask kernels compute-bound (8% of the
-            # speed preset's step). torch's dropout kernel keeps all four and is memory-bound; it also draws the
-            # same masks as eager training, so compiled and eager runs match (process-wide setting).
+            # numbers: with seven LoRA dropouts per layer the mask kernels were compute-bound. torch's dropout
+            # kernel keeps all four and is memory-bound (speed preset +4%, benchmark/PERF.md row 16); it also
+            # draws the masks eager training draws. Not under a memory budget: there the partitioner recomputes
+            # the compiler's masks from their seed, while torch's kernel's outputs must be kept (24gb preset:
+            # 26.6 instead of 19.2 GiB). Process-wide setting.
             inductor_config.fallback_random = True
             applied["eager_dropout_rng"] = True
         if cfg.use_liger_kernel:
