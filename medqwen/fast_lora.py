@@ -186,17 +186,17 @@ def apply_fast_path(trainer, cfg) -> dict:
 
         torch._dynamo.config.optimize_ddp = False
         applied["compiled_layers"] = compile_layers(model)
-        if getattr(cfg, "eager_dropout_rng", True) and getattr(cfg, "activation_memory_budget", 1.0) >= 1.0:
-            import torch._inductor.config as inductor_config
+        import torch._inductor.config as inductor_config
 
-            # Inductor's own dropout code draws a full Philox round per element and keeps one of its four
-            # numbers: with seven LoRA dropouts per layer the mask kernels were compute-bound. torch's dropout
-            # kernel keeps all four and is memory-bound (speed preset +4%, benchmark/PERF.md row 16); it also
-            # draws the masks eager training draws. Not under a memory budget: there the partitioner recomputes
-            # the compiler's masks from their seed, while torch's kernel's outputs must be kept (24gb preset:
-            # 26.6 instead of 19.2 GiB). Process-wide setting.
-            inductor_config.fallback_random = True
-            applied["eager_dropout_rng"] = True
+        # Inductor's own dropout code draws a full Philox round per element and keeps one of its four
+        # numbers: with seven LoRA dropouts per layer the mask kernels were compute-bound. torch's dropout
+        # kernel keeps all four and is memory-bound (speed preset +4%, benchmark/PERF.md row 16); it also
+        # draws the masks eager training draws. Not under a memory budget: there the partitioner recomputes
+        # the compiler's masks from their seed, while torch's kernel's outputs must be kept (24gb preset:
+        # 26.6 instead of 19.2 GiB). Process-wide setting.
+        eager_rng = getattr(cfg, "eager_dropout_rng", True) and getattr(cfg, "activation_memory_budget", 1.0) >= 1.0
+        inductor_config.fallback_random = eager_rng
+        applied["eager_dropout_rng"] = eager_rng
         if cfg.use_liger_kernel:
             # Liger's Triton autograd functions stop Dynamo inside a layer (seen with torch 2.11 / liger 0.8.5);
             # Inductor fuses norm, RoPE and SwiGLU itself. The Trainer applies this config when training starts.

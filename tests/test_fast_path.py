@@ -138,10 +138,11 @@ def train_adapter(tiny_model_dir, tmp_path, **overrides):
 
     from medqwen.training import build_trainer
 
-    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=3,
-                      per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3,
-                      lora_dropout=0.0, max_seq_len=128, report_to="none", eval_ratio=0.0, logging_steps=100,
-                      eval_steps=100, seed=0, **overrides)
+    settings = dict(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=3,
+                    per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3,
+                    lora_dropout=0.0, max_seq_len=128, report_to="none", eval_ratio=0.0, logging_steps=100,
+                    eval_steps=100, seed=0)
+    cfg = TrainConfig(**{**settings, **overrides})
     trainer = build_trainer(cfg, Dataset.from_list([{"messages": c} for c in conversations(8)]))
     fused = sum(getattr(m.forward, "__func__", None) is _fused_lora_forward for m in trainer.model.modules())
     assert fused == (2 * len(TARGETS) if cfg.fused_lora else 0)  # the trainer really runs the path under test
@@ -182,3 +183,20 @@ def test_activation_memory_budget_reaches_the_compiler(tiny_model_dir, tmp_path)
         assert all(layer._compiled_call_impl is not None for layer in decoder_layers(trainer.model))
     finally:
         functorch_config.activation_memory_budget = before
+
+
+def test_compiled_layers_draw_the_eager_dropout_masks(tiny_model_dir, tmp_path):
+    """With dropout on, compiled layers train the adapter eager layers train: torch's dropout kernel draws the
+    masks in both (eager_dropout_rng), so the compiled path is checked against the eager one, dropout included."""
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.fallback_random
+    try:
+        eager_loss, eager = train_adapter(tiny_model_dir, tmp_path / "eager", packing=True, lora_dropout=0.3)
+        compiled_loss, compiled = train_adapter(tiny_model_dir, tmp_path / "compiled", packing=True,
+                                                lora_dropout=0.3, compile_layers=True)
+    finally:
+        inductor_config.fallback_random = before
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=1e-5, msg=name)
