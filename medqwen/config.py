@@ -27,9 +27,10 @@ DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"
 C = TypeVar("C")
 
 
-def _f(default: Any, help: str, *, env: str | None = None, secret: bool = False, choices: Sequence | None = None):
-    """A dataclass field with its help text, optional environment variable, secret flag and choices."""
-    meta = {"help": help, "env": env, "secret": secret, "choices": choices}
+def _f(default: Any, help: str, *, env: str | None = None, secret: bool = False, choices: Sequence | None = None,
+       at_least: float | None = None):
+    """A dataclass field with its help text, optional environment variable, secret flag, choices and lower bound."""
+    meta = {"help": help, "env": env, "secret": secret, "choices": choices, "at_least": at_least}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -360,11 +361,13 @@ class RagConfig:
     document_prefix: str | None = _f(None, "Text put before documents (None: the model family's, e.g. e5 "
                                            "'passage: ').")
     embedding_batch_size: int = _f(128, "Chunks embedded and written per batch (e5-torch sorts each batch by "
-                                        "length into forward passes of ~1K tokens).")
+                                        "length into forward passes of ~1K tokens).", at_least=1)
     embedding_device: str | None = _f(None, "Device of e5-torch / sentence-transformers (None: e5-torch on the "
                                             "cpu; sentence-transformers on cuda if available, else cpu).")
-    chunk_size: int = _f(200, "Largest chunk (characters; whole sentences ending in 。！？； are packed).")
-    chunk_overlap: int = _f(40, "Characters of whole trailing sentences repeated at the start of the next chunk.")
+    chunk_size: int = _f(200, "Largest chunk (characters; whole sentences ending in 。！？； are packed).",
+                         at_least=1)
+    chunk_overlap: int = _f(40, "Characters of whole trailing sentences repeated at the start of the next chunk.",
+                            at_least=0)
     encoding: str = _f("utf-8", "Text encoding of the input files (e.g. gb18030 for Chinese CSVs as published).")
     prune: bool = _f(True, "Delete chunks of files that disappeared from an indexed folder.")
     retrieval: str = _f("hybrid", "dense (embeddings), bm25 (see --bm25_tokenizer) or hybrid (both, merged as "
@@ -373,22 +376,24 @@ class RagConfig:
                              choices=["char", "jieba", "jieba+char"])
     bm25_query_stopwords: bool = _f(True, "Drop question words and particles (什么/哪些/如何/吗/呢/的/了...) from the "
                                           "BM25 query; the dense query keeps them.")
-    top_k: int = _f(5, "Chunks retrieved per question (what the prompt gets).")
+    top_k: int = _f(5, "Chunks retrieved per question (what the prompt gets).", at_least=1)
     max_chunks_per_source: int = _f(1, "Most chunks of one source (section) among them; 0: no limit. One gives the "
                                        "prompt top_k different sections (README: R@5 +0.016 classical, +0.005 "
-                                       "modern).")
-    candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.")
+                                       "modern).", at_least=0)
+    candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.", at_least=1)
     hnsw_ef_search: int = _f(200, "HNSW candidate list size of dense search: larger is closer to exact search, "
-                                  "slower (Chroma's default 100 missed neighbours at 50 candidates here).")
+                                  "slower (Chroma's default 100 missed neighbours at 50 candidates here).",
+                            at_least=1)
     fusion: str = _f("score", "How hybrid merges the two: score (min-max-normalised BM25 and cosine scores of every "
                               "candidate, weighted sum) or rrf (weighted reciprocal rank).", choices=["score", "rrf"])
-    rrf_k: int = _f(60, "Reciprocal-rank-fusion constant (--fusion rrf): score = sum of weight / (rrf_k + rank).")
-    bm25_weight: float = _f(0.3, "Weight of BM25 in hybrid fusion.")
+    rrf_k: int = _f(60, "Reciprocal-rank-fusion constant (--fusion rrf): score = sum of weight / (rrf_k + rank).",
+                    at_least=0)
+    bm25_weight: float = _f(0.3, "Weight of BM25 in hybrid fusion.", at_least=0)
     dense_weight: float = _f(0.7, "Weight of dense retrieval in hybrid fusion (benchmark/benchmark_rag.py compares "
-                                  "weights on classical text and on modern patient questions).")
+                                  "weights on classical text and on modern patient questions).", at_least=0)
     reranker: str | None = _f(None, "Optional sentence-transformers CrossEncoder (folder or hub id, e.g. "
                                     "BAAI/bge-reranker-base) that reorders the fused candidates.")
-    rerank_k: int = _f(20, "Fused candidates the reranker scores.")
+    rerank_k: int = _f(20, "Fused candidates the reranker scores.", at_least=1)
     query: str | None = _f(None, "One question, answered and exit; without it an interactive session starts.")
     retrieve_only: bool = _f(False, "Print the retrieved sources without generating an answer.")
     backend: str = _f("openai", "Answer with an OpenAI-compatible server (openai) or a local HF model (local).",
@@ -661,6 +666,8 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
         help_text = f.metadata.get("help", "")
         if f.metadata.get("env"):
             help_text += f" [env: {f.metadata['env']}]"
+        if f.metadata.get("at_least") is not None:
+            help_text += f" (at least {f.metadata['at_least']})"
         if f.metadata.get("secret"):
             help_text += " (secret: never saved)"
             default = None
@@ -743,6 +750,9 @@ def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dic
         for item in (value if isinstance(value, list) else [value]) if choices else []:
             if item not in choices:
                 fail(f"{name}: {item!r} is not one of {list(choices)}")
+        at_least = fields[name].metadata.get("at_least")
+        if at_least is not None and value is not None and value < at_least:
+            fail(f"{name}: must be at least {at_least}, got {value!r}")
     return cls(**values)
 
 

@@ -59,6 +59,23 @@ def test_list_choices_are_checked_item_by_item(capsys):
     assert "'deepspeed' is not one of ['single', 'ddp', 'fsdp']" in capsys.readouterr().err
 
 
+def test_lower_bounds_are_checked_from_every_layer(tmp_path, capsys):
+    from medqwen.config import RagConfig
+
+    with pytest.raises(SystemExit):
+        parse_config(RagConfig, ["--max_chunks_per_source", "-1"], environ={})
+    assert "max_chunks_per_source: must be at least 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(RagConfig, [], environ={})  # defaults pass; the bound is in --help
+        parse_config(RagConfig, ["--help"], environ={})
+    assert "(at least 1)" in capsys.readouterr().out
+    bad = tmp_path / "rag.yaml"
+    bad.write_text("top_k: 0\n")
+    with pytest.raises(ValueError, match="top_k: must be at least 1, got 0"):
+        resolve_config(RagConfig, cli={"config": str(bad)})
+    assert parse_config(RagConfig, ["--max_chunks_per_source", "0"], environ={}).max_chunks_per_source == 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "two"], "expected int"),
     (["--style", "fancy"], "invalid choice"),
