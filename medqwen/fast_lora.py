@@ -17,6 +17,7 @@ losses and the adapter after optimizer steps on CPU); benchmark/PERF.md records 
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +40,13 @@ class LoraLinearFunction(torch.autograd.Function):
     drops out the copy, casts it back, and writes B's output, the scaled output and the sum as three more
     tensors; backward mirrors each. Here x stays in its dtype, the adapter output is added into the base
     output by one addmm, and backward saves x (shared by q/k/v and by gate/up), a bool dropout mask and the
-    rank-r product.
+    rank-r product. With `keep_dropped` it saves the dropped-out x instead of x, so backward does not redo the
+    dropout (one pass over the input less, at the cost of a copy of the input per adapter instead of one shared).
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float, keep_dropped: bool = False):
         x2 = x.reshape(-1, x.shape[-1])
         a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
         out = F.linear(x2, weight.to(x.dtype), bias)
@@ -54,20 +56,22 @@ class LoraLinearFunction(torch.autograd.Function):
             xd, mask = x2, None
         u = xd @ a.t()  # (tokens, r)
         out = out.to(x.dtype).addmm_(u, b.t(), alpha=scaling)  # base + scaling * u B^T, one pass over out
-        ctx.save_for_backward(x2, mask, u, weight, lora_a, lora_b)
+        ctx.dropped_saved = keep_dropped and mask is not None
+        ctx.save_for_backward(xd if ctx.dropped_saved else x2, mask, u, weight, lora_a, lora_b)
         ctx.scaling, ctx.p, ctx.x_shape = scaling, p, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x2, mask, u, weight, lora_a, lora_b = ctx.saved_tensors
+        x2, mask, u, weight, lora_a, lora_b = ctx.saved_tensors  # x2: the dropped-out input if dropped_saved
         s, p = ctx.scaling, ctx.p
         g = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
         a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)
         grad_b = (g.t() @ u).mul_(s)  # (out, r)
         du = (g @ b).mul_(s)  # (tokens, r)
-        xd = x2 if mask is None else torch.ops.aten.native_dropout_backward(x2, mask, 1.0 / (1.0 - p))
+        redo_dropout = mask is not None and not ctx.dropped_saved
+        xd = torch.ops.aten.native_dropout_backward(x2, mask, 1.0 / (1.0 - p)) if redo_dropout else x2
         grad_a = du.t() @ xd  # (r, in)
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -77,7 +81,7 @@ class LoraLinearFunction(torch.autograd.Function):
             else:
                 grad_x.add_(torch.ops.aten.native_dropout_backward(du @ a, mask, 1.0 / (1.0 - p)))
             grad_x = grad_x.view(ctx.x_shape)
-        return grad_x, None, None, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None
+        return grad_x, None, None, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None
 
 
 def _fused_lora_forward(self, x, *args, **kwargs):
@@ -94,17 +98,19 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     dropout = self.lora_dropout[name]
     p = dropout.p if isinstance(dropout, torch.nn.Dropout) and self.training else 0.0
     return LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                                    float(self.scaling[name]), float(p))
+                                    float(self.scaling[name]), float(p), self.keep_dropped_input)
 
 
-def fuse_lora(model) -> int:
-    """Route every PEFT LoRA Linear of `model` through LoraLinearFunction; returns how many were switched."""
+def fuse_lora(model, keep_dropped_inputs: Sequence[str] = ()) -> int:
+    """Route every PEFT LoRA Linear of `model` through LoraLinearFunction; returns how many were switched.
+    Layers named in `keep_dropped_inputs` (e.g. "q_proj") keep their dropped-out input for backward."""
     from peft.tuners.lora import Linear as LoraLinear
 
     count = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if type(module) is LoraLinear:  # subclasses (quantized layers) keep their own forward
             module.forward = types.MethodType(_fused_lora_forward, module)
+            module.keep_dropped_input = name.rsplit(".", 1)[-1] in keep_dropped_inputs
             count += 1
     return count
 
@@ -167,7 +173,7 @@ def apply_fast_path(trainer, cfg) -> dict:
         applied["attention"] = VARLEN
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     if getattr(cfg, "fused_lora", False) and not sharded:  # FSDP/ZeRO-3 gather weights in module hooks: not run
-        applied["fused_lora_layers"] = fuse_lora(model)
+        applied["fused_lora_layers"] = fuse_lora(model, getattr(cfg, "lora_keep_dropped_inputs", ()))
     if getattr(cfg, "recompute_layers", -1) >= 0 and cfg.gradient_checkpointing:
         trainer.add_callback(_recompute_callback(cfg.recompute_layers))
         applied["recompute_layers"] = cfg.recompute_layers

@@ -17,7 +17,7 @@ from medqwen.modeling import random_qwen3
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def peft_pair(dropout: float):
+def peft_pair(dropout: float, keep_dropped_inputs=()):
     """The same random tiny Qwen3 with LoRA (non-zero B), plain and fused."""
     from peft import LoraConfig, get_peft_model
 
@@ -27,7 +27,7 @@ def peft_pair(dropout: float):
         if "lora_B" in name:  # PEFT starts B at zero, which would hide errors in the adapter path
             torch.nn.init.normal_(param, std=0.05)
     fused = copy.deepcopy(plain)
-    assert fuse_lora(fused) == 2 * len(TARGETS)
+    assert fuse_lora(fused, keep_dropped_inputs) == 2 * len(TARGETS)
     return plain, fused
 
 
@@ -39,9 +39,11 @@ def loss_and_grads(model, ids, seed):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.05])
-def test_fused_lora_matches_peft(dropout):
-    plain, fused = peft_pair(dropout)
+@pytest.mark.parametrize("dropout, keep_dropped_inputs", [(0.0, ()), (0.05, ()), (0.05, TARGETS)])
+def test_fused_lora_matches_peft(dropout, keep_dropped_inputs):
+    plain, fused = peft_pair(dropout, keep_dropped_inputs)
+    assert sum(getattr(m, "keep_dropped_input", False) for m in fused.modules()) == (
+        2 * len(TARGETS) if keep_dropped_inputs else 0)
     ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
     for mode in ("train", "eval"):
         getattr(plain, mode)(), getattr(fused, mode)()
@@ -53,7 +55,8 @@ def test_fused_lora_matches_peft(dropout):
             torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_fused_lora_gradcheck_float64():
+@pytest.mark.parametrize("keep_dropped", [False, True])
+def test_fused_lora_gradcheck_float64(keep_dropped):
     """Analytic backward of the fused function against finite differences, dropout mask included."""
     torch.manual_seed(0)
     x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
@@ -63,7 +66,7 @@ def test_fused_lora_gradcheck_float64():
 
     def fn(x, a, b):
         torch.manual_seed(7)  # the same dropout mask on every evaluation
-        return LoraLinearFunction.apply(x, weight, None, a, b, 2.0, 0.3)
+        return LoraLinearFunction.apply(x, weight, None, a, b, 2.0, 0.3, keep_dropped)
 
     assert torch.autograd.gradcheck(fn, (x, a, b))
 
