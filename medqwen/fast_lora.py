@@ -12,6 +12,7 @@ losses and the adapter after optimizer steps on CPU); benchmark/PERF.md records 
     cfg.recompute_layers    with gradient checkpointing: recompute only the first N layers, keep the rest
     cfg.activation_memory_budget  with compiled layers: the compiler recomputes cheap ops to keep this fraction
     cfg.eager_dropout_rng   with compiled layers and no memory budget: dropout masks from torch's kernel
+    cfg.lora_keep_dropped_inputs  LoRA layers (by name) that keep their dropped-out input for backward
 """
 
 from __future__ import annotations
@@ -106,12 +107,18 @@ def fuse_lora(model, keep_dropped_inputs: Sequence[str] = ()) -> int:
     Layers named in `keep_dropped_inputs` (e.g. "q_proj") keep their dropped-out input for backward."""
     from peft.tuners.lora import Linear as LoraLinear
 
-    count = 0
+    count, names = 0, set()
     for name, module in model.named_modules():
         if type(module) is LoraLinear:  # subclasses (quantized layers) keep their own forward
+            short_name = name.rsplit(".", 1)[-1]
             module.forward = types.MethodType(_fused_lora_forward, module)
-            module.keep_dropped_input = name.rsplit(".", 1)[-1] in keep_dropped_inputs
+            module.keep_dropped_input = short_name in keep_dropped_inputs
+            names.add(short_name)
             count += 1
+    unknown = sorted(set(keep_dropped_inputs) - names)
+    if unknown:  # a typo would otherwise silently keep nothing
+        raise ValueError(f"lora_keep_dropped_inputs {unknown}: no LoRA layer has that name; "
+                         f"the model's LoRA layers are {sorted(names)}")
     return count
 
 

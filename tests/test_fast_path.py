@@ -55,6 +55,11 @@ def test_fused_lora_matches_peft(dropout, keep_dropped_inputs):
             torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_unknown_layer_to_keep_is_an_error():
+    with pytest.raises(ValueError, match=r"\['q_porj'\]: no LoRA layer has that name"):
+        peft_pair(0.05, ["q_proj", "q_porj"])
+
+
 @pytest.mark.parametrize("keep_dropped", [False, True])
 def test_fused_lora_gradcheck_float64(keep_dropped):
     """Analytic backward of the fused function against finite differences, dropout mask included."""
