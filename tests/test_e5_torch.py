@@ -4,6 +4,7 @@ same text, and embeddings within the engine's own int8 rounding; batching and pa
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medqwen.rag.e5_torch import E5Torch
 
@@ -54,6 +55,36 @@ def test_batching_and_padding_change_nothing(engines):
     np.testing.assert_allclose(together, alone, atol=1e-5)
     small_batches = E5Torch(dtype=torch.float32, max_batch_tokens=64).encode(texts)
     np.testing.assert_allclose(small_batches, together, atol=1e-5)
+
+
+def sdpa_forward(encoder: E5Torch, batch: list[list[int]]) -> torch.Tensor:
+    """The encoder's forward with attention through torch's SDPA and a boolean key mask: the reference."""
+    lengths = torch.tensor([len(ids) + 2 for ids in batch])
+    B, T, H, NH = len(batch), int(lengths.max()), encoder.H, encoder.NH
+    ids = torch.full((B, T), encoder.tokenizer.eos)
+    for row, content in enumerate(batch):
+        ids[row, :len(content) + 2] = torch.tensor([encoder.tokenizer.bos, *content, encoder.tokenizer.eos])
+    valid = torch.arange(T)[None, :] < lengths[:, None]
+    x = F.layer_norm(encoder.word[ids] + encoder.pos[:T] + encoder.type, (H,), *encoder.emb_ln, eps=encoder.eps)
+    for layer in encoder.layers:
+        q, k, v = F.linear(x, *layer["qkv"]).view(B, T, 3, NH, H // NH).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+        x = F.layer_norm(x + F.linear(ctx.transpose(1, 2).reshape(B, T, H), *layer["ao"]), (H,), *layer["aln"],
+                         eps=encoder.eps)
+        x = F.layer_norm(x + F.linear(F.gelu(F.linear(x, *layer["fi"])), *layer["fo"]), (H,), *layer["oln"],
+                         eps=encoder.eps)
+    return (x * valid[..., None]).sum(1) / lengths[:, None]
+
+
+def test_attention_equals_sdpa_on_uneven_lengths(engines):
+    """The bmm attention (scale and mask in baddbmm, keys padded to a multiple of 32) equals SDPA's in float32.
+    Lengths around 32 and 64 put padding inside the batch width, between it and the padded key count, or nowhere."""
+    _, ours = engines
+    text = "太阳之为病，脉浮，头项强痛而恶寒。" * 6
+    ids = ours.tokenizer.content_ids(text)
+    for widths in ([1, 29, 30, 31, 62], [30, 30], [45, 90, 3]):  # content tokens; +2 for <s> and </s>
+        batch = [ids[:n] for n in widths]
+        torch.testing.assert_close(ours._forward(batch), sdpa_forward(ours, batch), atol=2e-6, rtol=0)
 
 
 def test_a_file_that_is_not_the_model_is_refused(tmp_path):
