@@ -382,7 +382,7 @@ class RagConfig:
                                           "BM25 query; the dense query keeps them.")
     top_k: int = _f(5, "Chunks retrieved per question (what the prompt gets).", at_least=1)
     max_chunks_per_source: int = _f(1, "Most chunks of one source (section) among them; 0: no limit. One gives the "
-                                       "prompt top_k different sections (README: R@5 +0.016 classical, +0.005 "
+                                       "prompt top_k different sections (README: R@5 +0.016 classical, +0.006 "
                                        "modern).", at_least=0)
     candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.", at_least=1)
     hnsw_ef_search: int = _f(200, "HNSW candidate list size of dense search: larger is closer to exact search, "

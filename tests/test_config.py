@@ -65,8 +65,8 @@ def test_lower_bounds_are_checked_from_every_layer(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_config(RagConfig, ["--max_chunks_per_source", "-1"], environ={})
     assert "max_chunks_per_source: must be at least 0, got -1" in capsys.readouterr().err
+    parse_config(RagConfig, [], environ={})  # the defaults are within their bounds
     with pytest.raises(SystemExit):
-        parse_config(RagConfig, [], environ={})  # defaults pass; the bound is in --help
         parse_config(RagConfig, ["--help"], environ={})
     assert "(at least 1)" in capsys.readouterr().out
     bad = tmp_path / "rag.yaml"
