@@ -222,7 +222,7 @@ class E5Torch:
         B, T, H, NH = len(batch), width, self.H, self.NH
         D, Tk = H // NH, -(-width // 32) * 32
         # Attention of all texts and heads as two bmm's into buffers that the layers share. Keys are padded to Tk, a
-        # multiple of 32: torch's CPU softmax is ~1.5x faster over rows of whole vectors (32 bf16 lanes). A text's
+        # multiple of 32: torch's CPU softmax is ~1.6x faster over rows of whole vectors (32 bf16 lanes). A text's
         # keys beyond its end (its padding, then the zero rows up to Tk) get -inf, hence no weight.
         bias = torch.zeros(B, Tk, dtype=self.dtype, device=self.device)
         bias = bias.masked_fill(torch.arange(Tk, device=self.device) >= lengths[:, None], float("-inf"))
