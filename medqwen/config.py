@@ -374,6 +374,9 @@ class RagConfig:
                             at_least=0)
     encoding: str = _f("utf-8", "Text encoding of the input files (e.g. gb18030 for Chinese CSVs as published).")
     prune: bool = _f(True, "Delete chunks of files that disappeared from an indexed folder.")
+    prune_unlisted: bool = _f(False, "Also delete chunks of every file not under --input, so the store holds "
+                                     "exactly the inputs (after moving or renaming a folder: --prune cannot tell "
+                                     "its old chunks from those of another run's inputs).")
     retrieval: str = _f("hybrid", "dense (embeddings), bm25 (see --bm25_tokenizer) or hybrid (both, merged as "
                                   "--fusion says).", choices=["dense", "bm25", "hybrid"])
     bm25_tokenizer: str = _f("char", "BM25 tokens: char (Chinese characters + bigrams), jieba (words) or jieba+char.",
@@ -422,6 +425,9 @@ class RagBenchConfig(RagConfig):
     persist_dir: str = _f("out/benchmark/rag/chroma", "Chroma folder of the benchmark store (reused when "
                                                         "unchanged: indexing is idempotent).")
     collection: str = _f("rag_benchmark", "Chroma collection of the benchmark store.")
+    prune_unlisted: bool = _f(True, "Delete chunks of files not under --input: the benchmark store holds exactly "
+                                    "its corpus (the --qa_pairs corpus is written under --output_dir, so another "
+                                    "output folder would otherwise add a second copy of it).")
     gold: str = _f("data/rag_gold_tcm.jsonl", "Gold JSONL: {id, kind, question, gold_ids: [source_id, ...]}.")
     output_dir: str = _f("out/benchmark/rag", "Where metrics.json, config.yaml and per-question ranks go.")
     methods: list[str] = _f(["bm25", "dense", "hybrid"], "Retrieval methods compared (hybrid uses the weights "

@@ -149,6 +149,17 @@ def test_reindex_adds_nothing_and_changes_replace_or_prune(store):
     assert (stats.pruned_files, stats.chunks_deleted, stats.chunks_total) == (1, 2, 2)
 
 
+def test_a_moved_folder_leaves_old_chunks_unless_unlisted_files_are_pruned(store):
+    cfg, collection, docs = store
+    moved = docs.rename(docs.with_name("moved"))
+    stats = index_paths(collection, [str(moved)], cfg, progress=False)
+    assert (stats.pruned_files, stats.chunks_total) == (0, 8)  # the old folder is not an input: kept
+    stats = index_paths(collection, [str(moved)], replace(cfg, prune_unlisted=True), progress=False)
+    assert (stats.unchanged, stats.pruned_files, stats.chunks_deleted, stats.chunks_total) == (2, 2, 4, 4)
+    assert {m["source"] for m in collection.get(include=["metadatas"])["metadatas"]} == {
+        str(p.resolve()) for p in moved.iterdir()}
+
+
 def test_unreadable_files_are_reported_and_the_rest_indexed(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "agent"))
     import embedding
@@ -253,6 +264,12 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
     assert "bm25 (question words kept)" in metrics["detail"] and "| R@5 odd lines |" in capsys.readouterr().out
 
     pairs = tmp_path / "qa.jsonl"
+    pairs.write_text('{"问": "头痛怎么办？", "答": "注意休息。"}\n{"问": "发热怎么办？", "答": "多喝水。"}\n',
+                     encoding="utf-8")
+    for out in ("qa1", "qa2"):  # the corpus is written under each output folder: the store keeps one copy
+        assert benchmark_rag.main(replace(cfg, qa_pairs=str(pairs), output_dir=str(tmp_path / out))) == 0
+        summary = json.loads((tmp_path / out / "metrics.json").read_text())["summary"]
+        assert (summary["chunks"], summary["recall@5"]) == (2, 1.0)
     pairs.write_text('{"问": "头痛怎么办？", "答": "注意休息。"}\n{"问": "只有问题"}\n', encoding="utf-8")
     assert benchmark_rag.main(replace(cfg, qa_pairs=str(pairs))) == 2
     assert "qa.jsonl:2: need a question and an answer" in capsys.readouterr().err

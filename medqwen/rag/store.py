@@ -6,7 +6,8 @@
 
 Chunk ids are content hashes, so an unchanged chunk keeps its id (and its embedding) across runs; a file whose
 bytes and chunk settings are unchanged, and whose chunks are all in the store, is skipped without parsing it (an
-interrupted run resumes where it stopped); chunks of a deleted file are pruned.
+interrupted run resumes where it stopped); chunks of a deleted file are pruned, and with prune_unlisted the
+chunks of every file not under the inputs.
 """
 
 from __future__ import annotations
@@ -179,11 +180,12 @@ def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = T
                 part = kept[i:i + max_batch]
                 collection.update(ids=[c.id for c in part], metadatas=[c.metadata for c in part])
 
-    if cfg.prune:  # files that were under an indexed folder and are gone now
+    if cfg.prune or cfg.prune_unlisted:  # files gone from an indexed folder; with prune_unlisted, any other file
         seen = {str(p) for p, _ in files}
         roots = {str(root) for _, root in files} | {str(Path(p).expanduser().resolve()) for p in paths}
         for source, ids in existing.items():
-            if source not in seen and any(source.startswith(r.rstrip("/") + "/") for r in roots):
+            under_an_input = any(source.startswith(r.rstrip("/") + "/") for r in roots)
+            if source not in seen and (cfg.prune_unlisted or under_an_input):
                 stats.pruned_files += 1
                 to_delete += list(ids)
 
