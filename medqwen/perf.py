@@ -263,6 +263,9 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
             self.mark()
             if profiler is not None and state.global_step == warmup_steps + steps:
                 profiler.start()  # only now: the profiler's hooks would slow the timed steps
+            elif profiler is not None and state.global_step == warmup_steps + steps + 1:
+                # before the end-of-training checkpoint, whose copies to the host are not part of a step
+                profiler.stop()
 
         def mark(self):
             if sync:
@@ -279,7 +282,6 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
                      "sequences": s1 - s0, "lengths": counter.lengths[l0:l1]})
     result = {"warmup": rows[:warmup_steps], "timed": rows[warmup_steps:warmup_steps + steps]}
     if profiler is not None:
-        profiler.stop()
         result["profile"] = profile_summary(profiler, rows[-1]["seconds"])
     return result
 

@@ -153,3 +153,30 @@ def test_perf_train_on_two_processes(tmp_path, bundled_model_dir):
     assert 1.5 < ddp["conversations_per_step"] / single["conversations_per_step"] < 2.5
     assert sum(s["real_tokens"] for s in ddp["steps"]) == ddp["lengths"]["total"]
     assert "| ddp x2 |" in proc.stdout
+
+
+def test_profiled_step_ends_before_the_final_checkpoint(tiny_model_dir, tmp_path):
+    """The profile covers the one extra step only: the end-of-training save (weights and optimizer state copied
+    to the host) once showed up in it as thousands of device-to-host copies a step does not make."""
+    from datasets import Dataset
+
+    from medqwen.config import TrainConfig
+    from medqwen.perf import time_trainer
+    from medqwen.training import build_trainer
+    from tests.test_fast_path import conversations
+
+    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path), per_device_train_batch_size=2,
+                      gradient_accumulation_steps=1, max_seq_len=64, report_to="none", eval_ratio=0.0,
+                      logging_steps=100, eval_steps=100, seed=0)
+    trainer = build_trainer(cfg, Dataset.from_list([{"messages": c} for c in conversations(8)]))
+    profiling_during_save = []
+    save = trainer._save_checkpoint
+
+    def spy(*args, **kwargs):
+        profiling_during_save.append(torch.autograd.profiler._is_profiler_enabled)
+        return save(*args, **kwargs)
+
+    trainer._save_checkpoint = spy
+    result = time_trainer(trainer, warmup_steps=1, steps=1, profile_step=True)
+    assert result["profile"].startswith("profiled step:") and len(result["timed"]) == 1
+    assert profiling_during_save == [False]  # the trainer saved once, at the end, with the profiler off
