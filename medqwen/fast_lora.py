@@ -185,13 +185,14 @@ def apply_fast_path(trainer, cfg) -> dict:
         trainer.add_callback(_recompute_callback(cfg.recompute_layers))
         applied["recompute_layers"] = cfg.recompute_layers
     if getattr(cfg, "compile_layers", False):
-        if getattr(cfg, "activation_memory_budget", 1.0) < 1.0:
-            import torch._functorch.config as functorch_config
+        import torch._functorch.config as functorch_config
 
-            # The partitioner of each compiled layer's forward/backward keeps at most this fraction of what it
-            # would save, recomputing the ops that are cheapest per byte (process-wide setting).
-            functorch_config.activation_memory_budget = cfg.activation_memory_budget
-            applied["activation_memory_budget"] = cfg.activation_memory_budget
+        # The partitioner of each compiled layer's forward/backward keeps at most this fraction of what it
+        # would save, recomputing the ops that are cheapest per byte. A process-wide setting, so it is set on
+        # every build, 1.0 included: a trainer must not inherit the budget of one built before it.
+        functorch_config.activation_memory_budget = getattr(cfg, "activation_memory_budget", 1.0)
+        if functorch_config.activation_memory_budget < 1.0:
+            applied["activation_memory_budget"] = functorch_config.activation_memory_budget
         # Under DDP, Dynamo's DDPOptimizer splits compiled graphs at gradient-bucket boundaries; meant for a
         # compiled whole model, it fails on our per-layer graphs (torch 2.11, with LoRA dropout). DDP's bucketed
         # all-reduce still overlaps the backward of the layers between the graphs.

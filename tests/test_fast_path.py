@@ -5,6 +5,7 @@ masking through per-sequence SDPA) and Inductor on CUDA; benchmark/perf_train.py
 """
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -189,6 +190,10 @@ def test_activation_memory_budget_reaches_the_compiler(tiny_model_dir, tmp_path)
         trainer = build_trainer(cfg, Dataset.from_list([{"messages": c} for c in conversations(2)]))
         assert functorch_config.activation_memory_budget == 0.3
         assert all(layer._compiled_call_impl is not None for layer in decoder_layers(trainer.model))
+        # process-wide: a trainer built next without a budget does not keep the first one's
+        build_trainer(replace(cfg, activation_memory_budget=1.0, output_dir=str(tmp_path / "next")),
+                      Dataset.from_list([{"messages": c} for c in conversations(2)]))
+        assert functorch_config.activation_memory_budget == 1.0
     finally:
         functorch_config.activation_memory_budget = before
 
