@@ -190,9 +190,10 @@ def apply_fast_path(trainer, cfg) -> dict:
         # The partitioner of each compiled layer's forward/backward keeps at most this fraction of what it
         # would save, recomputing the ops that are cheapest per byte. A process-wide setting, so it is set on
         # every build, 1.0 included: a trainer must not inherit the budget of one built before it.
-        functorch_config.activation_memory_budget = getattr(cfg, "activation_memory_budget", 1.0)
-        if functorch_config.activation_memory_budget < 1.0:
-            applied["activation_memory_budget"] = functorch_config.activation_memory_budget
+        budget = getattr(cfg, "activation_memory_budget", 1.0)
+        functorch_config.activation_memory_budget = budget
+        if budget < 1.0:
+            applied["activation_memory_budget"] = budget
         # Under DDP, Dynamo's DDPOptimizer splits compiled graphs at gradient-bucket boundaries; meant for a
         # compiled whole model, it fails on our per-layer graphs (torch 2.11, with LoRA dropout). DDP's bucketed
         # all-reduce still overlaps the backward of the layers between the graphs.
@@ -208,7 +209,7 @@ def apply_fast_path(trainer, cfg) -> dict:
         # draws the masks eager training draws. Not under a memory budget: there the partitioner recomputes
         # the compiler's masks from their seed, while torch's kernel's outputs must be kept (24gb preset:
         # 26.6 instead of 19.2 GiB). Process-wide setting.
-        eager_rng = getattr(cfg, "eager_dropout_rng", True) and getattr(cfg, "activation_memory_budget", 1.0) >= 1.0
+        eager_rng = getattr(cfg, "eager_dropout_rng", True) and budget >= 1.0
         inductor_config.fallback_random = eager_rng
         applied["eager_dropout_rng"] = eager_rng
         if cfg.use_liger_kernel:
