@@ -225,6 +225,9 @@ class AgentConfig:
     top_p: float = _f(0.8, "Nucleus sampling probability mass (0-1].")
     max_tokens: int = _f(1024, "Longest reply per model turn (tokens).")
     max_steps: int = _f(8, "Most model turns per question (each tool round is one turn); then the agent stops.")
+    max_tool_calls: int = _f(8, "Most tool calls run per model turn; further calls in the same turn are refused "
+                                "with a message to the model (bounds API requests a single reply can trigger).",
+                             at_least=1)
     timeout_s: float = _f(120.0, "Timeout of one model request (seconds).")
     force_tool: str | None = _f(None, "Make the first model turn call this tool (OpenAI tool_choice); later turns "
                                       "choose freely. For models that do not call tools on their own.")
@@ -384,6 +387,8 @@ class RagConfig:
     bm25_query_stopwords: bool = _f(True, "Drop question words and particles (什么/哪些/如何/吗/呢/的/了...) from the "
                                           "BM25 query; the dense query keeps them.")
     top_k: int = _f(5, "Chunks retrieved per question (what the prompt gets).", at_least=1)
+    max_query_chars: int = _f(1000, "Longest question accepted (characters; the agent's knowledge tool too): "
+                                    "retrieval time grows with the query.", at_least=1)
     max_chunks_per_source: int = _f(1, "Most chunks of one source (section) among them; 0: no limit. One gives the "
                                        "prompt top_k different sections (README: R@5 +0.016 classical, +0.006 "
                                        "modern).", at_least=0)
@@ -767,8 +772,13 @@ def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dic
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain data, secrets left out."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.metadata.get("secret")}
+    """The config as plain data, secrets left out (also a password in the userinfo of a URL value)."""
+    from medqwen.http import strip_userinfo
+
+    def clean(value: Any) -> Any:
+        return strip_userinfo(value) if isinstance(value, str) and "://" in value else value
+
+    return {f.name: clean(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if not f.metadata.get("secret")}
 
 
 def save_config(cfg: Any, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
