@@ -107,7 +107,7 @@ def _make_question(row: dict[str, Any], subject: str, split: str, where: str) ->
 
 def read_csv_split(path: str | Path, subject: str, split: str, skipped: Skipped | None = None) -> list[Question]:
     """Read a released C-Eval CSV (quoted fields may hold newlines); errors name file and line."""
-    path, skipped = Path(path), skipped or Skipped()
+    path, skipped = Path(path), Skipped() if skipped is None else skipped
     expected = SPLIT_COLUMNS[split]
 
     def check(header: list[str]) -> None:
@@ -349,6 +349,7 @@ def score_questions(backend, questions: Sequence[Question], shots: Sequence[Ques
                                  enable_thinking=enable_thinking)
     if not questions:
         return []
+    shots = [s for s in shots if not s.multi]
     tokenizer = getattr(backend, "tokenizer", None)
     prompts = [render_prompt(q, shots, style, cot, tokenizer, chat, enable_thinking) for q in questions]
     preds: list[Prediction] = []

@@ -93,7 +93,7 @@ def csv_records(path: Path, check_header: Callable[[list[str]], None], skipped: 
                 ) -> Iterator[tuple[str, list[str], list[str]]]:
     """(file:line, header, row) for each non-empty data row of a UTF-8 CSV (quoted fields may hold newlines);
     a row with the wrong number of fields stops with its file:line (or is skipped and counted)."""
-    skipped = skipped or Skipped()
+    skipped = Skipped() if skipped is None else skipped
     with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig: tolerate a BOM from spreadsheet tools
         reader = csv.reader(f)
         try:
@@ -137,7 +137,7 @@ class Exam:
         raise NotImplementedError
 
     def load(self, data_dir: str | Path, subject: str, split: str, skipped: Skipped | None = None) -> list[Question]:
-        questions = self.read(Path(data_dir), subject, split, skipped or Skipped())
+        questions = self.read(Path(data_dir), subject, split, Skipped() if skipped is None else skipped)
         if not questions:
             raise ExamDataError(f"{self.title} {subject}/{split} in {data_dir}: no questions")
         return questions

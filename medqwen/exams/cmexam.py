@@ -77,7 +77,7 @@ class CmexamExam(Exam):
 
 def read_cmexam_csv(path: str | Path, split: str = "test", skipped: Skipped | None = None) -> list[Question]:
     """A CMExam CSV; malformed rows stop with file:line (or are skipped and counted)."""
-    path, skipped = Path(path), skipped or Skipped()
+    path, skipped = Path(path), Skipped() if skipped is None else skipped
     columns: dict[str, int] = {}
 
     def check(header: list[str]) -> None:

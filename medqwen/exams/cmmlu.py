@@ -81,7 +81,7 @@ class CmmluExam(Exam):
 def read_cmmlu_csv(path: str | Path, subject: str, split: str = "test", skipped: Skipped | None = None,
                    exam: str = "cmmlu") -> list[Question]:
     """A CMMLU CSV; malformed rows stop with file:line (or are skipped and counted)."""
-    path, skipped = Path(path), skipped or Skipped()
+    path, skipped = Path(path), Skipped() if skipped is None else skipped
 
     def check(header: list[str]) -> None:
         if [h.strip().lower() for h in header[1:]] != HEADER:
