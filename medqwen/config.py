@@ -601,6 +601,11 @@ class PerfCevalConfig:
     tokenizer: str | None = _f(None, "Tokenizer that sets the lengths (None: model/qwen, else model/qwen3-tokenizer, "
                                      "else ../shared/reference/qwen3; --tiny: model/smollm2-135m-instruct).")
     data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root whose medical items seed the synthetic questions.")
+    pooled: bool = _f(False, "The pooled medical set instead: C-Eval + CMMLU + CMExam medical subjects, each exam's "
+                             "own prompt on its shipped team-written sample (real lengths of those prompts), "
+                             "--questions split in the proportions of the exams' scored splits.")
+    permute_options: str = _f("none", "With --pooled, cyclic: also time the option-order check (every question under "
+                                      "each cyclic rotation of its options).", choices=["none", "cyclic"])
     questions: int = _f(1346, "Five-shot questions scored (spread over the subjects).")
     subjects: int = _f(4, "Subjects (each has its own shared five-shot head).")
     mean_tokens: int = _f(418, "Target mean prompt length (tokens).")

@@ -203,3 +203,43 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
     assert f["general"]["change"] == pytest.approx(expected)
     assert f"lora vs base: medical {f['medical']['direction']}" in out and "general" in out
     assert (tmp_path / "cmp" / "forgetting.png").stat().st_size > 1000
+
+
+def test_perf_pooled_set_uses_every_exams_prompt_and_times_the_rotations(tmp_path):
+    import perf_ceval
+    from medqwen.config import PerfCevalConfig
+
+    cfg = resolve_config(PerfCevalConfig, {"tiny": True, "pooled": True, "questions": 24, "paths": ["reuse"],
+                                           "permute_options": "cyclic", "output_dir": str(tmp_path)})
+    summary = perf_ceval.main(cfg)
+    assert summary["questions"] == 24 and summary["option_order_seconds"] > 0 and summary["pooled"]
+    detail = json.loads((tmp_path / "metrics.json").read_text())["detail"]
+    rotated = next(r for r in detail if r.get("prompts"))
+    assert 4 * 24 <= rotated["prompts"] <= 5 * 24  # every question under each rotation of its 4 or 5 options
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(perf_ceval.pick_tokenizer(cfg))
+    sets = perf_ceval.build_pooled_items(resolve_config(PerfCevalConfig, {"pooled": True, "questions": 400}),
+                                         tokenizer)
+    seqs, owner = sets["plain order"]
+    keys = expand_subjects(["medical"])
+    assert {keys[i].split("/")[0] for i in owner} == {"clinical_medicine", "basic_medicine", "physician",
+                                                       "veterinary_medicine", "cmmlu", "cmexam"}
+    texts = {tokenizer.decode(seqs[owner.index(keys.index(k))]).split("\n")[0] for k in
+             ("clinical_medicine", "cmmlu/anatomy", "cmexam/physician")}
+    assert texts == {"以下是中国关于临床医学考试的单项选择题，请选出其中的正确答案。", "以下是关于解剖学的单项选择题，请直接给出正确答案的选项。",
+                     "以下是中国医师资格考试的单项选择题，请直接给出正确答案的选项。"}
+
+
+def test_save_figure_writes_atomically_and_closes(tmp_path):
+    from medqwen.reporting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "sub" / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not plt.fignum_exists(fig.number)
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError):
+        save_figure(fig, tmp_path / "plot.unknownformat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # no half-written file or temp left behind
