@@ -243,3 +243,38 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
     with pytest.raises(ValueError):
         save_figure(fig, tmp_path / "plot.unknownformat")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # no half-written file or temp left behind
+
+
+def test_get_ceval_fills_cmmlu_from_its_zip_and_cmexam_from_its_folder(tmp_path, capsys):
+    import zipfile
+
+    sys.path.insert(0, str(REPO / "data"))
+    import get_ceval
+
+    with zipfile.ZipFile(tmp_path / "cmmlu_v1_0_1.zip", "w") as zf:  # the release: cmmlu_v1_0_1/<split>/<subject>
+        for split in ("dev", "test"):
+            zf.write(DIRS["cmmlu"] / split / "world_history.csv", f"cmmlu_v1_0_1/{split}/world_history.csv")
+    out = tmp_path / "cmmlu"
+    assert get_ceval.main(["--benchmark", "cmmlu", "--zip", str(tmp_path / "cmmlu_v1_0_1.zip"), "--subjects",
+                           "world_history", "--output_dir", str(out)]) == 0
+    assert (out / "test" / "world_history.csv").read_bytes() == (DIRS["cmmlu"] / "test" / "world_history.csv").read_bytes()
+    assert get_ceval.main(["--benchmark", "cmmlu", "--zip", str(tmp_path / "cmmlu_v1_0_1.zip"), "--subjects",
+                           "world_history", "--output_dir", str(out)]) == 0
+    assert "keep " in capsys.readouterr().out  # existing files are kept
+    with pytest.raises(FileNotFoundError, match="anatomy.csv"):
+        get_ceval.main(["--benchmark", "cmmlu", "--zip", str(tmp_path / "cmmlu_v1_0_1.zip"), "--subjects",
+                        "anatomy", "--output_dir", str(out)])
+
+    release = tmp_path / "CMExam" / "data"
+    release.mkdir(parents=True)
+    (release / "val.csv").write_bytes((DIRS["cmexam"] / "val.csv").read_bytes())
+    bad = (DIRS["cmexam"] / "test.csv").read_text(encoding="utf-8") + "坏题,A 甲\\nB 乙,C,,临床医学\n"
+    (release / "test.csv").write_text(bad, encoding="utf-8")
+    assert get_ceval.main(["--benchmark", "cmexam", "--source", str(release.parent), "--output_dir",
+                           str(tmp_path / "cmexam")]) == 2
+    assert "test.csv:" in capsys.readouterr().err  # the malformed row, named by file:line
+    assert get_ceval.main(["--benchmark", "cmexam", "--source", str(release), "--output_dir",
+                           str(tmp_path / "cmexam2"), "--skip_invalid"]) == 0
+    assert "1 malformed rows counted" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--source CMExam/data"):  # not on the hub: say what to do
+        get_ceval.main(["--benchmark", "cmexam", "--output_dir", str(tmp_path / "hub")])
