@@ -73,6 +73,9 @@ class DataConfig:
                        choices=["auto", "utf-8", "gb18030", "gbk"])
     system_prompt: str | None = _f(None, "System message added to conversations that have none (None: leave).")
     skip_invalid: bool = _f(False, "Skip invalid records (counted by reason) instead of stopping at the first.")
+    control_tokens: str = _f("escape", "Text that spells a control token (<|im_start|>, <think>, <tool_call>...): "
+                                       "escape it (a zero-width space after '<'; counted) or refuse the record.",
+                             choices=["escape", "refuse"])
     dedup: bool = _f(True, "Drop exact duplicate conversations (after normalising whitespace).")
     max_per_input: int = _f(0, "Keep at most this many conversations per input file: a seeded random sample taken "
                                "after validation and de-duplication, before the length filter (0: keep all).")
