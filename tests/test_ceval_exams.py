@@ -55,7 +55,7 @@ def test_shipped_samples_read_in_their_published_layouts():
     assert (test[0].id, test[0].answer) == ("0", "C")
     cmexam = read_cmexam_csv(DIRS["cmexam"] / "test.csv")
     assert [len(q.options) for q in cmexam].count(4) == 1 and all(2 <= len(q.options) <= 5 for q in cmexam)
-    assert [q.answer for q in cmexam if q.multi] == ["ABD", "ABC"]
+    assert [q.answer for q in cmexam if q.multi] == ["ABD", "ABC"] and cmexam[3].multi
     literal = (DIRS["cmexam"] / "test.csv").read_text(encoding="utf-8").count("\\n")
     assert literal > 0  # some rows hold a literal backslash-n between options: read the same as newlines
     assert cmexam[1].options == ("数秒", "3～5分钟", "1～2小时", "半天", "数天")
@@ -175,11 +175,13 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
     base = benchmark_ceval.main(resolve_config(CevalConfig, {**common, "permute_options": "cyclic",
                                                              "output_dir": str(tmp_path / "base")}))
     assert set(base["per_exam"]) == {"ceval", "cmmlu", "cmexam"}
-    assert base["n"] == sum(b["n"] for b in base["per_exam"].values()) == 4 * 7  # 7 subjects with data, 4 each
+    # 7 subjects with data, 4 questions each; CMExam's 4th is a multi-answer item, reported apart
+    assert base["n"] == sum(b["n"] for b in base["per_exam"].values()) == 4 * 7 - 1
+    assert base["multi_answer"]["cmexam"]["n"] == 1
     assert "physician" in base["missing_subjects"] and "cmmlu/anatomy" in base["missing_subjects"]
     assert base["option_order"]["n_questions"] == base["n"]
     out = capsys.readouterr().out
-    assert "| CMExam | physician | 4 |" in out and "| all | **pooled** | 28 |" in out
+    assert "| CMExam | physician | 3 |" in out and "| all | **pooled** | 27 |" in out and "multi-answer" in out
     assert "consistency" in out and "position bias" in out
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert "cmmlu/world_history" in metrics["detail"] and "cmexam" in metrics["summary"]["per_exam"]
@@ -191,9 +193,9 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
     result = benchmark_ceval.main(resolve_config(CevalConfig, {
         "compare": [str(tmp_path / "base"), str(tmp_path / "lora")], "output_dir": str(tmp_path / "cmp")}))
     out = capsys.readouterr().out
-    assert "| lora | CMMLU |" in out and "| lora | pooled | 28 |" in out
+    assert "| lora | CMMLU |" in out and "| lora | pooled | 27 |" in out
     f = result["forgetting"][0]
-    assert (f["medical"]["n"], f["general"]["n"]) == (4 * 5, 4 * 2)
+    assert (f["medical"]["n"], f["general"]["n"]) == (4 * 5 - 1, 4 * 2)
     lora = [json.loads(x) for x in (tmp_path / "lora" / "predictions.jsonl").open()]
     base_rows = {(p["exam"], p["subject"], p["id"]): p for p in map(json.loads, (tmp_path / "base" /
                  "predictions.jsonl").open()) if p["rotation"] == 0}
