@@ -32,7 +32,9 @@ if __name__ == "__main__":
     try:
         main(cfg)
     except DataError as err:
-        sys.exit(f"error: {err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
-                 f"by reason (nothing valid is dropped).")
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        print(f"error: {err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
+              f"by reason (nothing valid is dropped).", file=sys.stderr)
+        sys.exit(2)
+    except (OSError, ValueError) as err:  # a missing input, --output on a folder, ...: the user's to fix
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -272,7 +272,7 @@ def test_huge_inputs_end_fast(name, case):
     except QueryError as err:  # the RAG query limit speaks through an exception its callers turn into text
         out = f"Error: {err}"
     elapsed = time.perf_counter() - start
-    ok = elapsed < 2.0 and (not isinstance(out, str) or name == "rag" or out.startswith("Error") or len(out) < 400)
+    ok = elapsed < 5.0 and (not isinstance(out, str) or name == "rag" or out.startswith("Error") or len(out) < 400)
     _count("crashes", ok)
     assert ok, (elapsed, str(out)[:200])
 
@@ -292,7 +292,7 @@ def test_slow_huge_and_broken_weather_answers(hostile_url, city, expected, when)
     out = _run("crashes", get_weather, city, when=when, api_key=WEATHER_KEY, base_url=hostile_url, timeout_s=1.0,
                max_bytes=200_000)
     ok = out.startswith("Error: ") and (expected in out or city in ("NullCity", "HugeTz", "BadTz") or
-                                         (city == "Cut" and when == "明天")) and time.perf_counter() - start < 1.8
+                                         (city == "Cut" and when == "明天")) and time.perf_counter() - start < 3.0
     _count("crashes", ok)
     assert ok, out
 

@@ -393,7 +393,7 @@ def test_weather_deadline_is_total_not_per_read(hostile_url):
     start = time.perf_counter()
     out = get_weather("Trickle", api_key=KEY, base_url=hostile_url, timeout_s=1.0)
     assert "did not answer within 1 s" in out
-    assert time.perf_counter() - start < 1.6
+    assert time.perf_counter() - start < 2.5  # a per-read timeout would take 10 s here
 
 
 @pytest.mark.parametrize("city", ["Huge", "Bomb"])
