@@ -32,7 +32,7 @@ from medqwen.rag.retrieval import Hit
 from medqwen.tools import calculate, get_current_time, get_weather
 from tests.fake_servers import FakeOpenAI, serve
 from tests.test_agent import ScriptedModel, _call
-from tests.test_tools import HostileWeather
+from tests.test_tools import HostileWeather, gzip_bomb
 
 TALLY: Counter = Counter()
 WEATHER_KEY = "owm-KEY-7f3a9c1e5b2d4f60"
@@ -279,6 +279,7 @@ def test_huge_inputs_end_fast(name, case):
 
 @pytest.fixture(scope="module")
 def hostile_url():
+    gzip_bomb()  # built once before the clock starts (compressing 100 MB takes about a second)
     with serve(HostileWeather) as url:
         yield url
 

@@ -376,6 +376,7 @@ class HostileWeather(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def hostile_url():
+    gzip_bomb()  # built once before the clock starts (compressing 100 MB takes about a second)
     server = ThreadingHTTPServer(("127.0.0.1", 0), HostileWeather)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
