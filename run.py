@@ -11,8 +11,10 @@ import sys
 from threading import Thread
 
 from medqwen.chat import load_tokenizer
-from medqwen.config import ChatConfig, format_config, parse_config
+from medqwen.config import ChatConfig
+from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.modeling import ModelNotFoundError, load_model
+from medqwen.runs import resolve_model
 
 
 def stream_reply(model, tokenizer, messages, cfg: ChatConfig) -> str:
@@ -42,16 +44,17 @@ def stream_reply(model, tokenizer, messages, cfg: ChatConfig) -> str:
 
 
 def main(cfg: ChatConfig) -> None:
+    choice = resolve_model(cfg.model, cfg.adapter, cfg.model_type)
     try:
-        tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
-        model = load_model(cfg.model, adapter=cfg.adapter)
+        tokenizer = load_tokenizer(choice.model, cfg.chat_template)
+        model = load_model(choice.model, adapter=choice.adapter)
     except ModelNotFoundError as err:
-        sys.exit(f"error: {err}")
+        raise UserError(str(err)) from None
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt is not None:
         stream_reply(model, tokenizer, system + [{"role": "user", "content": cfg.prompt}], cfg)
         return
-    print(f"chatting with {cfg.model}{' + ' + cfg.adapter if cfg.adapter else ''} on {model.device} "
+    print(f"chatting with {choice.label} on {model.device} "
           "(/reset clears history, /exit quits)")
     history = list(system)
     while True:
@@ -72,7 +75,11 @@ def main(cfg: ChatConfig) -> None:
         history.append({"role": "assistant", "content": stream_reply(model, tokenizer, history, cfg)})
 
 
-if __name__ == "__main__":
+def cli() -> None:
     config = parse_config(ChatConfig)
     print("config:\n" + format_config(config), file=sys.stderr)
     main(config)
+
+
+if __name__ == "__main__":
+    run_main(cli)

@@ -12,7 +12,8 @@ Server URL and model name come from VLLM_BASE_URL and MODEL_NAME (or .env, or --
 import sys
 
 from medqwen.agent import AgentServerError, ask, build_agent, check_server
-from medqwen.config import AgentConfig, parse_config
+from medqwen.config import AgentConfig
+from medqwen.configlib import parse_config
 
 
 def repl(agent, cfg: AgentConfig) -> None:
@@ -21,7 +22,7 @@ def repl(agent, cfg: AgentConfig) -> None:
         import readline  # noqa: F401 -- arrow keys and line history for input()
     except ImportError:
         pass
-    print(f"agent on {cfg.base_url} ({cfg.model}); /reset clears the history, exit or Ctrl-D quits")
+    print(f"agent on {cfg.base_url} ({cfg.served_model}); /reset clears the history, exit or Ctrl-D quits")
     history: list = []
     while True:
         try:

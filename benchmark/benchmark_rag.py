@@ -17,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from medqwen.config import RagBenchConfig, format_config, parse_config, save_config
+from medqwen.config import RagBenchConfig
+from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection
 from medqwen.rag.documents import file_chunks
 from medqwen.rag.evaluate import KS, evaluate, load_gold, measure_embedding_throughput, qa_retrieval_set

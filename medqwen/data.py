@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from medqwen.config import REPO_ROOT, DataConfig, format_config, save_config
+from medqwen.config import DataConfig
+from medqwen.configlib import REPO_ROOT, format_config, save_config
 from medqwen import jsonl
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),

@@ -14,7 +14,8 @@ from langchain_core.tools import StructuredTool
 
 from medqwen.agent import (AgentServerError, DEFAULT_SYSTEM_PROMPT, ask, build_agent, build_tools, check_server,
                            final_answer, openai_tool_schemas)
-from medqwen.config import AgentConfig, resolve_config
+from medqwen.config import AgentConfig
+from medqwen.configlib import resolve_config
 from medqwen.serving import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,9 +49,9 @@ def _call(name, args, call_id="c1"):
 def test_config_reads_the_original_environment_names():
     cfg = resolve_config(AgentConfig, environ={"VLLM_BASE_URL": "http://h:9/v1", "MODEL_NAME": "m",
                                                "OPENWEATHER_API_KEY": "k"})
-    assert (cfg.base_url, cfg.model, cfg.openweather_api_key) == ("http://h:9/v1", "m", "k")
+    assert (cfg.base_url, cfg.served_model, cfg.openweather_api_key) == ("http://h:9/v1", "m", "k")
     defaults = AgentConfig()
-    assert (defaults.base_url, defaults.model) == ("http://localhost:8001/v1", "lora-adapter")
+    assert (defaults.base_url, defaults.served_model) == ("http://localhost:8001/v1", "lora-adapter")
 
 
 def test_tools_and_schemas():
