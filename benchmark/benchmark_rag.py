@@ -13,12 +13,12 @@ CPU takes a while. Writes <output_dir>/config.yaml, metrics.json, questions.json
 """
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from medqwen.config import RagBenchConfig
 from medqwen.configlib import format_config, parse_config, save_config
+from medqwen.jsonl import write_jsonl
 from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection
 from medqwen.rag.documents import file_chunks
 from medqwen.rag.evaluate import KS, evaluate, load_gold, measure_embedding_throughput, qa_retrieval_set
@@ -146,10 +146,8 @@ def main(cfg: RagBenchConfig) -> int:
           f"halves = even / odd lines of {cfg.gold}\n")
     print(table)
 
-    with open(out / "questions.jsonl", "w", encoding="utf-8") as f:
-        for name, r in results.items():
-            for row in r["questions"]:
-                f.write(json.dumps({"method": name, **row}, ensure_ascii=False) + "\n")
+    write_jsonl(({"method": name, **row} for name, r in results.items() for row in r["questions"]),
+                out / "questions.jsonl")
     plot(results, kinds, out / "recall_by_kind.png")
     default = next(n for n in results if n.startswith(cfg.retrieval)
                    and (cfg.retrieval != "hybrid" or n.endswith("default")))

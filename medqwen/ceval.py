@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medqwen.jsonl import write_jsonl
+from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 
 CHOICES = ("A", "B", "C", "D")
 
@@ -389,12 +389,11 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     """Read predictions.jsonl back (for --compare)."""
     path = Path(path)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(Prediction(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as err:
-                raise CevalDataError(f"{path}:{n}: not a prediction line ({err})") from None
+    for n, record in iter_jsonl_objects(path, error=CevalDataError):
+        try:
+            rows.append(Prediction(**record))
+        except TypeError as err:
+            raise CevalDataError(f"{path}:{n}: not a prediction line ({err})") from None
     return rows
 
 

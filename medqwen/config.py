@@ -174,6 +174,9 @@ class DataConfig:
                        choices=["auto", "utf-8", "gb18030", "gbk"])
     system_prompt: str | None = _f(None, "System message added to conversations that have none (None: leave).")
     skip_invalid: bool = _f(False, "Skip invalid records (counted by reason) instead of stopping at the first.")
+    control_tokens: str = _f("escape", "Text that spells a control token (<|im_start|>, <think>, <tool_call>...): "
+                                       "escape it (a zero-width space after '<'; counted) or refuse the record.",
+                             choices=["escape", "refuse"])
     dedup: bool = _f(True, "Drop exact duplicate conversations (after normalising whitespace).")
     max_per_input: int = _f(0, "Keep at most this many conversations per input file: a seeded random sample taken "
                                "after validation and de-duplication, before the length filter (0: keep all).")
@@ -293,6 +296,9 @@ class AgentConfig(SamplingFields, ServerFields):
     max_tokens: int = _f(1024, "Longest reply per model turn (tokens).", at_least=1)
     max_steps: int = _f(8, "Most model turns per question (each tool round is one turn); then the agent stops.",
                         at_least=1)
+    max_tool_calls: int = _f(8, "Most tool calls run per model turn; further calls in the same turn are refused "
+                                "with a message to the model (bounds API requests a single reply can trigger).",
+                             at_least=1)
     force_tool: str | None = _f(None, "Make the first model turn call this tool (OpenAI tool_choice); later turns "
                                       "choose freely. For models that do not call tools on their own.")
     strict_tools: bool = _f(True, "Ask the server to keep tool-call arguments to each tool's JSON schema "
@@ -445,6 +451,8 @@ class RagConfig(ServerFields, ModelFields):
     bm25_query_stopwords: bool = _f(True, "Drop question words and particles (什么/哪些/如何/吗/呢/的/了...) from the "
                                           "BM25 query; the dense query keeps them.")
     top_k: int = _f(5, "Chunks retrieved per question (what the prompt gets).", at_least=1)
+    max_query_chars: int = _f(1000, "Longest question accepted (characters; the agent's knowledge tool too): "
+                                    "retrieval time grows with the query.", at_least=1)
     max_chunks_per_source: int = _f(1, "Most chunks of one source (section) among them; 0: no limit. One gives the "
                                        "prompt top_k different sections (benchmark/PERF.md, RAG).", at_least=0)
     candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.", at_least=1)

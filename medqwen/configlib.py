@@ -27,6 +27,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
+from medqwen.http import strip_userinfo
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"
 
@@ -316,8 +318,11 @@ def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dic
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain data, secrets left out."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.metadata.get("secret")}
+    """The config as plain data, secrets left out (also a password in the userinfo of a URL value)."""
+    def clean(value: Any) -> Any:
+        return strip_userinfo(value) if isinstance(value, str) and "://" in value else value
+
+    return {f.name: clean(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if not f.metadata.get("secret")}
 
 
 def save_config(cfg: Any, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:

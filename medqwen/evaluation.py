@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from medqwen.config import EvalConfig
 from medqwen.configlib import UserError, format_config, load_saved_config, parse_config, run_main, save_config
-from medqwen.jsonl import write_jsonl
+from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import resolve_model
 
@@ -376,8 +376,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             raise FileNotFoundError(f"{run_dir / name} not found: is {run_dir} an eval output folder?")
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     config = load_saved_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = [row for _, row in iter_jsonl_objects(run_dir / "predictions.jsonl")]
     return {"name": config.get("name") or run_dir.name, "dir": str(run_dir), "metrics": metrics["summary"],
             "meta": metrics.get("meta", {}), "predictions": rows}
 

@@ -264,7 +264,7 @@ def test_smollm2_mean_reward_rises(bundled_model_dir, tmp_path):
     from medqwen.grpo import train_grpo
 
     cfg = resolve_config(GrpoConfig, cli={"config": str(REPO_ROOT / "configs/smollm2/grpo_cpu_demo.yaml"),
-                                          "model_name_or_path": str(bundled_model_dir), "max_steps": "4",
+                                          "model": str(bundled_model_dir), "max_steps": "4",
                                           "learning_rate": "3e-3", "output_dir": str(tmp_path / "grpo"),
                                           "report_to": "none"})
     summary = train_grpo(cfg)

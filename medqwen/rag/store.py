@@ -91,6 +91,7 @@ class IndexStats:
     unchanged: int = 0  # skipped: same bytes as last time
     indexed: int = 0  # new or changed files (re)chunked
     failed: int = 0
+    skipped_lines: int = 0  # bad JSONL lines skipped (each named in errors); the rest of their file is indexed
     pruned_files: int = 0
     chunks_added: int = 0
     chunks_deleted: int = 0
@@ -104,7 +105,11 @@ class IndexStats:
 
 
 def iter_files(paths: list[str]) -> list[tuple[Path, Path]]:
-    """(file, root) for every supported file under the given files/folders, sorted; missing paths raise."""
+    """(file, root) for every supported file under the given files/folders, sorted; missing paths raise.
+
+    A symlink inside a folder is followed only when its target stays inside that folder: a link to
+    ~/.ssh or /etc in a shared corpus folder must not put those files into the store (and the prompt).
+    """
     found = []
     for raw in paths:
         root = Path(raw).expanduser().resolve()
@@ -112,8 +117,9 @@ def iter_files(paths: list[str]) -> list[tuple[Path, Path]]:
             found.append((root, root))
         elif root.is_dir():
             found += [(p, root) for p in sorted(root.rglob("*"))
-                      if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-                      and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+                      if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                      and p.resolve().is_relative_to(root)]
         else:
             raise FileNotFoundError(f"{raw}: no such file or folder")
     return found
@@ -162,8 +168,11 @@ def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = T
         if old and set(old.values()) == {(sha, len(old))}:  # same bytes and settings, and completely indexed
             stats.unchanged += 1
             continue
+        skipped: list[str] = []
         try:
-            chunks = file_chunks(path, source, cfg.chunk_size, cfg.chunk_overlap, cfg.encoding)
+            chunks = file_chunks(path, source, cfg.chunk_size, cfg.chunk_overlap, cfg.encoding, skipped)
+            stats.skipped_lines += len(skipped)
+            stats.errors += [f"{line} (line skipped, the rest of the file indexed)" for line in skipped]
         except (DocumentError, OSError) as err:
             stats.failed += 1
             stats.errors.append(str(err))
