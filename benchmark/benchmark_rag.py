@@ -28,10 +28,9 @@ from medqwen.reporting import markdown_table, write_metrics
 
 def plot(results: dict, kinds: list[str], path: Path) -> None:
     """Grouped bars: recall@5 per question kind for every method."""
-    import matplotlib
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(results)), 3.5))
     width = 0.8 / len(kinds)
@@ -42,9 +41,7 @@ def plot(results: dict, kinds: list[str], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recall@5")
     ax.legend(fontsize=8, ncol=len(kinds))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def latency_at_scale(client, collection, cfg: RagBenchConfig, gold: list[dict], documents: int) -> dict:

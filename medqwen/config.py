@@ -597,10 +597,22 @@ class CevalConfig(DeviceFields, ServerFields):
                              aliases=["adapter"])
     data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root: <dir>/{dev,val,test}/<subject>_<split>.csv "
                                                     "(released layout) or <dir>/<subject>/ (datasets layout).")
-    subjects: list[str] = _f(["clinical_medicine"], "Subjects (repeatable or comma-separated); groups: medical "
-                                                    "(clinical_medicine, basic_medicine, physician, "
-                                                    "veterinary_medicine), all.")
-    split: str = _f("val", "val: graded accuracy; test: predictions in C-Eval's submission.json (no answers).",
+    cmmlu_dir: str = _f("data/benchmark/cmmlu", "CMMLU root: <dir>/{dev,test}/<subject>.csv (official layout).")
+    cmexam_dir: str = _f("data/benchmark/cmexam", "CMExam folder holding the release's val.csv and test.csv.")
+    subjects: list[str] = _f(["clinical_medicine"], "Subjects (repeatable or comma-separated): C-Eval names bare "
+                                                    "(clinical_medicine), others as cmmlu/anatomy, cmexam; groups: "
+                                                    "medical (all three exams' medical subjects, pooled), general "
+                                                    "(fixed non-medical set, the forgetting check), all (C-Eval), "
+                                                    "<exam>/<group> (ceval/medical, cmmlu/general, ...).")
+    skip_missing: bool = _f(False, "Leave out subjects of a group that have no data files (listed in metrics.json); "
+                                   "subjects named one by one always need their data.")
+    skip_invalid: bool = _f(False, "Skip malformed rows (wrong column count, answer not an option, empty option) and "
+                                   "count them, instead of stopping at the first with its file:line.")
+    permute_options: str = _f("none", "cyclic: also score every single-answer question under each cyclic rotation "
+                                      "of its options (accuracy per rotation, consistency, position bias; n options "
+                                      "= n times the work).", choices=["none", "cyclic"])
+    split: str = _f("val", "val: graded accuracy (CMMLU and CMExam: their answered test split); test: C-Eval "
+                           "only, predictions in C-Eval's submission.json (no answers).",
                     choices=["val", "test"])
     k_shot: int = _f(5, "Few-shot examples taken in order from the dev split (0-5).")
     prompt_style: str = _f("official", "official: the C-Eval paper's answer-only prompt; lm-eval: "
@@ -649,6 +661,11 @@ class PerfCevalConfig(DeviceFields):
     tokenizer: str | None = _f(None, "Tokenizer that sets the lengths (None: model/qwen, else model/qwen3-tokenizer, "
                                      "else ../shared/reference/qwen3; --tiny: model/smollm2-135m-instruct).")
     data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root whose medical items seed the synthetic questions.")
+    pooled: bool = _f(False, "The pooled medical set instead: C-Eval + CMMLU + CMExam medical subjects, each exam's "
+                             "own prompt on its shipped team-written sample (real lengths of those prompts), "
+                             "--questions split in the proportions of the exams' scored splits.")
+    permute_options: str = _f("none", "With --pooled, cyclic: also time the option-order check (every question under "
+                                      "each cyclic rotation of its options).", choices=["none", "cyclic"])
     questions: int = _f(1346, "Five-shot questions scored (spread over the subjects).")
     subjects: int = _f(4, "Subjects (each has its own shared five-shot head).")
     mean_tokens: int = _f(418, "Target mean prompt length (tokens).")

@@ -829,10 +829,9 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
 
 def plot_lengths(results: list[FileResult], max_seq_len: int, path: Path) -> None:
     """Histogram of tokens per conversation, one colour per input, with the length limit marked."""
-    import matplotlib
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     data = [r.lengths for r in results if r.lengths]
@@ -844,9 +843,7 @@ def plot_lengths(results: list[FileResult], max_seq_len: int, path: Path) -> Non
     ax.set_ylabel("conversations")
     ax.set_title("Conversation length before the length filter (unique conversations)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def summary_table(stats: dict[str, Any]) -> str:

@@ -520,10 +520,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, samples: i
 
 def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
     """One panel per headline metric (reference loss, ROUGE-L, identity rate): a bar per run, 95% intervals."""
-    import matplotlib
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = [k for k in ("ref_loss", "rouge_l", "identity_rate") if any(r["metrics"].get(k) is not None for r in runs)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
@@ -535,9 +534,7 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(dict(HEADLINE)[key])
         if key != "ref_loss":
             ax.set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def spread_values(argv: Sequence[str], flag: str = "--compare") -> list[str]:

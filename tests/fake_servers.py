@@ -1,7 +1,7 @@
 """Local HTTP servers that misbehave on purpose, for the agent, red-team and fault tests.
 
 FakeOpenAI speaks just enough of /v1/models and /v1/chat/completions (JSON and SSE streaming). The `model` of the
-request picks the behaviour: ok, html, badjson, empty_choices, cut_stream, die_mid_stream, echo_key (an error page
+request picks the behaviour: ok, slow_stream, html, badjson, empty_choices, cut_stream, die_mid_stream, echo_key (an error page
 that echoes the Authorization header), tool_flood (one reply with 200 tool calls), bad_args (non-JSON arguments),
 inject (a reply whose text holds control tokens).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,7 +32,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.rstrip("/").endswith("/models"):
-            names = ["ok", "html", "badjson", "empty_choices", "cut_stream", "die_mid_stream", "echo_key",
+            names = ["ok", "slow_stream", "html", "badjson", "empty_choices", "cut_stream", "die_mid_stream", "echo_key",
                      "tool_flood", "bad_args", "inject"]
             return self._send(200, json.dumps({"object": "list", "data": [{"id": n} for n in names]}).encode())
         return self._send(404, b"{}")
@@ -86,6 +87,12 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         elif model == "cut_stream":
             event({"role": "assistant", "content": "部分"})
             self.wfile.write(b"data: {\"id\": \"x\", \"choices\": [{\"delta\": {\"content\n\n")
+        elif model == "slow_stream":  # 0.1 s per chunk: long enough to be killed mid-reply
+            event({"role": "assistant", "content": ""})
+            for i in range(100):
+                event({"content": f"片段{i} "})
+                time.sleep(0.1)
+            event({}, "stop")
         elif model == "die_mid_stream":
             event({"role": "assistant", "content": "half an ans"})
             self.wfile.flush()
@@ -116,3 +123,24 @@ def serve(handler: type[BaseHTTPRequestHandler]):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def serve_forever_in_this_process(handler_name: str) -> None:
+    """`python -m tests.fake_servers FakeOpenAI`: serve on a free port, print it, run until killed (the fault
+    tests kill this process with SIGKILL in the middle of an answer)."""
+    import sys
+
+    import tests.test_tools as tools_tests
+
+    handler = globals().get(handler_name) or getattr(tools_tests, handler_name)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.handle_error = lambda *args: None
+    print(server.server_address[1], flush=True)
+    sys.stdout.close()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever_in_this_process(sys.argv[1])

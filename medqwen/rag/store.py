@@ -12,6 +12,7 @@ chunks of every file not under the inputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,34 @@ from medqwen.rag.embeddings import MedqwenEmbedding, vector_space
 
 class StoreError(RuntimeError):
     """The store is missing, empty, unreachable or was built differently; the message says what to do."""
+
+
+@contextlib.contextmanager
+def index_lock(cfg: RagConfig, timeout_s: float = 3600.0):
+    """Hold an exclusive lock on a local store while indexing: two indexers on one folder would each write the
+    HNSW index from their own memory, and the last writer would drop the other's vectors. The second waits, then
+    finds the files already indexed. (A `chroma run` server serialises writes itself: no lock.)"""
+    if cfg.chroma_host:
+        yield
+        return
+    import fcntl
+
+    folder = Path(cfg.persist_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".medqwen-index.lock", "w") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"another indexer has held {folder} for {timeout_s:g} s; is one still running?")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def make_embedding(cfg: RagConfig) -> MedqwenEmbedding:
