@@ -90,6 +90,15 @@ def test_injection_through_retrieved_documents(payload, where):
     assert safe and fenced
 
 
+def test_control_token_list_matches_qwen3s_added_tokens(qwen_reference_dir):
+    from medqwen.chat import CONTROL_TOKENS
+
+    config = json.loads((qwen_reference_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    added = {t["content"] for t in config["added_tokens_decoder"].values()}
+    _count("injections", added == set(CONTROL_TOKENS))
+    assert added == set(CONTROL_TOKENS)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(bundled_model_dir):
     from medqwen.chat import load_tokenizer
