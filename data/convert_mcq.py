@@ -14,7 +14,8 @@ Writes <output> and prints a table of questions per subject and answer letter.
 from collections import Counter
 
 from medqwen.ceval import CevalDataError
-from medqwen.config import McqConvertConfig, parse_config
+from medqwen.config import McqConvertConfig
+from medqwen.configlib import parse_config
 from medqwen.mcq import McqDataError, read_mcq_file, write_mcq_jsonl
 from medqwen.reporting import markdown_table
 

@@ -18,7 +18,8 @@ length percentiles), <stem>.length_hist.png and <stem>.config.yaml; prints a Mar
 
 import sys
 
-from medqwen.config import DataConfig, parse_config
+from medqwen.config import DataConfig
+from medqwen.configlib import parse_config
 from medqwen.data import DataError, prepare
 
 

@@ -168,13 +168,13 @@ def _messages(state) -> list:
 
 
 def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
-    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.model (or `llm`) with the default tools + `extra_tools`."""
+    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.served_model (or `llm`) with the default tools + `extra_tools`."""
     from langchain.agents import create_agent
     from langchain_openai import ChatOpenAI
 
     if llm is None:
         server_url(cfg)
-        llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.model, api_key=cfg.api_key or "EMPTY",
+        llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.served_model, api_key=cfg.api_key or "EMPTY",
                          temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                          timeout=cfg.timeout_s, max_retries=1)
     from medqwen.rag.answer import knowledge_base_tools  # [] unless a store from agent/embedding.py exists
@@ -197,7 +197,7 @@ def server_url(cfg: AgentConfig) -> str:
 
 
 def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
-    """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks cfg.model."""
+    """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks the model."""
     url = strip_userinfo(server_url(cfg))
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     try:
@@ -211,9 +211,9 @@ def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
             f"no OpenAI-compatible server answers at VLLM_BASE_URL={url} "
             f"({type(err).__name__}: {redact(str(err), [cfg.api_key])[:200]}).\n"
             "Start it with `bash agent/serve_vllm.sh`, or point VLLM_BASE_URL (or --base_url) at your server.") from None
-    if cfg.model not in served:
+    if cfg.served_model not in served:
         raise AgentServerError(f"the server at VLLM_BASE_URL={url} serves {served[:20]}, not "
-                               f"MODEL_NAME={cfg.model}; set MODEL_NAME (or --model) to one of them.")
+                               f"MODEL_NAME={cfg.served_model}; set MODEL_NAME (or --served_model) to one of them.")
     return served
 
 

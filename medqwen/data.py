@@ -34,7 +34,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from medqwen.config import REPO_ROOT, DataConfig, config_to_dict, format_config
+from medqwen.config import DataConfig
+from medqwen.configlib import REPO_ROOT, config_to_dict, format_config
 from medqwen import jsonl
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),

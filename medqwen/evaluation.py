@@ -27,33 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from medqwen.config import EvalConfig, format_config, load_saved_config, save_config
+from medqwen.config import EvalConfig
+from medqwen.configlib import UserError, format_config, load_saved_config, parse_config, run_main, save_config
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
+from medqwen.runs import resolve_model
 
 Message = dict[str, Any]
 
 
 class EvalDataError(ValueError):
     """Held-out data that is missing or malformed."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Config: three scripts, one dataclass, different defaults.
-
-
-def with_defaults(cls: type, **defaults: Any) -> type:
-    """A subclass of a config dataclass whose listed fields get new defaults (help text kept)."""
-    resolved = typing.get_type_hints(cls)
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
-    fields = []
-    for name, value in defaults.items():
-        if name not in by_name:
-            raise KeyError(f"{cls.__name__} has no field {name!r}")
-        fields.append((name, resolved[name], dataclasses.field(default=value, metadata=by_name[name].metadata)))
-    sub = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
-    sub.__doc__ = cls.__doc__  # --help shows the stage's description, not the generated signature
-    return sub
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -177,30 +161,7 @@ def mean_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float] | Non
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Model side: base model resolution, reference loss, greedy generation (HF or an OpenAI-compatible endpoint).
-
-
-def resolve_base_model(cfg: EvalConfig) -> str:
-    """The base model: --model_name_or_path, else the adapter run's saved config.yaml (`model_name_or_path`)."""
-    from medqwen.modeling import ModelNotFoundError
-
-    if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
-        what = "does not exist" if not Path(cfg.adapter).exists() else "holds no adapter_config.json"
-        trainer = "trainer/train_grpo.py" if cfg.name == "grpo" else "trainer/train_lora.py"
-        raise ModelNotFoundError(f"adapter folder {cfg.adapter} {what}. Train it first (python {trainer} "
-                                 f"--output_dir {cfg.adapter}) or pass --adapter PATH.")
-    if cfg.model_name_or_path:
-        return cfg.model_name_or_path
-    if not cfg.adapter:
-        raise ValueError("set --model_name_or_path (the base model) or --adapter (a trainer run)")
-    saved = Path(cfg.adapter) / "config.yaml"
-    if not saved.is_file():
-        raise FileNotFoundError(f"{saved} not found: cannot tell which base model {cfg.adapter} was trained on; "
-                                "pass --model_name_or_path")
-    base = load_saved_config(saved).get("model_name_or_path")
-    if not base:
-        raise ValueError(f"{saved} has no model_name_or_path; pass --model_name_or_path")
-    return str(base)
+# Model side: reference loss, greedy generation (HF or an OpenAI-compatible endpoint).
 
 
 def reference_loss(model, tokenizer, conversations: list[list[Message]], max_seq_len: int, batch_size: int,
@@ -281,20 +242,23 @@ def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max
 
 
 def output_dir(cfg: EvalConfig) -> Path:
-    return Path(cfg.output_dir or f"out/eval/{cfg.name}")
+    return Path(cfg.output_dir or f"out/eval/{run_name(cfg)}")
+
+
+def run_name(cfg: EvalConfig) -> str:
+    """--name, else the model type (an adapter without one: lora)."""
+    return cfg.name or cfg.model_type or ("lora" if cfg.adapter else "base")
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate one model (base or base + adapter); write every output file; return metrics.json's content."""
+    cfg = dataclasses.replace(cfg, name=run_name(cfg))
     out = output_dir(cfg)
-    if cfg.backend == "hf":
-        from medqwen.modeling import check_model_dir
-
-        base_model = resolve_base_model(cfg)
-        check_model_dir(base_model)  # before the data is read and the judge is asked
-        model_label = base_model + (f" + {cfg.adapter}" if cfg.adapter else "")
+    if cfg.backend == "hf":  # fails before the data is read and the judge is asked
+        choice = resolve_model(cfg.model, cfg.adapter, cfg.model_type)
+        base_model, adapter, model_label = choice.model, choice.adapter, choice.label
     else:  # the server holds the model (and any adapter)
-        base_model, model_label = None, f"{cfg.served_model} at {cfg.base_url}"
+        base_model, adapter, model_label = None, None, f"{cfg.served_model} at {cfg.base_url}"
     judge = None
     if cfg.judge_base_url:  # fail fast: a judge that is down should not cost the generation time
         from medqwen.judge import make_judge
@@ -323,7 +287,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         from medqwen.modeling import load_model
 
         tokenizer = load_tokenizer(base_model, cfg.chat_template)
-        model = load_model(base_model, adapter=cfg.adapter, device=cfg.device, dtype=cfg.dtype)
+        model = load_model(base_model, adapter=adapter, device=cfg.device, dtype=cfg.dtype)
         t0 = time.perf_counter()
         losses = reference_loss(model, tokenizer, [e["conversation"] for e in examples], cfg.max_seq_len,
                                 cfg.batch_size, cfg.enable_thinking, tools=[e["tools"] for e in examples])
@@ -332,7 +296,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.enable_thinking, tools)
     else:  # chat endpoints return no logits for a given reply, so no reference loss here
         generate = lambda prompts, tools, desc: generate_openai(  # noqa: E731
-            cfg.base_url, cfg.served_model, prompts, cfg.max_new_tokens, cfg.api_key, cfg.request_timeout_s,
+            cfg.base_url, cfg.served_model, prompts, cfg.max_new_tokens, cfg.api_key, cfg.timeout_s,
             desc=desc, tools=tools)
 
     t0 = time.perf_counter()
@@ -588,11 +552,13 @@ def spread_values(argv: Sequence[str], flag: str = "--compare") -> list[str]:
     return out
 
 
-def cli(**defaults: Any) -> None:
-    """What eval/eval_*.py run: EvalConfig with the script's defaults, resolved from env/YAML/flags, then main."""
-    from medqwen.config import parse_config
-
-    main(parse_config(with_defaults(EvalConfig, **defaults), argv=spread_values(sys.argv[1:])))
+def cli(model_type: str = "base") -> None:
+    """What eval/eval_{base,lora,grpo}.py run: EvalConfig from env/YAML/flags, the script's model type unless
+    --model_type (or YAML) sets one, then main."""
+    cfg = parse_config(EvalConfig, argv=spread_values(sys.argv[1:]))
+    if cfg.model_type is None:  # the script's own model type; an adapter given to eval_base.py means a LoRA run
+        cfg = dataclasses.replace(cfg, model_type="lora" if cfg.adapter and model_type == "base" else model_type)
+    run_main(lambda: main(cfg))
 
 
 def main(cfg: EvalConfig) -> None:
@@ -608,4 +574,4 @@ def main(cfg: EvalConfig) -> None:
             return
         run_eval(cfg)
     except (FileNotFoundError, EndpointUnavailableError, ValueError) as err:  # bad input: data, model, endpoint
-        sys.exit(f"error: {err}")  # the messages name the file/line/URL and say what to do
+        raise UserError(str(err)) from None  # the messages name the file/line/URL and say what to do

@@ -7,7 +7,8 @@ import sys
 import pytest
 import yaml
 
-from medqwen.config import ChatConfig, _f, build_parser, parse_config, resolve_config, save_config
+from medqwen.config import ChatConfig, TrainConfig
+from medqwen.configlib import _f, build_parser, parse_config, resolve_config, save_config
 
 
 @dataclasses.dataclass
@@ -25,7 +26,7 @@ class DemoConfig:
 def test_defaults_equal_declared_values():
     cfg = parse_config(DemoConfig, [], environ={})
     assert cfg == DemoConfig()
-    assert ChatConfig().model == "model/qwen"
+    assert TrainConfig().model == "model/qwen" and ChatConfig().model is None
 
 
 def test_precedence_default_env_yaml_cli(tmp_path):
@@ -112,7 +113,7 @@ def test_secret_read_from_env_but_never_saved(tmp_path):
 
 def test_dotenv_file_is_read_but_real_env_wins(tmp_path):
     (tmp_path / ".env").write_text("MODEL_NAME=from-dotenv\nVLLM_BASE_URL=http://dotenv:9/v1\n")
-    code = ("from medqwen.config import parse_config; from tests.test_config import DemoConfig; "
+    code = ("from medqwen.configlib import parse_config; from tests.test_config import DemoConfig; "
             "c = parse_config(DemoConfig, []); print(c.model_name, c.base_url)")
     env = {"PATH": "", "VLLM_BASE_URL": "http://real-env:8/v1", "PYTHONPATH": str(__import__('pathlib').Path(__file__).parent.parent)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)

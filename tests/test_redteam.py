@@ -24,7 +24,8 @@ from langchain_core.tools import StructuredTool
 
 from medqwen.agent import AgentServerError, ask, build_agent, check_server
 from medqwen.chat import escape_control_tokens, find_control_token
-from medqwen.config import AgentConfig, DataConfig, RagConfig, format_config, save_config
+from medqwen.config import AgentConfig, DataConfig, RagConfig
+from medqwen.configlib import format_config, save_config
 from medqwen.data import DataError, prepare
 from medqwen.rag.answer import SOURCES_BEGIN, SOURCES_END, build_messages, check_query, format_sources
 from medqwen.rag.chunking import chunk_text, normalize_text
@@ -215,7 +216,7 @@ def openai_url():
 
 @pytest.mark.parametrize("mode", ["echo_key", "html", "badjson", "cut_stream", "die_mid_stream", "empty_choices"])
 def test_server_key_never_appears_in_agent_errors(openai_url, mode):
-    cfg = AgentConfig(base_url=openai_url.replace("http://", f"http://u:{SERVER_KEY}@"), model=mode,
+    cfg = AgentConfig(base_url=openai_url.replace("http://", f"http://u:{SERVER_KEY}@"), served_model=mode,
                       api_key=SERVER_KEY, timeout_s=5)
     try:
         ask(build_agent(cfg), cfg, [], "hi", write=lambda s: None)
@@ -300,7 +301,7 @@ def test_slow_huge_and_broken_weather_answers(hostile_url, city, expected, when)
 
 @pytest.mark.parametrize("cap", [1, 8])
 def test_tool_call_flood_is_capped(openai_url, cap):
-    cfg = AgentConfig(base_url=openai_url, model="tool_flood", max_tool_calls=cap, timeout_s=10)
+    cfg = AgentConfig(base_url=openai_url, served_model="tool_flood", max_tool_calls=cap, timeout_s=10)
     history = _run("crashes", ask, build_agent(cfg), cfg, [], "flood", write=lambda s: None)
     results = [m for m in history if isinstance(m, ToolMessage)]
     ran = [m for m in results if "refused" not in m.content]

@@ -35,7 +35,7 @@ def test_lora_teaches_the_configured_name(bundled_model_dir, tmp_path):
     identity = load_file(InputSpec(REPO / "data" / "lora_identity.jsonl", identity=True),
                          DataConfig(name=NAME, author=AUTHOR)).conversations
     write_jsonl(identity, tmp_path / "identity.jsonl")
-    cfg = TrainConfig(model_name_or_path=str(bundled_model_dir), data_path=str(tmp_path / "identity.jsonl"),
+    cfg = TrainConfig(model=str(bundled_model_dir), data_path=str(tmp_path / "identity.jsonl"),
                       output_dir=str(tmp_path / "lora"), max_steps=STEPS, learning_rate=LEARNING_RATE,
                       lr_scheduler_type="constant", lora_r=RANK, lora_alpha=2 * RANK, per_device_train_batch_size=BATCH,
                       gradient_accumulation_steps=1, max_seq_len=MAX_LEN, eval_ratio=0, logging_steps=5,
