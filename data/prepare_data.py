@@ -16,10 +16,8 @@ Writes the output JSONL and, beside it, <stem>.stats.json (counts in/out/dropped
 length percentiles), <stem>.length_hist.png and <stem>.config.yaml; prints a Markdown summary.
 """
 
-import sys
-
 from medqwen.config import DataConfig
-from medqwen.configlib import parse_config
+from medqwen.configlib import UserError, parse_config, run_main
 from medqwen.data import DataError, prepare
 
 
@@ -28,12 +26,16 @@ def main(cfg: DataConfig) -> dict:
     return prepare(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
     cfg = parse_config(DataConfig, description=__doc__)
     try:
         main(cfg)
     except DataError as err:
-        sys.exit(f"error: {err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
-                 f"by reason (nothing valid is dropped).")
+        raise UserError(f"{err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
+                        f"by reason (nothing valid is dropped).") from None
     except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        raise UserError(str(err)) from None
+
+
+if __name__ == "__main__":
+    run_main(cli)
