@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from medqwen.agent import AgentServerError, ask, build_agent, check_server, final_answer
 from medqwen.config import AgentEvalConfig
-from medqwen.configlib import format_config, parse_config, save_config
+from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.tools import evaluate
@@ -67,7 +67,7 @@ def main(cfg: AgentEvalConfig) -> dict:
         try:
             history = ask(agent, cfg, [], item["question"], write=lambda s: None)
         except AgentServerError as err:
-            raise SystemExit(f"error: {err}")
+            raise UserError(str(err)) from None
         rows.append(score(item, history))
     write_jsonl(rows, out / "predictions.jsonl")
 
@@ -91,4 +91,4 @@ def main(cfg: AgentEvalConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(AgentEvalConfig, description=__doc__))
+    run_main(lambda: main(parse_config(AgentEvalConfig, description=__doc__)))
