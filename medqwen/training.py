@@ -45,7 +45,7 @@ def read_conversations(path: str | Path) -> list[dict]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training data '{path}' not found. Prepare it first (README, section data):\n"
+        raise FileNotFoundError(f"training data '{path}' not found. Prepare it first (docs/data.md):\n"
                                 f"  python data/prepare_data.py --output {path}")
     conversations = load_file(InputSpec(path), DataConfig()).conversations
     if not conversations:

@@ -84,7 +84,7 @@ serve_agent() {
   done
   grep "serve_vllm: ready" "$log"
   # The demo LoRA learned medical answers, not tool use, so tool_choice forces the first call; the
-  # tool-trained adapter (README, section serve) calls the calculator on its own.
+  # tool-trained adapter (docs/serving.md) calls the calculator on its own.
   export VLLM_BASE_URL=http://localhost:8001/v1 MODEL_NAME=lora-adapter
   python agent/agent.py --query "What is (12 + 8) * 3?" --force_tool calculator --verbose --temperature 0 \
     --max_tokens 64 || status=1

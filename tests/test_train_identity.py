@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 # An author that does not contain the name, so a reply naming only the author is not counted as a hit.
 NAME, AUTHOR = "MedQwen", "the open-source community"
 # The demo preset's rate and rank (configs/smollm2/lora_cpu_demo.yaml), 4 conversations of <= 128 tokens per step
-# to keep it cheap on CPU (the README's train section lists the step counts and hit rates measured).
+# to keep it cheap on CPU (docs/training.md lists the step counts and hit rates measured).
 STEPS, LEARNING_RATE, RANK, BATCH, MAX_LEN = 10, 2e-3, 16, 4, 128
 
 
