@@ -31,9 +31,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medqwen.exams import expand_subjects, get_exam, split_key
-from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, rotate
+from medqwen.chat import render
+from medqwen.exams import expand_subjects, get_exam, is_group, split_key
+from medqwen.exams.base import (LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, qualified,
+                                rotate)
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
+from medqwen.reporting import markdown_table, pyplot, save_figure
+from medqwen.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_diff_ci
 
 CHOICES = LETTERS[:4]  # C-Eval's (and CMMLU's) four option letters
 __all__ = ["Question", "expand_subjects", "rotate"]
@@ -314,8 +318,6 @@ class Prediction:
 
     @property
     def key(self) -> str:
-        from medqwen.exams.base import qualified
-
         return qualified(self.exam, self.subject)
 
 
@@ -326,7 +328,6 @@ def render_prompt(q: Question, shots: Sequence[Question], style: str, cot: bool,
         return build_prompt(q, shots, style, cot)
     if tokenizer is None:
         raise ValueError("chat prompting needs a tokenizer with a chat template (a local --model folder)")
-    from medqwen.chat import render
 
     text = render(tokenizer, build_messages(q, shots, style, cot), add_generation_prompt=True,
                   enable_thinking=enable_thinking)
@@ -410,7 +411,6 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
     if permute not in ("none", "cyclic"):
         raise ValueError(f"unknown option permutation {permute!r}: none or cyclic")
     dirs = data_dir if isinstance(data_dir, dict) else {"ceval": data_dir}
-    from medqwen.exams import is_group
 
     named = {k for n, group in zip(subjects, is_group(subjects)) if not group for k in expand_subjects([n])}
     predictions: list[Prediction] = []
@@ -457,8 +457,6 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
 
 
 def _block(rows: Sequence[Prediction], n_boot: int, seed: int) -> dict[str, Any]:
-    from medqwen.stats import bootstrap_ci
-
     graded = [p.correct for p in rows if p.correct is not None]
     out: dict[str, Any] = {"n": len(rows), "n_unparsed": sum(p.pred is None for p in rows)}
     if graded:
@@ -516,8 +514,6 @@ def option_order_report(predictions: Sequence[Prediction], n_boot: int = 1000, s
 
 def option_order_table(report: dict[str, Any]) -> str:
     """Markdown: accuracy per rotation, mean and consistency; then predicted vs gold letter shares."""
-    from medqwen.reporting import markdown_table
-
     rows = [[f"rotation {r}", b["n"], b["accuracy"], f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"]
             for r, b in report["per_rotation"].items()]
     rows.append(["**mean over rotations**", "-", report["mean_accuracy"], "-"])
@@ -566,8 +562,6 @@ def _ci(b: dict[str, Any]) -> str:
 def results_table(summary: dict[str, Any]) -> str:
     """Markdown table: one row per subject, one per exam (several subjects), a pooled row (several rows), and
     multi-answer rows; the first column names the exam."""
-    from medqwen.reporting import markdown_table
-
     def row(exam: str, name: str, b: dict[str, Any]) -> list[Any]:
         return [get_exam(exam).title, name, b["n"], b.get("accuracy", "-"), _ci(b), b["n_unparsed"]]
 
@@ -590,9 +584,6 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
     each vs the first with McNemar's exact test; with medical and general subjects present, the forgetting
     check (medical change next to general change, paired bootstrap CIs). Writes compare.md, compare.json,
     compare.png (bars with 95% CIs) and forgetting.png."""
-    from medqwen.reporting import markdown_table
-    from medqwen.stats import bootstrap_ci, mcnemar_exact
-
     if len(run_dirs) < 2:
         raise ValueError("--compare needs at least two run folders")
     runs = []
@@ -648,8 +639,6 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
 def forgetting_check(runs, keys, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]] | None:
     """Per run after the first: the accuracy change on the shared medical questions and on the shared general
     ones, in points, each with a paired bootstrap 95% CI; None unless both groups are present."""
-    from medqwen.stats import paired_bootstrap_diff_ci
-
     groups = {g: set(expand_subjects([g])) for g in ("medical", "general")}
     members = {g: [k for k in keys if (k[1] if k[0] == "ceval" else f"{k[0]}/{k[1]}") in s] for g, s in groups.items()}
     if not all(members.values()):
@@ -670,8 +659,6 @@ def forgetting_check(runs, keys, n_boot: int = 1000, seed: int = 0) -> list[dict
 
 def forgetting_table(forgetting: Sequence[dict[str, Any]]) -> str:
     """Markdown: medical change next to general change (points, 95% CI), then one summary line per run."""
-    from medqwen.reporting import markdown_table
-
     pts = lambda b: f"{100 * b['change']:+.1f} [{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}]"  # noqa: E731
     rows = [[f["run"], f["medical"]["n"], pts(f["medical"]), f["general"]["n"], pts(f["general"])] for f in forgetting]
     table = markdown_table(rows, ["run vs " + forgetting[0]["reference"], "medical n",
@@ -685,8 +672,6 @@ def forgetting_table(forgetting: Sequence[dict[str, Any]]) -> str:
 
 def plot_forgetting(forgetting: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Medical vs general accuracy change per run (points) with 95% paired bootstrap CIs."""
-    from medqwen.reporting import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(2.4 + 1.8 * len(forgetting), 3.6))
     width = 0.38
@@ -706,8 +691,6 @@ def plot_forgetting(forgetting: Sequence[dict[str, Any]], path: str | Path) -> P
 
 def plot_comparison(detail: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Bar chart of (pooled) accuracy with 95% bootstrap CI error bars."""
-    from medqwen.reporting import pyplot, save_figure
-
     plt = pyplot()
     acc = [d["accuracy"] for d in detail]
     err = [[a - d["ci95"][0] for a, d in zip(acc, detail)], [d["ci95"][1] - a for a, d in zip(acc, detail)]]

@@ -16,6 +16,14 @@ import random
 import time
 from pathlib import Path
 
+from medqwen.config import TrainConfig
+from medqwen.configlib import REPO_ROOT, resolve_config
+from medqwen.distributed import local_rank
+from medqwen.modeling import random_qwen3
+from medqwen.reporting import markdown_table, write_metrics
+from medqwen.training import read_conversations
+
+
 # Linear layers of one Qwen3/Llama decoder layer: name -> (in_features, out_features) as a function of the config.
 def projection_shapes(config) -> dict[str, tuple[int, int]]:
     """(in, out) features of each linear layer of one decoder layer."""
@@ -104,8 +112,6 @@ def synthetic_conversations(tokenizer, lengths: list[int], chat_template_overhea
 def benchmark_tokenizer_dir(tokenizer: str | None, shape: str) -> Path:
     """The tokenizer a benchmark uses: the given folder; the bundled model's for the tiny shape; else model/qwen,
     or model/qwen3-tokenizer on a machine with only the tokenizer files."""
-    from medqwen.configlib import REPO_ROOT
-
     if tokenizer:
         return Path(tokenizer)
     if shape == "tiny":
@@ -119,8 +125,6 @@ def benchmark_conversations(tokenizer, n: int, median_len: int, max_seq_len: int
     """`n` conversations: those of `data` (repeated as needed; real lengths), else synthetic ones of lognormal
     lengths (median `median_len`, capped at `max_seq_len` tokens)."""
     if data:
-        from medqwen.training import read_conversations
-
         conversations = [c["conversations"] for c in read_conversations(data)]  # the trainer's reader
         return (conversations * (n // len(conversations) + 1))[:n]
     probe = [{"role": "user", "content": " the"}, {"role": "assistant", "content": " the"}]
@@ -133,9 +137,6 @@ def benchmark_model(shape: str, tokenizer, seed: int):
     """A random model of `shape` on this process's GPU in bf16 (CPU: fp32), with the tokenizer's special tokens;
     its own small vocabulary for the tiny shape. Makes that GPU this process's current device."""
     import torch
-
-    from medqwen.distributed import local_rank
-    from medqwen.modeling import random_qwen3
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -198,17 +199,12 @@ VARIANTS: dict[str, dict | str] = {
 
 def variant_config(spec: str, base: dict):
     """TrainConfig of a variant spec (`name` or `name:field=value:field=value`) on top of `base` overrides."""
-    from medqwen.config import TrainConfig
-    from medqwen.configlib import resolve_config
-
     name, _, extra = spec.partition(":")
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
     recipe = VARIANTS[name]
     cli = dict(base)
     if isinstance(recipe, str):
-        from medqwen.configlib import REPO_ROOT
-
         cli["config"] = str(REPO_ROOT / recipe)
     else:
         cli.update(recipe)
@@ -327,8 +323,6 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
     A row launched on several processes reports their sum (real tok/s), the mean per process, MFU against
     `processes` GPUs, the largest peak memory of any process, and its scaling over the same variant on one.
     """
-    from medqwen.reporting import markdown_table, write_metrics
-
     def single(variant):
         return next((r for r in results if r["variant"] == variant and r["launcher"] == "single"
                      and "real_tok_s" in r), None)

@@ -27,9 +27,21 @@ def bundled_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
     """A tiny random Qwen3ForCausalLM (2 layers, head_dim 32) with the SmolLM2 tokenizer and our template."""
-    from medqwen.modeling import save_tiny_qwen3
-
     return save_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"), bundled_model_dir)
+
+
+def save_tiny_qwen3(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """Save a tiny random Qwen3 with a real tokenizer (and our chat template) as an HF folder."""
+    from medqwen.chat import load_tokenizer
+    from medqwen.modeling import random_qwen3
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = random_qwen3("tiny", vocab_size=len(tokenizer), seed=seed,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
