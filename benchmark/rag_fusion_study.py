@@ -68,7 +68,7 @@ def embed(args) -> None:
     e5 = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e5)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoder = e5.E5Torch(args.model_file, device=device, dtype=torch.float32)
+    encoder = e5.E5Torch(args.model_file, device=device)  # bfloat16 where native, as indexing
     for path in sorted(Path(args.output_dir).glob("*/corpus.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         docs = encoder.encode(["passage: " + c["document"] for c in record["chunks"]])
