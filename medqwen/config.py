@@ -460,7 +460,10 @@ class RagConfig(ServerFields, ModelFields):
                                   "slower (Chroma's default 100 missed neighbours at 50 candidates here).",
                             at_least=1)
     fusion: str = _f("score", "How hybrid merges the two: score (min-max-normalised BM25 and cosine scores of every "
-                              "candidate, weighted sum) or rrf (weighted reciprocal rank).", choices=["score", "rrf"])
+                              "candidate, weighted sum), zscore (z-scores over the candidates, weighted sum), zmax "
+                              "(the larger weighted z-score: the worst loss to the better single retriever across "
+                              "five corpora, docs/rag.md) or rrf (weighted reciprocal rank).",
+                      choices=["score", "zscore", "zmax", "rrf"])
     rrf_k: int = _f(60, "Reciprocal-rank-fusion constant (--fusion rrf): score = sum of weight / (rrf_k + rank).",
                     at_least=0)
     bm25_weight: float = _f(0.3, "Weight of BM25 in hybrid fusion.", at_least=0)
