@@ -121,8 +121,21 @@ class TrainConfig:
                                                "varlen with --packing, else transformers' default).")
     use_liger_kernel: bool = _f(False, "Liger Triton kernels (GPU only; needs the liger-kernel package).")
     torch_compile: bool = _f(False, "Compile the model with torch.compile.")
-    fused_lora: bool = _f(True, "Fast path: LoRA layers as one fused autograd function (same math as PEFT, "
-                                "tested; not under FSDP/DeepSpeed; false: PEFT's own forward).")
+    fast_path: str = _f("auto", "How a step is computed (never which step: the same conversations, order and loss "
+                                "normalisation): auto (on a CUDA GPU the fastest settings that fit its memory, "
+                                "else off), off (the original implementation: exactly the fields given), or a "
+                                "named set: speed (H200), 80gb, 24gb; medqwen.fast_path.FAST_PATHS. A named set "
+                                "overrides the fields below and makes each micro-batch the process's whole share "
+                                "of the step.", choices=["auto", "off", "speed", "80gb", "24gb"])
+    padding_free: bool = _f(False, "Concatenate each micro-batch's conversations into one row (positions restart "
+                                   "per conversation, no pad tokens); unlike --packing the micro-batch keeps "
+                                   "per_device_train_batch_size whole conversations, so the recipe is unchanged.")
+    max_tokens_per_forward: int = _f(0, "With padding_free: run a micro-batch longer than this many tokens as "
+                                        "several forward/backward passes split at conversation boundaries; bounds "
+                                        "activation memory, same gradient (0: one pass, or the fast "
+                                        "path's own budget).")
+    fused_lora: bool = _f(False, "Fast path: LoRA layers as one fused autograd function (same math as PEFT, "
+                                 "tested; not under FSDP/DeepSpeed; false: PEFT's own forward).")
     compile_layers: bool = _f(False, "Fast path: torch.compile each decoder layer (lengths vary, so this beats "
                                      "whole-model --torch_compile).")
     recompute_layers: int = _f(-1, "With gradient_checkpointing: recompute only the first N decoder layers and "
@@ -459,6 +472,13 @@ class PerfTrainConfig:
     tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
                                      "model/smollm2-135m-instruct).")
     data: str | None = _f(None, "Conversation JSONL for a real length distribution (None: synthetic lognormal).")
+    lengths: str = _f("lognormal", "Length distribution of the synthetic conversations: lognormal (median "
+                                   "--median_len, capped at --max_seq_len) or real (drawn from the medical data's "
+                                   "histogram stored in benchmark/data/medical_lengths.json). Ignored with --data.",
+                      choices=["lognormal", "real"])
+    memory_cap_gib: float = _f(0.0, "Cap each process's GPU memory at this many GiB "
+                                    "(torch.cuda.set_per_process_memory_fraction), e.g. 24 to prove a 24 GB "
+                                    "setting fits (0: no cap).")
     conversations: int = _f(0, "Conversations to train on (0: enough for all steps).")
     median_len: int = _f(280, "Synthetic lengths: median of the lognormal (tokens).")
     max_seq_len: int = _f(1024, "Longest sequence (tokens); synthetic lengths are capped here.")
@@ -478,6 +498,21 @@ class PerfTrainConfig:
     output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
     seed: int = _f(0, "Seed of lengths, content and model init.")
     run_one: str | None = _f(None, "Internal: time only this variant in this process and print its JSON.")
+
+
+@dataclass
+class LengthHistogramConfig:
+    """benchmark/length_histogram.py: token lengths of a conversation JSONL (our template, truncated like
+    training) as the histogram perf_train --lengths real draws from."""
+
+    data: str = _f("data/lora_medical_merged.jsonl", "Prepared conversation JSONL (data/prepare_data.py output).")
+    tokenizer: str = _f("model/qwen", "Tokenizer folder (the model's).")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template (with generation markers) used for training.")
+    max_seq_len: int = _f(1024, "Lengths are capped here, as training truncates (tokens).")
+    output: str = _f("benchmark/data/medical_lengths.json", "Where the histogram goes.")
+    note: str = _f("1,000 ShareGPT + 87 QA conversations of ../shared/data/medical_dialogue and the identity data "
+                   "(x3), prepared by data/prepare_data.py --tokenizer ../shared/reference/qwen3; "
+                   "benchmark/length_histogram.py", "How the data was made, stored in the file.")
 
 
 @dataclass
