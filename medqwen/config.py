@@ -465,7 +465,7 @@ class PerfTrainConfig:
 
     shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
     tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, sequences of median 40, at most 128 "
-                           "tokens.")
+                           "tokens, optimizer steps of 8 conversations (4 x 2).")
     variants: list[str] = _f(["original", "packed", "packed+liger", "fused", "fused+varlen", "speed", "24gb"],
                              "Recipes to time (medqwen.perf.VARIANTS; 'name:field=value:...' overrides fields), "
                              "comma-separated or repeated; each runs in its own process.")

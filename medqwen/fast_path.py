@@ -100,13 +100,16 @@ def fast_path_settings(cfg, name: str, cuda: bool) -> dict[str, Any]:
     return settings
 
 
-def resolve_fast_path(cfg, support: dict[str, bool] | None = None):
-    """(cfg with its fast path's settings applied and `fast_path` set to the choice, reason). Idempotent."""
+def resolve_fast_path(cfg, support: dict | None = None):
+    """(cfg with its fast path's settings applied and `fast_path` set to the choice, reason).
+
+    `support`: kernel_support() of this machine (measured if None), optionally with "gpu_gib" (the GPU's total
+    memory; read from the device if absent)."""
     if cfg.fast_path == "off":
         return cfg, "--fast_path off: the original implementation"
     support = support if support is not None else kernel_support()
-    gpu_gib = None
-    if support["cuda"]:
+    gpu_gib = support.get("gpu_gib")
+    if support["cuda"] and gpu_gib is None:
         import torch
 
         gpu_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30

@@ -298,3 +298,38 @@ def test_fast_path_keeps_the_recipe_on_spread_lengths(tiny_model_dir, tmp_path):
         assert weights_f.keys() == weights_o.keys()
         for key in weights_o:
             torch.testing.assert_close(weights_f[key], weights_o[key], rtol=1e-3, atol=1e-5, msg=f"{name} {key}")
+
+
+def test_fast_path_choice_by_machine():
+    """auto: the largest fast path that fits the GPU; off on CPU, on small cards and without a kernel (with a
+    message saying what is missing); a named path as asked (CUDA-only parts off on CPU); off is off."""
+    from medqwen.fast_path import choose_fast_path
+
+    assert choose_fast_path("auto", True, 139.8, True, True)[0] == "speed"
+    assert choose_fast_path("auto", True, 79.2, True, True)[0] == "80gb"
+    assert choose_fast_path("auto", True, 23.6, True, True)[0] == "24gb"
+    name, why = choose_fast_path("auto", True, 15.7, True, True)
+    assert name == "off" and "below" in why
+    name, why = choose_fast_path("auto", False, None, False, False)
+    assert name == "off" and "no CUDA" in why
+    name, why = choose_fast_path("auto", True, 139.8, False, True)
+    assert name == "off" and "FlashAttention varlen" in why and "falling back" in why
+    name, why = choose_fast_path("speed", True, 139.8, True, False)
+    assert name == "off" and "Triton" in why
+    name, why = choose_fast_path("24gb", False, None, False, False)
+    assert name == "24gb" and "CUDA-only parts off" in why
+    assert choose_fast_path("off", True, 139.8, True, True)[0] == "off"
+    with pytest.raises(ValueError, match="choose auto, off"):
+        choose_fast_path("warp", True, 139.8, True, True)
+
+
+def test_off_keeps_the_original_fields_and_cpu_auto_changes_nothing():
+    from medqwen.fast_path import resolve_fast_path
+
+    cfg = TrainConfig()
+    assert resolve_fast_path(cfg, {"cuda": False, "varlen": True, "triton": True})[0] == replace(cfg, fast_path="off")
+    off = replace(cfg, fast_path="off")
+    assert resolve_fast_path(off, {"cuda": True, "varlen": True, "triton": True, "gpu_gib": 140})[0] == off
+    fast, why = resolve_fast_path(cfg, {"cuda": True, "varlen": True, "triton": True, "gpu_gib": 23.6})
+    assert (fast.fast_path, fast.per_device_train_batch_size, fast.gradient_accumulation_steps) == ("24gb", 64, 1)
+    assert "24gb" in why and fast.learning_rate == cfg.learning_rate and fast.lora_r == cfg.lora_r

@@ -12,6 +12,6 @@ from medqwen.perf.data import (benchmark_conversations, benchmark_model, benchma
                                synthetic_conversations, synthetic_lengths)
 from medqwen.perf.flops import lora_train_flops, matmul_peak_tflops, projection_shapes
 from medqwen.perf.report import write_report
-from medqwen.perf.timing import (CountingCollator, kernel_profiler, merge_process_steps, profile_summary,
-                                 time_trainer)
+from medqwen.perf.timing import (StepCounter, batch_conversations, kernel_profiler, merge_process_steps,
+                                 profile_summary, step_fingerprint, time_trainer)
 from medqwen.perf.variants import VARIANTS, variant_config

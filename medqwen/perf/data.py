@@ -17,6 +17,41 @@ def synthetic_lengths(n: int, median: float = 280, sigma: float = 0.8, cap: int 
     return [int(min(cap, max(floor, round(rng.lognormvariate(mu, sigma))))) for _ in range(n)]
 
 
+REAL_LENGTHS = "benchmark/data/medical_lengths.json"  # made by benchmark/length_histogram.py (says from what)
+
+
+def load_length_histogram(path: str | Path | None = None) -> dict:
+    """The stored histogram of real conversation lengths: {"length_counts": {tokens: count}, "assistant_fraction",
+    "how", ...}."""
+    from medqwen.config import REPO_ROOT
+
+    path = Path(path) if path else REPO_ROOT / REAL_LENGTHS
+    if not path.is_file():
+        raise FileNotFoundError(f"length histogram {path} not found; make it with benchmark/length_histogram.py")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def histogram_lengths(n: int, histogram: dict, cap: int, seed: int = 0) -> list[int]:
+    """`n` lengths drawn (with replacement, seeded) from a histogram's conversations, capped at `cap` tokens."""
+    population = [int(k) for k, count in histogram["length_counts"].items() for _ in range(count)]
+    rng = random.Random(seed)
+    return [min(cap, rng.choice(population)) for _ in range(n)]
+
+
+def conversation_token_counts(tokenizer, conversations: list[list[dict]], max_seq_len: int
+                              ) -> tuple[list[int], list[int]]:
+    """(tokens, assistant tokens) of each conversation rendered with the tokenizer's chat template, truncated at
+    max_seq_len as training truncates."""
+    lengths, assistant = [], []
+    for conversation in conversations:
+        out = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        mask = list(out["assistant_masks"])[:max_seq_len]
+        lengths.append(len(mask))
+        assistant.append(sum(mask))
+    return lengths, assistant
+
+
 def length_summary(lengths: list[int]) -> dict[str, float]:
     """Count, mean, median, p90, max and total of a list of token lengths."""
     ordered = sorted(lengths)
@@ -74,9 +109,10 @@ def benchmark_tokenizer_dir(tokenizer: str | None, shape: str) -> Path:
 
 
 def benchmark_conversations(tokenizer, n: int, median_len: int, max_seq_len: int, seed: int,
-                            data: str | None = None) -> list[list[dict]]:
-    """`n` conversations: those of `data` (repeated as needed; real lengths), else synthetic ones of lognormal
-    lengths (median `median_len`, capped at `max_seq_len` tokens)."""
+                            data: str | None = None, lengths: str = "lognormal") -> list[list[dict]]:
+    """`n` conversations: those of `data` (repeated as needed; real lengths), else synthetic ones whose lengths
+    are lognormal (median `median_len`) or drawn from the stored real histogram (`lengths="real"`, with its
+    share of assistant tokens), capped at `max_seq_len` tokens."""
     if data:
         from medqwen.training import read_conversations
 
@@ -84,8 +120,13 @@ def benchmark_conversations(tokenizer, n: int, median_len: int, max_seq_len: int
         return (conversations * (n // len(conversations) + 1))[:n]
     probe = [{"role": "user", "content": " the"}, {"role": "assistant", "content": " the"}]
     overhead = len(tokenizer.apply_chat_template(probe, tokenize=True, return_dict=True)["input_ids"]) - 2
-    lengths = synthetic_lengths(n, median=median_len, cap=max_seq_len, seed=seed)
-    return synthetic_conversations(tokenizer, lengths, overhead, seed=seed)
+    if lengths == "real":
+        histogram = load_length_histogram()
+        drawn = histogram_lengths(n, histogram, max_seq_len, seed=seed)
+        return synthetic_conversations(tokenizer, drawn, overhead, seed=seed,
+                                       prompt_fraction=1 - histogram["assistant_fraction"])
+    drawn = synthetic_lengths(n, median=median_len, cap=max_seq_len, seed=seed)
+    return synthetic_conversations(tokenizer, drawn, overhead, seed=seed)
 
 
 def benchmark_model(shape: str, tokenizer, seed: int):

@@ -2,42 +2,69 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 
-class CountingCollator:
-    """Wraps the trainer's collator and counts what each batch holds: real and computed tokens, sequences."""
+def batch_conversations(batch) -> list[list[int]]:
+    """The conversations (token ids, pads dropped) of one micro-batch: padded rows, or one padding-free row whose
+    boundaries are `cu_seq_lens_q`."""
+    ids = batch["input_ids"]
+    if "cu_seq_lens_q" in batch:
+        cu = batch["cu_seq_lens_q"].tolist()
+        return [ids[0, a:b].tolist() for a, b in zip(cu[:-1], cu[1:])]
+    return [row[mask.bool()].tolist() for row, mask in zip(ids, batch["attention_mask"])]
 
-    def __init__(self, collator):
-        self.collator = collator
+
+def conversation_key(ids: list[int]) -> str:
+    """A short fingerprint of one conversation's token ids."""
+    return hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def step_fingerprint(keys: list[str]) -> str:
+    """A fingerprint of the set of conversations one optimizer step trained on (all processes together)."""
+    return hashlib.sha1(",".join(sorted(keys)).encode()).hexdigest()[:16]
+
+
+class StepCounter:
+    """Counts what the micro-batches the trainer trains on hold: real and computed (padded) tokens, conversations,
+    their lengths and fingerprints. Wraps `trainer.training_step`, so it sees exactly the micro-batches of each
+    optimizer step (the data loader reads a batch ahead, so a wrapped collator would not)."""
+
+    def __init__(self):
         self.real = self.computed = self.sequences = 0
         self.lengths: list[int] = []
+        self.keys: list[str] = []
 
-    def __call__(self, examples):
-        batch = self.collator(examples)
-        ids = batch["input_ids"]
-        self.computed += ids.numel()
-        if "attention_mask" in batch:  # padded rows
-            lengths = batch["attention_mask"].sum(dim=1).tolist()
-        else:  # padding-free: one row, boundaries where position ids restart
-            cu = batch["cu_seq_lens_q"]
-            lengths = (cu[1:] - cu[:-1]).tolist()
-        self.real += sum(lengths)
-        self.sequences += len(lengths)
-        self.lengths.extend(lengths)
-        return batch
+    def count(self, batch) -> None:
+        conversations = batch_conversations(batch)
+        self.computed += batch["input_ids"].numel()
+        self.lengths.extend(len(c) for c in conversations)
+        self.keys.extend(conversation_key(c) for c in conversations)
+        self.real += sum(len(c) for c in conversations)
+        self.sequences += len(conversations)
+
+    def wrap(self, trainer) -> None:
+        training_step = trainer.training_step
+
+        def counted_step(model, inputs, num_items_in_batch=None):
+            self.count(inputs)
+            return training_step(model, inputs, num_items_in_batch)
+
+        trainer.training_step = counted_step
 
 
 def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step: bool = False) -> dict:
-    """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds, tokens and sequence lengths.
+    """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds, tokens, conversations, their
+    lengths and fingerprints ("keys").
 
     With `profile_step`, one more optimizer step runs under torch.profiler (not timed: profiling slows it down);
     the result then has "profile", the profiler's per-kernel table of that step.
     """
     from transformers import TrainerCallback
 
-    counter = CountingCollator(trainer.data_collator)
-    trainer.data_collator = counter
+    counter = StepCounter()
+    counter.wrap(trainer)
     marks: list[tuple[float, int, int, int, int]] = []
     profiler = None
     if profile_step:
@@ -67,7 +94,7 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
     rows = []
     for (t0, r0, c0, s0, l0), (t1, r1, c1, s1, l1) in zip(marks[:-1], marks[1:]):
         rows.append({"seconds": t1 - t0, "real_tokens": r1 - r0, "computed_tokens": c1 - c0,
-                     "sequences": s1 - s0, "lengths": counter.lengths[l0:l1]})
+                     "sequences": s1 - s0, "lengths": counter.lengths[l0:l1], "keys": counter.keys[l0:l1]})
     result = {"warmup": rows[:warmup_steps], "timed": rows[warmup_steps:warmup_steps + steps]}
     if profiler is not None:
         result["profile"] = profile_summary(profiler, rows[-1]["seconds"])
@@ -81,7 +108,8 @@ def merge_process_steps(per_process: list[list[dict]]) -> list[dict]:
     for rows in zip(*per_process):
         merged.append({"seconds": max(r["seconds"] for r in rows),
                        **{k: sum(r[k] for r in rows) for k in ("real_tokens", "computed_tokens", "sequences")},
-                       "lengths": [n for r in rows for n in r["lengths"]]})
+                       "lengths": [n for r in rows for n in r["lengths"]],
+                       "keys": [k for r in rows for k in r.get("keys", [])]})
     return merged
 
 
