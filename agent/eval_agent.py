@@ -9,7 +9,6 @@ Writes predictions.jsonl (one row per question), metrics.json and config.yaml to
 Markdown table. No tool is forced: the model decides on its own whether to call one.
 """
 
-import json
 import re
 import time
 from pathlib import Path
@@ -17,7 +16,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medqwen.agent import AgentServerError, ask, build_agent, check_server, final_answer
-from medqwen.config import AgentEvalConfig, format_config, parse_config, save_config
+from medqwen.config import AgentEvalConfig
+from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config
+from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.tools import evaluate
 
@@ -57,7 +58,7 @@ def main(cfg: AgentEvalConfig) -> dict:
     print("eval_agent config:\n" + format_config(cfg))
     out = Path(cfg.output_dir)
     save_config(cfg, out / "config.yaml")
-    items = [json.loads(line) for line in Path(cfg.questions).read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = [item for _, item in iter_jsonl_objects(cfg.questions)]
     items = items[:cfg.limit] if cfg.limit else items
     served = check_server(cfg)
     agent = build_agent(cfg)
@@ -66,10 +67,9 @@ def main(cfg: AgentEvalConfig) -> dict:
         try:
             history = ask(agent, cfg, [], item["question"], write=lambda s: None)
         except AgentServerError as err:
-            raise SystemExit(f"error: {err}")
+            raise UserError(str(err)) from None
         rows.append(score(item, history))
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_jsonl(rows, out / "predictions.jsonl")
 
     def rates(subset: list[dict]) -> dict:
         n = len(subset)
@@ -79,7 +79,7 @@ def main(cfg: AgentEvalConfig) -> dict:
 
     summary = {**rates(rows), "seconds": round(time.perf_counter() - start, 1)}
     detail = {kind: rates([r for r in rows if r.get("kind") == kind]) for kind in sorted({r.get("kind") for r in rows})}
-    write_metrics(out, summary, detail, {"model": cfg.model, "base_url": cfg.base_url, "served": served,
+    write_metrics(out, summary, detail, {"model": cfg.served_model, "base_url": cfg.base_url, "served": served,
                                          "questions": cfg.questions})
     table = [["all", summary["n"], summary["tool_call_rate"], summary["expression_correct_rate"],
               summary["answer_accuracy"]]]
@@ -91,4 +91,4 @@ def main(cfg: AgentEvalConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(AgentEvalConfig, description=__doc__))
+    run_main(lambda: main(parse_config(AgentEvalConfig, description=__doc__)))

@@ -15,7 +15,8 @@ Only the histogram is committed, never the data.
 import json
 from pathlib import Path
 
-from medqwen.config import LengthHistogramConfig, parse_config
+from medqwen.config import LengthHistogramConfig
+from medqwen.configlib import parse_config
 
 
 def main(cfg: LengthHistogramConfig) -> dict:

@@ -34,7 +34,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from medqwen.config import PerfTrainConfig, format_config, parse_config, save_config
+from medqwen.config import PerfTrainConfig
+from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process, run_launched
 
 MARK = "PERF_RESULT "
@@ -63,7 +64,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     tok_dir = benchmark_tokenizer_dir(pcfg.tokenizer, pcfg.shape)
     tokenizer = load_tokenizer(tok_dir)
     out = tempfile.mkdtemp(prefix="perf-")
-    base = {"model_name_or_path": str(tok_dir), "output_dir": out, "report_to": "none",
+    base = {"model": str(tok_dir), "output_dir": out, "report_to": "none",
             "max_seq_len": pcfg.max_seq_len, "eval_ratio": 0.0, "logging_steps": 10**6, "eval_steps": 10**6,
             "seed": pcfg.seed}
     if pcfg.shape == "tiny":  # CPU smoke run: steps of 8 conversations (4 x 2) instead of 64 (8 x 8)

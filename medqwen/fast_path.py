@@ -174,12 +174,12 @@ class PaddingFreeCollator:
 # Applying the kernels to a trainer (process-wide torch settings live here, the kernels in medqwen.fast_lora)
 
 
-def attention_implementation(cfg) -> str | None:
-    """The attention kernel a config trains with: its own choice, else varlen for padding-free rows (where SDPA
-    would compute a T x T block mask), else transformers' default (None)."""
-    if cfg.attn_implementation:
-        return cfg.attn_implementation
-    return VARLEN if getattr(cfg, "packing", False) or getattr(cfg, "padding_free", False) else None
+def attention_implementation(attn_implementation: str | None, packed_rows: bool = False) -> str | None:
+    """The attention kernel a config trains with: its own choice, else varlen for padding-free rows (packing or
+    padding_free, where SDPA would compute a T x T block mask), else transformers' default (None)."""
+    if attn_implementation:
+        return attn_implementation
+    return VARLEN if packed_rows else None
 
 
 def _recompute_callback(n: int):
@@ -230,25 +230,25 @@ def apply_fast_path(trainer, cfg) -> dict:
 
     model = trainer.model
     applied: dict[str, Any] = {}
-    if attention_implementation(cfg) == VARLEN:
+    if attention_implementation(cfg.attn_implementation, cfg.packing or cfg.padding_free) == VARLEN:
         register_attention()
         if getattr(model.config, "_attn_implementation", None) != VARLEN:
             model.set_attn_implementation(VARLEN)
         applied["attention"] = VARLEN
-    if getattr(cfg, "padding_free", False):
+    if cfg.padding_free:
         trainer.data_collator = PaddingFreeCollator(trainer.processing_class.pad_token_id,
-                                                    getattr(cfg, "max_tokens_per_forward", 0))
+                                                    cfg.max_tokens_per_forward)
         applied["padding_free"] = {"conversations_per_micro_batch": cfg.per_device_train_batch_size,
                                    "max_tokens_per_forward": cfg.max_tokens_per_forward}
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-    if getattr(cfg, "fused_lora", False) and not sharded:  # FSDP/ZeRO-3 gather weights in module hooks: not run
-        applied["fused_lora_layers"] = fuse_lora(model, getattr(cfg, "lora_keep_dropped_inputs", ()))
-    if getattr(cfg, "recompute_layers", -1) >= 0 and cfg.gradient_checkpointing:
+    if cfg.fused_lora and not sharded:  # FSDP/ZeRO-3 gather weights in module hooks: not run
+        applied["fused_lora_layers"] = fuse_lora(model, cfg.lora_keep_dropped_inputs)
+    if cfg.recompute_layers >= 0 and cfg.gradient_checkpointing:
         trainer.add_callback(_recompute_callback(cfg.recompute_layers))
         applied["recompute_layers"] = cfg.recompute_layers
-    if getattr(cfg, "compile_layers", False):
-        budget = getattr(cfg, "activation_memory_budget", 1.0)
-        applied["eager_dropout_rng"] = set_compiler_settings(budget, getattr(cfg, "eager_dropout_rng", True))
+    if cfg.compile_layers:
+        budget = cfg.activation_memory_budget
+        applied["eager_dropout_rng"] = set_compiler_settings(budget, cfg.eager_dropout_rng)
         if budget < 1.0:
             applied["activation_memory_budget"] = budget
         applied["compiled_layers"] = compile_layers(model)

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from medqwen.config import REPO_ROOT
+from medqwen.configlib import REPO_ROOT
 
 SERVE_SCRIPT = REPO_ROOT / "agent" / "serve_vllm.sh"
 

@@ -15,6 +15,7 @@ import datetime as dt
 import math
 import operator
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from typing import Any, Callable
@@ -26,7 +27,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 MAX_EXPRESSION_CHARS = 300
 MAX_NODES = 200  # syntax tree nodes: bounds the work per expression
 MAX_DIGITS = 300  # |result| < 10**300 for every intermediate value: bounds time and memory of int arithmetic
-MAX_FACTORIAL = 170  # 171! overflows a float; larger factorials are slow and useless for a chat answer
+# The largest n whose n! stays under the 10**MAX_DIGITS bound every value must keep (166), so the limit the
+# message names is the one that applies.
+MAX_FACTORIAL = next(n for n in range(1, 400) if math.factorial(n + 1) >= 10 ** MAX_DIGITS)
 
 BINARY_OPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -60,8 +63,14 @@ FUNCTIONS: dict[str, tuple[Callable, int, int]] = {  # name: (function, min args
     "factorial": (_factorial, 1, 1), "min": (min, 2, 10), "max": (max, 2, 10),
 }
 
-# Symbols people (and models) type that Python's grammar spells differently.
-_NORMALISE = str.maketrans({"×": "*", "÷": "/", "（": "(", "）": ")", "，": ",", "−": "-", "^": "**", "　": " "})
+# Symbols people (and models) type that Python's grammar spells differently (after NFKC has turned full-width
+# digits, letters and operators into ASCII).
+_NORMALISE = str.maketrans({"×": "*", "÷": "/", "（": "(", "）": ")", "，": ",", "−": "-", "^": "**", "　": " ",
+                            "π": "pi", "乘": "*", "除": "/", "·": "*"})
+_WORDS = (("乘以", "*"), ("除以", "/"))
+# `%` with no operand after it is a percent sign (50% -> 50/100); between two operands it stays modulo (10 % 3).
+_PERCENT = re.compile(r"(?<=[\d.)])\s*%(?=\s*(?:$|[)+\-*/,]))")
+_ROOT = re.compile(r"√\s*(\d+(?:\.\d*)?|pi|e|tau)")  # √2 -> sqrt(2); √(x) becomes sqrt(x) below
 
 
 class CalculatorError(ValueError):
@@ -124,7 +133,13 @@ def evaluate(expression: str) -> int | float:
     """The value of an arithmetic expression; raises CalculatorError with a readable reason."""
     if not isinstance(expression, str):
         raise CalculatorError("the expression must be a string")
-    text = expression.translate(_NORMALISE).strip()
+    if len(expression) > 4 * MAX_EXPRESSION_CHARS:  # before any normalisation work
+        raise CalculatorError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
+    text = unicodedata.normalize("NFKC", expression)
+    for word, symbol in _WORDS:
+        text = text.replace(word, symbol)
+    text = text.translate(_NORMALISE)
+    text = _PERCENT.sub("/100", _ROOT.sub(r"sqrt(\1)", text).replace("√", "sqrt")).strip()
     if not text:
         raise CalculatorError("the expression is empty")
     if len(text) > MAX_EXPRESSION_CHARS:
@@ -134,7 +149,7 @@ def evaluate(expression: str) -> int | float:
             warnings.simplefilter("ignore")
             tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise CalculatorError(f"cannot parse '{expression}': write a plain arithmetic expression "
+        raise CalculatorError(f"cannot parse '{_clip(expression)}': write a plain arithmetic expression "
                               "such as (12 + 8) * 3") from None
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         raise CalculatorError(f"the expression has more than {MAX_NODES} parts")
@@ -214,22 +229,32 @@ OPENWEATHER_BASE_URL = "https://api.openweathermap.org"
 UNIT_SYMBOLS = {"metric": ("°C", "m/s"), "imperial": ("°F", "mph"), "standard": ("K", "m/s")}
 WHEN_DAYS = {"now": 0, "today": 0, "current": 0, "现在": 0, "今天": 0, "当前": 0,
              "tomorrow": 1, "明天": 1, "day after tomorrow": 2, "后天": 2}
+WEATHER_MAX_BYTES = 1_000_000  # a 5-day forecast is ~16 KB; anything far larger is not a weather answer
+MAX_CITY_CHARS = 100
 NO_KEY_MESSAGE = ("Error: OPENWEATHER_API_KEY is not set. Get a free key at https://openweathermap.org/api, "
                   "then `export OPENWEATHER_API_KEY=...` or put it in .env, and restart the agent.")
 
 
-def _api_error(status: int, city: str, body: str) -> str:
-    """An OpenWeatherMap error status explained, with what to do."""
+def _api_error(status: int, city: str, reason: str = "") -> str:
+    """An OpenWeatherMap error status explained, with what to do. The upstream body is never passed on: a proxy's
+    error page may echo the request line, and with it the key."""
     if status == 401:
         return ("Error: OpenWeatherMap rejected the API key (401). Check OPENWEATHER_API_KEY; "
                 "a new key can take up to 2 hours to activate.")
     if status == 404:
-        return (f"Error: OpenWeatherMap does not know the city '{city}' (404). "
+        return (f"Error: OpenWeatherMap does not know the city '{_clip(city)}' (404). "
                 "Try the English name, optionally with a country code, e.g. 'Beijing,CN'.")
     if status == 429:
         return ("Error: OpenWeatherMap rate limit reached (429; the free plan allows 60 calls a minute). "
                 "Wait a minute and try again.")
-    return f"Error: OpenWeatherMap answered HTTP {status}: {body[:200]}"
+    kind = "a server error" if status >= 500 else "a refused request" if status >= 400 else "an unexpected answer"
+    return f"Error: the weather service answered HTTP {status} ({kind}); try again later."
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """Echoed user/model input, cut so a huge argument is not sent back whole."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _describe(entries: list[dict]) -> str:
@@ -240,55 +265,78 @@ def _describe(entries: list[dict]) -> str:
 
 def get_weather(city: str, when: str = "now", units: str = "metric", *, api_key: str | None,
                 base_url: str = OPENWEATHER_BASE_URL, timeout_s: float = 10.0,
-                today: dt.date | None = None) -> str:
-    """The tool: current weather or a day's forecast for a city, as one line of text (or 'Error: ...')."""
-    import httpx
+                max_bytes: int = WEATHER_MAX_BYTES, today: dt.date | None = None) -> str:
+    """The tool: current weather or a day's forecast for a city, as one line of text (or 'Error: ...').
+
+    `timeout_s` is a deadline for the whole request; answers over `max_bytes` (decoded) are refused; the key
+    never appears in the result, whatever the service sends back.
+    """
+    from medqwen.http import HttpError, check_url, http_get, redact
 
     if not api_key:
         return NO_KEY_MESSAGE
     if units not in UNIT_SYMBOLS:
-        return f"Error: units must be one of {list(UNIT_SYMBOLS)}, got '{units}'"
+        return f"Error: units must be one of {list(UNIT_SYMBOLS)}, got '{_clip(units)}'"
     days = WHEN_DAYS.get(str(when).strip().lower())
     if days is None:
-        return f"Error: when must be one of {list(WHEN_DAYS)} (forecasts reach 4 days ahead), got '{when}'"
-    if not city or not city.strip():
+        return f"Error: when must be one of {list(WHEN_DAYS)} (forecasts reach 4 days ahead), got '{_clip(when)}'"
+    if not isinstance(city, str) or not city.strip():
         return "Error: give a city name, e.g. '北京' or 'London'"
+    if len(city) > MAX_CITY_CHARS:
+        return f"Error: the city name is longer than {MAX_CITY_CHARS} characters"
+    try:
+        check_url(base_url, "OPENWEATHER_BASE_URL")
+    except HttpError as err:
+        return f"Error: {err}. Fix OPENWEATHER_BASE_URL (environment or .env) and restart the agent."
     known = lookup_city(city)
     query = known[1] if known else city.strip()
     lang = "zh_cn" if _has_cjk(city) else "en"
     endpoint = "weather" if days == 0 else "forecast"
     params = {"q": query, "appid": api_key, "units": units, "lang": lang}
     try:
-        response = httpx.get(f"{base_url.rstrip('/')}/data/2.5/{endpoint}", params=params, timeout=timeout_s)
-    except httpx.TimeoutException:
-        return f"Error: the weather service did not answer within {timeout_s:g} s; try again later."
-    except httpx.HTTPError as err:  # DNS, refused connection, ...; the message never contains the key
-        return f"Error: cannot reach the weather service ({type(err).__name__}); check the network."
-    if response.status_code != 200:
-        return _api_error(response.status_code, city, response.text)
+        response = http_get(f"{base_url.rstrip('/')}/data/2.5/{endpoint}", params=params, timeout_s=timeout_s,
+                            max_bytes=max_bytes, secrets=[api_key])
+    except HttpError as err:
+        if err.kind == "timeout":
+            return f"Error: the weather service did not answer within {timeout_s:g} s; try again later."
+        if err.kind == "too_large":
+            return f"Error: the weather service sent more than {max_bytes} bytes; refused."
+        # DNS, refused connection, a connection cut mid-body, ...: the type only, never the message
+        return "Error: cannot reach the weather service (connection failed); check the network."
+    if response.status != 200:
+        return _api_error(response.status, city)
     try:
         data = response.json()
         if days == 0:
-            return format_current(data, city, units)
-        offset = dt.timedelta(seconds=data["city"].get("timezone", 0))  # the city's UTC offset
-        local_today = today or (dt.datetime.now(dt.timezone.utc) + offset).date()
-        return format_forecast(data, city, local_today + dt.timedelta(days=days), units)
-    except (KeyError, IndexError, TypeError, ValueError):
+            text = format_current(data, city, units)
+        else:
+            local_today = today or (dt.datetime.now(dt.timezone.utc) + _utc_offset(data)).date()
+            text = format_forecast(data, city, local_today + dt.timedelta(days=days), units)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError):
         return "Error: the weather service sent an answer in an unexpected format."
+    return redact(text, [api_key])  # a service (or proxy) that echoes the request into names or descriptions
+
+
+def _utc_offset(data: dict) -> dt.timedelta:
+    """The forecast city's UTC offset; ValueError for a missing city or an offset beyond +-18 h."""
+    seconds = (data["city"] or {}).get("timezone", 0) or 0
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or abs(seconds) > 18 * 3600:
+        raise ValueError(f"bad timezone offset {seconds!r}")
+    return dt.timedelta(seconds=seconds)
 
 
 def format_current(data: dict, city: str, units: str) -> str:
     """One line from an OpenWeatherMap /weather answer."""
     temp_unit, wind_unit = UNIT_SYMBOLS[units]
     main = data["main"]
-    return (f"{data.get('name', city)}: {data['weather'][0]['description']}, {main['temp']:.1f}{temp_unit} "
+    return (f"{_clip(data.get('name') or city)}: {_clip(data['weather'][0]['description'])}, {main['temp']:.1f}{temp_unit} "
             f"(feels like {main['feels_like']:.1f}{temp_unit}), humidity {main['humidity']}%, "
             f"wind {data['wind']['speed']:.1f} {wind_unit}")
 
 
 def format_forecast(data: dict, city: str, day: dt.date, units: str) -> str:
     """One line for `day` (the city's local date) from an OpenWeatherMap /forecast answer (3-hour entries)."""
-    offset = dt.timedelta(seconds=data["city"].get("timezone", 0))
+    offset = _utc_offset(data)
     entries = [e for e in data["list"] if (dt.datetime.fromtimestamp(e["dt"], dt.timezone.utc) + offset).date() == day]
     if not entries:
         return f"Error: the forecast has no data for {day.isoformat()}."
@@ -296,7 +344,7 @@ def format_forecast(data: dict, city: str, day: dt.date, units: str) -> str:
     low = min(e["main"]["temp_min"] for e in entries)
     high = max(e["main"]["temp_max"] for e in entries)
     rain = max(e.get("pop", 0) for e in entries)
-    return (f"{data['city'].get('name', city)} {day.isoformat()}: {_describe(entries)}, "
+    return (f"{_clip((data['city'] or {}).get('name') or city)} {day.isoformat()}: {_describe(entries)}, "
             f"{low:.1f}-{high:.1f}{temp_unit}, chance of precipitation {rain:.0%}")
 
 
@@ -318,10 +366,12 @@ def resolve_timezone(name: str) -> ZoneInfo:
 
 def get_current_time(timezone: str = "Asia/Shanghai", *, now: dt.datetime | None = None) -> str:
     """The tool: current date, time and weekday in a timezone or city, or 'Error: ...'."""
+    if not isinstance(timezone, str):
+        timezone = str(timezone)
     try:
         zone = resolve_timezone(timezone or "Asia/Shanghai")
-    except (ZoneInfoNotFoundError, ValueError):
-        return (f"Error: unknown timezone or city '{timezone}'. Use an IANA name such as 'Asia/Shanghai' "
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a tz-database folder such as "Asia"
+        return (f"Error: unknown timezone or city '{_clip(timezone)}'. Use an IANA name such as 'Asia/Shanghai' "
                 "or 'Europe/London', or a city such as '北京' or 'New York'.")
     local = (now or dt.datetime.now(dt.timezone.utc)).astimezone(zone)
     offset = local.strftime("%z")

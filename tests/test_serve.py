@@ -215,12 +215,13 @@ def test_serve_script_refuses_a_busy_port(tiny_model_dir, tmp_path):
     assert proc.returncode == 1 and f"port {port} is already in use" in proc.stderr
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"ADAPTER_PATH": "/nonexistent/adapter"}, "no LoRA adapter at ADAPTER_PATH=/nonexistent/adapter"),
-    ({"ADAPTER_PATH": "none", "MODEL_PATH": "/nonexistent/model"}, "no base model at MODEL_PATH=/nonexistent/model"),
-    ({"ADAPTER_PATH": "none", "VLLM_BASE_URL": "localhost"}, "cannot read a port from VLLM_BASE_URL"),
+@pytest.mark.parametrize("env,status,message", [  # folders: medqwen/runs.py's messages (tests/test_runs.py)
+    ({"ADAPTER_PATH": "/nonexistent/adapter"}, 2, "adapter folder '/nonexistent/adapter' does not exist"),
+    ({"ADAPTER_PATH": "none", "MODEL_PATH": "/nonexistent/model"}, 2, "model folder '/nonexistent/model' does not "
+                                                                      "exist"),
+    ({"ADAPTER_PATH": "none", "VLLM_BASE_URL": "localhost"}, 1, "cannot read a port from VLLM_BASE_URL"),
 ])
-def test_serve_script_explains_bad_paths(env, message):
+def test_serve_script_explains_bad_paths(env, status, message):
     proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=30)
-    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert proc.returncode == status and message in proc.stderr, proc.stderr

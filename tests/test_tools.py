@@ -3,6 +3,7 @@
 import ast
 import builtins
 import contextlib
+import functools
 import datetime as dt
 import json
 import math
@@ -30,6 +31,10 @@ REFERENCE = [
     ("sin(0)", "0"), ("cos(pi)", "-1"), ("factorial(5)", "120"), ("max(3, 9, 4)", "9"), ("min(3, 9, 4)", "3"),
     ("2 * pi", "6.28318530718"), ("1e3 + 1", "1001"), ("123456789 * 987654321", "121932631112635269"),
     ("10 ** 299 // 10 ** 298", "10"), ("3.5e-3 * 2", "0.007"), ("(1 + 2) * (3 + 4) / 7", "3"),
+    # full-width digits and operators, π, √, 乘/除, % as percent (no operand after it) or modulo (between two)
+    ("１２＋３", "15"), ("（１２＋８）＊３", "60"), ("2 * π", "6.28318530718"), ("√16", "4"),
+    ("√(9 + 16)", "5"), ("6乘7", "42"), ("8 除以 2", "4"), ("3乘以4", "12"), ("50%", "0.5"), ("200 * 15%", "30"),
+    ("10 % 3", "1"), ("(1 + 1)% * 100", "2"), ("factorial(166) // factorial(165)", "166"),
 ]
 
 REFUSED = [
@@ -40,9 +45,10 @@ REFUSED = [
     ("(1).__class__", "unsupported syntax"), ("[1, 2]", "unsupported syntax"), ("lambda: 1", "unsupported syntax"),
     ("x + 1", "unknown name"), ("True + 1", "unsupported literal"), ("'a' * 3", "unsupported literal"),
     ("1 if 1 else 2", "unsupported syntax"), ("2 < 3", "unsupported syntax"), ("", "empty"),
-    ("1 +", "cannot parse"), ("50%", "cannot parse"), ("(" * 400 + "1" + ")" * 400, "longer than"),
+    ("1 +", "cannot parse"), ("% 5", "cannot parse"), ("(" * 400 + "1" + ")" * 400, "longer than"),
     ("-" * 250 + "1", "more than"), ("round(1.5, 2.5)", "integer n"), ("max(1)", "argument"),
-    ("sqrt(x=4)", "unsupported syntax"), ("1j", "unsupported literal"),
+    ("sqrt(x=4)", "unsupported syntax"), ("1j", "unsupported literal"), ("2π", "cannot parse"),
+    ("factorial(167)", "limited to n <= 166"), ("1" * 5000, "longer than"),
 ]
 
 
@@ -302,3 +308,173 @@ def test_time_unknown_zone_is_explained(where):
 def test_city_lookup_both_languages():
     assert lookup_city("上海") == lookup_city("Shanghai") == lookup_city("shanghai ")
     assert lookup_city("Gotham") is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hostile weather services: the key never comes back, deadlines are total, sizes are capped.
+
+KEY = "sk-weather-SECRET-1234567890"
+
+
+@functools.lru_cache(maxsize=None)
+def gzip_bomb(inflated_mb: int = 100) -> bytes:
+    """~100 KB of gzip that inflates to `inflated_mb` MB of zeros (built in 1 MB steps: the server stays small)."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"\0" * (1 << 20)
+    return b"".join(packer.compress(zeros) for _ in range(inflated_mb)) + packer.flush()
+
+
+class HostileWeather(BaseHTTPRequestHandler):
+    """Answers by city name: an error page echoing the request line, a trickled body, a huge or gzip-bomb body,
+    a forecast with a null city or a huge timezone, a connection cut mid-body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _raw(self, status, body: bytes, headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        if not any(k == "Content-Length" for k, _ in headers):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        city = parse_qs(urlparse(self.path).query)["q"][0]
+        if city == "Echo":
+            return self._raw(502, f"502 Bad Gateway: GET {self.path} HTTP/1.1".encode())
+        if city == "Trickle":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+            return None
+        if city == "Huge":
+            return self._raw(200, b"[" + b"1," * 1_500_000 + b"1]")
+        if city == "Bomb":
+            return self._raw(200, gzip_bomb(), [("Content-Encoding", "gzip")])
+        if city == "Cut":
+            self.send_response(200)
+            self.send_header("Content-Length", "10000")
+            self.end_headers()
+            self.wfile.write(b'{"name": "Cut", ')
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return None
+        tz = {"NullCity": 0, "HugeTz": 10 ** 20, "BadTz": "x"}.get(city, 0)
+        city_obj = None if city == "NullCity" else {"name": city, "timezone": tz}
+        return self._raw(200, json.dumps({"list": [], "city": city_obj}).encode())
+
+
+@pytest.fixture(scope="module")
+def hostile_url():
+    gzip_bomb()  # built once before the clock starts (compressing 100 MB takes about a second)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HostileWeather)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_error_body_echoing_the_key_never_reaches_the_model(hostile_url):
+    out = get_weather("Echo", api_key=KEY, base_url=hostile_url)
+    assert out.startswith("Error: the weather service answered HTTP 502") and KEY not in out and "appid" not in out
+
+
+def test_weather_deadline_is_total_not_per_read(hostile_url):
+    start = time.perf_counter()
+    out = get_weather("Trickle", api_key=KEY, base_url=hostile_url, timeout_s=1.0)
+    assert "did not answer within 1 s" in out
+    assert time.perf_counter() - start < 2.5  # a per-read timeout would take 10 s here
+
+
+@pytest.mark.parametrize("city", ["Huge", "Bomb"])
+def test_weather_size_cap_holds_for_plain_and_gzip_bodies(hostile_url, city):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = get_weather(city, api_key=KEY, base_url=hostile_url, max_bytes=100_000, timeout_s=5)
+    assert out == "Error: the weather service sent more than 100000 bytes; refused."
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: no 200 MB inflated
+
+
+@pytest.mark.parametrize("city", ["NullCity", "HugeTz", "BadTz"])
+def test_forecast_with_broken_city_is_an_error_text(hostile_url, city):
+    out = get_weather(city, when="tomorrow", api_key=KEY, base_url=hostile_url)
+    assert out.startswith("Error: the ") and ("unexpected format" in out or "no data for" in out), out
+
+
+def test_connection_cut_mid_body_is_an_error_text(hostile_url):
+    assert get_weather("Cut", api_key=KEY, base_url=hostile_url).startswith("Error: cannot reach the weather")
+
+
+@pytest.mark.parametrize("url,ok", [
+    ("http://127.0.0.1:9", True), ("http://localhost:9", True), ("http://[::1]:9", True),
+    ("https://api.example.org", True), ("http://evil.example.com", False), ("http://10.0.0.1", False),
+    ("ftp://127.0.0.1", False), ("not a url", False), ("http://127.0.0.1:port", False),
+])
+def test_weather_base_url_must_be_https_or_loopback(url, ok):
+    from medqwen.http import HttpError, check_url
+
+    if ok:
+        assert check_url(url) == url
+    else:
+        with pytest.raises(HttpError):
+            check_url(url)
+        out = get_weather("北京", api_key=KEY, base_url=url)
+        assert out.startswith("Error: ") and "OPENWEATHER_BASE_URL" in out and KEY not in out
+
+
+def test_dotenv_in_the_current_folder_cannot_redirect_the_key(tmp_path, monkeypatch):
+    from medqwen.agent import build_tools
+    from medqwen.config import AgentConfig
+    from medqwen.configlib import parse_config
+
+    (tmp_path / ".env").write_text("OPENWEATHER_BASE_URL=http://attacker.example.net\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENWEATHER_BASE_URL", raising=False)
+    cfg = parse_config(AgentConfig, [])
+    monkeypatch.delenv("OPENWEATHER_BASE_URL", raising=False)  # load_dotenv set it for this process
+    assert cfg.weather_base_url == "http://attacker.example.net"
+    weather = next(t for t in build_tools(cfg) if t.name == "get_weather")
+    with mock.patch("httpx.Client.send", side_effect=AssertionError("a request was sent")):
+        out = weather.invoke({"city": "北京"}) if cfg.openweather_api_key else get_weather(
+            "北京", api_key=KEY, base_url=cfg.weather_base_url)
+    assert "plain http to a non-local host" in out
+
+
+def test_httpx_request_log_carries_no_key(weather_url, caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG):
+        get_weather("北京", api_key=KEY, base_url=weather_url)
+        import httpx
+
+        httpx.get(f"{weather_url}/data/2.5/weather?q=x&appid={KEY}", timeout=5)  # any httpx user is covered
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "HTTP Request" in logged and KEY not in logged
+
+
+def test_userinfo_in_a_url_is_never_saved(tmp_path):
+    from medqwen.config import AgentConfig
+    from medqwen.configlib import format_config, save_config
+
+    cfg = AgentConfig(base_url="http://user:s3cr3t-pass@127.0.0.1:8001/v1",
+                      weather_base_url=f"https://me:{KEY}@api.openweathermap.org")
+    text = save_config(cfg, tmp_path / "config.yaml").read_text() + format_config(cfg)
+    assert "s3cr3t-pass" not in text and KEY not in text and "127.0.0.1:8001/v1" in text
+
+
+def test_time_tool_on_a_tz_folder_and_a_huge_input():
+    out = get_current_time("Asia")
+    assert out.startswith("Error: unknown timezone") and "/usr" not in out and "zoneinfo" not in out
+    assert len(get_current_time("x" * 100_000)) < 400

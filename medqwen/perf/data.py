@@ -23,7 +23,7 @@ REAL_LENGTHS = "benchmark/data/medical_lengths.json"  # made by benchmark/length
 def load_length_histogram(path: str | Path | None = None) -> dict:
     """The stored histogram of real conversation lengths: {"length_counts": {tokens: count}, "assistant_fraction",
     "how", ...}."""
-    from medqwen.config import REPO_ROOT
+    from medqwen.configlib import REPO_ROOT
 
     path = Path(path) if path else REPO_ROOT / REAL_LENGTHS
     if not path.is_file():
@@ -98,7 +98,7 @@ def synthetic_conversations(tokenizer, lengths: list[int], chat_template_overhea
 def benchmark_tokenizer_dir(tokenizer: str | None, shape: str) -> Path:
     """The tokenizer a benchmark uses: the given folder; the bundled model's for the tiny shape; else model/qwen,
     or model/qwen3-tokenizer on a machine with only the tokenizer files."""
-    from medqwen.config import REPO_ROOT
+    from medqwen.configlib import REPO_ROOT
 
     if tokenizer:
         return Path(tokenizer)

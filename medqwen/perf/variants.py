@@ -39,7 +39,8 @@ VARIANTS: dict[str, dict] = {
 def variant_config(spec: str, base: dict, support: dict | None = None):
     """TrainConfig of a variant spec (`name` or `name:field=value:field=value`) on top of `base` overrides, with
     its fast path resolved for this machine (`support`: medqwen.fast_path.kernel_support(), measured if None)."""
-    from medqwen.config import REPO_ROOT, TrainConfig, resolve_config
+    from medqwen.config import TrainConfig
+    from medqwen.configlib import REPO_ROOT, resolve_config
     from medqwen.fast_path import resolve_fast_path
 
     name, _, extra = spec.partition(":")
