@@ -34,7 +34,7 @@ _COMMON = {"padding_free": True, "packing": False, "fused_lora": True, "attn_imp
 FAST_PATHS: dict[str, dict[str, Any]] = {
     # activations of a whole forward fit in an H200; layers that share an input keep their dropped-out input
     "speed": {**_COMMON, "max_tokens_per_forward": 24576, "lora_keep_dropped_inputs": LORA_SHARED_INPUTS},
-    # the same at half the tokens per forward: the speed preset's memory at 12K tokens was 68 GiB
+    # the same at half the tokens per forward, for 80 GB cards (benchmark/PERF.md: the speed preset's memory)
     "80gb": {**_COMMON, "max_tokens_per_forward": 12288, "lora_keep_dropped_inputs": LORA_SHARED_INPUTS},
     # 8K tokens per forward, and the compiler keeps 30% of each layer's activations, recomputing cheap ops
     "24gb": {**_COMMON, "max_tokens_per_forward": 8192, "activation_memory_budget": 0.3},
