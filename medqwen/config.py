@@ -118,6 +118,8 @@ class TrainerFields(LoraFields, RunFields, ModelFields):
     logging_steps: int = _f(10, "Log a line every N optimizer steps.", at_least=1)
     save_total_limit: int = _f(2, "Checkpoints kept on disk.", at_least=1)
     report_to: str = _f("tensorboard", "Logger for metrics (TensorBoard writes to <output_dir>/logs; 'none' off).")
+    resume_from_checkpoint: str | None = _f(None, "'true' resumes from the last complete checkpoint in "
+                                                  "output_dir; a path resumes from that checkpoint.")
 
 
 @dataclass
@@ -228,8 +230,6 @@ class TrainConfig(FastPathFields, TrainerFields):
                               help="Log a line (loss, lr, tokens/s, ETA) every N optimizer steps.")
     early_stopping_patience: int = _f(0, "Stop after N evaluations without eval-loss improvement (0: off).",
                                       at_least=0)
-    resume_from_checkpoint: str | None = _f(None, "'true' resumes from the last complete checkpoint in "
-                                                  "output_dir; a path resumes from that checkpoint.")
     dataloader_num_workers: int = _f(0, "Background processes that collate batches.", at_least=0)
     seed: int = like(RunFields, "seed", help="Random seed (data split, LoRA init, shuffling).")
 
@@ -473,7 +473,10 @@ class RagConfig(ServerFields, ModelFields):
                                   "slower (Chroma's default 100 missed neighbours at 50 candidates here).",
                             at_least=1)
     fusion: str = _f("score", "How hybrid merges the two: score (min-max-normalised BM25 and cosine scores of every "
-                              "candidate, weighted sum) or rrf (weighted reciprocal rank).", choices=["score", "rrf"])
+                              "candidate, weighted sum), zscore (z-scores over the candidates, weighted sum), zmax "
+                              "(the larger weighted z-score: the worst loss to the better single retriever across "
+                              "five corpora, docs/rag.md) or rrf (weighted reciprocal rank).",
+                      choices=["score", "zscore", "zmax", "rrf"])
     rrf_k: int = _f(60, "Reciprocal-rank-fusion constant (--fusion rrf): score = sum of weight / (rrf_k + rank).",
                     at_least=0)
     bm25_weight: float = _f(0.3, "Weight of BM25 in hybrid fusion.", at_least=0)

@@ -22,6 +22,9 @@ def test_zscore_fusion_lets_a_clear_lead_count_more_than_min_max_does():
     fused = fuse_scores(peaked, spread, [], [], list("abcdefgh"), "zscore", 0.4, 0.6, 60)
     assert fused == pytest.approx(0.4 * zscore(peaked) + 0.6 * zscore(spread))
     assert np.all(zscore(np.ones(3)) == 0)
+    combmax = fuse_scores(peaked, spread, [], [], list("abcdefgh"), "zmax", 0.5, 0.5, 60)
+    assert combmax == pytest.approx(np.maximum(0.5 * zscore(peaked), 0.5 * zscore(spread)))
+    assert int(np.argmax(combmax)) == 0  # BM25's standout wins although its cosine is the lowest
 
 
 def test_rrf_fusion_and_unknown_fusion():
