@@ -30,8 +30,8 @@ from pathlib import Path
 from medqwen.ceval import compare_runs, expand_subjects, option_order_table, results_table, run_benchmark
 from medqwen.ceval import submission, summarize, write_predictions
 from medqwen.config import CevalConfig
-from medqwen.configlib import UserError, config_to_dict, format_config, parse_config, run_main, save_config
-from medqwen.evaluation import spread_values
+from medqwen.configlib import (UserError, config_to_dict, format_config, parse_config, run_main, save_config,
+                               spread_values)
 from medqwen.exams import is_group
 from medqwen.reporting import write_metrics
 from medqwen.runs import DEFAULT_MODEL, resolve_model

@@ -33,7 +33,7 @@ def cli() -> None:
     except DataError as err:
         raise UserError(f"{err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
                         f"by reason (nothing valid is dropped).") from None
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # a missing input, --output on a folder, ...: the user's to fix
         raise UserError(str(err)) from None
 
 

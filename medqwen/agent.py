@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from medqwen.chat import escape_control_tokens
 from medqwen.config import AgentConfig
-from medqwen.http import HttpError, check_url, redact, strip_userinfo
+from medqwen.http import HttpError, check_url, http_get, redact, strip_userinfo
 from medqwen.tools import MAX_EXPRESSION_CHARS, calculate, get_current_time, get_weather
 
 DEFAULT_SYSTEM_PROMPT = ("You are a helpful assistant. When a question needs arithmetic, the weather or the current "
@@ -198,15 +198,15 @@ def server_url(cfg: AgentConfig) -> str:
 
 def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
     """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks the model."""
-    import httpx
-
     url = strip_userinfo(server_url(cfg))
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     try:
-        response = httpx.get(cfg.base_url.rstrip("/") + "/models", headers=headers, timeout=timeout_s)
-        response.raise_for_status()
+        response = http_get(cfg.base_url.rstrip("/") + "/models", headers=headers, timeout_s=timeout_s,
+                            max_bytes=10_000_000, secrets=[cfg.api_key])
+        if response.status != 200:
+            raise HttpError("status", f"HTTP {response.status} {response.reason}")
         served = [m["id"] for m in response.json()["data"]]
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, TypeError) as err:
+    except (HttpError, ValueError, KeyError, TypeError) as err:
         raise AgentServerError(
             f"no OpenAI-compatible server answers at VLLM_BASE_URL={url} "
             f"({type(err).__name__}: {redact(str(err), [cfg.api_key])[:200]}).\n"

@@ -313,6 +313,21 @@ def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dic
     return cfg
 
 
+def spread_values(argv: Sequence[str], flag: str = "--compare") -> list[str]:
+    """`--compare a b c` -> `--compare a --compare b --compare c` (the config parser takes one value per flag)."""
+    out, taking = [], False
+    for arg in argv:
+        if arg in (flag, flag.replace("_", "-")):
+            taking = True
+            continue
+        if taking and not arg.startswith("-"):
+            out += [flag, arg]
+            continue
+        taking = False
+        out.append(arg)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Saving and reading
 

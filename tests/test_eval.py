@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from medqwen.config import EvalConfig
-from medqwen.configlib import UserError
-from medqwen.evaluation import (EvalDataError, cli, corpus_bleu, load_heldout, names_assistant, rouge_l, run_eval,
-                                sentence_bleu, spread_values, zh_tokens)
+from medqwen.configlib import UserError, spread_values
+from medqwen.eval_metrics import corpus_bleu, names_assistant, rouge_l, sentence_bleu, zh_tokens
+from medqwen.evaluation import EvalDataError, cli, load_heldout, run_eval
 
 REPO = Path(__file__).resolve().parent.parent
 

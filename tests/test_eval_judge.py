@@ -184,7 +184,8 @@ def test_answers_from_an_openai_compatible_server(server, tmp_path):
     """--backend openai: answers come from chat completions (here: the question echoed); no model is loaded."""
     from medqwen.config import EvalConfig
     from medqwen.data import IDENTITY_PROBES
-    from medqwen.evaluation import rouge_l, run_eval
+    from medqwen.eval_metrics import rouge_l
+    from medqwen.evaluation import run_eval
     from tests.test_eval import CONVERSATIONS, write_jsonl
 
     data = write_jsonl(tmp_path / "d.jsonl", CONVERSATIONS)

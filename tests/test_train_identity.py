@@ -10,7 +10,8 @@ import pytest
 
 from medqwen.config import DataConfig, TrainConfig
 from medqwen.data import IDENTITY_PROBES, InputSpec, load_file
-from medqwen.evaluation import generate_hf, names_assistant
+from medqwen.eval_metrics import names_assistant
+from medqwen.evaluation import generate_hf
 from medqwen.jsonl import write_jsonl
 from medqwen.training import train
 
