@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medqwen.exams import expand_subjects, get_exam, split_key
+from medqwen.exams import EXAM_NAMES, expand_subjects, get_exam, split_key
 from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, rotate
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 
@@ -479,7 +479,8 @@ def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int =
     exams = list(dict.fromkeys(p.exam for p in base))
     out = {**_block(base, n_boot, seed),
            "per_exam": {e: _block([p for p in base if p.exam == e], n_boot, seed) for e in exams},
-           "per_subject": {k: _block([p for p in base if p.key == k], n_boot, seed) for k in sorted(keys)}}
+           "per_subject": {k: _block([p for p in base if p.key == k], n_boot, seed)
+                           for k in sorted(keys, key=lambda k: (EXAM_NAMES.index(split_key(k)[0]), k))}}
     multi = [p for p in predictions if p.multi]
     if multi:
         out["multi_answer"] = {e: _block([p for p in multi if p.exam == e], n_boot, seed)
@@ -506,7 +507,8 @@ def option_order_report(predictions: Sequence[Prediction], n_boot: int = 1000, s
     top = max(pred_share, key=pred_share.get)
     return {
         "per_rotation": per_rotation,
-        "mean_accuracy": float(np.mean([b["accuracy"] for b in per_rotation.values()])),
+        # per question, the share of its rotations answered right; then over questions (4- and 5-option alike)
+        "mean_accuracy": float(np.mean([np.mean([p.correct for p in ps]) for ps in by_q.values()])),
         "consistency": float(np.mean([all(p.correct for p in ps) for ps in complete])) if complete else None,
         "n_questions": len(complete),
         "predicted_letter_share": pred_share,
@@ -524,7 +526,8 @@ def option_order_table(report: dict[str, Any]) -> str:
 
     rows = [[f"rotation {r}", b["n"], b["accuracy"], f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"]
             for r, b in report["per_rotation"].items()]
-    rows.append(["**mean over rotations**", "-", report["mean_accuracy"], "-"])
+    rows.append(["**mean over rotations** (per question, then over questions)", report["n_questions"],
+                 report["mean_accuracy"], "-"])
     rows.append(["**consistency** (right under every rotation)", report["n_questions"],
                  report["consistency"] if report["consistency"] is not None else "-", "-"])
     table = markdown_table(rows, ["option order", "n", "accuracy", "95% CI"])
