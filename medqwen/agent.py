@@ -126,19 +126,24 @@ def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
                         middleware=[_tool_settings_middleware(cfg.force_tool, cfg.strict_tools)])
 
 
-def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
-    """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks cfg.model."""
+def served_models(base_url: str, api_key: str | None = None, timeout_s: float = 5.0) -> list[str]:
+    """The model names the server lists at /models; AgentServerError naming VLLM_BASE_URL when it is down."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(cfg.base_url.rstrip("/") + "/models", headers=headers, timeout=timeout_s)
+        response = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=timeout_s)
         response.raise_for_status()
-        served = [m["id"] for m in response.json()["data"]]
-    except (httpx.HTTPError, ValueError, KeyError) as err:
+        return [m["id"] for m in response.json()["data"]]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
         raise AgentServerError(
-            f"no OpenAI-compatible server answers at VLLM_BASE_URL={cfg.base_url} ({type(err).__name__}: {err}).\n"
+            f"no OpenAI-compatible server answers at VLLM_BASE_URL={base_url} ({type(err).__name__}: {err}).\n"
             "Start it with `bash agent/serve_vllm.sh`, or point VLLM_BASE_URL (or --base_url) at your server.") from None
+
+
+def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
+    """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks cfg.model."""
+    served = served_models(cfg.base_url, cfg.api_key, timeout_s)
     if cfg.model not in served:
         raise AgentServerError(f"the server at VLLM_BASE_URL={cfg.base_url} serves {served}, not "
                                f"MODEL_NAME={cfg.model}; set MODEL_NAME (or --model) to one of them.")
@@ -153,8 +158,11 @@ def _text(content: Any) -> str:
 
 
 def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[str], Any] = sys.stdout.write,
-        ) -> list:
-    """Answer one question with streaming (tool calls shown when cfg.verbose); returns the extended history."""
+        on_message: Callable[[Any], Any] | None = None) -> list:
+    """Answer one question with streaming (tool calls shown when cfg.verbose); returns the extended history.
+
+    `on_message` sees each complete message as it is added (tool calls, tool results, answers): the web page
+    draws its tool boxes from them."""
     import openai
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langgraph.errors import GraphRecursionError
@@ -174,6 +182,8 @@ def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[
             for node, update in (data or {}).items():
                 for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
                     messages.append(message)
+                    if on_message is not None:
+                        on_message(message)
                     if streamed and node == "model":
                         write("\n")
                         streamed = False

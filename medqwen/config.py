@@ -614,6 +614,34 @@ class PerfCevalConfig:
 # Parsing machinery.
 
 
+@dataclass
+class WebConfig:
+    """agent/web_ui.py: a Gradio page (chat, agent with tool boxes, RAG with sources, base vs adapter side by side)
+    over the OpenAI-compatible server agent/serve_vllm.sh starts."""
+
+    host: str = _f("127.0.0.1", "Address the page binds to; 0.0.0.0 shows it to other machines (no login!).")
+    port: int = _f(7860, "Port of the page.", at_least=1)
+    share: bool = _f(False, "Also open a public Gradio share link (off: the page stays on this machine).")
+    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL.", env="VLLM_BASE_URL")
+    api_key: str | None = _f(None, "Server API key (vLLM needs one only when started with --api-key); used by the "
+                                   "page's backend only, never sent to the browser.", env="VLLM_API_KEY", secret=True)
+    adapter_model: str = _f("lora-adapter", "Served name of the fine-tuned model (the default of every mode).",
+                            env="MODEL_NAME")
+    base_model: str | None = _f(None, "Served name of the base model for compare mode (None: the first model the "
+                                      "server lists that is not the adapter).")
+    system_prompt: str | None = _f(None, "System message of chat mode (None: none; the chat template's default).")
+    temperature: float = _f(0.7, "Sampling temperature; 0 means greedy decoding.", at_least=0)
+    top_p: float = _f(0.8, "Nucleus sampling probability mass (0-1].")
+    max_tokens: int = _f(512, "Longest reply per model turn (tokens).", at_least=1)
+    max_input_chars: int = _f(8000, "Longest message a user may send (characters); longer ones are refused with a "
+                                    "message.", at_least=1)
+    timeout_s: float = _f(120.0, "Timeout of one model request (seconds).", at_least=0)
+    persist_dir: str = _f("out/rag/chroma", "Knowledge store of RAG mode (built by agent/embedding.py); the other "
+                                            "store and retrieval settings are agent/rag_query.py's (RAG_* variables).",
+                          env="RAG_PERSIST_DIR")
+    top_k: int = _f(3, "Passages retrieved per RAG question.", at_least=1)
+
+
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
     return typing.get_type_hints(cls)[f.name]
 
