@@ -95,9 +95,10 @@ def stream_reply(cfg: WebConfig, model: str, messages: list[dict]) -> Iterator[s
 
 
 def chat_history_messages(history: list[dict]) -> list[dict]:
-    """OpenAI messages from the page's history (tool boxes and notes, which carry metadata, are left out)."""
+    """OpenAI messages from the page's history (tool boxes, which carry metadata, and notices are left out)."""
     return [{"role": m["role"], "content": _content_text(m.get("content"))} for m in history
-            if m.get("role") in ("user", "assistant") and not m.get("metadata")]
+            if m.get("role") in ("user", "assistant") and not m.get("metadata")
+            and not _content_text(m.get("content")).startswith(NOTICE)]
 
 
 def _content_text(content: Any) -> str:
@@ -108,9 +109,12 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+NOTICE = "Notice: "
+
+
 def note(text: str) -> dict:
-    """A message in the conversation that is not model text (errors, warnings)."""
-    return {"role": "assistant", "content": text, "metadata": {"title": "⚠️ notice", "status": "done"}}
+    """A message in the conversation that is not model text (errors, warnings); never sent back to the model."""
+    return {"role": "assistant", "content": NOTICE + text}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,13 +130,13 @@ def tool_boxes(message: Any) -> list[dict]:
         for call in message.tool_calls:
             args = json.dumps(call.get("args"), ensure_ascii=False)
             boxes.append({"role": "assistant", "content": f"```json\n{args}\n```",
-                          "metadata": {"title": f"🛠️ tool call: {call['name']}", "status": "done"}})
+                          "metadata": {"title": f"tool call: {call['name']}", "status": "done"}})
         for bad in getattr(message, "invalid_tool_calls", []) or []:
             boxes.append({"role": "assistant", "content": f"{bad.get('args')}\n\n{bad.get('error') or ''}".strip(),
-                          "metadata": {"title": f"❌ invalid tool call: {bad.get('name')}", "status": "done"}})
+                          "metadata": {"title": f"invalid tool call: {bad.get('name')}", "status": "done"}})
     elif isinstance(message, ToolMessage):
         failed = getattr(message, "status", "success") == "error"
-        title = f"❌ tool error: {message.name}" if failed else f"✅ tool result: {message.name}"
+        title = f"tool error: {message.name}" if failed else f"tool result: {message.name}"
         boxes.append({"role": "assistant", "content": _content_text(message.content),
                       "metadata": {"title": title, "status": "done"}})
     return boxes
@@ -221,12 +225,12 @@ def build_app(cfg: WebConfig):
         try:
             served = backend.served()
         except WebError as err:
-            return (f"🔴 {err}", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+            return (f"**Server down.** {err}", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
         base, adapter = default_models(cfg, served)
-        pick = adapter if adapter in served else served[0]
-        text = f"🟢 Server at {cfg.base_url} serves: " + ", ".join(f"`{m}`" for m in served)
+        pick = adapter if adapter in served or not served else served[0]
+        text = f"**Server up.** {cfg.base_url} serves: " + ", ".join(f"`{m}`" for m in served)
         if cfg.adapter_model not in served:
-            text += (f". ⚠️ The adapter `{cfg.adapter_model}` is not among them: serve it with "
+            text += (f". The adapter `{cfg.adapter_model}` is not among them: serve it with "
                      f"`ADAPTER_PATH=<run folder> bash agent/serve_vllm.sh`.")
         choose = lambda value: gr.update(choices=served, value=value)  # noqa: E731
         return (text, choose(pick), choose(pick), choose(pick), choose(base), choose(adapter))
