@@ -4,15 +4,16 @@
     python run.py --model model/smollm2-135m-instruct --prompt "What is the capital of France?"
     python run.py --adapter out/qwen3-4b-lora-medical --prompt "头痛三天，需要做什么检查？"
 
-Interactive commands: /reset clears the history, /exit (or Ctrl-D) quits.
+Interactive commands: /reset clears the history; exit, quit, /exit or Ctrl-D quits (medqwen/repl.py).
 """
 
 import sys
 from threading import Thread
 
-from medqwen.chat import load_tokenizer
+from medqwen.chat import escape_control_tokens, load_tokenizer
 from medqwen.config import ChatConfig, format_config, parse_config
 from medqwen.modeling import ModelNotFoundError, load_model
+from medqwen.repl import HELP, repl
 
 
 def stream_reply(model, tokenizer, messages, cfg: ChatConfig) -> str:
@@ -49,27 +50,18 @@ def main(cfg: ChatConfig) -> None:
         sys.exit(f"error: {err}")
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt is not None:
-        stream_reply(model, tokenizer, system + [{"role": "user", "content": cfg.prompt}], cfg)
+        stream_reply(model, tokenizer, system + [{"role": "user", "content": escape_control_tokens(cfg.prompt)}],
+                     cfg)
         return
-    print(f"chatting with {cfg.model}{' + ' + cfg.adapter if cfg.adapter else ''} on {model.device} "
-          "(/reset clears history, /exit quits)")
+    print(f"chatting with {cfg.model}{' + ' + cfg.adapter if cfg.adapter else ''} on {model.device} ({HELP})")
     history = list(system)
-    while True:
-        try:
-            user = input("\nyou> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if user in ("/exit", "/quit"):
-            return
-        if user == "/reset":
-            history = list(system)
-            continue
-        if not user:
-            continue
-        history.append({"role": "user", "content": user})
+
+    def reply(user: str) -> None:
         print("assistant> ", end="", flush=True)
-        history.append({"role": "assistant", "content": stream_reply(model, tokenizer, history, cfg)})
+        turn = {"role": "user", "content": escape_control_tokens(user)}  # typed text cannot forge a turn
+        history.extend([turn, {"role": "assistant", "content": stream_reply(model, tokenizer, history + [turn], cfg)}])
+
+    repl(reply, on_reset=lambda: history.__setitem__(slice(len(system), None), []))
 
 
 if __name__ == "__main__":

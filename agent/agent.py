@@ -13,36 +13,25 @@ import sys
 
 from medqwen.agent import AgentServerError, ask, build_agent, check_server
 from medqwen.config import AgentConfig, parse_config
+from medqwen.http import strip_userinfo
+from medqwen.repl import HELP, repl
 
 
-def repl(agent, cfg: AgentConfig) -> None:
-    """Interactive chat with history; answers stream as they are generated."""
-    try:
-        import readline  # noqa: F401 -- arrow keys and line history for input()
-    except ImportError:
-        pass
-    print(f"agent on {cfg.base_url} ({cfg.model}); /reset clears the history, exit or Ctrl-D quits")
+def chat(agent, cfg: AgentConfig) -> None:
+    """Interactive chat with history; answers stream as they are generated. A server error is reported and the
+    session goes on with the history it had before that question."""
+    print(f"agent on {strip_userinfo(cfg.base_url)} ({cfg.model}); {HELP}")
     history: list = []
-    while True:
-        try:
-            question = input("\nyou> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if question in ("exit", "quit", "/exit"):
-            return
-        if question == "/reset":
-            history = []
-            continue
-        if not question:
-            continue
+
+    def answer(question: str) -> None:
+        nonlocal history
         print("agent> ", end="", flush=True)
         try:
             history = ask(agent, cfg, history, question, write=lambda s: print(s, end="", flush=True))
         except AgentServerError as err:
             print(f"\nerror: {err}")
-        except KeyboardInterrupt:
-            print("\n[interrupted]")
+
+    repl(answer, on_reset=lambda: history.clear())
 
 
 def main(cfg: AgentConfig) -> int:
@@ -50,7 +39,7 @@ def main(cfg: AgentConfig) -> int:
         check_server(cfg)
         agent = build_agent(cfg)
         if cfg.query is None:
-            repl(agent, cfg)
+            chat(agent, cfg)
         else:
             ask(agent, cfg, [], cfg.query, write=lambda s: print(s, end="", flush=True))
             print()

@@ -16,16 +16,25 @@ from pathlib import Path
 
 from medqwen.config import RagConfig, format_config, parse_config, save_config
 from medqwen.rag import StoreError, index_paths, open_client, open_collection
+from medqwen.rag.documents import SUPPORTED_SUFFIXES
+from medqwen.rag.store import index_lock, iter_files
 from medqwen.reporting import markdown_table
 
 
 def main(cfg: RagConfig) -> int:
     print("config:\n" + format_config(cfg))
     out_dir = Path(cfg.persist_dir) if not cfg.chroma_host else Path("out/rag")
+    try:
+        if not iter_files(cfg.input):  # before the store is created: a typo must not leave an empty database
+            raise FileNotFoundError(f"no indexable files ({' '.join(SUPPORTED_SUFFIXES)}) under {cfg.input}")
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     save_config(cfg, out_dir / "index_config.yaml")
     try:
-        collection = open_collection(open_client(cfg, create=True), cfg, create=True)
-        stats = index_paths(collection, cfg.input, cfg)
+        with index_lock(cfg):  # a second indexer on the same folder waits, then finds the work done
+            collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+            stats = index_paths(collection, cfg.input, cfg)
     except (StoreError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

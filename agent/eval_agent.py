@@ -9,7 +9,6 @@ Writes predictions.jsonl (one row per question), metrics.json and config.yaml to
 Markdown table. No tool is forced: the model decides on its own whether to call one.
 """
 
-import json
 import re
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from medqwen.agent import AgentServerError, ask, build_agent, check_server, final_answer
 from medqwen.config import AgentEvalConfig, format_config, parse_config, save_config
+from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.tools import evaluate
 
@@ -57,7 +57,7 @@ def main(cfg: AgentEvalConfig) -> dict:
     print("eval_agent config:\n" + format_config(cfg))
     out = Path(cfg.output_dir)
     save_config(cfg, out / "config.yaml")
-    items = [json.loads(line) for line in Path(cfg.questions).read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = [item for _, item in iter_jsonl_objects(cfg.questions)]
     items = items[:cfg.limit] if cfg.limit else items
     served = check_server(cfg)
     agent = build_agent(cfg)
@@ -68,8 +68,7 @@ def main(cfg: AgentEvalConfig) -> dict:
         except AgentServerError as err:
             raise SystemExit(f"error: {err}")
         rows.append(score(item, history))
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_jsonl(rows, out / "predictions.jsonl")
 
     def rates(subset: list[dict]) -> dict:
         n = len(subset)

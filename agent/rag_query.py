@@ -14,11 +14,17 @@ import time
 
 from medqwen.config import RagConfig, format_config, parse_config
 from medqwen.rag import Retriever, StoreError, open_client, open_collection
-from medqwen.rag.answer import GenerationError, build_messages, format_sources, make_answerer
+from medqwen.rag.answer import GenerationError, QueryError, build_messages, check_query, format_sources, make_answerer
+from medqwen.repl import HELP, repl
 
 
 def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) -> bool:
     """Retrieve, print the sources, then (unless retrieve-only) generate and print the answer; False on error."""
+    try:
+        question = check_query(question, cfg.max_query_chars)
+    except QueryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return False
     start = time.perf_counter()
     hits = retriever.search(question, cfg.top_k)
     took_ms = (time.perf_counter() - start) * 1000
@@ -42,6 +48,10 @@ def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) ->
 
 def main(cfg: RagConfig) -> int:
     print("config:\n" + format_config(cfg))
+    if cfg.query is not None and not cfg.query.strip():
+        print("error: --query is empty; give a question, or leave --query out for the interactive mode",
+              file=sys.stderr)
+        return 2
     try:
         retriever = Retriever(open_collection(open_client(cfg), cfg), cfg)
     except StoreError as err:
@@ -53,17 +63,11 @@ def main(cfg: RagConfig) -> int:
         return 2
     print(f"store: {len(retriever)} chunks in {cfg.chroma_host or cfg.persist_dir} / {cfg.collection}")
     answerer = None if cfg.retrieve_only else make_answerer(cfg)
-    if cfg.query:
+    if cfg.query is not None:
         return 0 if answer_one(cfg.query, retriever, answerer, cfg) else 1
-    print("Ask a question (empty line or Ctrl-D quits).")
-    while True:
-        try:
-            question = input("\n问题> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            return 0
-        if not question:
-            return 0
-        answer_one(question, retriever, answerer, cfg)
+    print(f"Ask a question ({HELP.split('; ')[1]}).")
+    repl(lambda question: answer_one(question, retriever, answerer, cfg), prompt="\n问题> ")
+    return 0
 
 
 if __name__ == "__main__":

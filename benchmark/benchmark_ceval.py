@@ -1,5 +1,6 @@
-"""C-Eval few-shot benchmark (clinical medicine by default): base vs LoRA vs GRPO, faithful to the paper and to
-lm-evaluation-harness, with confidence intervals and paired tests.
+"""Chinese medical exam benchmark (C-Eval clinical medicine by default; CMMLU and CMExam too): base vs LoRA vs
+GRPO, faithful to each exam's own evaluation and to lm-evaluation-harness, with confidence intervals and paired
+tests.
 
     python benchmark/benchmark_ceval.py                                  # base model/qwen, 5-shot, val
     python benchmark/benchmark_ceval.py --model-type lora                # adapter in out/qwen3-4b-lora-medical
@@ -11,9 +12,13 @@ lm-evaluation-harness, with confidence intervals and paired tests.
         --served-model lora-adapter                                      # a running vLLM server
     python benchmark/benchmark_ceval.py --compare out/benchmark/ceval-exam/clinical_medicine/base \
         out/benchmark/ceval-exam/clinical_medicine/lora                  # side by side + McNemar + PNG
+    python benchmark/benchmark_ceval.py --subjects medical,general --permute_options cyclic
+        # pooled C-Eval + CMMLU + CMExam medical score, the forgetting check's general set, option-order check
 
 Writes to out/benchmark/ceval-exam/<subject or group>/<model_type>/: config.yaml, predictions.jsonl,
-metrics.json (accuracy, n, 95% bootstrap CI, per subject), results.md (and submission.json for --split test).
+metrics.json (accuracy, n, 95% bootstrap CI, pooled, per exam and per subject; multi-answer and option-order
+reports), results.md (and submission.json for --split test). --compare with medical and general subjects adds the
+forgetting check (compare.md, forgetting.png).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import json
 import sys
 from pathlib import Path
 
-from medqwen.ceval import GROUPS, compare_runs, expand_subjects, results_table, run_benchmark, submission, summarize
-from medqwen.ceval import write_predictions
+from medqwen.ceval import compare_runs, expand_subjects, option_order_table, results_table, run_benchmark
+from medqwen.ceval import submission, summarize, write_predictions
+from medqwen.exams import is_group
 from medqwen.config import CevalConfig, config_to_dict, format_config, load_saved_config, parse_config, save_config
 from medqwen.reporting import write_metrics
 
@@ -48,7 +54,9 @@ def resolve_model(cfg: CevalConfig) -> tuple[str, str | None]:
 
 def subject_tag(subjects: list[str]) -> str:
     """Folder name for a subject list: the subject, the group name, or the subjects joined."""
-    return next((g for g in GROUPS if list(subjects) == [g]), None) or "+".join(expand_subjects(subjects))
+    if len(subjects) == 1 and is_group(subjects)[0]:
+        return subjects[0].replace("/", "-")
+    return "+".join(expand_subjects(subjects)).replace("/", "-")
 
 
 def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
@@ -84,13 +92,15 @@ def main(cfg: CevalConfig) -> dict:
     out_dir = Path(cfg.output_dir or root / cfg.model_type)
     model, adapter = resolve_model(cfg)
     save_config(cfg, out_dir / "config.yaml", extra={"resolved_model": model, "resolved_adapter": adapter})
-    print(f"C-Eval {cfg.split}, {cfg.k_shot}-shot, {cfg.prompt_style} prompt, {cfg.scoring}: {model}"
+    print(f"{', '.join(cfg.subjects)} {cfg.split}, {cfg.k_shot}-shot, {cfg.prompt_style} prompt, {cfg.scoring}: {model}"
           f"{' + ' + adapter if adapter else ''} -> {out_dir}\n{format_config(cfg)}", flush=True)
 
     backend = make_backend(cfg, model, adapter)
     max_new_tokens = cfg.max_new_tokens or (512 if cfg.cot else 16)
-    predictions, timing = run_benchmark(backend, cfg.data_dir, cfg.subjects, cfg.split, cfg.k_shot, cfg.limit,
-                                        style=cfg.prompt_style, scoring=cfg.scoring, cot=cfg.cot, chat=cfg.chat,
+    dirs = {"ceval": cfg.data_dir, "cmmlu": cfg.cmmlu_dir, "cmexam": cfg.cmexam_dir}
+    predictions, timing = run_benchmark(backend, dirs, cfg.subjects, cfg.split, cfg.k_shot, cfg.limit,
+                                        permute=cfg.permute_options, skip_missing=cfg.skip_missing,
+                                        skip_invalid=cfg.skip_invalid, style=cfg.prompt_style, scoring=cfg.scoring, cot=cfg.cot, chat=cfg.chat,
                                         max_new_tokens=max_new_tokens, enable_thinking=cfg.enable_thinking)
     write_predictions(predictions, out_dir / "predictions.jsonl")
     summary = summarize(predictions, cfg.n_bootstrap, cfg.seed)
@@ -104,6 +114,11 @@ def main(cfg: CevalConfig) -> dict:
     per_subject = summary.pop("per_subject")
     write_metrics(out_dir, summary, detail=per_subject, seed=cfg.seed, meta_extra={"config": config_to_dict(cfg)})
     table = results_table({**summary, "per_subject": per_subject})
+    if "option_order" in summary:
+        table += "\n\nOption-order check (every cyclic rotation of the options):\n\n" + \
+            option_order_table(summary["option_order"])
+    if timing["missing_subjects"]:
+        table += f"\n\nleft out (no data; --skip_missing): {', '.join(timing['missing_subjects'])}"
     (out_dir / "results.md").write_text(table + "\n", encoding="utf-8")
     print(f"\n{table}\n\n{len(predictions)} questions in {timing['seconds']:.1f} s "
           f"({timing['questions_per_s']:.2f} questions/s); outputs in {out_dir}/")
@@ -116,4 +131,5 @@ if __name__ == "__main__":
 
         main(parse_config(CevalConfig, argv=spread_values(sys.argv[1:])))
     except (FileNotFoundError, ValueError, ConnectionError) as err:  # bad data / folders / server: say what to do
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

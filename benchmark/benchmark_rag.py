@@ -13,11 +13,11 @@ CPU takes a while. Writes <output_dir>/config.yaml, metrics.json, questions.json
 """
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from medqwen.config import RagBenchConfig, format_config, parse_config, save_config
+from medqwen.jsonl import write_jsonl
 from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection
 from medqwen.rag.documents import file_chunks
 from medqwen.rag.evaluate import KS, evaluate, load_gold, measure_embedding_throughput, qa_retrieval_set
@@ -27,10 +27,9 @@ from medqwen.reporting import markdown_table, write_metrics
 
 def plot(results: dict, kinds: list[str], path: Path) -> None:
     """Grouped bars: recall@5 per question kind for every method."""
-    import matplotlib
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(results)), 3.5))
     width = 0.8 / len(kinds)
@@ -41,9 +40,7 @@ def plot(results: dict, kinds: list[str], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recall@5")
     ax.legend(fontsize=8, ncol=len(kinds))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def latency_at_scale(client, collection, cfg: RagBenchConfig, gold: list[dict], documents: int) -> dict:
@@ -145,10 +142,8 @@ def main(cfg: RagBenchConfig) -> int:
           f"halves = even / odd lines of {cfg.gold}\n")
     print(table)
 
-    with open(out / "questions.jsonl", "w", encoding="utf-8") as f:
-        for name, r in results.items():
-            for row in r["questions"]:
-                f.write(json.dumps({"method": name, **row}, ensure_ascii=False) + "\n")
+    write_jsonl(({"method": name, **row} for name, r in results.items() for row in r["questions"]),
+                out / "questions.jsonl")
     plot(results, kinds, out / "recall_by_kind.png")
     default = next(n for n in results if n.startswith(cfg.retrieval)
                    and (cfg.retrieval != "hybrid" or n.endswith("default")))

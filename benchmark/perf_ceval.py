@@ -7,6 +7,8 @@
 
     python benchmark/perf_ceval.py                 # GPU: random Qwen3-4B shape, 1,346 questions, Qwen3 tokenizer
     python benchmark/perf_ceval.py --tiny          # CPU smoke run (tiny model, bundled tokenizer, 24 questions)
+    python benchmark/perf_ceval.py --pooled --questions 8000 --paths reuse --permute_options cyclic
+        # the pooled medical set (C-Eval + CMMLU + CMExam prompts), plain order and every cyclic option order
 
 The weights are random (speed does not depend on their values); the prompts are built from the team-written
 medical items, lengthened to the target token lengths measured with the real tokenizer. The original path is
@@ -21,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from medqwen.backends import HFBackend, encode_pair
-from medqwen.ceval import CHOICES, GROUPS, SUBJECTS, Question, build_prompt, extract_answer, load_questions
+from medqwen.ceval import GROUPS, SUBJECTS, Question, build_prompt, extract_answer, load_questions, rotate
+from medqwen.exams import expand_subjects, get_exam, split_key
+from medqwen.exams.base import LETTERS
 from medqwen.config import REPO_ROOT, PerfCevalConfig, config_to_dict, format_config, parse_config, save_config
 from medqwen.reporting import markdown_table, write_metrics
 
@@ -75,6 +79,55 @@ def build_items(cfg: PerfCevalConfig, tokenizer) -> tuple[list[list[int]], list[
     return seqs, owner
 
 
+# Approximate sizes of the scored medical splits (C-Eval val, CMMLU test, CMExam test): the pooled set's mix.
+POOLED_SHARES = {"ceval": 110, "cmmlu": 1800, "cmexam": 6800}
+SAMPLE_DIRS = {"ceval": "data/benchmark/ceval-exam", "cmmlu": "data/benchmark/cmmlu", "cmexam": "data/benchmark/cmexam"}
+
+
+def build_pooled_items(cfg: PerfCevalConfig, tokenizer) -> dict[str, tuple[list[list[int]], list[int]]]:
+    """Token ids of five-shot prompts over the medical subjects of all three exams, each exam's own prompt on the
+    shipped team-written items of that exam (a subject without items borrows its exam's; only the instruction
+    names the subject), questions split in POOLED_SHARES proportions. {"plain order": (seqs, subject index)}, and
+    with --permute_options cyclic also "cyclic option order": every question under each rotation of its options."""
+    keys = expand_subjects(["medical"])
+    pools, shot_pools = {}, {}
+    for exam_name, folder in SAMPLE_DIRS.items():
+        exam = get_exam(exam_name)
+        qs, shots = [], []
+        for subject in exam.subjects:
+            try:
+                qs += [q for q in exam.load(REPO_ROOT / folder, subject, exam.graded_split("val")) if not q.multi]
+                shots += [q for q in exam.load(REPO_ROOT / folder, subject, exam.shot_split) if not q.multi]
+            except ValueError:  # no sample for this subject
+                continue
+        pools[exam_name], shot_pools[exam_name] = qs, shots[:5]
+    total = sum(POOLED_SHARES.values())
+    sets: dict[str, tuple[list[list[int]], list[int]]] = {"plain order": ([], [])}
+    if cfg.permute_options == "cyclic":
+        sets["cyclic option order"] = ([], [])
+    cache: dict[tuple, list[int]] = {}
+    for exam_name, share in POOLED_SHARES.items():
+        subjects = [k for k in keys if split_key(k)[0] == exam_name]
+        n_exam = round(cfg.questions * share / total)
+        for k in range(n_exam):
+            key = subjects[k % len(subjects)]
+            base = pools[exam_name][(k // len(subjects)) % len(pools[exam_name])]
+            q = Question(split_key(key)[1], "test", base.id, base.question, base.options, base.answer, exam=exam_name)
+            shots = [Question(q.subject, "dev", s.id, s.question, s.options, s.answer, exam=exam_name)
+                     for s in shot_pools[exam_name]]
+            owner = keys.index(key)
+            for label, rotations in (("plain order", [0]), ("cyclic option order", range(len(q.options)))):
+                if label not in sets:
+                    continue
+                for r in rotations:
+                    ck = (key, base.id, r)
+                    if ck not in cache:
+                        cache[ck] = tokenizer.encode(build_prompt(rotate(q, r), shots), add_special_tokens=False)
+                    sets[label][0].append(cache[ck])
+                    sets[label][1].append(owner)
+    return sets
+
+
 def time_call(fn, device) -> tuple[float, object]:
     import torch
 
@@ -110,9 +163,15 @@ def main(cfg: PerfCevalConfig) -> dict:
     print(format_config(cfg), flush=True)
     tokenizer = AutoTokenizer.from_pretrained(pick_tokenizer(cfg))
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    seqs, owner = build_items(cfg, tokenizer)
+    if cfg.pooled:
+        sets = build_pooled_items(cfg, tokenizer)
+    else:
+        sets = {"plain order": build_items(cfg, tokenizer)}
+    for label, (seqs, _) in sets.items():
+        n_tokens = sum(map(len, seqs))
+        print(f"{label}: {len(seqs)} questions, mean {n_tokens / len(seqs):.0f} tokens, {n_tokens} in all", flush=True)
+    seqs, owner = sets["plain order"]
     n_tokens = sum(map(len, seqs))
-    print(f"{len(seqs)} questions, mean {n_tokens / len(seqs):.0f} tokens, {n_tokens} in all", flush=True)
 
     device, dtype = pick_device_dtype(cfg.device, cfg.dtype)
     default_dtype = torch.get_default_dtype()
@@ -124,17 +183,18 @@ def main(cfg: PerfCevalConfig) -> dict:
     print(f"model: random {cfg.shape}, {next(model.parameters()).dtype}, attention "
           f"{model.config._attn_implementation}, {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params")
     torch.set_default_dtype(default_dtype)
-    candidates = [encode_pair(tokenizer, "答案：", c)[1][0] for c in CHOICES]
+    n_letters = 5 if cfg.pooled else 4  # CMExam has five options; reading one more logit costs nothing
+    candidates = [encode_pair(tokenizer, "答案：", c)[1][0] for c in LETTERS[:n_letters]]
 
     results, answers, logprobs = [], {}, {}
     for path in cfg.paths:
         if path in ("plain", "reuse"):
             backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, reuse_prefix=path == "reuse",
                                 compile=cfg.compile, kernels=cfg.kernels)
-            groups = [[i for i in range(len(seqs)) if owner[i] == s] for s in range(cfg.subjects)]
+            groups = [g for g in ([i for i in range(len(seqs)) if owner[i] == s] for s in sorted(set(owner))) if g]
 
             def run():
-                out = np.zeros((len(seqs), 4))
+                out = np.zeros((len(seqs), len(candidates)))
                 for g in groups:  # one call per subject, as run_benchmark does
                     out[g] = backend.next_token_logprobs([seqs[i] for i in g], candidates)
                 return out
@@ -175,18 +235,37 @@ def main(cfg: PerfCevalConfig) -> dict:
                         "seconds_all": total, "questions_per_s": len(seqs) / total,
                         "extrapolated": n < len(seqs)})
         print(f"{path}: {seconds:.2f} s for {n} questions (kernels {results[-1]['kernels']})", flush=True)
+    if "cyclic option order" in sets and "reuse" in cfg.paths:
+        rot_seqs, rot_owner = sets["cyclic option order"]
+        backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, reuse_prefix=True, compile=cfg.compile,
+                            kernels=cfg.kernels)
+        rot_groups = [g for g in ([i for i in range(len(rot_seqs)) if rot_owner[i] == s] for s in sorted(set(rot_owner)))
+                      if g]
+
+        def run_rotations():
+            for g in rot_groups:
+                backend.next_token_logprobs([rot_seqs[i] for i in g], candidates)
+
+        seconds, _ = time_call(run_rotations, device)
+        results.append({"path": "reuse, every cyclic option order", "kernels": backend.kernels,
+                        "compiled": cfg.compile, "warmup_seconds": None, "timed_questions": len(rot_seqs),
+                        "seconds_timed": seconds, "seconds_all": seconds, "questions_per_s": len(seqs) / seconds,
+                        "prompts": len(rot_seqs), "tokens": sum(map(len, rot_seqs)), "extrapolated": False})
+        print(f"option-order check: {seconds:.2f} s for {len(rot_seqs)} prompts ({len(seqs)} questions)", flush=True)
 
     base = next((r["seconds_all"] for r in results if r["path"] == "original"), None)
     rows = [[r["path"], r["kernels"] + (", compiled" if r["compiled"] else ""), len(seqs),
              f"{r['seconds_all']:.2f}" + (" (extrapolated)" if r["extrapolated"] else ""),
              "-" if r["warmup_seconds"] is None else f"{r['warmup_seconds']:.1f}",
-             r["questions_per_s"], n_tokens / r["seconds_all"], f"{base / r['seconds_all']:.1f}x" if base else "-"]
+             r["questions_per_s"], r.get("tokens", n_tokens) / r["seconds_all"], f"{base / r['seconds_all']:.1f}x" if base else "-"]
             for r in results]
     table = markdown_table(rows, ["path", "kernels", "questions", "seconds", "warm-up s (untimed)", "questions/s",
                                   "prompt tok/s", "vs original"])
     summary = {"questions": len(seqs), "mean_tokens": n_tokens / len(seqs), "total_tokens": n_tokens,
+               "pooled": cfg.pooled, "subjects": len(set(owner)),
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
-               **{f"{r['path']}_seconds": r["seconds_all"] for r in results}}
+               **{f"{r['path'] if r.get('prompts') is None else 'option_order'}_seconds": r["seconds_all"]
+                  for r in results}}
     if "plain" in answers and "reuse" in answers:
         summary["reuse_same_answers"] = float(np.mean(answers["plain"] == answers["reuse"]))
         summary["reuse_max_abs_logprob_diff"] = float(np.abs(logprobs["plain"] - logprobs["reuse"]).max())

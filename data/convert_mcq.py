@@ -6,8 +6,8 @@
     python data/convert_mcq.py --input my_questions.jsonl          # just validate and normalise
 
 Accepted: C-Eval CSV (id,question,A,B,C,D,answer[,explanation]; the test split has no answers, so it is
-refused), CMMLU CSV (,Question,A,B,C,D,Answer) and JSONL with question + options (list of 4 or A-D object,
-or top-level A-D keys) + answer letter. Every bad row stops the run with file:line; nothing is written then.
+refused), CMMLU CSV (,Question,A,B,C,D,Answer) and JSONL with question + options (a list of 2-8, an A.. object,
+or top-level A.. keys) + answer letter. Every bad row stops the run with file:line; nothing is written then.
 Writes <output> and prints a table of questions per subject and answer letter.
 """
 

@@ -1,11 +1,21 @@
-"""Fill data/benchmark/ceval-exam/ with C-Eval in its released CSV layout ({dev,val,test}/<subject>_<split>.csv).
+"""Fill an exam's folder in its published layout: C-Eval, CMMLU or CMExam, from the hub or an archive you downloaded.
 
-    python data/get_ceval.py                              # medical subjects from the hub (ceval/ceval-exam)
-    python data/get_ceval.py --subjects all               # all 52 subjects
-    python data/get_ceval.py --zip ~/Downloads/ceval-exam.zip   # the official zip, no hub needed
+    python data/get_ceval.py                              # C-Eval medical subjects from the hub (ceval/ceval-exam)
+    python data/get_ceval.py --subjects all               # all 52 C-Eval subjects
+    python data/get_ceval.py --zip ~/Downloads/ceval-exam.zip          # the official zip, no hub needed
+    python data/get_ceval.py --benchmark cmmlu --subjects medical,general   # CMMLU from the hub (haonan-li/cmmlu)
+    python data/get_ceval.py --benchmark cmmlu --zip cmmlu_v1_0_1.zip  # CMMLU's release archive
+    python data/get_ceval.py --benchmark cmexam --source CMExam/data   # CMExam: the release's val.csv and test.csv
 
-The official zip: https://huggingface.co/datasets/ceval/ceval-exam/resolve/main/ceval-exam.zip
-Existing files are only replaced with --overwrite (the repository ships a small team-written sample here).
+Layouts written (what benchmark/benchmark_ceval.py reads):
+    C-Eval  data/benchmark/ceval-exam/{dev,val,test}/<subject>_<split>.csv
+    CMMLU   data/benchmark/cmmlu/{dev,test}/<subject>.csv      (`,Question,A,B,C,D,Answer`)
+    CMExam  data/benchmark/cmexam/{val,test}.csv               (Question,Options,Answer,Explanation,...)
+C-Eval's zip: https://huggingface.co/datasets/ceval/ceval-exam/resolve/main/ceval-exam.zip; CMMLU's:
+https://github.com/haonan-li/CMMLU (data/cmmlu_v1_0_1.zip); CMExam: https://github.com/williamliujl/CMExam (data/).
+--source takes a folder or a zip. Existing files are only replaced with --overwrite (the repository ships small
+team-written samples here). Every file is read back with the benchmark's reader: a malformed row stops with its
+file:line, or with --skip_invalid is counted (and skipped when scoring).
 """
 
 from __future__ import annotations
@@ -16,75 +26,132 @@ import sys
 import zipfile
 from pathlib import Path
 
-from medqwen.ceval import SPLIT_COLUMNS, expand_subjects, read_csv_split
+from medqwen.ceval import SPLIT_COLUMNS
+from medqwen.exams import get_exam
+from medqwen.exams.base import ExamDataError, Skipped
 
-SPLITS = ("dev", "val", "test")
+DEFAULT_DIRS = {"ceval": "data/benchmark/ceval-exam", "cmmlu": "data/benchmark/cmmlu", "cmexam": "data/benchmark/cmexam"}
+HUB = {"ceval": "ceval/ceval-exam", "cmmlu": "haonan-li/cmmlu"}
 
 
-def from_hub(subjects: list[str], out_dir: Path, overwrite: bool) -> int:
-    """Download with `datasets` and write the released CSV layout; returns files written."""
-    import datasets
+def wanted_files(benchmark: str, subjects: list[str]) -> list[tuple[str, str]]:
+    """(path under the output folder, subject) for every file the exam's layout needs."""
+    if benchmark == "ceval":
+        return [(f"{split}/{s}_{split}.csv", s) for s in subjects for split in ("dev", "val", "test")]
+    if benchmark == "cmmlu":
+        return [(f"{split}/{s}.csv", s) for s in subjects for split in ("dev", "test")]
+    return [("val.csv", "physician"), ("test.csv", "physician")]
 
-    written = 0
-    for subject in subjects:
-        dataset_dict = datasets.load_dataset("ceval/ceval-exam", subject)
-        for split in SPLITS:
-            path = out_dir / split / f"{subject}_{split}.csv"
-            if path.exists() and not overwrite:
-                print(f"keep {path} (exists; --overwrite replaces it)")
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            columns = SPLIT_COLUMNS[split]
-            with path.open("w", encoding="utf-8", newline="") as f:
-                writer = csv.writer(f, lineterminator="\n")
-                writer.writerow(columns)
-                for row in dataset_dict[split]:
-                    writer.writerow([row.get(c, "") if row.get(c) is not None else "" for c in columns])
-            read_csv_split(path, subject, split)  # what we wrote must read back
-            written += 1
+
+def check(benchmark: str, out_dir: Path, rel: str, subject: str, skip_invalid: bool) -> int:
+    """Read a written file back with the benchmark's reader; returns the malformed rows skipped."""
+    exam, skipped = get_exam(benchmark), Skipped(skip_invalid)
+    split = Path(rel).stem.rsplit("_", 1)[-1] if benchmark == "ceval" else Path(rel).parent.name or Path(rel).stem
+    exam.load(out_dir, subject, split, skipped)
+    for row in skipped.rows[:3]:
+        print(f"  malformed (skipped when scoring with --skip_invalid): {row}")
+    return len(skipped)
+
+
+def from_archive(source: Path, benchmark: str, files: list[tuple[str, str]], out_dir: Path,
+                 overwrite: bool) -> list[tuple[str, str]]:
+    """Copy the wanted files out of a zip or folder, matched by their path's tail; returns those written."""
+    if not source.exists():
+        raise FileNotFoundError(f"{source} not found; download the exam's archive first (see this script's help)")
+    if source.is_dir():
+        names = {str(p.relative_to(source)): p for p in source.rglob("*.csv")}
+        read = lambda name: names[name].read_bytes()  # noqa: E731
+    else:
+        zf = zipfile.ZipFile(source)
+        names = {n: n for n in zf.namelist() if n.endswith(".csv") and "__MACOSX" not in n}
+        read = lambda name: zf.read(names[name])  # noqa: E731
+    written = []
+    for rel, subject in files:
+        hits = [n for n in names if n == rel or n.endswith("/" + rel)] or \
+            [n for n in names if Path(n).name == Path(rel).name and benchmark == "ceval"]
+        if not hits:
+            raise FileNotFoundError(f"{source} has no {rel}: is this the {get_exam(benchmark).title} release?")
+        path = out_dir / rel
+        if path.exists() and not overwrite:
+            print(f"keep {path} (exists; --overwrite replaces it)")
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(read(sorted(hits, key=len)[0]))
+        written.append((rel, subject))
     return written
 
 
-def from_zip(zip_path: Path, subjects: list[str], out_dir: Path, overwrite: bool) -> int:
-    """Extract the subjects' CSVs from the official ceval-exam.zip; returns files written."""
-    if not zip_path.is_file():
-        raise FileNotFoundError(f"{zip_path} not found; download ceval-exam.zip first (see this script's docstring)")
-    written = 0
-    with zipfile.ZipFile(zip_path) as zf:
-        names = {Path(n).name: n for n in zf.namelist() if n.endswith(".csv")}
-        for subject in subjects:
-            for split in SPLITS:
-                name = f"{subject}_{split}.csv"
-                if name not in names:
-                    raise FileNotFoundError(f"{zip_path} has no {name}: is this the C-Eval zip?")
-                path = out_dir / split / name
-                if path.exists() and not overwrite:
-                    print(f"keep {path} (exists; --overwrite replaces it)")
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(zf.read(names[name]))
-                read_csv_split(path, subject, split)
-                written += 1
+def from_hub(benchmark: str, files: list[tuple[str, str]], out_dir: Path, overwrite: bool) -> list[tuple[str, str]]:
+    """Download with `datasets` and write the published layout; returns the files written."""
+    import datasets
+
+    if benchmark not in HUB:
+        raise ValueError("CMExam is not on the hub in its release layout: clone https://github.com/williamliujl/CMExam"
+                         " and run: python data/get_ceval.py --benchmark cmexam --source CMExam/data")
+    written, loaded = [], {}
+    for rel, subject in files:
+        path = out_dir / rel
+        if path.exists() and not overwrite:
+            print(f"keep {path} (exists; --overwrite replaces it)")
+            continue
+        if subject not in loaded:
+            loaded[subject] = datasets.load_dataset(HUB[benchmark], subject)
+        split = Path(rel).parent.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            if benchmark == "ceval":
+                writer.writerow(SPLIT_COLUMNS[split])
+                for row in loaded[subject][split]:
+                    writer.writerow([row.get(c) if row.get(c) is not None else "" for c in SPLIT_COLUMNS[split]])
+            else:
+                writer.writerow(["", "Question", "A", "B", "C", "D", "Answer"])
+                for i, row in enumerate(loaded[subject][split]):
+                    writer.writerow([i, *(row[c] for c in ("Question", "A", "B", "C", "D", "Answer"))])
+        written.append((rel, subject))
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subjects", default="medical", help="comma-separated subjects or groups (medical, all)")
-    parser.add_argument("--zip", type=Path, help="official ceval-exam.zip downloaded by hand (no hub access needed)")
-    parser.add_argument("--output_dir", "--output-dir", type=Path, default=Path("data/benchmark/ceval-exam"))
+    parser.add_argument("--benchmark", choices=sorted(DEFAULT_DIRS), default="ceval", help="which exam to fill")
+    parser.add_argument("--subjects", default="medical",
+                        help="comma-separated subjects or the exam's groups (medical, general, all); CMExam: ignored")
+    parser.add_argument("--zip", "--source", dest="source", type=Path,
+                        help="the exam's release downloaded by hand, a zip or a folder (no hub access needed)")
+    parser.add_argument("--output_dir", "--output-dir", type=Path,
+                        help="the exam's folder (default: data/benchmark/<ceval-exam|cmmlu|cmexam>)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing CSVs (e.g. the shipped sample)")
+    parser.add_argument("--skip_invalid", action="store_true",
+                        help="count malformed rows instead of stopping at the first (the benchmark then needs "
+                             "--skip_invalid too)")
     args = parser.parse_args(argv)
-    subjects = expand_subjects([s for s in args.subjects.split(",") if s.strip()])
-    if args.zip:
-        n = from_zip(args.zip, subjects, args.output_dir, args.overwrite)
-    else:
-        try:
-            n = from_hub(subjects, args.output_dir, args.overwrite)
-        except Exception as err:  # offline, hub blocked, datasets missing: all end the same way for the user
-            sys.exit(f"error: could not load ceval/ceval-exam from the hub ({err.__class__.__name__}: {err}).\n"
-                     f"Download ceval-exam.zip by hand and run: python data/get_ceval.py --zip ceval-exam.zip")
-    print(f"{n} files written under {args.output_dir}/ ({len(subjects)} subjects)")
+    exam = get_exam(args.benchmark)
+    out_dir = args.output_dir or Path(DEFAULT_DIRS[args.benchmark])
+    subjects: list[str] = []
+    for name in (s.strip() for s in args.subjects.split(",") if s.strip()):
+        for subject in exam.groups.get(name, [name]):
+            if subject not in exam.subjects:
+                parser.error(f"unknown {exam.title} subject {subject!r}; groups: {', '.join(exam.groups)}")
+            subjects += [subject] if subject not in subjects else []
+    files = wanted_files(args.benchmark, subjects)
+    try:
+        if args.source:
+            written = from_archive(args.source, args.benchmark, files, out_dir, args.overwrite)
+        else:
+            try:
+                written = from_hub(args.benchmark, files, out_dir, args.overwrite)
+            except Exception as err:  # offline, hub blocked, datasets missing: all end the same way for the user
+                archive = {"ceval": "ceval-exam.zip", "cmmlu": "cmmlu_v1_0_1.zip", "cmexam": "CMExam/data"}
+                sys.exit(f"error: could not load {exam.title} from the hub ({err.__class__.__name__}: {err}).\n"
+                         f"Download it by hand and run: python data/get_ceval.py --benchmark {args.benchmark} "
+                         f"--source {archive[args.benchmark]}")
+        bad = sum(check(args.benchmark, out_dir, rel, subject, args.skip_invalid) for rel, subject in written)
+    except ExamDataError as err:
+        print(f"error: {err}\n(--skip_invalid counts malformed rows instead of stopping)", file=sys.stderr)
+        return 2
+    print(f"{len(written)} files written under {out_dir}/ ({exam.title}, {len(subjects) or 1} subjects)"
+          + (f"; {bad} malformed rows counted" if bad else ""))
     return 0
 
 

@@ -19,7 +19,9 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, Field
 
+from medqwen.chat import escape_control_tokens
 from medqwen.config import AgentConfig
+from medqwen.http import HttpError, check_url, redact, strip_userinfo
 from medqwen.tools import MAX_EXPRESSION_CHARS, calculate, get_current_time, get_weather
 
 DEFAULT_SYSTEM_PROMPT = ("You are a helpful assistant. When a question needs arithmetic, the weather or the current "
@@ -29,6 +31,10 @@ DEFAULT_SYSTEM_PROMPT = ("You are a helpful assistant. When a question needs ari
 
 class AgentServerError(RuntimeError):
     """The model server is unreachable, too slow, or does not serve the configured model."""
+
+
+class StepLimit(RuntimeError):
+    """Raised by the middleware instead of a model turn beyond cfg.max_steps."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -83,11 +89,35 @@ def openai_tool_schemas(tools: Sequence, strict: bool = True) -> list[dict]:
 # Agent
 
 
-def _tool_settings_middleware(force_tool: str | None, strict: bool):
+INVALID_ARGS = "__invalid_json_arguments__"  # marks a tool call whose arguments the server could not parse
+
+
+def _with_invalid_calls_as_errors(message):
+    """The model's message with its unparseable tool calls (`invalid_tool_calls`: arguments that are not JSON)
+    turned into ordinary calls that carry the raw text under INVALID_ARGS, so the tool step answers each with an
+    error the model can read and correct, instead of the turn ending silently with an empty answer."""
+    invalid = getattr(message, "invalid_tool_calls", None) or []
+    if not invalid:
+        return message
+    calls = list(message.tool_calls) + [
+        {"name": call.get("name") or "unknown_tool", "args": {INVALID_ARGS: str(call.get("args") or "")[:200]},
+         "id": call.get("id") or f"invalid_{n}", "type": "tool_call"} for n, call in enumerate(invalid)]
+    return message.model_copy(update={"tool_calls": calls, "invalid_tool_calls": []})
+
+
+def _tool_settings_middleware(cfg: AgentConfig):
     """Middleware: strict tool schemas; `force_tool` on the first model turn of each question only (a forced
-    choice on every turn would loop forever); any exception a tool raises goes back to the model as text."""
+    choice on every turn would loop forever); tool calls with non-JSON arguments and calls beyond
+    cfg.max_tool_calls in one turn are answered with an error; any exception a tool raises goes back to the
+    model as text; every tool result has its control tokens escaped before it reaches the prompt."""
     from langchain.agents.middleware import AgentMiddleware
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    force_tool, strict = cfg.force_tool, cfg.strict_tools
+
+    def error(request, text: str) -> ToolMessage:
+        return ToolMessage(content=text, status="error", tool_call_id=request.tool_call["id"],
+                           name=request.tool_call["name"])
 
     class ToolSettings(AgentMiddleware):
         def wrap_model_call(self, request, handler):
@@ -95,16 +125,46 @@ def _tool_settings_middleware(force_tool: str | None, strict: bool):
             last_human = max((i for i, m in enumerate(request.messages) if isinstance(m, HumanMessage)), default=-1)
             first_turn = not any(isinstance(m, AIMessage) for m in request.messages[last_human + 1:])
             choice = {"type": "function", "function": {"name": force_tool}} if force_tool and first_turn else None
-            return handler(request.override(model_settings=settings, tool_choice=choice or request.tool_choice))
+            if sum(isinstance(m, AIMessage) for m in request.messages[last_human + 1:]) >= cfg.max_steps:
+                raise StepLimit(cfg.max_steps)
+            response = handler(request.override(model_settings=settings, tool_choice=choice or request.tool_choice))
+            response.result = [_with_invalid_calls_as_errors(m) if isinstance(m, AIMessage) else m
+                               for m in response.result]
+            if not any(isinstance(m, AIMessage) and (_text(m.content).strip() or m.tool_calls)
+                       for m in response.result):  # e.g. a stream whose chunks carry no choices
+                raise AgentServerError(f"the server at VLLM_BASE_URL={strip_userinfo(cfg.base_url)} sent an empty "
+                                       "reply (no text, no tool call); check the server log and try again")
+            if any(isinstance(m, AIMessage) and m.response_metadata.get("model_provider") == "openai"
+                   and not m.response_metadata.get("finish_reason") for m in response.result):
+                # An OpenAI stream always ends with a finish_reason; without one the connection was cut mid-reply.
+                raise AgentServerError(f"the connection to VLLM_BASE_URL={strip_userinfo(cfg.base_url)} broke in the "
+                                       "middle of a reply (no finish_reason); is the server still running?")
+            return response
 
         def wrap_tool_call(self, request, handler):
+            call = request.tool_call
+            if INVALID_ARGS in (call.get("args") or {}):
+                return error(request, f"Error: the arguments of {call['name']} are not valid JSON "
+                                      f"({escape_control_tokens(call['args'][INVALID_ARGS][:80])!r}); call it again "
+                                      "with a JSON object that matches the tool's schema.")
+            turn = next((m for m in reversed(_messages(request.state)) if isinstance(m, AIMessage)), None)
+            ids = [c["id"] for c in getattr(turn, "tool_calls", [])]
+            if call["id"] in ids and ids.index(call["id"]) >= cfg.max_tool_calls:
+                return error(request, f"Error: refused: at most {cfg.max_tool_calls} tool calls per turn "
+                                      f"(max_tool_calls); this reply made {len(ids)}. Use the results you have.")
             try:
-                return handler(request)
+                result = handler(request)
             except Exception as err:  # noqa: BLE001 -- the model reads the error and may retry; the agent lives on
-                return ToolMessage(content=f"Error: {type(err).__name__}: {err}", status="error",
-                                   tool_call_id=request.tool_call["id"], name=request.tool_call["name"])
+                return error(request, escape_control_tokens(f"Error: {type(err).__name__}: {str(err)[:500]}"))
+            if isinstance(result, ToolMessage) and isinstance(result.content, str):
+                result.content = escape_control_tokens(result.content)
+            return result
 
     return ToolSettings()
+
+
+def _messages(state) -> list:
+    return (state.get("messages") if isinstance(state, dict) else getattr(state, "messages", None)) or []
 
 
 def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
@@ -113,6 +173,7 @@ def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
     from langchain_openai import ChatOpenAI
 
     if llm is None:
+        server_url(cfg)
         llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.model, api_key=cfg.api_key or "EMPTY",
                          temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                          timeout=cfg.timeout_s, max_retries=1)
@@ -123,29 +184,42 @@ def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
     if cfg.force_tool and cfg.force_tool not in names:
         raise ValueError(f"force_tool '{cfg.force_tool}' is not one of the tools {names}")
     return create_agent(llm, tools, system_prompt=cfg.system_prompt or DEFAULT_SYSTEM_PROMPT,
-                        middleware=[_tool_settings_middleware(cfg.force_tool, cfg.strict_tools)])
+                        middleware=[_tool_settings_middleware(cfg)])
 
 
-def served_models(base_url: str, api_key: str | None = None, timeout_s: float = 5.0) -> list[str]:
+def server_url(cfg: AgentConfig) -> str:
+    """cfg.base_url when it is a usable http(s) URL, else AgentServerError saying what to set."""
+    try:
+        return check_url(cfg.base_url, "VLLM_BASE_URL", require_https=False)
+    except HttpError as err:
+        raise AgentServerError(f"{err}; set VLLM_BASE_URL (or --base_url) to e.g. http://localhost:8001/v1") \
+            from None
+
+
+def served_models(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
     """The model names the server lists at /models; AgentServerError naming VLLM_BASE_URL when it is down."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = strip_userinfo(server_url(cfg))
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     try:
-        response = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=timeout_s)
+        response = httpx.get(cfg.base_url.rstrip("/") + "/models", headers=headers, timeout=timeout_s)
         response.raise_for_status()
-        return [m["id"] for m in response.json()["data"]]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+        served = [m["id"] for m in response.json()["data"]]
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, TypeError) as err:
         raise AgentServerError(
-            f"no OpenAI-compatible server answers at VLLM_BASE_URL={base_url} ({type(err).__name__}: {err}).\n"
+            f"no OpenAI-compatible server answers at VLLM_BASE_URL={url} "
+            f"({type(err).__name__}: {redact(str(err), [cfg.api_key])[:200]}).\n"
             "Start it with `bash agent/serve_vllm.sh`, or point VLLM_BASE_URL (or --base_url) at your server.") from None
+    return served
 
 
 def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
     """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks cfg.model."""
-    served = served_models(cfg.base_url, cfg.api_key, timeout_s)
+    served = served_models(cfg, timeout_s)
+    url = strip_userinfo(server_url(cfg))
     if cfg.model not in served:
-        raise AgentServerError(f"the server at VLLM_BASE_URL={cfg.base_url} serves {served}, not "
+        raise AgentServerError(f"the server at VLLM_BASE_URL={url} serves {served[:20]}, not "
                                f"MODEL_NAME={cfg.model}; set MODEL_NAME (or --model) to one of them.")
     return served
 
@@ -163,13 +237,16 @@ def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[
 
     `on_message` sees each complete message as it is added (tool calls, tool results, answers): the web page
     draws its tool boxes from them."""
+    import httpx
     import openai
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langgraph.errors import GraphRecursionError
 
-    messages = list(history) + [HumanMessage(question)]
-    # LangGraph counts graph steps: model, tools, model, tools, ..., model = 2 * max_steps - 1 for max_steps turns.
-    config = {"recursion_limit": max(1, 2 * cfg.max_steps - 1)}
+    messages = list(history) + [HumanMessage(escape_control_tokens(question))]  # typed text cannot forge a turn
+    # The middleware stops before model turn max_steps + 1 (StepLimit); LangGraph's own step count (model, tools
+    # and middleware nodes) is only a backstop, so an answer that comes exactly at max_steps is never cut.
+    config = {"recursion_limit": 4 * cfg.max_steps + 10}
+    url = strip_userinfo(cfg.base_url)
     streamed = False
     try:
         for mode, data in agent.stream({"messages": messages}, config=config, stream_mode=["messages", "updates"]):
@@ -192,14 +269,19 @@ def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[
                             write(f"[tool call] {call['name']}({json.dumps(call['args'], ensure_ascii=False)})\n")
                     if cfg.verbose and isinstance(message, ToolMessage):
                         write(f"[tool result] {message.name}: {_text(message.content)}\n")
-    except GraphRecursionError:
+    except (GraphRecursionError, StepLimit):
         write(f"\n[stopped: no final answer within max_steps={cfg.max_steps} model turns]\n")
     except (openai.APIConnectionError, openai.APITimeoutError) as err:
-        raise AgentServerError(f"lost the model server at VLLM_BASE_URL={cfg.base_url} ({type(err).__name__}); "
+        raise AgentServerError(f"lost the model server at VLLM_BASE_URL={url} ({type(err).__name__}); "
                                f"is `bash agent/serve_vllm.sh` still running?") from None
     except openai.APIStatusError as err:
-        raise AgentServerError(f"the server at VLLM_BASE_URL={cfg.base_url} answered HTTP {err.status_code}: "
-                               f"{str(err)[:300]}") from None
+        raise AgentServerError(f"the server at VLLM_BASE_URL={url} answered HTTP {err.status_code}: "
+                               f"{redact(str(err), [cfg.api_key])[:300]}") from None
+    except (openai.APIError, httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+        # HTML instead of JSON, a cut stream, a reply without choices: a bad server, not a reason to end the session
+        raise AgentServerError(f"the server at VLLM_BASE_URL={url} sent a reply that is not an OpenAI chat "
+                               f"completion ({type(err).__name__}: {redact(str(err), [cfg.api_key])[:200]}); "
+                               "check that it is an OpenAI-compatible server (vLLM) and try again") from None
     return messages
 
 

@@ -1,4 +1,5 @@
-"""C-Eval multiple choice, done the way the paper and lm-evaluation-harness do it: data, prompts, scoring.
+"""Multiple-choice exams (C-Eval here; CMMLU and CMExam in medqwen.exams) done the way their papers and
+lm-evaluation-harness do it: data, prompts, scoring, statistics and reports shared by every exam.
 
     from medqwen.ceval import load_questions, build_prompt, score_questions
     questions = load_questions("data/benchmark/ceval-exam", "clinical_medicine", "val")
@@ -13,6 +14,9 @@ Two scorings:
   loglik    log P(letter | prompt) for A/B/C/D; the argmax is the answer (what both reference harnesses do).
   generate  greedy decoding, then answer extraction (CoT uses the official C-Eval extraction rules).
 Backends live in `medqwen.backends` (HF transformers, vLLM offline, any OpenAI-compatible server).
+Questions carry their exam (`Question.exam`); prompts dispatch to that exam's format, and nothing assumes four
+options. `run_benchmark(..., permute="cyclic")` also scores every question under each cyclic rotation of its
+options (the option-order check); multi-answer items (CMExam) are generated and matched as an exact set.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medqwen.jsonl import write_jsonl
+from medqwen.exams import expand_subjects, get_exam, split_key
+from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, rotate
+from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 
-CHOICES = ("A", "B", "C", "D")
+CHOICES = LETTERS[:4]  # C-Eval's (and CMMLU's) four option letters
+__all__ = ["Question", "expand_subjects", "rotate"]
 
 # subject -> Chinese name, as in C-Eval's subject_mapping.json (the name goes into the instruction).
 SUBJECTS = {
@@ -53,8 +60,10 @@ SUBJECTS = {
     "fire_engineer": "注册消防工程师", "environmental_impact_assessment_engineer": "环境影响评价工程师",
     "tax_accountant": "税务师", "physician": "医师资格",
 }
-GROUPS = {
+GROUPS = {  # C-Eval's part of the cross-exam groups (medqwen.exams)
     "medical": ["clinical_medicine", "basic_medicine", "physician", "veterinary_medicine"],
+    # the forgetting check's non-medical subjects: engineering, economics, history, law, mathematics
+    "general": ["computer_network", "college_economics", "modern_chinese_history", "law", "high_school_mathematics"],
     "all": list(SUBJECTS),
 }
 SPLIT_COLUMNS = {  # the released CSV layout
@@ -64,53 +73,25 @@ SPLIT_COLUMNS = {  # the released CSV layout
 }
 
 
-class CevalDataError(ValueError):
-    """A C-Eval file that is missing or does not have the released layout."""
-
-
-@dataclass
-class Question:
-    """One C-Eval item; `answer` is None on the test split (answers are not public)."""
-
-    subject: str
-    split: str
-    id: str
-    question: str
-    options: tuple[str, str, str, str]
-    answer: str | None = None
-    explanation: str | None = None
-
-
-def expand_subjects(names: Sequence[str]) -> list[str]:
-    """Subject names with groups (`medical`, `all`) expanded, order kept, unknown names rejected."""
-    out: list[str] = []
-    for name in names:
-        for subject in GROUPS.get(name, [name]):
-            if subject not in SUBJECTS:
-                raise ValueError(f"unknown C-Eval subject {subject!r}; groups: {sorted(GROUPS)}; "
-                                 f"subjects: {', '.join(SUBJECTS)}")
-            if subject not in out:
-                out.append(subject)
-    return out
+CevalDataError = ExamDataError  # the name callers catch
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Data: the released CSV layout (<dir>/<split>/<subject>_<split>.csv) or a Hugging Face `datasets` copy.
 
 
-def load_questions(data_dir: str | Path, subject: str, split: str) -> list[Question]:
-    """The questions of one subject and split, from the CSV layout or a local `datasets` copy."""
+def load_questions(data_dir: str | Path, subject: str, split: str, skipped: Skipped | None = None) -> list[Question]:
+    """The questions of one C-Eval subject and split, from the CSV layout or a local `datasets` copy."""
     data_dir = Path(data_dir)
     csv_path = data_dir / split / f"{subject}_{split}.csv"
     if csv_path.is_file():
-        return read_csv_split(csv_path, subject, split)
+        return read_csv_split(csv_path, subject, split, skipped)
     hf_dir = data_dir / subject
     if hf_dir.is_dir():
         return read_hf_split(hf_dir, subject, split)
     raise CevalDataError(
         f"no C-Eval data for {subject}/{split}: expected {csv_path} (released CSV layout) or {hf_dir}/ "
-        f"(Hugging Face datasets layout). Get it with `python data/get_ceval.py` (hub, or --zip ceval-exam.zip); "
-        f"the repository ships a small team-written sample in data/benchmark/ceval-exam/.")
+        f"(Hugging Face datasets layout). {CevalExam.data_hint}")
 
 
 def _make_question(row: dict[str, Any], subject: str, split: str, where: str) -> Question:
@@ -118,43 +99,28 @@ def _make_question(row: dict[str, Any], subject: str, split: str, where: str) ->
     for col in ("question", *CHOICES):
         if row.get(col) is None or str(row[col]).strip() == "":
             raise CevalDataError(f"{where}: empty or missing '{col}'")
-    answer = row.get("answer")
-    answer = str(answer).strip() if answer not in (None, "") else None
-    if split != "test" and answer not in CHOICES:
-        raise CevalDataError(f"{where}: answer must be one of A/B/C/D, got {row.get('answer')!r}")
+    answer = check_answer(row.get("answer"), CHOICES, where) if split != "test" else None
     return Question(subject=subject, split=split, id=str(row["id"]).strip(), question=str(row["question"]),
-                    options=tuple(str(row[c]) for c in CHOICES),  # type: ignore[arg-type]
-                    answer=answer if split != "test" else None,
+                    options=tuple(str(row[c]) for c in CHOICES), answer=answer,
                     explanation=(str(row["explanation"]) if row.get("explanation") not in (None, "") else None))
 
 
-def read_csv_split(path: str | Path, subject: str, split: str) -> list[Question]:
+def read_csv_split(path: str | Path, subject: str, split: str, skipped: Skipped | None = None) -> list[Question]:
     """Read a released C-Eval CSV (quoted fields may hold newlines); errors name file and line."""
-    path = Path(path)
+    path, skipped = Path(path), Skipped() if skipped is None else skipped
     expected = SPLIT_COLUMNS[split]
-    with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig: tolerate a BOM from spreadsheet tools
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise CevalDataError(f"{path}: empty file; expected header {','.join(expected)}") from None
-        except csv.Error as err:
-            raise CevalDataError(f"{path}: not a valid CSV: {err}") from None
+
+    def check(header: list[str]) -> None:
         # dev must carry the explanation (CoT few-shot); val/test may carry extra columns (the hub export does).
         if header[: len(expected)] != expected:
             raise CevalDataError(f"{path}: header {header} does not match the released layout {expected}")
-        questions = []
+
+    questions = []
+    for where, header, row in csv_records(path, check, skipped):
         try:
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise CevalDataError(f"{where}: {len(row)} fields, expected {len(header)} (a stray comma or "
-                                         f"an unclosed quote?)")
-                questions.append(_make_question(dict(zip(header, row)), subject, split, where))
-        except csv.Error as err:
-            raise CevalDataError(f"{path}:{reader.line_num}: not a valid CSV: {err}") from None
+            questions.append(_make_question(dict(zip(header, row)), subject, split, where))
+        except CevalDataError as err:
+            skipped.handle(err)
     if not questions:
         raise CevalDataError(f"{path}: no questions")
     return questions
@@ -182,90 +148,123 @@ def read_hf_split(folder: str | Path, subject: str, split: str) -> list[Question
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Prompts.
+# Prompts: C-Eval's own, and the dispatch to each question's exam.
 
 STYLES = ("official", "lm-eval")
 
 
+class CevalExam(Exam):
+    """C-Eval: the paper's answer-only prompt (official) and lm-eval's ceval-valid (lm-eval); CoT as the paper."""
+
+    name, title = "ceval", "C-Eval"
+    subjects = SUBJECTS
+    groups = GROUPS
+    shot_split = "dev"
+    styles = STYLES
+    data_hint = ("Get it with `python data/get_ceval.py` (hub, or --zip ceval-exam.zip); the repository ships a "
+                 "small team-written sample in data/benchmark/ceval-exam/.")
+
+    def read(self, data_dir: Path, subject: str, split: str, skipped: Skipped) -> list[Question]:
+        return load_questions(data_dir, subject, split, skipped)
+
+    def instruction(self, q: Question, style: str) -> str:
+        """The task description line; the paper says 考试, lm-eval's ceval-valid drops it."""
+        name = SUBJECTS.get(q.subject, q.subject)
+        if style == "official":
+            return f"以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n"
+        if style == "lm-eval":
+            return f"以下是中国关于{name}的单项选择题，请选出其中的正确答案。\n\n"
+        raise ValueError(f"unknown prompt style {style!r}; choose from {STYLES}")
+
+    def format_question(self, q: Question, style: str = "official", cot: bool = False) -> str:
+        """The question, its options and `答案：` (the CoT cue follows it in CoT mode)."""
+        text = q.question.strip() if style == "lm-eval" else q.question  # lm-eval: {{question.strip()}}
+        text += "".join(f"\n{c}. {o}" for c, o in zip(q.letters, q.options)) + "\n答案："
+        return text + self.cot_cue(cot)
+
+    def cot_cue(self, cot: bool) -> str:
+        return "让我们一步一步思考，\n1." if cot else ""
+
+    def continuation(self, letter: str, style: str = "official") -> str:
+        """The scored continuation for an option letter: lm-eval puts its target_delimiter (a space) first."""
+        return (" " if style == "lm-eval" else "") + letter
+
+    def answer_text(self, q: Question, style: str = "official", cot: bool = False) -> str:
+        """What follows `答案：` in a few-shot example."""
+        if cot:
+            if not q.explanation:
+                raise CevalDataError(f"{q.subject} dev item {q.id} has no explanation: CoT few-shot needs one")
+            return f"让我们一步一步思考，\n{q.explanation}\n所以答案是{q.answer}。"
+        return self.continuation(q.answer or "", style)
+
+
 def instruction(subject: str, style: str = "official") -> str:
-    """The task description line; the paper says 考试, lm-eval's ceval-valid drops it."""
-    name = SUBJECTS.get(subject, subject)
-    if style == "official":
-        return f"以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n"
-    if style == "lm-eval":
-        return f"以下是中国关于{name}的单项选择题，请选出其中的正确答案。\n\n"
-    raise ValueError(f"unknown prompt style {style!r}; choose from {STYLES}")
+    """C-Eval's task description line for a subject."""
+    return get_exam("ceval").instruction(Question(subject, "", "", "", ()), style)
 
 
 def format_question(q: Question, style: str = "official", cot: bool = False) -> str:
-    """The question, its four options and `答案：` (the CoT cue follows it in CoT mode)."""
-    text = q.question.strip() if style == "lm-eval" else q.question  # lm-eval: {{question.strip()}}
-    text += "".join(f"\n{c}. {o}" for c, o in zip(CHOICES, q.options)) + "\n答案："
-    return text + ("让我们一步一步思考，\n1." if cot else "")
+    return get_exam(q.exam).format_question(q, style, cot)
 
 
 def answer_text(q: Question, style: str = "official", cot: bool = False) -> str:
-    """What follows `答案：` in a few-shot example."""
-    if cot:
-        if not q.explanation:
-            raise CevalDataError(f"{q.subject} dev item {q.id} has no explanation: CoT few-shot needs one")
-        return f"让我们一步一步思考，\n{q.explanation}\n所以答案是{q.answer}。"
-    return continuation(q.answer or "", style)
+    return get_exam(q.exam).answer_text(q, style, cot)
 
 
-def continuation(letter: str, style: str = "official") -> str:
-    """The scored continuation for an option letter: lm-eval puts its target_delimiter (a space) first."""
-    return (" " if style == "lm-eval" else "") + letter
+def continuation(letter: str, style: str = "official", exam: str = "ceval") -> str:
+    return get_exam(exam).continuation(letter, style)
 
 
 def build_prompt(q: Question, shots: Sequence[Question] = (), style: str = "official", cot: bool = False) -> str:
-    """A plain-text k-shot prompt, character for character as the reference harness renders it."""
+    """A plain-text k-shot prompt, character for character as the question's exam's reference renders it."""
     # C-Eval: every example ends with "\n\n"; lm-eval: description + "\n\n".join(shots) + "\n\n" + question.
     # Both give the same shape; the styles differ in the instruction, the answer delimiter and strip().
-    head = instruction(q.subject, style)
-    head += "".join(format_question(s, style) + answer_text(s, style, cot) + "\n\n" for s in shots)
-    return head + format_question(q, style, cot)
+    return get_exam(q.exam).build_prompt(q, shots, style, cot)
 
 
 def build_messages(q: Question, shots: Sequence[Question] = (), style: str = "official",
                    cot: bool = False) -> list[dict[str, str]]:
     """The same prompt as a chat: few-shot examples as earlier turns, the instruction in the first user turn
     (how C-Eval's own evaluator prompts chat models). The answer letter is the assistant's first token."""
-    messages: list[dict[str, str]] = []
-    first = instruction(q.subject, style)
-    for s in shots:
-        messages.append({"role": "user", "content": first + format_question(s, style)})
-        messages.append({"role": "assistant", "content": answer_text(s, style, cot).lstrip(" ")})
-        first = ""
-    messages.append({"role": "user", "content": first + format_question(q, style)})
-    return messages
+    return get_exam(q.exam).build_messages(q, shots, style, cot)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Answer extraction for generated text.
 
 _COT_FINAL = re.compile(r"所以答案是(.+?)。", re.M)
-_COT_PATTERNS = [re.compile(p, re.M) for p in (
-    r"([ABCD])是正确的", r"选项([ABCD])正确", r"答案为([ABCD])", r"答案是([ABCD])", r"答案([ABCD])",
-    r"选择([ABCD])", r"答案：([ABCD])", r"选择答案([ABCD])")]
-LEADING_ANSWER = re.compile(r"^[\s\"'“（(【\[]*(?:答案|正确答案)?\s*(?:是|为|选|：|:)?\s*(?:选项)?\s*([ABCD])(?![A-Za-z])")
+_COT_TEMPLATES = (r"([{L}])是正确的", r"选项([{L}])正确", r"答案为([{L}])", r"答案是([{L}])", r"答案([{L}])",
+                  r"选择([{L}])", r"答案：([{L}])", r"选择答案([{L}])")
+_LEAD = r"^[\s\"'“（(【\[]*(?:答案|正确答案)?\s*(?:是|为|选|：|:)?\s*(?:选项)?\s*"
+LEADING_ANSWER = re.compile(_LEAD + r"([A-H])(?![A-Za-z])")
+LEADING_ANSWERS = re.compile(_LEAD + r"([A-H](?:[\s,，、和及与]*[A-H])*)(?![A-Za-z])")
+
+
+def _letters(q: Question | None) -> str:
+    return "".join(q.letters) if q is not None else "".join(CHOICES)
+
+
+def _cot_patterns(letters: str) -> list[re.Pattern]:
+    return [re.compile(t.replace("{L}", letters), re.M) for t in _COT_TEMPLATES]
 
 
 def extract_cot_answer(text: str, q: Question | None = None) -> str | None:
     """The official C-Eval extraction (its ChatGLM evaluator): `所以答案是X。`, then answer patterns, then a
-    single letter, then a single option text quoted in the reply. None when nothing matches."""
+    single letter, then a single option text quoted in the reply. None when nothing matches. The letters are
+    the question's (A-D without a question)."""
+    letters = _letters(q)
     finals = _COT_FINAL.findall(text)
-    if finals and finals[-1] in CHOICES:
+    if finals and finals[-1] in tuple(letters):
         return finals[-1]
-    for pattern in _COT_PATTERNS:
+    for pattern in _cot_patterns(letters):
         m = pattern.search(text)
         if m:
             return m.group(1)
-    letters = re.findall(r"[ABCD]", text)
-    if len(letters) == 1:
-        return letters[0]
+    found = re.findall(f"[{letters}]", text)
+    if len(found) == 1:
+        return found[0]
     if q is not None:
-        hits = [c for c, o in zip(CHOICES, q.options) if str(o) in text]
+        hits = [c for c, o in zip(q.letters, q.options) if str(o) in text]
         if len(hits) == 1:
             return hits[0]
     return None
@@ -276,9 +275,20 @@ def extract_answer(text: str, q: Question | None = None, cot: bool = False) -> s
     text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)  # hybrid models may think first
     if not cot:
         m = LEADING_ANSWER.match(text)
-        if m:
+        if m and m.group(1) in _letters(q):
             return m.group(1)
     return extract_cot_answer(text, q)
+
+
+def extract_answers(text: str, q: Question | None = None) -> str | None:
+    """The option set a reply to a multi-answer question chooses: leading letters ("ABD", "A、B、D", "答案：A,C"),
+    sorted; None when there are none or one is not an option."""
+    text = re.sub(r"<think>.*?</think>", "", text, flags=re.S)
+    m = LEADING_ANSWERS.match(text)
+    if not m:
+        return None
+    chosen = set(re.findall(r"[A-H]", m.group(1)))
+    return "".join(sorted(chosen)) if chosen <= set(_letters(q)) else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,7 +297,8 @@ def extract_answer(text: str, q: Question | None = None, cot: bool = False) -> s
 
 @dataclass
 class Prediction:
-    """One scored question: what predictions.jsonl holds per line."""
+    """One scored question: what predictions.jsonl holds per line. `rotation` r > 0: the question with its
+    options cyclically rotated by r (the option-order check); `multi`: a multi-answer item (exact-set match)."""
 
     subject: str
     id: str
@@ -297,6 +308,15 @@ class Prediction:
     pred: str | None
     gold: str | None
     correct: bool | None
+    exam: str = "ceval"
+    rotation: int = 0
+    multi: bool = False
+
+    @property
+    def key(self) -> str:
+        from medqwen.exams.base import qualified
+
+        return qualified(self.exam, self.subject)
 
 
 def render_prompt(q: Question, shots: Sequence[Question], style: str, cot: bool, tokenizer=None,
@@ -310,78 +330,210 @@ def render_prompt(q: Question, shots: Sequence[Question], style: str, cot: bool,
 
     text = render(tokenizer, build_messages(q, shots, style, cot), add_generation_prompt=True,
                   enable_thinking=enable_thinking)
-    return text + ("让我们一步一步思考，\n1." if cot else "")
+    return text + get_exam(q.exam).cot_cue(cot)
 
 
 def score_questions(backend, questions: Sequence[Question], shots: Sequence[Question], *, style: str = "official",
                     scoring: str = "loglik", cot: bool = False, chat: bool = False, max_new_tokens: int = 16,
-                    enable_thinking: bool | None = None) -> list[Prediction]:
-    """Score the questions of ONE subject (they share the few-shot head, which backends may reuse)."""
+                    enable_thinking: bool | None = None, rotation: int = 0) -> list[Prediction]:
+    """Score the questions of ONE subject (they share the few-shot head, which backends may reuse).
+
+    loglik reads every option letter the questions have (A-D, A-E, ...) after the prompt; a question's answer is
+    the argmax over its own options. Multi-answer questions are always generated (exact-set match)."""
+    if any(q.multi for q in questions):
+        single = [q for q in questions if not q.multi]
+        multi = [q for q in questions if q.multi]
+        out = score_questions(backend, single, shots, style=style, scoring=scoring, cot=cot, chat=chat,
+                              max_new_tokens=max_new_tokens, enable_thinking=enable_thinking, rotation=rotation)
+        return out + score_multi(backend, multi, shots, style=style, chat=chat, max_new_tokens=max_new_tokens,
+                                 enable_thinking=enable_thinking)
+    if not questions:
+        return []
+    shots = [s for s in shots if not s.multi]
     tokenizer = getattr(backend, "tokenizer", None)
     prompts = [render_prompt(q, shots, style, cot, tokenizer, chat, enable_thinking) for q in questions]
     preds: list[Prediction] = []
     if scoring == "loglik":
         if cot:
             raise ValueError("CoT needs --scoring generate (loglik reads the letter right after the prompt)")
+        letters = LETTERS[: max(len(q.options) for q in questions)]
+        exam = get_exam(questions[0].exam)
         # In chat mode the letter is the assistant's first token, with no delimiter in either style.
-        options = [c if chat else continuation(c, style) for c in CHOICES]
+        options = [c if chat else exam.continuation(c, style) for c in letters]
         scores = backend.loglik(prompts, options)
         for q, prompt, row in zip(questions, prompts, scores):
-            pred = CHOICES[int(np.argmax(row))]
-            preds.append(Prediction(q.subject, q.id, prompt, {c: float(v) for c, v in zip(CHOICES, row)}, None,
-                                    pred, q.answer, None if q.answer is None else pred == q.answer))
+            row = row[: len(q.options)]
+            pred = q.letters[int(np.argmax(row))]
+            preds.append(Prediction(q.subject, q.id, prompt, {c: float(v) for c, v in zip(q.letters, row)}, None,
+                                    pred, q.answer, None if q.answer is None else pred == q.answer, q.exam,
+                                    rotation))
     elif scoring == "generate":
         outputs = backend.generate(prompts, max_new_tokens)
         for q, prompt, out in zip(questions, prompts, outputs):
             pred = extract_answer(out, q, cot)
             preds.append(Prediction(q.subject, q.id, prompt, None, out, pred, q.answer,
-                                    None if q.answer is None else pred == q.answer))
+                                    None if q.answer is None else pred == q.answer, q.exam, rotation))
     else:
         raise ValueError(f"unknown scoring {scoring!r}: loglik or generate")
     return preds
 
 
-def run_benchmark(backend, data_dir: str | Path, subjects: Sequence[str], split: str = "val", k_shot: int = 5,
-                  limit: int | None = None, **score_kwargs) -> tuple[list[Prediction], dict[str, float]]:
-    """Score every subject; returns the predictions and timing (seconds, questions/s)."""
+def score_multi(backend, questions: Sequence[Question], shots: Sequence[Question], *, style: str = "official",
+                chat: bool = False, max_new_tokens: int = 16, enable_thinking: bool | None = None) -> list[Prediction]:
+    """Multi-answer questions: greedy generation, the leading letters as a set, correct only on the exact set.
+    The few-shot examples are the multi-answer ones among `shots`."""
+    if not questions:
+        return []
+    shots = [s for s in shots if s.multi]
+    tokenizer = getattr(backend, "tokenizer", None)
+    prompts = [render_prompt(q, shots, style, False, tokenizer, chat, enable_thinking) for q in questions]
+    outputs = backend.generate(prompts, max_new_tokens)
+    preds = []
+    for q, prompt, out in zip(questions, prompts, outputs):
+        pred = extract_answers(out, q)
+        preds.append(Prediction(q.subject, q.id, prompt, None, out, pred, q.answer, pred == q.answer, q.exam,
+                                multi=True))
+    return preds
+
+
+def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subjects: Sequence[str], split: str = "val",
+                  k_shot: int = 5, limit: int | None = None, permute: str = "none", skip_missing: bool = False,
+                  skip_invalid: bool = False, **score_kwargs) -> tuple[list[Prediction], dict[str, Any]]:
+    """Score every subject of every exam; returns the predictions and run facts (seconds, questions/s, skipped
+    subjects and rows).
+
+    data_dir: C-Eval's folder, or {exam: folder}. permute="cyclic": each single-answer question is also scored
+    under every other cyclic rotation of its options (same few-shot head). skip_missing: subjects that came from
+    a group and have no data are left out and listed (named subjects always need their data)."""
     if not 0 <= k_shot <= 5:
-        raise ValueError(f"k_shot must be 0-5 (C-Eval's dev split has 5 items per subject), got {k_shot}")
+        raise ValueError(f"k_shot must be 0-5 (the exams' dev splits have 5 items per subject), got {k_shot}")
+    if permute not in ("none", "cyclic"):
+        raise ValueError(f"unknown option permutation {permute!r}: none or cyclic")
+    dirs = data_dir if isinstance(data_dir, dict) else {"ceval": data_dir}
+    from medqwen.exams import is_group
+
+    named = {k for n, group in zip(subjects, is_group(subjects)) if not group for k in expand_subjects([n])}
     predictions: list[Prediction] = []
+    missing: list[str] = []
+    invalid: dict[str, list[str]] = {}
     start = time.perf_counter()
-    for subject in expand_subjects(subjects):
-        shots = load_questions(data_dir, subject, "dev")[:k_shot] if k_shot else []
-        if len(shots) < k_shot:
-            raise CevalDataError(f"{subject}: {k_shot}-shot needs {k_shot} dev items, found {len(shots)}")
-        questions = load_questions(data_dir, subject, split)[:limit]
+    for key in expand_subjects(subjects):
+        exam_name, subject = split_key(key)
+        exam = get_exam(exam_name)
+        if exam_name not in dirs:
+            raise ValueError(f"no data folder given for {exam.title} (subject {key})")
+        skipped = Skipped(skip_invalid)
+        try:
+            graded = exam.graded_split(split)
+            shot_pool = exam.load(dirs[exam_name], subject, exam.shot_split, skipped) if k_shot else []
+            questions = exam.load(dirs[exam_name], subject, graded, skipped)[:limit]
+        except ExamDataError as err:
+            if not skip_missing or key in named or not str(err).startswith("no "):
+                raise
+            missing.append(key)
+            print(f"{key}: skipped, no data ({err})", flush=True)
+            continue
+        if skipped.rows:
+            invalid[key] = skipped.rows
+            print(f"{key}: {len(skipped)} malformed rows skipped (--skip_invalid); first: {skipped.rows[0]}",
+                  flush=True)
+        singles = [s for s in shot_pool if not s.multi][:k_shot]
+        shots = singles + [s for s in shot_pool if s.multi][:k_shot]
+        if len(singles) < k_shot:
+            raise CevalDataError(f"{key}: {k_shot}-shot needs {k_shot} {exam.shot_split} items, found {len(singles)}")
         predictions += score_questions(backend, questions, shots, **score_kwargs)
-        print(f"{subject}/{split}: {len(questions)} questions scored", flush=True)
+        if permute == "cyclic":
+            for r in range(1, max(len(q.options) for q in questions)):
+                rotated = [rotate(q, r) for q in questions if not q.multi and r < len(q.options)]
+                predictions += score_questions(backend, rotated, shots, rotation=r, **score_kwargs)
+        print(f"{key}/{graded}: {len(questions)} questions scored", flush=True)
     seconds = time.perf_counter() - start
-    return predictions, {"seconds": seconds, "questions_per_s": len(predictions) / max(seconds, 1e-9)}
+    return predictions, {"seconds": seconds, "questions_per_s": len(predictions) / max(seconds, 1e-9),
+                         "missing_subjects": missing, "skipped_rows": {k: len(v) for k, v in invalid.items()}}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Results: metrics, files, comparisons.
 
 
-def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Accuracy, n and a 95% bootstrap CI, overall and per subject (test split: counts only)."""
+def _block(rows: Sequence[Prediction], n_boot: int, seed: int) -> dict[str, Any]:
     from medqwen.stats import bootstrap_ci
 
-    def block(rows: Sequence[Prediction]) -> dict[str, Any]:
-        graded = [p.correct for p in rows if p.correct is not None]
-        out: dict[str, Any] = {"n": len(rows), "n_unparsed": sum(p.pred is None for p in rows)}
-        if graded:
-            out["accuracy"] = float(np.mean(graded))
-            out["ci95"] = list(bootstrap_ci(graded, n_boot=n_boot, seed=seed))
-        return out
+    graded = [p.correct for p in rows if p.correct is not None]
+    out: dict[str, Any] = {"n": len(rows), "n_unparsed": sum(p.pred is None for p in rows)}
+    if graded:
+        out["accuracy"] = float(np.mean(graded))
+        out["ci95"] = list(bootstrap_ci(graded, n_boot=n_boot, seed=seed))
+    return out
 
-    subjects = sorted({p.subject for p in predictions})
-    return {**block(predictions), "per_subject": {s: block([p for p in predictions if p.subject == s])
-                                                  for s in subjects}}
+
+def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy, n and a 95% bootstrap CI: pooled over every single-answer question (micro average), per exam
+    and per subject (test split: counts only); multi-answer items and the option-order check apart."""
+    base = [p for p in predictions if p.rotation == 0 and not p.multi]
+    keys = list(dict.fromkeys(p.key for p in base))
+    exams = list(dict.fromkeys(p.exam for p in base))
+    out = {**_block(base, n_boot, seed),
+           "per_exam": {e: _block([p for p in base if p.exam == e], n_boot, seed) for e in exams},
+           "per_subject": {k: _block([p for p in base if p.key == k], n_boot, seed) for k in sorted(keys)}}
+    multi = [p for p in predictions if p.multi]
+    if multi:
+        out["multi_answer"] = {e: _block([p for p in multi if p.exam == e], n_boot, seed)
+                               for e in dict.fromkeys(p.exam for p in multi)}
+    if any(p.rotation for p in predictions):
+        out["option_order"] = option_order_report(predictions, n_boot, seed)
+    return out
+
+
+def option_order_report(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The option-order check over single-answer questions scored under every cyclic rotation: accuracy per
+    rotation, their mean, consistency (the share of questions right under every rotation they were scored
+    under), and position bias: how often each letter is predicted vs how often it is the gold answer."""
+    rows = [p for p in predictions if not p.multi and p.correct is not None]
+    by_q: dict[tuple[str, str], list[Prediction]] = {}
+    for p in rows:
+        by_q.setdefault((p.key, p.id), []).append(p)
+    rotations = sorted({p.rotation for p in rows})
+    per_rotation = {r: _block([p for p in rows if p.rotation == r], n_boot, seed) for r in rotations}
+    complete = [ps for ps in by_q.values() if len(ps) > 1]
+    letters = sorted({p.gold for p in rows} | {p.pred for p in rows if p.pred})
+    pred_share = {c: float(np.mean([p.pred == c for p in rows])) for c in letters}
+    gold_share = {c: float(np.mean([p.gold == c for p in rows])) for c in letters}
+    top = max(pred_share, key=pred_share.get)
+    return {
+        "per_rotation": per_rotation,
+        "mean_accuracy": float(np.mean([b["accuracy"] for b in per_rotation.values()])),
+        "consistency": float(np.mean([all(p.correct for p in ps) for ps in complete])) if complete else None,
+        "n_questions": len(complete),
+        "predicted_letter_share": pred_share,
+        "gold_letter_share": gold_share,
+        # 0: letters predicted as often as they are right; 1: always one letter though gold is spread
+        "position_bias_tv": 0.5 * sum(abs(pred_share[c] - gold_share[c]) for c in letters),
+        "most_predicted": top,
+        "accuracy_always_most_predicted": gold_share[top],
+    }
+
+
+def option_order_table(report: dict[str, Any]) -> str:
+    """Markdown: accuracy per rotation, mean and consistency; then predicted vs gold letter shares."""
+    from medqwen.reporting import markdown_table
+
+    rows = [[f"rotation {r}", b["n"], b["accuracy"], f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"]
+            for r, b in report["per_rotation"].items()]
+    rows.append(["**mean over rotations**", "-", report["mean_accuracy"], "-"])
+    rows.append(["**consistency** (right under every rotation)", report["n_questions"],
+                 report["consistency"] if report["consistency"] is not None else "-", "-"])
+    table = markdown_table(rows, ["option order", "n", "accuracy", "95% CI"])
+    letters = list(report["gold_letter_share"])
+    bias = markdown_table([["predicted"] + [report["predicted_letter_share"][c] for c in letters],
+                           ["gold"] + [report["gold_letter_share"][c] for c in letters]], ["share of answers"] + letters)
+    return (f"{table}\n\n{bias}\n\nposition bias (total variation between predicted and gold letters): "
+            f"{report['position_bias_tv']:.3f}; always answering {report['most_predicted']} (the most predicted "
+            f"letter) would score {report['accuracy_always_most_predicted']:.3f}")
 
 
 def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Path:
-    """predictions.jsonl: one JSON object per question."""
+    """predictions.jsonl: one JSON object per question (and rotation)."""
     return write_jsonl((asdict(p) for p in predictions), path)
 
 
@@ -389,12 +541,11 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     """Read predictions.jsonl back (for --compare)."""
     path = Path(path)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(Prediction(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError) as err:
-                raise CevalDataError(f"{path}:{n}: not a prediction line ({err})") from None
+    for n, record in iter_jsonl_objects(path, error=CevalDataError):
+        try:
+            rows.append(Prediction(**record))
+        except TypeError as err:
+            raise CevalDataError(f"{path}:{n}: not a prediction line ({err})") from None
     return rows
 
 
@@ -402,28 +553,43 @@ def submission(predictions: Sequence[Prediction]) -> dict[str, dict[str, str]]:
     """C-Eval's test submission format: {subject: {id: letter}} (unparsed replies fall back to A)."""
     out: dict[str, dict[str, str]] = {}
     for p in predictions:
-        out.setdefault(p.subject, {})[p.id] = p.pred or "A"
+        if p.exam == "ceval" and p.rotation == 0:
+            out.setdefault(p.subject, {})[p.id] = p.pred or "A"
     return out
 
 
+def _ci(b: dict[str, Any]) -> str:
+    ci = b.get("ci95")
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+
+
 def results_table(summary: dict[str, Any]) -> str:
-    """Markdown table: one row per subject and an overall row."""
+    """Markdown table: one row per subject, one per exam (several subjects), a pooled row (several rows), and
+    multi-answer rows; the first column names the exam."""
     from medqwen.reporting import markdown_table
 
-    def row(name: str, b: dict[str, Any]) -> list[Any]:
-        ci = b.get("ci95")
-        return [name, b["n"], b.get("accuracy", "-"), f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", b["n_unparsed"]]
+    def row(exam: str, name: str, b: dict[str, Any]) -> list[Any]:
+        return [get_exam(exam).title, name, b["n"], b.get("accuracy", "-"), _ci(b), b["n_unparsed"]]
 
-    rows = [row(s, b) for s, b in summary["per_subject"].items()]
+    rows = [row(*split_key(k), b) for k, b in summary["per_subject"].items()]
+    per_exam = summary.get("per_exam", {})
+    for exam, b in per_exam.items():
+        if len(per_exam) > 1 and sum(split_key(k)[0] == exam for k in summary["per_subject"]) > 1:
+            rows.append(row(exam, "**all subjects**", b))
     if len(rows) > 1:
-        rows.append(row("**overall**", summary))
-    return markdown_table(rows, ["subject", "n", "accuracy", "95% CI", "unparsed"])
+        pooled = row("ceval", "**pooled**" if len(per_exam) > 1 else "**overall**", summary)
+        rows.append(["all" if len(per_exam) > 1 else pooled[0], *pooled[1:]])
+    for exam, b in summary.get("multi_answer", {}).items():
+        rows.append(row(exam, "multi-answer (exact set, generated; not in the rows above)", b))
+    return markdown_table(rows, ["exam", "subject", "n", "accuracy", "95% CI", "unparsed"])
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: int = 1000,
                  seed: int = 0) -> tuple[str, dict[str, Any]]:
-    """Side-by-side accuracy of several runs on the questions they share, each vs the first with McNemar's
-    exact test; writes compare.md, compare.json and compare.png (bars with 95% CIs)."""
+    """Side-by-side accuracy of several runs on the single-answer questions they share, per exam and pooled,
+    each vs the first with McNemar's exact test; with medical and general subjects present, the forgetting
+    check (medical change next to general change, paired bootstrap CIs). Writes compare.md, compare.json,
+    compare.png (bars with 95% CIs) and forgetting.png."""
     from medqwen.reporting import markdown_table
     from medqwen.stats import bootstrap_ci, mcnemar_exact
 
@@ -436,7 +602,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
             raise FileNotFoundError(f"{d}/predictions.jsonl not found: run benchmark_ceval.py with --output_dir {d}")
         meta = json.loads((d / "metrics.json").read_text(encoding="utf-8")) if (d / "metrics.json").is_file() else {}
         label = meta.get("summary", {}).get("model_type") or d.name
-        preds = {(p.subject, p.id): p for p in read_predictions(d / "predictions.jsonl") if p.correct is not None}
+        preds = {(p.exam, p.subject, p.id): p for p in read_predictions(d / "predictions.jsonl")
+                 if p.correct is not None and p.rotation == 0 and not p.multi}
         runs.append((label, d, preds))
     labels = [r[0] for r in runs]
     if len(set(labels)) < len(labels):  # e.g. two LoRA runs: fall back to folder names
@@ -444,34 +611,104 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
     keys = sorted(set.intersection(*(set(p) for _, _, p in runs)))
     if not keys:
         raise ValueError("the runs share no graded questions (different subjects or the test split?)")
-    first = [runs[0][2][k].correct for k in keys]
+    exams = list(dict.fromkeys(k[0] for k in keys))
+    scopes = [(get_exam(e).title, [k for k in keys if k[0] == e]) for e in exams] if len(exams) > 1 else []
+    scopes.append(("pooled" if len(exams) > 1 else get_exam(exams[0]).title, keys))
     rows, detail = [], []
+    ref = runs[0]
     for label, d, preds in runs:
-        correct = [preds[k].correct for k in keys]
-        acc, ci = float(np.mean(correct)), bootstrap_ci(correct, n_boot=n_boot, seed=seed)
-        test = mcnemar_exact(correct, first) if label != runs[0][0] else None
-        rows.append([label, len(keys), acc, f"[{ci[0]:.3f}, {ci[1]:.3f}]",
-                     "-" if test is None else f"+{test['a_only']} / -{test['b_only']}",
-                     "-" if test is None else f"{test['p_value']:.3g}"])
-        detail.append({"run": label, "dir": str(d), "n": len(keys), "accuracy": acc, "ci95": list(ci),
-                       "mcnemar_vs_first": test})
-    table = markdown_table(rows, ["run", "n", "accuracy", "95% CI", f"vs {runs[0][0]}: gained / lost",
+        entry: dict[str, Any] = {"run": label, "dir": str(d)}
+        for scope, ks in scopes:
+            correct = [preds[k].correct for k in ks]
+            acc, ci = float(np.mean(correct)), bootstrap_ci(correct, n_boot=n_boot, seed=seed)
+            test = mcnemar_exact(correct, [ref[2][k].correct for k in ks]) if label != ref[0] else None
+            rows.append([label, scope, len(ks), acc, f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+                         "-" if test is None else f"+{test['a_only']} / -{test['b_only']}",
+                         "-" if test is None else f"{test['p_value']:.3g}"])
+            block = {"n": len(ks), "accuracy": acc, "ci95": list(ci), "mcnemar_vs_first": test}
+            entry.setdefault("per_exam", {})[scope] = block
+        entry.update(entry["per_exam"][scopes[-1][0]])  # the pooled (or only) scope at the top level
+        detail.append(entry)
+    table = markdown_table(rows, ["run", "exam", "n", "accuracy", "95% CI", f"vs {ref[0]}: gained / lost",
                                   "McNemar p (exact)"])
+    result: dict[str, Any] = {"runs": detail, "n_shared": len(keys)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    forgetting = forgetting_check(runs, keys, n_boot, seed)
+    if forgetting:
+        result["forgetting"] = forgetting
+        table += "\n\n" + forgetting_table(forgetting)
+        plot_forgetting(forgetting, out_dir / "forgetting.png")
     (out_dir / "compare.md").write_text(table + "\n", encoding="utf-8")
-    (out_dir / "compare.json").write_text(json.dumps(detail, ensure_ascii=False, indent=2), encoding="utf-8")
+    (out_dir / "compare.json").write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
     plot_comparison(detail, out_dir / "compare.png")
-    return table, {"runs": detail, "n_shared": len(keys)}
+    return table, result
+
+
+def forgetting_check(runs, keys, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]] | None:
+    """Per run after the first: the accuracy change on the shared medical questions and on the shared general
+    ones, in points, each with a paired bootstrap 95% CI; None unless both groups are present."""
+    from medqwen.stats import paired_bootstrap_diff_ci
+
+    groups = {g: set(expand_subjects([g])) for g in ("medical", "general")}
+    members = {g: [k for k in keys if (k[1] if k[0] == "ceval" else f"{k[0]}/{k[1]}") in s] for g, s in groups.items()}
+    if not all(members.values()):
+        return None
+    ref = runs[0][2]
+    out = []
+    for label, _, preds in runs[1:]:
+        entry: dict[str, Any] = {"run": label, "reference": runs[0][0]}
+        for g, ks in members.items():
+            new, old = [preds[k].correct for k in ks], [ref[k].correct for k in ks]
+            diff = float(np.mean(new) - np.mean(old))
+            low, high = paired_bootstrap_diff_ci(new, old, n_boot=n_boot, seed=seed)
+            went = "up" if low > 0 else "down" if high < 0 else "no clear change (the CI includes 0)"
+            entry[g] = {"n": len(ks), "change": diff, "ci95": [low, high], "direction": went}
+        out.append(entry)
+    return out
+
+
+def forgetting_table(forgetting: Sequence[dict[str, Any]]) -> str:
+    """Markdown: medical change next to general change (points, 95% CI), then one summary line per run."""
+    from medqwen.reporting import markdown_table
+
+    pts = lambda b: f"{100 * b['change']:+.1f} [{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}]"  # noqa: E731
+    rows = [[f["run"], f["medical"]["n"], pts(f["medical"]), f["general"]["n"], pts(f["general"])] for f in forgetting]
+    table = markdown_table(rows, ["run vs " + forgetting[0]["reference"], "medical n",
+                                  "medical change, points [95% CI]", "general n", "general change, points [95% CI]"])
+    lines = [f"{f['run']} vs {f['reference']}: medical {f['medical']['direction']} "
+             f"({100 * f['medical']['change']:+.1f} points), general {f['general']['direction']} "
+             f"({100 * f['general']['change']:+.1f} points)" for f in forgetting]
+    return "Forgetting check (general = a fixed non-medical subject set, medqwen/exams/__init__.py):\n\n" + \
+        table + "\n\n" + "\n".join(lines)
+
+
+def plot_forgetting(forgetting: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Medical vs general accuracy change per run (points) with 95% paired bootstrap CIs."""
+    from medqwen.reporting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(2.4 + 1.8 * len(forgetting), 3.6))
+    width = 0.38
+    for i, (group, color) in enumerate((("medical", "#C44E52"), ("general", "#4C72B0"))):
+        xs = [j + (i - 0.5) * width for j in range(len(forgetting))]
+        change = [100 * f[group]["change"] for f in forgetting]
+        err = [[c - 100 * f[group]["ci95"][0] for c, f in zip(change, forgetting)],
+               [100 * f[group]["ci95"][1] - c for c, f in zip(change, forgetting)]]
+        ax.bar(xs, change, width, yerr=err, capsize=5, color=color, label=f"{group} (n={forgetting[0][group]['n']})")
+    ax.axhline(0, lw=1, color="gray")
+    ax.set_xticks(range(len(forgetting)), [f"{f['run']} vs {f['reference']}" for f in forgetting])
+    ax.set_ylabel("accuracy change, points (95% CI)")
+    ax.set_title("Medical gain vs general forgetting")
+    ax.legend(loc="best", fontsize=8)
+    return save_figure(fig, path)
 
 
 def plot_comparison(detail: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Bar chart of accuracy with 95% bootstrap CI error bars."""
-    import matplotlib
+    """Bar chart of (pooled) accuracy with 95% bootstrap CI error bars."""
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     acc = [d["accuracy"] for d in detail]
     err = [[a - d["ci95"][0] for a, d in zip(acc, detail)], [d["ci95"][1] - a for a, d in zip(acc, detail)]]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(detail), 3.6))
@@ -479,9 +716,6 @@ def plot_comparison(detail: Sequence[dict[str, Any]], path: str | Path) -> Path:
     ax.axhline(0.25, ls="--", lw=1, color="gray", label="chance (4 options)")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (95% bootstrap CI)")
-    ax.set_title(f"C-Eval, n={detail[0]['n']} shared questions")
+    ax.set_title(f"n={detail[0]['n']} shared questions")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -64,3 +64,47 @@ def encode_with_assistant_mask(tokenizer, messages: list[Message], tools: list[d
     out = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True, **kwargs)
     return list(out["input_ids"]), list(out["assistant_masks"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Untrusted text (retrieved passages, tool results, user input, training data) before templating.
+
+# Qwen3's added tokens (tokenizer_config.json `added_tokens_decoder`; a test checks the list against it). Any
+# `<|name|>` is escaped too, so other families' control tokens (SmolLM2's <|im_start|>, Llama's <|eot_id|>) are
+# covered without listing them.
+CONTROL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+                  "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+                  "<tool_response>", "</tool_response>", "<think>", "</think>")
+ESCAPE_MARK = "\u200b"  # zero-width space after '<': the text reads the same, no tokenizer matches the token
+
+
+def control_token_pattern(tokenizer=None):
+    """A regex matching the control tokens: CONTROL_TOKENS, any `<|...|>`, and `tokenizer`'s special/added tokens."""
+    import re
+
+    tokens = set(CONTROL_TOKENS)
+    if tokenizer is not None:
+        tokens |= {t for t in getattr(tokenizer, "all_special_tokens", []) if t.startswith("<")}
+        tokens |= {getattr(t, "content", str(t)) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
+    literal = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True) if t.startswith("<"))
+    return re.compile(rf"{literal}|<\|[^<>|\s]{{1,40}}\|>", re.IGNORECASE)
+
+
+_CONTROL = control_token_pattern()
+
+
+def find_control_token(text: str, pattern=None) -> str | None:
+    """The first control token in `text`, or None."""
+    match = (pattern or _CONTROL).search(text)
+    return match.group(0) if match else None
+
+
+def escape_control_tokens(text: str, pattern=None) -> str:
+    """`text` with every control token neutralised (a zero-width space after its '<'), so text from documents,
+    tools, users or datasets can never open, close or forge a turn, a tool call or a thinking block.
+    Idempotent: escaped text contains no control token."""
+    if not isinstance(text, str) or "<" not in text:
+        return text
+    return (pattern or _CONTROL).sub(lambda m: "<" + ESCAPE_MARK + m.group(0)[1:], text)

@@ -73,6 +73,9 @@ class DataConfig:
                        choices=["auto", "utf-8", "gb18030", "gbk"])
     system_prompt: str | None = _f(None, "System message added to conversations that have none (None: leave).")
     skip_invalid: bool = _f(False, "Skip invalid records (counted by reason) instead of stopping at the first.")
+    control_tokens: str = _f("escape", "Text that spells a control token (<|im_start|>, <think>, <tool_call>...): "
+                                       "escape it (a zero-width space after '<'; counted) or refuse the record.",
+                             choices=["escape", "refuse"])
     dedup: bool = _f(True, "Drop exact duplicate conversations (after normalising whitespace).")
     max_per_input: int = _f(0, "Keep at most this many conversations per input file: a seeded random sample taken "
                                "after validation and de-duplication, before the length filter (0: keep all).")
@@ -535,10 +538,22 @@ class CevalConfig:
                                    "out/qwen3-4b-grpo-medical for grpo, out/qwen3-4b-lora-medical-merged for merged).")
     data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root: <dir>/{dev,val,test}/<subject>_<split>.csv "
                                                     "(released layout) or <dir>/<subject>/ (datasets layout).")
-    subjects: list[str] = _f(["clinical_medicine"], "Subjects (repeatable or comma-separated); groups: medical "
-                                                    "(clinical_medicine, basic_medicine, physician, "
-                                                    "veterinary_medicine), all.")
-    split: str = _f("val", "val: graded accuracy; test: predictions in C-Eval's submission.json (no answers).",
+    cmmlu_dir: str = _f("data/benchmark/cmmlu", "CMMLU root: <dir>/{dev,test}/<subject>.csv (official layout).")
+    cmexam_dir: str = _f("data/benchmark/cmexam", "CMExam folder holding the release's val.csv and test.csv.")
+    subjects: list[str] = _f(["clinical_medicine"], "Subjects (repeatable or comma-separated): C-Eval names bare "
+                                                    "(clinical_medicine), others as cmmlu/anatomy, cmexam; groups: "
+                                                    "medical (all three exams' medical subjects, pooled), general "
+                                                    "(fixed non-medical set, the forgetting check), all (C-Eval), "
+                                                    "<exam>/<group> (ceval/medical, cmmlu/general, ...).")
+    skip_missing: bool = _f(False, "Leave out subjects of a group that have no data files (listed in metrics.json); "
+                                   "subjects named one by one always need their data.")
+    skip_invalid: bool = _f(False, "Skip malformed rows (wrong column count, answer not an option, empty option) and "
+                                   "count them, instead of stopping at the first with its file:line.")
+    permute_options: str = _f("none", "cyclic: also score every single-answer question under each cyclic rotation "
+                                      "of its options (accuracy per rotation, consistency, position bias; n options "
+                                      "= n times the work).", choices=["none", "cyclic"])
+    split: str = _f("val", "val: graded accuracy (CMMLU and CMExam: their answered test split); test: C-Eval "
+                           "only, predictions in C-Eval's submission.json (no answers).",
                     choices=["val", "test"])
     k_shot: int = _f(5, "Few-shot examples taken in order from the dev split (0-5).")
     prompt_style: str = _f("official", "official: the C-Eval paper's answer-only prompt; lm-eval: "
@@ -589,6 +604,11 @@ class PerfCevalConfig:
     tokenizer: str | None = _f(None, "Tokenizer that sets the lengths (None: model/qwen, else model/qwen3-tokenizer, "
                                      "else ../shared/reference/qwen3; --tiny: model/smollm2-135m-instruct).")
     data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root whose medical items seed the synthetic questions.")
+    pooled: bool = _f(False, "The pooled medical set instead: C-Eval + CMMLU + CMExam medical subjects, each exam's "
+                             "own prompt on its shipped team-written sample (real lengths of those prompts), "
+                             "--questions split in the proportions of the exams' scored splits.")
+    permute_options: str = _f("none", "With --pooled, cyclic: also time the option-order check (every question under "
+                                      "each cyclic rotation of its options).", choices=["none", "cyclic"])
     questions: int = _f(1346, "Five-shot questions scored (spread over the subjects).")
     subjects: int = _f(4, "Subjects (each has its own shared five-shot head).")
     mean_tokens: int = _f(418, "Target mean prompt length (tokens).")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
 import re
 import sys
@@ -31,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from medqwen.config import REPO_ROOT, DataConfig, format_config, save_config
+import yaml
+
+from medqwen.config import REPO_ROOT, DataConfig, config_to_dict, format_config
 from medqwen import jsonl
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),
@@ -62,7 +65,8 @@ PLACEHOLDER = re.compile(r"\{\{|\}\}")
 
 # Reasons a record is dropped; stats count by these names.
 INVALID_REASONS = ("encoding", "invalid_json", "unknown_format", "missing_field", "unknown_role", "turn_order",
-                   "empty_content", "tool_call", "placeholder")
+                   "empty_content", "tool_call", "placeholder", "control_token", "bad_value", "malformed_csv")
+MAX_CSV_RECORD_LINES = 1000  # a quoted CSV field spanning more lines is taken for a stray quote
 DROP_REASONS = ("duplicate", "sampled_out", "too_long")
 
 
@@ -190,26 +194,66 @@ def iter_json_array(lines: list[str], bad: set[int], encoding: str, path: Path) 
             raise DataError(path, line_at(pos), "invalid_json", "invalid JSON array: expected ',' or ']'")
 
 
-def iter_csv(lines: list[str], bad: set[int], encoding: str, path: Path) -> Iterator[tuple[int, Any]]:
-    """CSV rows as dicts keyed by the header (fields may span lines inside quotes)."""
-    csv.field_size_limit(2**31 - 1)  # the default (128K characters) rejects long answers
-    reader = csv.reader(io.StringIO("".join(lines), newline=""))
+def _csv_width(line: str) -> int:
+    """Columns of one line read as CSV on its own (-1 when it is not a complete row)."""
     try:
-        header = [h.strip().lstrip("\ufeff").lower() for h in next(reader)]
-    except StopIteration:
-        return
-    previous = reader.line_num
-    while True:
+        return len(next(csv.reader([line.rstrip("\r\n")]), []))
+    except csv.Error:
+        return -1
+
+
+def iter_csv(lines: list[str], bad: set[int], encoding: str, path: Path) -> Iterator[tuple[int, Any]]:
+    """CSV rows as dicts keyed by the header; quoted fields may span lines.
+
+    Records are found line by line: a record ends at the first line where its quotes balance. A stray quote
+    (no partner within MAX_CSV_RECORD_LINES lines, or a span whose row has the wrong number of columns) makes
+    only its own line invalid; reading re-synchronises on the next line, so no later valid row is swallowed.
+    """
+    csv.field_size_limit(2**31 - 1)  # the default (128K characters) rejects long answers
+    header: list[str] | None = None
+    i, n = 0, len(lines)
+    while i < n:
+        if not lines[i].strip():
+            i += 1
+            continue
+        j, quotes = i, lines[i].count('"')
+        while quotes % 2 and j + 1 < n and j - i < MAX_CSV_RECORD_LINES:
+            j += 1
+            quotes += lines[j].count('"')
+        start = i + 1
+        if quotes % 2:
+            if header is None:
+                raise DataError(path, start, "malformed_csv", "the header line has an unbalanced quote")
+            yield start, RecordError("malformed_csv", "unbalanced quote: this line's quoted field never closes "
+                                                      "(a stray \"?); the line is skipped, reading goes on")
+            i += 1
+            continue
         try:
-            row = next(reader)
-        except StopIteration:
-            return
+            rows = list(csv.reader(io.StringIO("".join(lines[i:j + 1]), newline="")))
         except csv.Error as err:
-            raise DataError(path, reader.line_num, "invalid_json", f"malformed CSV: {err}")
-        start, previous = previous + 1, reader.line_num
+            rows, error = [], str(err)
+        else:
+            error = None if len(rows) == 1 else f"{len(rows)} rows where one was expected"
+        if header is None:
+            if error:
+                raise DataError(path, start, "malformed_csv", f"malformed CSV header: {error}")
+            header = [h.strip().lstrip("\ufeff").lower() for h in rows[0]]
+            i = j + 1
+            continue
+        spanned = set(range(start, j + 2)) & bad
+        row = rows[0] if rows else []
+        if error is None and len(row) != len(header) and j > i:
+            error = f"a quoted field spans lines {start}-{j + 1} and the row has {len(row)} columns, not {len(header)}"
+        elif error is None and j > i + 1 and all(_csv_width(line) == len(header) for line in lines[i + 1:j]):
+            # every line inside the "field" is a complete row by itself: a stray quote paired with a later one
+            error = f"a quoted field would swallow the complete rows on lines {start + 1}-{j}"
+        if error is not None:  # re-sync on the next line: the lines after a stray quote are read on their own
+            yield start, RecordError("malformed_csv", f"malformed CSV: {error}; the line is skipped")
+            i += 1
+            continue
+        i = j + 1
         if not any(cell.strip() for cell in row):
             continue
-        spanned = set(range(start, previous + 1)) & bad
         if spanned:
             yield start, _encoding_error(encoding, start, spanned)
         elif len(row) != len(header):
@@ -253,15 +297,23 @@ def detect_format(record: dict) -> str | None:
     return None
 
 
+def as_text(value: Any, where: str) -> str:
+    """A text field's value: a string, or a finite number written out; null, booleans, NaN and nested values
+    are refused (str() would put "None", "nan" or "{'k': [1]}" into training text)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+        what = "null" if value is None else type(value).__name__
+        raise RecordError("bad_value", f"{where} must be text, got {what}")
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    raise RecordError("bad_value", f"{where} must be text, got {value!r}")
+
+
 def _text(record: dict, key: str, where: str = "") -> str:
     if key not in record or record[key] is None:
         raise RecordError("missing_field", f"missing field '{key}'{where}")
-    value = record[key]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise RecordError("missing_field", f"field '{key}'{where} must be a string, got {type(value).__name__}")
-    return value
+    return as_text(record[key], f"field '{key}'{where}")
 
 
 def _turns(record: dict) -> list:
@@ -339,7 +391,7 @@ def _content(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
-        return "".join(str(p.get("text", "")) for p in value)
+        return "".join(as_text(p.get("text", ""), f"content{where}") for p in value)
     raise RecordError("missing_field", f"content{where} must be a string or a list of text parts")
 
 
@@ -367,9 +419,11 @@ def from_alpaca(record: dict) -> list[dict]:
     for i, pair in enumerate(record.get("history") or [], 1):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise RecordError("missing_field", f"history item {i} must be a [question, answer] pair")
-        messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
-    instruction, extra = _text(record, "instruction"), (record.get("input") or "")
-    prompt = f"{instruction}\n{extra}" if str(extra).strip() else instruction
+        messages += [{"role": "user", "content": as_text(pair[0], f"history item {i} question")},
+                     {"role": "assistant", "content": as_text(pair[1], f"history item {i} answer")}]
+    instruction = _text(record, "instruction")
+    extra = "" if record.get("input") in (None, "") else as_text(record["input"], "field 'input'")
+    prompt = f"{instruction}\n{extra}" if extra.strip() else instruction
     return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(record, "output")}]
 
 
@@ -385,13 +439,14 @@ def from_huatuo(record: dict) -> list[dict]:
     turns = record.get("data")
     if not isinstance(turns, list):
         raise RecordError("missing_field", "missing list field 'data'")
-    return [{"role": ("user", "assistant")[i % 2], "content": re.sub(r"^\s*[问答][：:]", "", str(text))}
+    return [{"role": ("user", "assistant")[i % 2], "content": re.sub(r"^\s*[问答][：:]", "", as_text(text, f"data[{i}]"))}
             for i, text in enumerate(turns)]
 
 
 def from_department_csv(record: dict) -> list[dict]:
     """Chinese medical dialogue CSVs: the patient's title is a summary, `ask` the details ('无' when none)."""
-    title, ask = (record.get("title") or "").strip(), _text(record, "ask").strip()
+    title = "" if record.get("title") is None else as_text(record["title"], "field 'title'").strip()
+    ask = _text(record, "ask").strip()
     if ask in ("", "无") or ask.startswith(title):
         question = ask if ask not in ("", "无") else title
     else:
@@ -462,6 +517,34 @@ def find_placeholder(value: Any) -> str | None:
     return next((s for s in _strings(value) if PLACEHOLDER.search(s)), None)
 
 
+def _map_strings(value: Any, fn) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
+def check_text(out: dict, control_tokens: str = "escape") -> tuple[dict, bool]:
+    """(record, escaped?): lone surrogates are refused (they pass json.loads but cannot be written as UTF-8 or
+    tokenized); control tokens are escaped, or refused with control_tokens='refuse'."""
+    from medqwen.chat import escape_control_tokens, find_control_token
+
+    for text in _strings(out):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise RecordError("encoding", f"lone surrogate {text[err.start]!r} at character {err.start} of "
+                                          f"{text[max(0, err.start - 20):err.start]!r}...: not valid Unicode text")
+        if control_tokens == "refuse" and find_control_token(text):
+            raise RecordError("control_token", f"text spells the control token {find_control_token(text)!r} "
+                                               "(pass --control_tokens escape to keep the record, escaped)")
+    escaped = _map_strings(out, escape_control_tokens)
+    return escaped, escaped != out
+
+
 def convert_record(record: dict, fmt: str, identity: dict[str, str] | None = None,
                    system_prompt: str | None = None) -> dict:
     """One input record -> {"conversations": [...], "tools"?: [...]}, validated; raises RecordError."""
@@ -509,6 +592,7 @@ class FileResult:
     format: str | None = None
     encoding: str | None = None
     read: int = 0
+    escaped: int = 0  # kept records whose text spelled a control token, now escaped
     conversations: list[dict] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -570,7 +654,10 @@ def load_file(spec: InputSpec, cfg: DataConfig) -> FileResult:
                                                         "expected ShareGPT, conversations/messages, Alpaca, "
                                                         "question/answer, HuatuoGPT 'data' or "
                                                         "department,title,ask,answer")
-            result.conversations.append(convert_record(record, result.format, identity, cfg.system_prompt))
+            conversation, escaped = check_text(convert_record(record, result.format, identity, cfg.system_prompt),
+                                               cfg.control_tokens)
+            result.conversations.append(conversation)
+            result.escaped += escaped
         except RecordError as err:
             located = DataError(spec.path, line, err.reason, err.detail)
             if not cfg.skip_invalid:
@@ -662,15 +749,6 @@ def filter_lengths(results: list[FileResult], tokenizer, max_seq_len: int) -> No
             result.conversations = [c for c, k in zip(result.conversations, keep) if k]
 
 
-def write_jsonl(path: Path, conversations: list[dict]) -> None:
-    """Write atomically (temporary file, then rename), refusing any conversation with a placeholder left."""
-    for conversation in conversations:  # last line of defence: no placeholder reaches training data
-        leftover = find_placeholder(conversation)
-        if leftover is not None:
-            raise RuntimeError(f"placeholder survived into the output: {leftover[:80]!r}")
-    jsonl.write_jsonl(conversations, path)
-
-
 def build_stats(results: list[FileResult], written: int, cfg: DataConfig, tokenizer_dir: Path | None) -> dict:
     """stats.json: `summary` (totals), `detail` (one entry per input file) and `meta` (git hash, versions, seed)."""
     from medqwen.reporting import run_meta
@@ -683,10 +761,12 @@ def build_stats(results: list[FileResult], written: int, cfg: DataConfig, tokeni
                        "invalid": {k: v for k, v in r.dropped.items() if k in INVALID_REASONS},
                        **{k: r.dropped[k] for k in DROP_REASONS},
                        "kept": len(r.conversations), "written": len(r.conversations) * r.spec.repeat,
+                       "control_tokens_escaped": r.escaped,
                        "token_length": percentiles(r.lengths), "examples": r.examples})
     dropped = sum((r.dropped for r in results), Counter())
     summary = {"output": cfg.output, "files": len(results), "read": sum(r.read for r in results),
                "kept": sum(len(r.conversations) for r in results), "written": written,
+               "control_tokens_escaped": sum(r.escaped for r in results),
                "dropped": {k: dropped[k] for k in INVALID_REASONS + DROP_REASONS if dropped[k]},
                "tokenizer": str(tokenizer_dir) if tokenizer_dir else None, "max_seq_len": cfg.max_seq_len,
                "token_length": percentiles([n for r in results for n in r.lengths])}
@@ -704,8 +784,8 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
     for value in (cfg.name, cfg.author):
         if PLACEHOLDER.search(value):
             raise ValueError(f"--name/--author must not contain '{{{{' or '}}}}': {value!r}")
-    paths["output"].parent.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, paths["config"])
+    if paths["output"].is_dir():
+        raise ValueError(f"--output {cfg.output} is a folder; give a file name, e.g. {paths['output'] / 'data.jsonl'}")
     if verbose:
         print(f"preparing data with\n{format_config(cfg)}", file=sys.stderr)
 
@@ -726,10 +806,16 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
     merged = [c for r in results for c in r.conversations for _ in range(r.spec.repeat)]
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(merged)
-    write_jsonl(paths["output"], merged)
-
+    for conversation in merged:  # last line of defence: no placeholder reaches training data
+        leftover = find_placeholder(conversation)
+        if leftover is not None:
+            raise RuntimeError(f"placeholder survived into the output: {leftover[:80]!r}")
+    # The sidecars are written only after the output, each atomically: a failed run leaves the previous
+    # output's config.yaml and stats.json as they were.
+    jsonl.write_jsonl(merged, paths["output"])
     stats = build_stats(results, len(merged), cfg, tokenizer_dir)
-    paths["stats"].write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
+    jsonl.write_text_atomic(yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False), paths["config"])
+    jsonl.write_text_atomic(json.dumps(stats, ensure_ascii=False, indent=2), paths["stats"])
     if stats["summary"]["token_length"]["n"]:
         plot_lengths(results, cfg.max_seq_len, paths["histogram"])
     if verbose:
@@ -742,10 +828,9 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
 
 def plot_lengths(results: list[FileResult], max_seq_len: int, path: Path) -> None:
     """Histogram of tokens per conversation, one colour per input, with the length limit marked."""
-    import matplotlib
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     data = [r.lengths for r in results if r.lengths]
@@ -757,9 +842,7 @@ def plot_lengths(results: list[FileResult], max_seq_len: int, path: Path) -> Non
     ax.set_ylabel("conversations")
     ax.set_title("Conversation length before the length filter (unique conversations)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def summary_table(stats: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqwen.config import EvalConfig, format_config, load_saved_config, save_config
-from medqwen.jsonl import write_jsonl
+from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
 
 Message = dict[str, Any]
@@ -412,8 +412,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             raise FileNotFoundError(f"{run_dir / name} not found: is {run_dir} an eval output folder?")
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     config = load_saved_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows = [row for _, row in iter_jsonl_objects(run_dir / "predictions.jsonl")]
     return {"name": config.get("name") or run_dir.name, "dir": str(run_dir), "metrics": metrics["summary"],
             "meta": metrics.get("meta", {}), "predictions": rows}
 
@@ -557,10 +556,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, samples: i
 
 def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
     """One panel per headline metric (reference loss, ROUGE-L, identity rate): a bar per run, 95% intervals."""
-    import matplotlib
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = [k for k in ("ref_loss", "rouge_l", "identity_rate") if any(r["metrics"].get(k) is not None for r in runs)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
@@ -572,9 +570,7 @@ def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(dict(HEADLINE)[key])
         if key != "ref_loss":
             ax.set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def spread_values(argv: Sequence[str], flag: str = "--compare") -> list[str]:

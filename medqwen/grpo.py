@@ -219,10 +219,9 @@ def plot_reward_curve(history: list[dict[str, float]], path: Path, weights: tupl
     """Weighted reward and its two parts (mean over the step's completions) against optimizer step, as a PNG."""
     if not history:
         return None
-    import matplotlib
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [r["step"] for r in history]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -233,9 +232,7 @@ def plot_reward_curve(history: list[dict[str, float]], path: Path, weights: tupl
     ax.set(xlabel="optimizer step", ylabel="mean over the step's completions", title="GRPO rewards")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 

@@ -193,23 +193,32 @@ def http_get(url: str, params: dict | None = None, headers: dict | None = None, 
     raise err
 
 
-class _RedactingFilter(logging.Filter):
-    """httpx logs `HTTP Request: GET <url> ...` at INFO; the URL may hold a key in its query or userinfo."""
+_LOGGERS = ("httpx", "httpcore", "openai", "urllib3", "langchain_openai")
 
-    def filter(self, record: logging.LogRecord) -> bool:
+
+def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    if record.name.split(".")[0] in _LOGGERS:
         if record.args:
-            record.args = tuple(redact(a) if not isinstance(a, (int, float)) else a for a in
-                                (record.args if isinstance(record.args, tuple) else (record.args,)))
-        record.msg = redact(record.msg) if isinstance(record.msg, str) else record.msg
-        return True
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(a if isinstance(a, (int, float)) else redact(a) for a in args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+    return record
 
 
 def install_log_redaction() -> None:
-    """Add the redacting filter to the loggers of the HTTP libraries (idempotent)."""
-    for name in ("httpx", "httpcore", "openai", "urllib3"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactingFilter) for f in logger.filters):
-            logger.addFilter(_RedactingFilter())
+    """Redact credentials in every record the HTTP libraries log (httpx logs each request URL, with its query,
+    at INFO; httpcore logs headers at DEBUG), child loggers included: a record factory sees them all, where a
+    filter on the `httpx` logger would miss `httpcore.http11`. Idempotent."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "medqwen_redacting", False):
+        return
+
+    def redacting_factory(*args, **kwargs):
+        return _redact_record(factory(*args, **kwargs))
+
+    redacting_factory.medqwen_redacting = True
+    logging.setLogRecordFactory(redacting_factory)
 
 
 install_log_redaction()

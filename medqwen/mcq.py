@@ -12,7 +12,8 @@ MCQ JSONL, one question per line (what data/convert_mcq.py writes):
     {"id": "med-001", "subject": "clinical_medicine", "question": "...", "options": ["...", "...", "...", "..."],
      "answer": "C"}
 
-`options` may also be an {"A": ..., "D": ...} object, or the four options may be top-level "A".."D" keys.
+`options` may also be an {"A": ..., "D": ...} object, or the options may be top-level "A", "B", ... keys; any
+count from 2 to 8 (A-H), as long as the letters run from A without a gap.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from medqwen.ceval import CHOICES, Question, read_csv_split
+from medqwen.exams.base import LETTERS, ExamDataError
+from medqwen.exams.cmmlu import HEADER as CMMLU_HEADER
+from medqwen.exams.cmmlu import read_cmmlu_csv as read_cmmlu_exam_csv
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
-
-CMMLU_HEADER = ["question", "a", "b", "c", "d", "answer"]  # after the unnamed index column, lower-cased
 
 
 class McqDataError(ValueError):
@@ -43,19 +45,21 @@ def make_question(record: dict[str, Any], where: str, default_subject: str, defa
     if not isinstance(question, str) or not question.strip():
         raise McqDataError(f"{where}: 'question' must be a non-empty string")
     options = record.get("options")
-    if options is None and all(c in record for c in CHOICES):
-        options = [record[c] for c in CHOICES]
+    if options is None and all(c in record for c in CHOICES[:2]):
+        options = [record[c] for c in LETTERS if c in record]
     if isinstance(options, dict):
-        if sorted(options) != list(CHOICES):
-            raise McqDataError(f"{where}: 'options' object must have exactly the keys A, B, C, D")
-        options = [options[c] for c in CHOICES]
-    if not isinstance(options, list) or len(options) != len(CHOICES):
-        raise McqDataError(f"{where}: 'options' must list exactly 4 options (A-D), the benchmark's format")
+        if sorted(options) != list(LETTERS[: len(options)]):
+            raise McqDataError(f"{where}: 'options' object must have the keys A, B, ... without a gap, got "
+                               f"{', '.join(sorted(options))}")
+        options = [options[c] for c in LETTERS[: len(options)]]
+    if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS):
+        raise McqDataError(f"{where}: 'options' must list 2 to {len(LETTERS)} options (A-{LETTERS[-1]})")
     if not all(isinstance(o, (str, int, float)) and str(o).strip() for o in options):
         raise McqDataError(f"{where}: every option must be a non-empty string")
+    letters = LETTERS[: len(options)]
     answer = str(record.get("answer", "")).strip().upper()
-    if answer not in CHOICES:
-        raise McqDataError(f"{where}: 'answer' must be one of A/B/C/D, got {record.get('answer')!r}")
+    if answer not in letters:
+        raise McqDataError(f"{where}: 'answer' must be one of {'/'.join(letters)}, got {record.get('answer')!r}")
     return Question(subject=str(record.get("subject") or default_subject), split="train",
                     id=str(record.get("id") or default_id), question=question,
                     options=tuple(str(o) for o in options), answer=answer,  # type: ignore[arg-type]
@@ -72,23 +76,12 @@ def read_mcq_jsonl(path: str | Path, subject: str | None = None) -> list[Questio
 
 
 def read_cmmlu_csv(path: str | Path, subject: str | None = None) -> list[Question]:
-    """A CMMLU CSV (`,Question,A,B,C,D,Answer`; the first column is the row number)."""
-    path = Path(path)
-    questions = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        for row in reader:
-            if not row:
-                continue
-            where = f"{path}:{reader.line_num}"
-            if len(row) != len(header):
-                raise McqDataError(f"{where}: {len(row)} fields, expected {len(header)} (a stray comma or an "
-                                   "unclosed quote?)")
-            record = dict(zip(CMMLU_HEADER, row[1:]))
-            record["options"] = [record.pop(c.lower()) for c in CHOICES]
-            questions.append(make_question(record, where, subject or subject_from_filename(path), row[0]))
-    return questions
+    """A CMMLU CSV (`,Question,A,B,C,D,Answer`; the first column is the row number): the benchmark's reader."""
+    try:
+        questions = read_cmmlu_exam_csv(path, subject or subject_from_filename(path), "train")
+    except ExamDataError as err:
+        raise McqDataError(str(err)) from None
+    return [Question(q.subject, q.split, q.id, q.question, q.options, q.answer) for q in questions]
 
 
 def read_mcq_csv(path: str | Path, subject: str | None = None) -> list[Question]:
@@ -97,8 +90,6 @@ def read_mcq_csv(path: str | Path, subject: str | None = None) -> list[Question]
     with path.open(encoding="utf-8-sig", newline="") as f:
         header = next(csv.reader(f), [])
     lower = [h.strip().lower() for h in header]
-    if lower[1:7] == CMMLU_HEADER:
-        return read_cmmlu_csv(path, subject)
     if lower[:6] == ["id", "question", *[c.lower() for c in CHOICES]]:
         if "answer" not in lower:
             raise McqDataError(f"{path}: no 'answer' column (C-Eval's test split keeps its answers private), so "
@@ -107,6 +98,8 @@ def read_mcq_csv(path: str | Path, subject: str | None = None) -> list[Question]
         # The benchmark's reader: the released layout, quoted newlines, file:line errors.
         return [Question(q.subject, "train", q.id, q.question, q.options, q.answer, q.explanation)
                 for q in read_csv_split(path, subject or subject_from_filename(path), split)]
+    if lower[1:7] == CMMLU_HEADER:
+        return read_cmmlu_csv(path, subject)
     raise McqDataError(f"{path}: header {header} is neither C-Eval (id,question,A,B,C,D,answer[,explanation]) nor "
                        "CMMLU (,Question,A,B,C,D,Answer)")
 

@@ -271,7 +271,7 @@ def get_weather(city: str, when: str = "now", units: str = "metric", *, api_key:
     `timeout_s` is a deadline for the whole request; answers over `max_bytes` (decoded) are refused; the key
     never appears in the result, whatever the service sends back.
     """
-    from medqwen.http import HttpError, check_url, http_get
+    from medqwen.http import HttpError, check_url, http_get, redact
 
     if not api_key:
         return NO_KEY_MESSAGE
@@ -308,11 +308,13 @@ def get_weather(city: str, when: str = "now", units: str = "metric", *, api_key:
     try:
         data = response.json()
         if days == 0:
-            return format_current(data, city, units)
-        local_today = today or (dt.datetime.now(dt.timezone.utc) + _utc_offset(data)).date()
-        return format_forecast(data, city, local_today + dt.timedelta(days=days), units)
+            text = format_current(data, city, units)
+        else:
+            local_today = today or (dt.datetime.now(dt.timezone.utc) + _utc_offset(data)).date()
+            text = format_forecast(data, city, local_today + dt.timedelta(days=days), units)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError):
         return "Error: the weather service sent an answer in an unexpected format."
+    return redact(text, [api_key])  # a service (or proxy) that echoes the request into names or descriptions
 
 
 def _utc_offset(data: dict) -> dt.timedelta:
@@ -327,7 +329,7 @@ def format_current(data: dict, city: str, units: str) -> str:
     """One line from an OpenWeatherMap /weather answer."""
     temp_unit, wind_unit = UNIT_SYMBOLS[units]
     main = data["main"]
-    return (f"{data.get('name', city)}: {data['weather'][0]['description']}, {main['temp']:.1f}{temp_unit} "
+    return (f"{_clip(data.get('name') or city)}: {_clip(data['weather'][0]['description'])}, {main['temp']:.1f}{temp_unit} "
             f"(feels like {main['feels_like']:.1f}{temp_unit}), humidity {main['humidity']}%, "
             f"wind {data['wind']['speed']:.1f} {wind_unit}")
 

@@ -332,10 +332,9 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
     evals = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
     if not train and not evals:
         return None
-    import matplotlib
+    from medqwen.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for points, label, style in ((train, "train", "-"), (evals, "eval", "o-")):
@@ -344,9 +343,7 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
     ax.set(xlabel="optimizer step", ylabel="loss (assistant tokens)", title="LoRA SFT loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 

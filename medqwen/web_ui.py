@@ -41,7 +41,7 @@ def server_down_message(cfg: WebConfig) -> str:
 def list_models(cfg: WebConfig) -> list[str]:
     """The served model names, or WebError saying the server is down and how to start it."""
     try:
-        return served_models(cfg.base_url, cfg.api_key, timeout_s=5.0)
+        return served_models(AgentConfig(base_url=cfg.base_url, api_key=cfg.api_key), timeout_s=5.0)
     except AgentServerError:
         raise WebError(server_down_message(cfg)) from None
 

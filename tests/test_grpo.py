@@ -94,7 +94,7 @@ def test_read_jsonl_forms_and_errors(tmp_path):
     assert [q.subject for q in qs] == ["arithmetic", "q", "q"] and qs[2].id == "x9" and qs[0].id == "q-1"
 
     for line, message in [("{not json", "invalid JSON"),
-                          ('{"question": "x", "options": ["1", "2", "3"], "answer": "A"}', "exactly 4"),
+                          ('{"question": "x", "options": ["1"], "answer": "A"}', "2 to 8 options"),
                           ('{"question": "x", "options": ["1", "2", "3", "4"], "answer": "E"}', "A/B/C/D"),
                           ('{"options": ["1", "2", "3", "4"], "answer": "A"}', "'question'")]:
         bad = tmp_path / "bad.jsonl"

@@ -233,11 +233,12 @@ def test_compare_streams_two_models_side_by_side(page, base_url, shot):
     from selenium.webdriver.common.by import By
 
     from medqwen.agent import served_models
+    from medqwen.config import AgentConfig
 
     open_tab(page, "Compare")
     left = page.find_element(By.CSS_SELECTOR, "#compare-left-model input").get_attribute("value")
     right = page.find_element(By.CSS_SELECTOR, "#compare-right-model input").get_attribute("value")
-    base = [m for m in served_models(base_url) if m != "lora-adapter"][0]
+    base = [m for m in served_models(AgentConfig(base_url=base_url)) if m != "lora-adapter"][0]
     assert (left, right) == (base, "lora-adapter")  # the base and the adapter, by default
     question = "Describe a healthy breakfast."
     send(page, "compare-input", question)

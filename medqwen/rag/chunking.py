@@ -21,7 +21,8 @@ _CJK_WRAP = re.compile(rf"(?<=[{_CJK}])[ \t]*\n[ \t]*(?=[{_CJK}])")
 def normalize_text(text: str) -> str:
     """CRLF/CR -> LF, trailing spaces dropped, CJK hard wraps joined, blank-line runs kept as one paragraph break."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
-    text = re.sub(r"[ \t\u3000]+\n", "\n", text)
+    # Per line, not re.sub(r"[ \t]+\n"): that regex restarts at every space of a run, quadratic in its length.
+    text = "\n".join(line.rstrip(" \t\u3000") for line in text.split("\n"))
     text = re.sub(r"\n{2,}", "\0", text)  # protect paragraph breaks while joining wraps
     text = _CJK_WRAP.sub("", text)
     return text.replace("\0", "\n\n").strip()

@@ -88,6 +88,16 @@ def classical_sections(text: str, fallback_title: str) -> list[Section]:
     return sections
 
 
+def markdown_header(line: str) -> str | None:
+    """The title of an ATX header line (`## Title ##`), else None. Plain string work: the obvious regex
+    `^#{1,6}\\s+(.+?)\\s*#*\\s*$` backtracks cubically on a header followed by a long run of spaces."""
+    hashes = len(line) - len(line.lstrip("#"))
+    if not 1 <= hashes <= 6 or len(line) == hashes or not line[hashes].isspace():
+        return None
+    title = line[hashes:].strip().rstrip("#").strip()
+    return title or None
+
+
 def markdown_sections(text: str, doc_title: str) -> list[Section]:
     """One section per Markdown header (text before the first header goes under the document title)."""
     sections: list[Section] = []
@@ -101,10 +111,10 @@ def markdown_sections(text: str, doc_title: str) -> list[Section]:
             sections.append(Section(_unique("/".join(parts), seen), " · ".join(parts), body))
 
     for line in text.replace("\r\n", "\n").split("\n"):
-        header = re.match(r"^#{1,6}\s+(.+?)\s*#*\s*$", line)
+        header = markdown_header(line)
         if header:
             flush()
-            title, lines = header.group(1), []
+            title, lines = header, []
         else:
             lines.append(line)
     flush()
@@ -131,8 +141,9 @@ def record_sections(records: list[tuple[int, dict]], doc_title: str) -> list[Sec
     return sections
 
 
-def read_sections(path: Path, encoding: str = "utf-8") -> list[Section]:
-    """A file's titled sections; raises DocumentError with a clear message for unreadable input."""
+def read_sections(path: Path, encoding: str = "utf-8", skipped: list[str] | None = None) -> list[Section]:
+    """A file's titled sections; raises DocumentError with a clear message for unreadable input. Bad JSONL lines
+    are appended to `skipped` ("path:line: why") and skipped when a list is given, else they raise."""
     suffix = path.suffix.lower()
     doc_title = path.stem
     if suffix == ".pdf":
@@ -150,7 +161,7 @@ def read_sections(path: Path, encoding: str = "utf-8") -> list[Section]:
 
     text = read_text(path, encoding)
     if suffix == ".jsonl":
-        return record_sections(list(iter_jsonl_objects(path, text, error=DocumentError)), doc_title)
+        return record_sections(list(iter_jsonl_objects(path, text, error=DocumentError, skipped=skipped)), doc_title)
     if suffix == ".csv":
         try:
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
@@ -164,11 +175,12 @@ def read_sections(path: Path, encoding: str = "utf-8") -> list[Section]:
     return markdown_sections(text, doc_title)
 
 
-def file_chunks(path: Path, source: str, chunk_size: int, chunk_overlap: int, encoding: str = "utf-8") -> list[Chunk]:
+def file_chunks(path: Path, source: str, chunk_size: int, chunk_overlap: int, encoding: str = "utf-8",
+                skipped: list[str] | None = None) -> list[Chunk]:
     """Chunks of one file with content-hash ids; each chunk's document starts with its section header."""
     chunks: list[Chunk] = []
     occurrences: dict[str, int] = {}
-    for section in read_sections(path, encoding):
+    for section in read_sections(path, encoding, skipped):
         pieces = chunk_text(section.text, chunk_size, chunk_overlap)
         for index, piece in enumerate(pieces):
             document = f"{section.title}\n{piece}"

@@ -8,7 +8,6 @@ odd lines are reported as a held-out half, which says how much of a gain is fitt
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import defaultdict
@@ -25,13 +24,7 @@ KS = (1, 5, 10)
 def load_gold(path: str | Path) -> list[dict]:
     """Gold questions; a malformed line raises with its file:line."""
     rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+    for number, row in iter_jsonl_objects(path):
         missing = [k for k in ("question", "gold_ids") if not row.get(k)]
         if missing:
             raise ValueError(f"{path}:{number}: missing {missing}")

@@ -278,11 +278,6 @@ def cap_per_source(hits: list[Hit], limit: int) -> list[Hit]:
     return kept
 
 
-def source_ranks(hits: list[Hit]) -> list[str]:
-    """The hits' source ids in rank order (one per chunk; duplicates kept, as the prompt sees them)."""
-    return [h.source_id for h in hits]
-
-
 def recall_mrr(ranked_sources: list[str], gold: set[str], ks=(1, 5, 10), mrr_k: int = 10) -> dict[str, float]:
     """recall@k (1 if any gold source is in the top k) and reciprocal rank of the first gold hit within mrr_k."""
     first = next((i for i, s in enumerate(ranked_sources, start=1) if s in gold), math.inf)

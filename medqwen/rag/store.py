@@ -12,6 +12,7 @@ chunks of every file not under the inputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,34 @@ from medqwen.rag.embeddings import MedqwenEmbedding, vector_space
 
 class StoreError(RuntimeError):
     """The store is missing, empty, unreachable or was built differently; the message says what to do."""
+
+
+@contextlib.contextmanager
+def index_lock(cfg: RagConfig, timeout_s: float = 3600.0):
+    """Hold an exclusive lock on a local store while indexing: two indexers on one folder would each write the
+    HNSW index from their own memory, and the last writer would drop the other's vectors. The second waits, then
+    finds the files already indexed. (A `chroma run` server serialises writes itself: no lock.)"""
+    if cfg.chroma_host:
+        yield
+        return
+    import fcntl
+
+    folder = Path(cfg.persist_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".medqwen-index.lock", "w") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"another indexer has held {folder} for {timeout_s:g} s; is one still running?")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def make_embedding(cfg: RagConfig) -> MedqwenEmbedding:
@@ -91,6 +120,7 @@ class IndexStats:
     unchanged: int = 0  # skipped: same bytes as last time
     indexed: int = 0  # new or changed files (re)chunked
     failed: int = 0
+    skipped_lines: int = 0  # bad JSONL lines skipped (each named in errors); the rest of their file is indexed
     pruned_files: int = 0
     chunks_added: int = 0
     chunks_deleted: int = 0
@@ -104,7 +134,11 @@ class IndexStats:
 
 
 def iter_files(paths: list[str]) -> list[tuple[Path, Path]]:
-    """(file, root) for every supported file under the given files/folders, sorted; missing paths raise."""
+    """(file, root) for every supported file under the given files/folders, sorted; missing paths raise.
+
+    A symlink inside a folder is followed only when its target stays inside that folder: a link to
+    ~/.ssh or /etc in a shared corpus folder must not put those files into the store (and the prompt).
+    """
     found = []
     for raw in paths:
         root = Path(raw).expanduser().resolve()
@@ -112,8 +146,9 @@ def iter_files(paths: list[str]) -> list[tuple[Path, Path]]:
             found.append((root, root))
         elif root.is_dir():
             found += [(p, root) for p in sorted(root.rglob("*"))
-                      if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-                      and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+                      if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                      and p.resolve().is_relative_to(root)]
         else:
             raise FileNotFoundError(f"{raw}: no such file or folder")
     return found
@@ -162,8 +197,11 @@ def index_paths(collection, paths: list[str], cfg: RagConfig, progress: bool = T
         if old and set(old.values()) == {(sha, len(old))}:  # same bytes and settings, and completely indexed
             stats.unchanged += 1
             continue
+        skipped: list[str] = []
         try:
-            chunks = file_chunks(path, source, cfg.chunk_size, cfg.chunk_overlap, cfg.encoding)
+            chunks = file_chunks(path, source, cfg.chunk_size, cfg.chunk_overlap, cfg.encoding, skipped)
+            stats.skipped_lines += len(skipped)
+            stats.errors += [f"{line} (line skipped, the rest of the file indexed)" for line in skipped]
         except (DocumentError, OSError) as err:
             stats.failed += 1
             stats.errors.append(str(err))

@@ -1,0 +1,186 @@
+"""What every exam shares: the question record, option letters, the few-shot prompt shape, CSV row checking.
+
+An exam subclasses `Exam` with its instruction line, its question format and its CSV reader; prompts, scoring,
+statistics and reports are the same code for every exam (medqwen.ceval).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+# Option letters: exams have 4 (C-Eval, CMMLU) or 5 (CMExam) options; nothing below assumes a count.
+LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
+
+
+class ExamDataError(ValueError):
+    """An exam file that is missing or does not have its published layout; the message names file and line."""
+
+
+@dataclass
+class Question:
+    """One multiple-choice item. `answer` is one letter, several letters for a multi-answer item (CMExam's
+    `ABD`), or None where answers are not public (C-Eval's test split)."""
+
+    subject: str
+    split: str
+    id: str
+    question: str
+    options: tuple[str, ...]
+    answer: str | None = None
+    explanation: str | None = None
+    exam: str = "ceval"
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        return LETTERS[: len(self.options)]
+
+    @property
+    def multi(self) -> bool:
+        """More than one correct option (scored apart: exact-set match of a generated answer)."""
+        return self.answer is not None and len(self.answer) > 1
+
+    @property
+    def key(self) -> str:
+        """The subject as reports name it: bare for C-Eval (as before), `<exam>/<subject>` otherwise."""
+        return qualified(self.exam, self.subject)
+
+
+def qualified(exam: str, subject: str) -> str:
+    return subject if exam == "ceval" else f"{exam}/{subject}"
+
+
+def rotate(q: Question, r: int) -> Question:
+    """The question with its options cyclically rotated by r: option i of the result is option (i + r) % n of
+    the original, and the answer letters move with their options."""
+    n = len(q.options)
+    r %= n
+    options = q.options[r:] + q.options[:r]
+    answer = None
+    if q.answer is not None:
+        answer = "".join(sorted(LETTERS[(LETTERS.index(a) - r) % n] for a in q.answer))
+    return replace(q, options=options, answer=answer)
+
+
+def check_answer(answer: Any, letters: Sequence[str], where: str, multi: bool = False) -> str:
+    """The answer letters, upper-cased and sorted; an error naming the row when one is not an option."""
+    text = str(answer if answer is not None else "").strip().upper()
+    ok = bool(text) and all(a in letters for a in text) and len(set(text)) == len(text) and (multi or len(text) == 1)
+    if not ok:
+        raise ExamDataError(f"{where}: answer must be {'letters' if multi else 'one'} of {'/'.join(letters)}, "
+                            f"got {answer!r}")
+    return "".join(sorted(text))
+
+
+class Skipped:
+    """Collects malformed rows when the user asked to skip them (--skip_invalid) instead of stopping."""
+
+    def __init__(self, skip: bool = False):
+        self.skip, self.rows = skip, []
+
+    def handle(self, err: ExamDataError) -> None:
+        if not self.skip:
+            raise err
+        self.rows.append(str(err))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def csv_records(path: Path, check_header: Callable[[list[str]], None], skipped: Skipped | None = None
+                ) -> Iterator[tuple[str, list[str], list[str]]]:
+    """(file:line, header, row) for each non-empty data row of a UTF-8 CSV (quoted fields may hold newlines);
+    a row with the wrong number of fields stops with its file:line (or is skipped and counted)."""
+    skipped = Skipped() if skipped is None else skipped
+    with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig: tolerate a BOM from spreadsheet tools
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ExamDataError(f"{path}: empty file") from None
+        except csv.Error as err:
+            raise ExamDataError(f"{path}: not a valid CSV: {err}") from None
+        check_header(header)
+        try:
+            for row in reader:
+                if not row:
+                    continue
+                where = f"{path}:{reader.line_num}"
+                if len(row) != len(header):
+                    skipped.handle(ExamDataError(f"{where}: {len(row)} fields, expected {len(header)} (a stray "
+                                                 f"comma or an unclosed quote?)"))
+                    continue
+                yield where, header, row
+        except csv.Error as err:
+            raise ExamDataError(f"{path}:{reader.line_num}: not a valid CSV: {err}") from None
+
+
+class Exam:
+    """One exam: its subjects and groups, data layout, and prompt. Subclasses set the class attributes and
+    override `read` and the prompt hooks; `build_prompt` gives every exam the same few-shot shape."""
+
+    name = ""
+    title = ""
+    subjects: dict[str, str] = {}  # subject -> Chinese name used in the instruction
+    groups: dict[str, list[str]] = {}
+    shot_split = "dev"
+    styles: tuple[str, ...] = ("official",)
+    data_hint = ""
+
+    def graded_split(self, split: str) -> str:
+        """The split scored for the benchmark's --split (val: graded; test: C-Eval's submission)."""
+        return split
+
+    def read(self, data_dir: Path, subject: str, split: str, skipped: Skipped) -> list[Question]:
+        raise NotImplementedError
+
+    def load(self, data_dir: str | Path, subject: str, split: str, skipped: Skipped | None = None) -> list[Question]:
+        questions = self.read(Path(data_dir), subject, split, Skipped() if skipped is None else skipped)
+        if not questions:
+            raise ExamDataError(f"{self.title} {subject}/{split} in {data_dir}: no questions")
+        return questions
+
+    def check_style(self, style: str) -> None:
+        if style not in self.styles:
+            raise ValueError(f"prompt style {style!r} is not defined for {self.title} (has: {', '.join(self.styles)})")
+
+    # -- prompt hooks ------------------------------------------------------------------------------------
+    def instruction(self, q: Question, style: str) -> str:
+        raise NotImplementedError
+
+    def format_question(self, q: Question, style: str = "official", cot: bool = False) -> str:
+        raise NotImplementedError
+
+    def continuation(self, letter: str, style: str = "official") -> str:
+        return letter
+
+    def answer_text(self, q: Question, style: str = "official", cot: bool = False) -> str:
+        if cot:
+            raise ValueError(f"chain of thought is defined for C-Eval only, not {self.title}")
+        return self.continuation(q.answer or "", style)
+
+    def cot_cue(self, cot: bool) -> str:
+        return ""
+
+    def build_prompt(self, q: Question, shots: Sequence[Question] = (), style: str = "official",
+                     cot: bool = False) -> str:
+        """Instruction, k examples each ending in its answer and a blank line, then the question."""
+        self.check_style(style)
+        head = self.instruction(q, style)
+        head += "".join(self.format_question(s, style) + self.answer_text(s, style, cot) + "\n\n" for s in shots)
+        return head + self.format_question(q, style, cot)
+
+    def build_messages(self, q: Question, shots: Sequence[Question] = (), style: str = "official",
+                       cot: bool = False) -> list[dict[str, str]]:
+        """The same prompt as a chat: examples as earlier turns, the instruction in the first user turn."""
+        self.check_style(style)
+        messages: list[dict[str, str]] = []
+        first = self.instruction(q, style)
+        for s in shots:
+            messages.append({"role": "user", "content": first + self.format_question(s, style)})
+            messages.append({"role": "assistant", "content": self.answer_text(s, style, cot).lstrip(" ")})
+            first = ""
+        messages.append({"role": "user", "content": first + self.format_question(q, style)})
+        return messages
