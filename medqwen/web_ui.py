@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 from medqwen.agent import AgentServerError, ask, build_agent, served_models
 from medqwen.config import AgentConfig, RagConfig, WebConfig, resolve_config
-from medqwen.rag.answer import build_messages
+from medqwen.rag.answer import GenerationError, OpenAIAnswerer, build_messages
 
 START_HINT = "Start it with `make web` (server and page) or `bash agent/serve_vllm.sh`, then press Check server."
 DISCLAIMER = ("**Note:** this assistant gives general health information for learning and research. It is no "
@@ -68,30 +68,18 @@ def check_input(cfg: WebConfig, message: str | None, model: str | None, served: 
 
 
 def stream_reply(cfg: WebConfig, model: str, messages: list[dict]) -> Iterator[str]:
-    """The reply text so far, growing as the server streams it; WebError with a clear message on failure."""
-    import openai
-
-    client = openai.OpenAI(base_url=cfg.base_url, api_key=cfg.api_key or "EMPTY", timeout=cfg.timeout_s,
-                           max_retries=0)
-    text = ""
+    """The reply text so far, growing as the server streams it (medqwen.rag.answer.OpenAIAnswerer.stream);
+    WebError with a clear message on failure."""
+    answerer = OpenAIAnswerer(RagConfig(base_url=cfg.base_url, api_key=cfg.api_key, timeout_s=cfg.timeout_s,
+                                        model=model, max_new_tokens=cfg.max_tokens, temperature=cfg.temperature))
     try:
-        stream = client.chat.completions.create(model=model, messages=messages, stream=True,
-                                                max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                                                top_p=cfg.top_p)
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                text += chunk.choices[0].delta.content
-                yield text
-    except (openai.APIConnectionError, openai.APITimeoutError):
-        raise WebError(server_down_message(cfg)) from None
-    except openai.NotFoundError:
-        raise WebError(f"The server does not serve a model named {model!r}. Press Check server to list the "
-                       f"models it serves.") from None
-    except openai.APIStatusError as err:
-        raise WebError(f"The model server refused the request (HTTP {err.status_code}): "
-                       f"{str(err.message)[:300]}") from None
-    if not text:
-        yield ""
+        yield from answerer.stream(messages)
+    except GenerationError as err:
+        try:
+            list_models(cfg)
+        except WebError as down:  # the server went away: say so, with the command that starts it
+            raise down from None
+        raise WebError(str(err)) from None
 
 
 def chat_history_messages(history: list[dict]) -> list[dict]:
@@ -235,9 +223,11 @@ def build_app(cfg: WebConfig):
         choose = lambda value: gr.update(choices=served, value=value)  # noqa: E731
         return (text, choose(pick), choose(pick), choose(pick), choose(base), choose(adapter))
 
-    def served_or_note(history: list) -> list[str] | None:
+    def admit(history: list, message: str | None, *models: str) -> str | None:
+        """The checked message, or None after a notice in `history` (server down, bad input, unknown model)."""
         try:
-            return backend.served()
+            served = backend.served()
+            return [check_input(cfg, message, model, served) for model in models][0]
         except WebError as err:
             history.append(note(str(err)))
             return None
@@ -245,14 +235,8 @@ def build_app(cfg: WebConfig):
     # -- chat
     def chat(message, history, model):
         history = list(history or [])
-        served = served_or_note(history)
-        if served is None:
-            yield history, gr.update()
-            return
-        try:
-            text = check_input(cfg, message, model, served)
-        except WebError as err:
-            history.append(note(str(err)))
+        text = admit(history, message, model)
+        if text is None:
             yield history, gr.update()
             return
         messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
@@ -270,14 +254,8 @@ def build_app(cfg: WebConfig):
     # -- agent
     def agent_turn(message, history, lc_history, model, force_tool):
         history, lc_history = list(history or []), list(lc_history or [])
-        served = served_or_note(history)
-        if served is None:
-            yield history, lc_history, gr.update()
-            return
-        try:
-            text = check_input(cfg, message, model, served)
-        except WebError as err:
-            history.append(note(str(err)))
+        text = admit(history, message, model)
+        if text is None:
             yield history, lc_history, gr.update()
             return
         agent_cfg = backend.agent_config(model, force_tool)
@@ -306,12 +284,11 @@ def build_app(cfg: WebConfig):
     # -- RAG
     def rag_turn(message, history, model):
         history = list(history or [])
-        served = served_or_note(history)
-        if served is None:
+        text = admit(history, message, model)
+        if text is None:
             yield history, gr.update(), gr.update()
             return
         try:
-            text = check_input(cfg, message, model, served)
             hits = backend.retriever().search(text, cfg.top_k)
         except WebError as err:
             history.append(note(str(err)))
@@ -331,15 +308,8 @@ def build_app(cfg: WebConfig):
     # -- compare
     def compare(message, left, right, left_model, right_model):
         left, right = list(left or []), list(right or [])
-        served = served_or_note(left)
-        if served is None:
-            yield left, right, gr.update()
-            return
-        try:
-            text = check_input(cfg, message, left_model, served)
-            check_input(cfg, message, right_model, served)
-        except WebError as err:
-            left.append(note(str(err)))
+        text = admit(left, message, left_model, right_model)
+        if text is None:
             yield left, right, gr.update()
             return
         sides = [(left, left_model), (right, right_model)]

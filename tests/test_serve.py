@@ -166,15 +166,17 @@ def test_agent_query_end_to_end_with_forced_tool_call(server):
         assert "expression: Field required" in proc.stdout
 
 
-def test_serve_script_refuses_a_busy_port(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("url", ["http://localhost:{port}/v1", "http://[::1]:{port}/v1"])
+def test_serve_script_refuses_a_busy_port(bundled_model_dir, url):
+    """The busy-port check names the URL's port (an IPv6 host's port used to become port 80)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        env = {**os.environ, "VLLM_BASE_URL": f"http://localhost:{port}/v1", "MODEL_PATH": str(tiny_model_dir),
+        env = {**os.environ, "VLLM_BASE_URL": url.format(port=port), "MODEL_PATH": str(bundled_model_dir),
                "ADAPTER_PATH": "none"}
         proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1 and f"port {port} is already in use" in proc.stderr
+    assert proc.returncode == 1 and f"port {port} is already in use" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("env,message", [
@@ -186,18 +188,6 @@ def test_serve_script_explains_bad_paths(env, message):
     proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr
-
-
-def test_serve_script_reads_the_port_of_an_ipv6_url(bundled_model_dir):
-    """http://[::1]:PORT/v1 means PORT (it used to become port 80): the busy-port check names it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
-        env = {**os.environ, "VLLM_BASE_URL": f"http://[::1]:{port}/v1", "MODEL_PATH": str(bundled_model_dir),
-               "ADAPTER_PATH": "none"}
-        proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1 and f"port {port} is already in use" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("url", ["http://localhost:abc/v1", "http://localhost:/v1", "http://localhost:99999/v1"])
@@ -318,3 +308,19 @@ def test_extra_args_are_not_globbed_the_api_key_is_masked_and_an_open_host_is_wa
     proc.terminate()
     output += proc.communicate(timeout=30)[0]
     assert "warning: HOST=0.0.0.0 accepts other machines and no VLLM_API_KEY is set" in output, output
+
+
+def test_lifecycle_run_starts_runs_and_stops(fake_vllm, tmp_path):
+    """`python medqwen/serving.py run -- COMMAND` (scripts/demo.sh, make web): the server answers while COMMAND
+    runs with VLLM_BASE_URL pointing at it, COMMAND's status comes back, and the server is gone afterwards."""
+    env, record = fake_vllm
+    port = int(env["VLLM_BASE_URL"].rsplit(":", 1)[1].split("/")[0])
+    check = ("import os, sys, urllib.request; url = os.environ['VLLM_BASE_URL'];"
+             f"assert url == 'http://localhost:{port}/v1', url;"
+             f"urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5); sys.exit(7)")
+    proc = subprocess.run([sys.executable, str(REPO / "medqwen" / "serving.py"), "run", "--adapter", "none",
+                           "--model", env["MODEL_PATH"], "--port", str(port), "--log", str(tmp_path / "serve.log"),
+                           "--", sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stdout + proc.stderr + (tmp_path / "serve.log").read_text()
+    assert f"serving: ready at http://localhost:{port}/v1" in proc.stdout
+    assert _gone(json.loads(record.read_text())["pid"]), "the server outlived `serving.py run`"
