@@ -640,7 +640,7 @@ class WebConfig:
     over the OpenAI-compatible server agent/serve_vllm.sh starts."""
 
     host: str = _f("127.0.0.1", "Address the page binds to; 0.0.0.0 shows it to other machines (no login!).")
-    port: int = _f(7860, "Port of the page.", at_least=1)
+    port: int = _f(7860, "TCP port of the page.", at_least=1)
     share: bool = _f(False, "Also open a public Gradio share link (off: the page stays on this machine).")
     base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL.", env="VLLM_BASE_URL")
     api_key: str | None = _f(None, "Server API key (vLLM needs one only when started with --api-key); used by the "
@@ -651,7 +651,6 @@ class WebConfig:
                                       "server lists that is not the adapter).")
     system_prompt: str | None = _f(None, "System message of chat mode (None: none; the chat template's default).")
     temperature: float = _f(0.7, "Sampling temperature; 0 means greedy decoding.", at_least=0)
-    top_p: float = _f(0.8, "Nucleus sampling probability mass (0-1].")
     max_tokens: int = _f(512, "Longest reply per model turn (tokens).", at_least=1)
     max_input_chars: int = _f(8000, "Longest message a user may send (characters); longer ones are refused with a "
                                     "message.", at_least=1)

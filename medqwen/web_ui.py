@@ -174,7 +174,7 @@ class Backend:
     def agent_config(self, model: str, force_tool: str | None) -> AgentConfig:
         c = self.cfg
         return AgentConfig(base_url=c.base_url, model=model, api_key=c.api_key, temperature=c.temperature,
-                           top_p=c.top_p, max_tokens=c.max_tokens, timeout_s=c.timeout_s,
+                           max_tokens=c.max_tokens, timeout_s=c.timeout_s,
                            force_tool=None if force_tool in (None, "", AUTO) else force_tool)
 
     def agent(self, agent_cfg: AgentConfig):
@@ -333,34 +333,30 @@ def build_app(cfg: WebConfig):
         dropdown = lambda label, elem_id: gr.Dropdown(label=label, choices=[cfg.adapter_model],  # noqa: E731
                                                       value=cfg.adapter_model, allow_custom_value=True,
                                                       elem_id=elem_id)
+
+        def conversation(name: str, placeholder: str, height: int = 420) -> tuple:
+            """A chat panel: #NAME-bot, #NAME-input and the Send / Stop / Clear buttons."""
+            bot = gr.Chatbot(elem_id=f"{name}-bot", height=height)
+            box = gr.Textbox(placeholder=placeholder, show_label=False, elem_id=f"{name}-input")
+            with gr.Row():
+                buttons = [gr.Button(label, variant="primary" if label == "Send" else "secondary",
+                                     elem_id=f"{name}-{label.lower()}") for label in ("Send", "Stop", "Clear")]
+            return bot, box, *buttons
+
         with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
             chat_model = dropdown("Model", "chat-model")
-            chat_bot = gr.Chatbot(elem_id="chat-bot", height=420)
-            chat_box = gr.Textbox(placeholder="Ask a health question…", show_label=False, elem_id="chat-input")
-            with gr.Row():
-                chat_send = gr.Button("Send", variant="primary", elem_id="chat-send")
-                chat_stop = gr.Button("Stop", elem_id="chat-stop")
-                chat_clear = gr.Button("Clear", elem_id="chat-clear")
+            chat_bot, chat_box, chat_send, chat_stop, chat_clear = conversation("chat", "Ask a health question…")
         with gr.Tab("Agent", id="agent", elem_id="tab-agent"):
             with gr.Row():
                 agent_model = dropdown("Model", "agent-model")
                 force = gr.Dropdown([AUTO] + TOOL_NAMES, value=AUTO, label="First turn must call",
                                     elem_id="agent-force")
-            agent_bot = gr.Chatbot(elem_id="agent-bot", height=420)
             agent_state = gr.State([])
-            agent_box = gr.Textbox(placeholder="帮我计算 (12 + 8) * 3", show_label=False, elem_id="agent-input")
-            with gr.Row():
-                agent_send = gr.Button("Send", variant="primary", elem_id="agent-send")
-                agent_stop = gr.Button("Stop", elem_id="agent-stop")
-                agent_clear = gr.Button("Clear", elem_id="agent-clear")
+            agent_bot, agent_box, agent_send, agent_stop, agent_clear = conversation("agent", "帮我计算 (12 + 8) * 3")
         with gr.Tab("RAG", id="rag", elem_id="tab-rag"):
             rag_model = dropdown("Model", "rag-model")
-            rag_bot = gr.Chatbot(elem_id="rag-bot", height=320)
-            rag_box = gr.Textbox(placeholder="发热汗出恶风，脉浮缓，应该用什么方？", show_label=False,
-                                 elem_id="rag-input")
-            with gr.Row():
-                rag_send = gr.Button("Send", variant="primary", elem_id="rag-send")
-                rag_stop = gr.Button("Stop", elem_id="rag-stop")
+            rag_bot, rag_box, rag_send, rag_stop, rag_clear = conversation("rag", "发热汗出恶风，脉浮缓，应该用什么方？",
+                                                                           height=320)
             rag_sources = gr.Dataframe(headers=SOURCE_COLUMNS, label="Retrieved passages (cited as [n])",
                                        wrap=True, elem_id="rag-sources", interactive=False)
         with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
@@ -394,6 +390,7 @@ def build_app(cfg: WebConfig):
         chat_clear.click(lambda: [], None, chat_bot)
         agent_clear.click(lambda: ([], []), None, [agent_bot, agent_state])
         cmp_clear.click(lambda: ([], []), None, [left_bot, right_bot])
+        rag_clear.click(lambda: ([], None), None, [rag_bot, rag_sources])
     return app
 
 
