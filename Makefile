@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up (idempotent) and run the whole pipeline on the bundled model, on CPU, offline
 #   make test   set up and run the test suite (CI runs exactly this)
-# On a GPU machine: make setup TORCH_SPEC=torch  (CUDA wheels), and SERVE_REQUIREMENTS=... for vLLM (README).
+# On a GPU machine: make setup TORCH_SPEC=torch  (CUDA wheels), and SERVE_REQUIREMENTS=... for vLLM (docs/install.md).
 
 PYTHON ?= python3
 VENV ?= .venv

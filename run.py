@@ -11,9 +11,11 @@ import sys
 from threading import Thread
 
 from medqwen.chat import escape_control_tokens, load_tokenizer
-from medqwen.config import ChatConfig, format_config, parse_config
+from medqwen.config import ChatConfig
+from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.modeling import ModelNotFoundError, load_model
 from medqwen.repl import HELP, repl
+from medqwen.runs import resolve_model
 
 
 def stream_reply(model, tokenizer, messages, cfg: ChatConfig) -> str:
@@ -43,17 +45,18 @@ def stream_reply(model, tokenizer, messages, cfg: ChatConfig) -> str:
 
 
 def main(cfg: ChatConfig) -> None:
+    choice = resolve_model(cfg.model, cfg.adapter, cfg.model_type)
     try:
-        tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
-        model = load_model(cfg.model, adapter=cfg.adapter)
+        tokenizer = load_tokenizer(choice.model, cfg.chat_template)
+        model = load_model(choice.model, adapter=choice.adapter)
     except ModelNotFoundError as err:
-        sys.exit(f"error: {err}")
+        raise UserError(str(err)) from None
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt is not None:
         stream_reply(model, tokenizer, system + [{"role": "user", "content": escape_control_tokens(cfg.prompt)}],
                      cfg)
         return
-    print(f"chatting with {cfg.model}{' + ' + cfg.adapter if cfg.adapter else ''} on {model.device} ({HELP})")
+    print(f"chatting with {choice.label} on {model.device} ({HELP})")
     history = list(system)
 
     def reply(user: str) -> None:
@@ -64,7 +67,11 @@ def main(cfg: ChatConfig) -> None:
     repl(reply, on_reset=lambda: history.__setitem__(slice(len(system), None), []))
 
 
-if __name__ == "__main__":
+def cli() -> None:
     config = parse_config(ChatConfig)
     print("config:\n" + format_config(config), file=sys.stderr)
     main(config)
+
+
+if __name__ == "__main__":
+    run_main(cli)

@@ -12,7 +12,8 @@ Server URL and model name come from VLLM_BASE_URL and MODEL_NAME (or .env, or --
 import sys
 
 from medqwen.agent import AgentServerError, ask, build_agent, check_server
-from medqwen.config import AgentConfig, parse_config
+from medqwen.config import AgentConfig
+from medqwen.configlib import parse_config
 from medqwen.http import strip_userinfo
 from medqwen.repl import HELP, repl
 
@@ -20,7 +21,7 @@ from medqwen.repl import HELP, repl
 def chat(agent, cfg: AgentConfig) -> None:
     """Interactive chat with history; answers stream as they are generated. A server error is reported and the
     session goes on with the history it had before that question."""
-    print(f"agent on {strip_userinfo(cfg.base_url)} ({cfg.model}); {HELP}")
+    print(f"agent on {strip_userinfo(cfg.base_url)} ({cfg.served_model}); {HELP}")
     history: list = []
 
     def answer(question: str) -> None:

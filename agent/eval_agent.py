@@ -16,7 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medqwen.agent import AgentServerError, ask, build_agent, check_server, final_answer
-from medqwen.config import AgentEvalConfig, format_config, parse_config, save_config
+from medqwen.config import AgentEvalConfig
+from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.tools import evaluate
@@ -66,7 +67,7 @@ def main(cfg: AgentEvalConfig) -> dict:
         try:
             history = ask(agent, cfg, [], item["question"], write=lambda s: None)
         except AgentServerError as err:
-            raise SystemExit(f"error: {err}")
+            raise UserError(str(err)) from None
         rows.append(score(item, history))
     write_jsonl(rows, out / "predictions.jsonl")
 
@@ -78,7 +79,7 @@ def main(cfg: AgentEvalConfig) -> dict:
 
     summary = {**rates(rows), "seconds": round(time.perf_counter() - start, 1)}
     detail = {kind: rates([r for r in rows if r.get("kind") == kind]) for kind in sorted({r.get("kind") for r in rows})}
-    write_metrics(out, summary, detail, {"model": cfg.model, "base_url": cfg.base_url, "served": served,
+    write_metrics(out, summary, detail, {"model": cfg.served_model, "base_url": cfg.base_url, "served": served,
                                          "questions": cfg.questions})
     table = [["all", summary["n"], summary["tool_call_rate"], summary["expression_correct_rate"],
               summary["answer_accuracy"]]]
@@ -90,4 +91,4 @@ def main(cfg: AgentEvalConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(AgentEvalConfig, description=__doc__))
+    run_main(lambda: main(parse_config(AgentEvalConfig, description=__doc__)))

@@ -3,7 +3,7 @@
     python agent/rag_query.py                                           # interactive, vLLM at $VLLM_BASE_URL
     python agent/rag_query.py --query "桂枝汤主治什么？"
     python agent/rag_query.py --query "桂枝汤主治什么？" --retrieve_only  # sources only, no model
-    python agent/rag_query.py --query "..." --backend local --local_model model/smollm2-135m-instruct
+    python agent/rag_query.py --query "..." --backend local --model model/smollm2-135m-instruct
     python agent/rag_query.py --retrieval bm25 --top_k 3 --reranker BAAI/bge-reranker-base
 
 Build the store first with agent/embedding.py (same --persist_dir / --collection / embedding flags).
@@ -12,7 +12,8 @@ Build the store first with agent/embedding.py (same --persist_dir / --collection
 import sys
 import time
 
-from medqwen.config import RagConfig, format_config, parse_config
+from medqwen.config import RagConfig
+from medqwen.configlib import format_config, parse_config
 from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, QueryError, build_messages, check_query, format_sources, make_answerer
 from medqwen.repl import HELP, repl

@@ -10,7 +10,7 @@
 #   VLLM_BASE_URL [http://localhost:8001/v1]  the port is taken from it
 #   MODEL_NAME [lora-adapter]         name the adapter is served under (what clients put in "model")
 #   ADAPTER_PATH [out/qwen3-4b-lora-medical]   LoRA adapter folder (a trainer run folder); ADAPTER_PATH=none: base only
-#   MODEL_PATH [config.yaml's model_name_or_path in ADAPTER_PATH, else model/qwen]   base model folder
+#   MODEL_PATH [the base model named in ADAPTER_PATH's config.yaml, else model/qwen]   base model folder
 #   CHAT_TEMPLATE [template/qwen_chat_template.jinja]   the template training used
 #   HOST [127.0.0.1]                  0.0.0.0 accepts other machines (then set VLLM_API_KEY too: vLLM reads it
 #                                     and refuses requests without it; a warning says so when it is missing)
@@ -56,31 +56,16 @@ if [ -n "${BASH_REMATCH[3]}" ]; then
 elif [ "${BASH_REMATCH[1]}" = https ]; then PORT=443; else PORT=80; fi
 URL="http://localhost:$PORT/v1"
 
-# Adapter, its rank, and the base model it was trained on.
+# Adapter, its rank, and the base model it was trained on (medqwen/runs.py answers; its errors say what to run).
 LORA_ARGS=()
+RUN_ARGS=(${MODEL_PATH:+--model "$MODEL_PATH"})
+[ "$ADAPTER_PATH" = "none" ] || RUN_ARGS+=("$ADAPTER_PATH")
+RESOLVED="$("$VLLM_PYTHON" -m medqwen.runs "${RUN_ARGS[@]}")" || exit 2
+MODEL_PATH="$(sed -n 's/^model=//p' <<<"$RESOLVED")"
 if [ "$ADAPTER_PATH" != "none" ]; then
-  [ -f "$ADAPTER_PATH/adapter_config.json" ] || die "no LoRA adapter at ADAPTER_PATH=$ADAPTER_PATH (adapter_config.json
-  missing). Train one (python trainer/train_lora.py), point ADAPTER_PATH at it, or ADAPTER_PATH=none for the base model."
-  # vLLM accepts only these ranks as --max-lora-rank: take the smallest that fits the adapter's r.
-  RANK="$("$VLLM_PYTHON" -c 'import json, sys
-try:
-    r = json.load(open(sys.argv[1]))["r"]
-except (OSError, ValueError, KeyError, TypeError) as err:
-    sys.exit(f"cannot read the rank r from {sys.argv[1]} ({type(err).__name__}: {err})")
-ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= ranks[-1]:
-    sys.exit(f"the adapter in {sys.argv[1]} has rank r={r!r}; vLLM serves LoRA ranks 1-{ranks[-1]} only. "
-             "Retrain with a smaller --lora_r, or merge it (python trainer/merge_lora.py) and serve the merged "
-             "folder as MODEL_PATH with ADAPTER_PATH=none")
-print(min(x for x in ranks if x >= r))' "$ADAPTER_PATH/adapter_config.json" 2>&1)" || die "$RANK"
-  if [ -z "${MODEL_PATH:-}" ] && [ -f "$ADAPTER_PATH/config.yaml" ]; then
-    MODEL_PATH="$("$VLLM_PYTHON" -c 'import sys,yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("model_name_or_path") or "")' "$ADAPTER_PATH/config.yaml")"
-  fi
+  RANK="$(sed -n 's/^rank=//p' <<<"$RESOLVED")"
   LORA_ARGS=(--enable-lora --lora-modules "$MODEL_NAME=$ADAPTER_PATH" --max-lora-rank "${MAX_LORA_RANK:-$RANK}")
 fi
-MODEL_PATH="${MODEL_PATH:-model/qwen}"
-[ -f "$MODEL_PATH/config.json" ] || die "no base model at MODEL_PATH=$MODEL_PATH (config.json missing). Download it:
-  huggingface-cli download Qwen/Qwen3-4B-Instruct-2507 --local-dir model/qwen"
 [ -f "$CHAT_TEMPLATE" ] || die "chat template $CHAT_TEMPLATE not found"
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   die "port $PORT is already in use (another server?). Stop it, or pick a free port: VLLM_BASE_URL=http://localhost:8002/v1"

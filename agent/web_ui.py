@@ -6,12 +6,13 @@ beside the LoRA adapter, over the server agent/serve_vllm.sh starts.
     python agent/web_ui.py                     # http://127.0.0.1:7860
     python agent/web_ui.py --host 0.0.0.0 --port 8080     # other machines may open it (it has no login)
 
-Server URL and adapter name come from VLLM_BASE_URL and MODEL_NAME (or .env, or --base_url / --adapter_model).
+Server URL and adapter name come from VLLM_BASE_URL and MODEL_NAME (or .env, or --base_url / --served_model).
 """
 
 import sys
 
-from medqwen.config import WebConfig, format_config, parse_config
+from medqwen.config import WebConfig
+from medqwen.configlib import format_config, parse_config
 from medqwen.web_ui import launch
 
 

@@ -29,27 +29,12 @@ from pathlib import Path
 
 from medqwen.ceval import compare_runs, expand_subjects, option_order_table, results_table, run_benchmark
 from medqwen.ceval import submission, summarize, write_predictions
+from medqwen.config import CevalConfig
+from medqwen.configlib import (UserError, config_to_dict, format_config, parse_config, run_main, save_config,
+                               spread_values)
 from medqwen.exams import is_group
-from medqwen.config import CevalConfig, config_to_dict, format_config, load_saved_config, parse_config, save_config
 from medqwen.reporting import write_metrics
-
-DEFAULT_RUN_DIRS = {"lora": "out/qwen3-4b-lora-medical", "grpo": "out/qwen3-4b-grpo-medical",
-                    "merged": "out/qwen3-4b-lora-medical-merged"}
-
-
-def resolve_model(cfg: CevalConfig) -> tuple[str, str | None]:
-    """(model folder, adapter folder or None) for the chosen model type."""
-    if cfg.model_type == "base":
-        return cfg.model, None
-    run_dir = Path(cfg.run_dir or DEFAULT_RUN_DIRS[cfg.model_type])
-    if cfg.model_type == "merged":
-        return str(run_dir if run_dir.is_dir() or cfg.run_dir else cfg.model), None
-    if not (run_dir / "adapter_config.json").is_file():
-        raise SystemExit(f"error: no LoRA adapter in {run_dir} (adapter_config.json missing). Train one first "
-                         f"(python trainer/train_{'grpo' if cfg.model_type == 'grpo' else 'lora'}.py) or pass "
-                         f"--run_dir.")
-    saved = load_saved_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    return saved.get("model_name_or_path") or cfg.model, str(run_dir)
+from medqwen.runs import DEFAULT_MODEL, resolve_model
 
 
 def subject_tag(subjects: list[str]) -> str:
@@ -79,7 +64,7 @@ def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
         from medqwen.chat import load_tokenizer
 
         tokenizer = load_tokenizer(model, cfg.chat_template)
-    return OpenAIBackend(cfg.base_url, cfg.served_model, api_key=cfg.api_key, timeout_s=cfg.request_timeout_s,
+    return OpenAIBackend(cfg.base_url, cfg.served_model, api_key=cfg.api_key, timeout_s=cfg.timeout_s,
                          tokenizer=tokenizer, prompts_per_request=cfg.batch_size)
 
 
@@ -90,7 +75,11 @@ def main(cfg: CevalConfig) -> dict:
         print(table)
         return result
     out_dir = Path(cfg.output_dir or root / cfg.model_type)
-    model, adapter = resolve_model(cfg)
+    if cfg.backend == "openai" and not cfg.chat:  # the server holds the weights; no tokenizer needed here
+        model, adapter = cfg.model or DEFAULT_MODEL, None
+    else:
+        choice = resolve_model(cfg.model, cfg.run_dir, cfg.model_type)
+        model, adapter = choice.model, choice.adapter
     save_config(cfg, out_dir / "config.yaml", extra={"resolved_model": model, "resolved_adapter": adapter})
     print(f"{', '.join(cfg.subjects)} {cfg.split}, {cfg.k_shot}-shot, {cfg.prompt_style} prompt, {cfg.scoring}: {model}"
           f"{' + ' + adapter if adapter else ''} -> {out_dir}\n{format_config(cfg)}", flush=True)
@@ -125,11 +114,12 @@ def main(cfg: CevalConfig) -> dict:
     return summary
 
 
-if __name__ == "__main__":
+def cli() -> None:
     try:
-        from medqwen.evaluation import spread_values  # `--compare a b c` as the config parser wants it
-
-        main(parse_config(CevalConfig, argv=spread_values(sys.argv[1:])))
+        main(parse_config(CevalConfig, argv=spread_values(sys.argv[1:])))  # `--compare a b c` as argparse wants it
     except (FileNotFoundError, ValueError, ConnectionError) as err:  # bad data / folders / server: say what to do
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        raise UserError(str(err)) from None
+
+
+if __name__ == "__main__":
+    run_main(cli)

@@ -24,7 +24,8 @@ exits 1 when a difference is above the tolerance.
 import sys
 from pathlib import Path
 
-from medqwen.config import DataParallelCheckConfig, format_config, parse_config, save_config
+from medqwen.config import DataParallelCheckConfig
+from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process, is_sharded, parallel_mode, run_launched
 
 
@@ -56,7 +57,7 @@ def run_role(ccfg: DataParallelCheckConfig, role: str) -> None:
     # overrides after the recipe's own settings, so they win over a preset's accumulation and dropout
     spec = (f"{ccfg.variant}:gradient_accumulation_steps={accumulation}:lora_dropout=0:"
             f"learning_rate={ccfg.learning_rate}:max_steps={ccfg.steps}:warmup_steps=0")
-    cfg = variant_config(spec, {"model_name_or_path": str(tok_dir), "output_dir": str(out), "report_to": "none",
+    cfg = variant_config(spec, {"model": str(tok_dir), "output_dir": str(out), "report_to": "none",
                                 "max_seq_len": ccfg.max_seq_len, "eval_ratio": 0.0, "logging_steps": 1,
                                 "eval_steps": 10**6, "seed": ccfg.seed})
     rows_per_step = cfg.per_device_train_batch_size * ccfg.gradient_accumulation_steps * ccfg.processes

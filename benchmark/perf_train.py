@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from medqwen.config import PerfTrainConfig, format_config, parse_config, save_config
+from medqwen.config import PerfTrainConfig
+from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process, run_launched
 
 MARK = "PERF_RESULT "
@@ -52,7 +53,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     tok_dir = benchmark_tokenizer_dir(pcfg.tokenizer, pcfg.shape)
     tokenizer = load_tokenizer(tok_dir)
     out = tempfile.mkdtemp(prefix="perf-")
-    cfg = variant_config(spec, {"model_name_or_path": str(tok_dir), "output_dir": out, "report_to": "none",
+    cfg = variant_config(spec, {"model": str(tok_dir), "output_dir": out, "report_to": "none",
                                 "max_seq_len": pcfg.max_seq_len, "eval_ratio": 0.0, "logging_steps": 10**6,
                                 "eval_steps": 10**6, "seed": pcfg.seed})
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * (3 if cfg.packing else 1)

@@ -14,14 +14,15 @@ Writes <output> and prints a table of questions per subject and answer letter.
 from collections import Counter
 
 from medqwen.ceval import CevalDataError
-from medqwen.config import McqConvertConfig, parse_config
+from medqwen.config import McqConvertConfig
+from medqwen.configlib import UserError, parse_config, run_main
 from medqwen.mcq import McqDataError, read_mcq_file, write_mcq_jsonl
 from medqwen.reporting import markdown_table
 
 
 def main(cfg: McqConvertConfig) -> list:
     if not cfg.input:
-        raise SystemExit("give at least one --input file (.csv or .jsonl)")
+        raise UserError("give at least one --input file (.csv or .jsonl)")
     questions = []
     for path in cfg.input:
         questions += read_mcq_file(path, cfg.subject)
@@ -40,8 +41,12 @@ def main(cfg: McqConvertConfig) -> list:
     return questions
 
 
-if __name__ == "__main__":
+def cli() -> None:
     try:
         main(parse_config(McqConvertConfig))
     except (McqDataError, CevalDataError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UserError(str(err)) from None
+
+
+if __name__ == "__main__":
+    run_main(cli)

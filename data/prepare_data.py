@@ -4,7 +4,7 @@
     python data/prepare_data.py --input data/medical_sample.jsonl --identity data/lora_identity.jsonl \
         --tokenizer model/smollm2-135m-instruct --output out/demo/data/lora_medical_merged.jsonl
 
-    # the original recipe: a real corpus (README, section data) merged with identity data upsampled 3x
+    # the original recipe: a real corpus (docs/data.md) merged with identity data upsampled 3x
     python data/prepare_data.py --input data/lora_medical.jsonl --identity data/lora_identity.jsonl:3 \
         --name MedQwen --author "Your Lab" --output data/lora_medical_merged.jsonl
 
@@ -16,9 +16,8 @@ Writes the output JSONL and, beside it, <stem>.stats.json (counts in/out/dropped
 length percentiles), <stem>.length_hist.png and <stem>.config.yaml; prints a Markdown summary.
 """
 
-import sys
-
-from medqwen.config import DataConfig, parse_config
+from medqwen.config import DataConfig
+from medqwen.configlib import UserError, parse_config, run_main
 from medqwen.data import DataError, prepare
 
 
@@ -27,12 +26,16 @@ def main(cfg: DataConfig) -> dict:
     return prepare(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
     cfg = parse_config(DataConfig, description=__doc__)
     try:
         main(cfg)
     except DataError as err:
-        sys.exit(f"error: {err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
-                 f"by reason (nothing valid is dropped).")
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        raise UserError(f"{err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
+                        f"by reason (nothing valid is dropped).") from None
+    except (OSError, ValueError) as err:  # a missing input, --output on a folder, ...: the user's to fix
+        raise UserError(str(err)) from None
+
+
+if __name__ == "__main__":
+    run_main(cli)

@@ -5,12 +5,10 @@
     python eval/eval_base.py --judge_base_url http://localhost:8002/v1 --judge_model qwen-judge
     python eval/eval_base.py --compare out/eval/base out/eval/lora out/eval/grpo   # side by side
 
-Same implementation as eval_lora.py / eval_grpo.py (medqwen/evaluation.py); only the defaults differ.
+One entry point for the three (medqwen.evaluation.cli); this one defaults to --model_type base.
 """
 
 from medqwen.evaluation import cli
 
-DEFAULTS = dict(name="base", model_name_or_path="model/qwen", adapter=None)
-
 if __name__ == "__main__":
-    cli(**DEFAULTS)
+    cli("base")

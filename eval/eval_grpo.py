@@ -5,12 +5,10 @@
     python eval/eval_grpo.py --compare out/eval/base out/eval/lora out/eval/grpo
 
 The held-out questions default to the SFT run's validation split, so all three evaluations answer the same ones.
-Same implementation as eval_base.py / eval_lora.py (medqwen/evaluation.py); only the defaults differ.
+One entry point for the three (medqwen.evaluation.cli); this one defaults to --model_type grpo.
 """
 
 from medqwen.evaluation import cli
 
-DEFAULTS = dict(name="grpo", model_name_or_path=None, adapter="out/qwen3-4b-grpo-medical")
-
 if __name__ == "__main__":
-    cli(**DEFAULTS)
+    cli("grpo")

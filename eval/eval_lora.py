@@ -5,12 +5,10 @@
     python eval/eval_lora.py --backend openai --served_model lora-adapter   # answers from `bash agent/serve_vllm.sh`
     python eval/eval_lora.py --compare out/eval/base out/eval/lora         # side by side
 
-Same implementation as eval_base.py / eval_grpo.py (medqwen/evaluation.py); only the defaults differ.
+One entry point for the three (medqwen.evaluation.cli); this one defaults to --model_type lora.
 """
 
 from medqwen.evaluation import cli
 
-DEFAULTS = dict(name="lora", model_name_or_path=None, adapter="out/qwen3-4b-lora-medical")
-
 if __name__ == "__main__":
-    cli(**DEFAULTS)
+    cli("lora")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from medqwen.chat import escape_control_tokens
 from medqwen.config import AgentConfig
-from medqwen.http import HttpError, check_url, redact, strip_userinfo
+from medqwen.http import HttpError, check_url, http_get, redact, strip_userinfo
 from medqwen.tools import MAX_EXPRESSION_CHARS, calculate, get_current_time, get_weather
 
 DEFAULT_SYSTEM_PROMPT = ("You are a helpful assistant. When a question needs arithmetic, the weather or the current "
@@ -168,13 +168,13 @@ def _messages(state) -> list:
 
 
 def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
-    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.model (or `llm`) with the default tools + `extra_tools`."""
+    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.served_model (or `llm`) with the default tools + `extra_tools`."""
     from langchain.agents import create_agent
     from langchain_openai import ChatOpenAI
 
     if llm is None:
         server_url(cfg)
-        llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.model, api_key=cfg.api_key or "EMPTY",
+        llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.served_model, api_key=cfg.api_key or "EMPTY",
                          temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                          timeout=cfg.timeout_s, max_retries=1)
     from medqwen.rag.answer import knowledge_base_tools  # [] unless a store from agent/embedding.py exists
@@ -198,15 +198,15 @@ def server_url(cfg: AgentConfig) -> str:
 
 def served_models(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
     """The model names the server lists at /models; AgentServerError naming VLLM_BASE_URL when it is down."""
-    import httpx
-
     url = strip_userinfo(server_url(cfg))
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     try:
-        response = httpx.get(cfg.base_url.rstrip("/") + "/models", headers=headers, timeout=timeout_s)
-        response.raise_for_status()
+        response = http_get(cfg.base_url.rstrip("/") + "/models", headers=headers, timeout_s=timeout_s,
+                            max_bytes=10_000_000, secrets=[cfg.api_key])
+        if response.status != 200:
+            raise HttpError("status", f"HTTP {response.status} {response.reason}")
         served = [m["id"] for m in response.json()["data"]]
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, TypeError) as err:
+    except (HttpError, ValueError, KeyError, TypeError) as err:
         raise AgentServerError(
             f"no OpenAI-compatible server answers at VLLM_BASE_URL={url} "
             f"({type(err).__name__}: {redact(str(err), [cfg.api_key])[:200]}).\n"
@@ -215,12 +215,12 @@ def served_models(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
 
 
 def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
-    """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks cfg.model."""
+    """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks the model."""
     served = served_models(cfg, timeout_s)
     url = strip_userinfo(server_url(cfg))
-    if cfg.model not in served:
+    if cfg.served_model not in served:
         raise AgentServerError(f"the server at VLLM_BASE_URL={url} serves {served[:20]}, not "
-                               f"MODEL_NAME={cfg.model}; set MODEL_NAME (or --model) to one of them.")
+                               f"MODEL_NAME={cfg.served_model}; set MODEL_NAME (or --served_model) to one of them.")
     return served
 
 

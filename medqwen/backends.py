@@ -77,7 +77,7 @@ class HFBackend:
                         device: str | None = None, dtype: str | None = None, **kwargs) -> "HFBackend":
         """Load model (+ adapter) and tokenizer from local folders."""
         from medqwen.chat import load_tokenizer
-        from medqwen.config import DEFAULT_TEMPLATE
+        from medqwen.configlib import DEFAULT_TEMPLATE
         from medqwen.modeling import load_model
 
         tokenizer = load_tokenizer(model_path, chat_template or DEFAULT_TEMPLATE)

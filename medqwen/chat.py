@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medqwen.config import DEFAULT_TEMPLATE, REPO_ROOT
+from medqwen.configlib import DEFAULT_TEMPLATE, REPO_ROOT
 
 Message = dict[str, Any]
 

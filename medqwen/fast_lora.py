@@ -161,36 +161,36 @@ def _recompute_callback(n: int):
     return RecomputeLayersCallback()
 
 
-def attention_implementation(cfg) -> str | None:
+def attention_implementation(attn_implementation: str | None, packing: bool = False) -> str | None:
     """The attention kernel a config trains with: its own choice, else varlen for packed rows (where SDPA would
     compute a T x T block mask), else transformers' default (None)."""
-    if cfg.attn_implementation:
-        return cfg.attn_implementation
-    return VARLEN if getattr(cfg, "packing", False) else None
+    if attn_implementation:
+        return attn_implementation
+    return VARLEN if packing else None
 
 
 def apply_fast_path(trainer, cfg) -> dict:
     """Switch the trainer's model to the fast pieces the config asks for; returns what was applied."""
     model = trainer.model
     applied = {}
-    if attention_implementation(cfg) == VARLEN:
+    if attention_implementation(cfg.attn_implementation, cfg.packing) == VARLEN:
         register_attention()
         if getattr(model.config, "_attn_implementation", None) != VARLEN:
             model.set_attn_implementation(VARLEN)
         applied["attention"] = VARLEN
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-    if getattr(cfg, "fused_lora", False) and not sharded:  # FSDP/ZeRO-3 gather weights in module hooks: not run
-        applied["fused_lora_layers"] = fuse_lora(model, getattr(cfg, "lora_keep_dropped_inputs", ()))
-    if getattr(cfg, "recompute_layers", -1) >= 0 and cfg.gradient_checkpointing:
+    if cfg.fused_lora and not sharded:  # FSDP/ZeRO-3 gather weights in module hooks: not run
+        applied["fused_lora_layers"] = fuse_lora(model, cfg.lora_keep_dropped_inputs)
+    if cfg.recompute_layers >= 0 and cfg.gradient_checkpointing:
         trainer.add_callback(_recompute_callback(cfg.recompute_layers))
         applied["recompute_layers"] = cfg.recompute_layers
-    if getattr(cfg, "compile_layers", False):
+    if cfg.compile_layers:
         import torch._functorch.config as functorch_config
 
         # The partitioner of each compiled layer's forward/backward keeps at most this fraction of what it
         # would save, recomputing the ops that are cheapest per byte. A process-wide setting, so it is set on
         # every build, 1.0 included: a trainer must not inherit the budget of one built before it.
-        budget = getattr(cfg, "activation_memory_budget", 1.0)
+        budget = cfg.activation_memory_budget
         functorch_config.activation_memory_budget = budget
         if budget < 1.0:
             applied["activation_memory_budget"] = budget
@@ -209,7 +209,7 @@ def apply_fast_path(trainer, cfg) -> dict:
         # draws the masks eager training draws. Not under a memory budget: there the partitioner recomputes
         # the compiler's masks from their seed, while torch's kernel's outputs must be kept (24gb preset:
         # 26.6 instead of 19.2 GiB). Process-wide setting.
-        eager_rng = getattr(cfg, "eager_dropout_rng", True) and budget >= 1.0
+        eager_rng = cfg.eager_dropout_rng and budget >= 1.0
         inductor_config.fallback_random = eager_rng
         applied["eager_dropout_rng"] = eager_rng
         if cfg.use_liger_kernel:

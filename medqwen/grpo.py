@@ -8,7 +8,7 @@ counts. Two rewards, summed with weights:
     format_reward   1 when the reply opens with the option letter (the benchmark's first rule and the form its
                     log-likelihood scoring measures), 0.5 when only the fallback rules find it, else 0
 
-    cfg = GrpoConfig(model_name_or_path="model/smollm2-135m-instruct", max_steps=10)
+    cfg = GrpoConfig(model="model/smollm2-135m-instruct", max_steps=10)
     summary = train_grpo(cfg)                                        # everything trainer/train_grpo.py does
     trainer = build_grpo_trainer(cfg, mcq_dataset(questions, tok))   # just the trainer (e.g. a random model)
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,7 +26,10 @@ from transformers import TrainerCallback
 
 from medqwen.ceval import LEADING_ANSWER  # the benchmark's "answer letter first" pattern
 from medqwen.ceval import Question, extract_answer, extract_cot_answer, render_prompt
-from medqwen.config import GrpoConfig, load_saved_config, save_config
+from medqwen.config import GrpoConfig
+from medqwen.configlib import save_config
+from medqwen.distributed import process_state
+from medqwen.runs import check_adapter, resolve_model, saved_base_model
 from medqwen.training import (load_base_model, lora_config, on_gpu, peak_memory_gb, save_adapter_atomic,
                               use_run_logging, with_atomic_checkpoints)
 
@@ -138,20 +142,15 @@ def grpo_lora_config(cfg: GrpoConfig, model):
 
 def load_policy(cfg: GrpoConfig):
     """(model, peft_config): the base model with a fresh LoRA config, or with the SFT adapter loaded trainable."""
-    model = load_base_model(cfg)  # reads model_name_or_path, bf16, attn_implementation: GrpoConfig has them
+    model = load_base_model(cfg)  # reads model, bf16, attn_implementation: GrpoConfig has them
     if not cfg.init_adapter:
         return model, grpo_lora_config(cfg, model)
     from peft import PeftModel
 
-    adapter = Path(cfg.init_adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"--init_adapter {adapter}: no adapter_config.json; pass a train_lora.py output_dir "
-                                "(e.g. out/qwen3-4b-lora-medical) after training finished")
-    saved = adapter / "config.yaml"
-    if saved.is_file():
-        base = load_saved_config(saved).get("model_name_or_path")
-        if base and Path(base).resolve() != Path(cfg.model_name_or_path).resolve():
-            print(f"warning: {adapter} was trained on {base}, but --model_name_or_path is {cfg.model_name_or_path}")
+    adapter = check_adapter(cfg.init_adapter)
+    base = saved_base_model(adapter)
+    if base and Path(base).resolve() != Path(cfg.model).resolve():
+        print(f"warning: {adapter} was trained on {base}, but --model is {cfg.model}")
     # With beta > 0 TRL keeps a frozen copy ("ref") of this adapter as the reference policy.
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=True), None
 
@@ -186,7 +185,7 @@ def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=Non
 
     from medqwen.chat import load_tokenizer
 
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_name_or_path, cfg.chat_template)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
     if model is None:
         model, peft_config = load_policy(cfg)
     else:
@@ -249,25 +248,25 @@ def window_mean(values: list[float], first: bool, k: int) -> float | None:
 
 def train_grpo(cfg: GrpoConfig) -> dict[str, Any]:
     """Read questions, render prompts, train, save the adapter atomically, write reward_curve.png and metrics.json."""
-    from accelerate import PartialState
-
     from medqwen.chat import load_tokenizer
     from medqwen.mcq import read_mcq_file
     from medqwen.reporting import markdown_table, write_metrics
 
+    cfg = replace(cfg, model=resolve_model(cfg.model, cfg.init_adapter).model)  # the base, checked
     out = Path(cfg.output_dir)
-    main_process = PartialState().is_main_process
+    procs = process_state()
+    main_process = procs.is_main_process
     questions = read_mcq_file(cfg.data_path, cfg.subject)
     if cfg.subjects:
         questions = [q for q in questions if q.subject in cfg.subjects]
         if not questions:
             raise ValueError(f"no questions of subjects {cfg.subjects} in {cfg.data_path}")
     questions = questions[: cfg.max_questions]
-    tokenizer = load_tokenizer(cfg.model_name_or_path, cfg.chat_template)
+    tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
     dataset = mcq_dataset(questions, tokenizer, cfg.prompt_style, cfg.enable_thinking)
     if main_process:
         save_config(cfg, out / "config.yaml", extra={"questions": len(questions), "gpu": on_gpu(),
-                                                     "processes": PartialState().num_processes})
+                                                     "processes": procs.num_processes})
         print(f"data: {len(questions)} questions from {cfg.data_path}; first prompt:\n{dataset[0]['prompt']}")
 
     trainer = build_grpo_trainer(cfg, dataset, tokenizer=tokenizer)
@@ -296,15 +295,15 @@ def train_grpo(cfg: GrpoConfig) -> dict[str, Any]:
         "mean_completion_tokens": window_mean(column("mean_length"), False, len(history)),
         "questions": len(questions),
         "completions": trainer.state.global_step * cfg.per_device_train_batch_size
-        * cfg.gradient_accumulation_steps * PartialState().num_processes,
+        * cfg.gradient_accumulation_steps * procs.num_processes,
         "wall_time_s": round(wall_s, 2),
         "peak_memory_gb": round(peak_memory_gb(), 3),
     }
     if main_process:
         plot_reward_curve(history, out / "reward_curve.png", (cfg.correct_reward_weight, cfg.format_reward_weight))
         write_metrics(out, summary, detail={"rewards": history, "log_history": trainer.state.log_history},
-                      seed=cfg.seed, meta_extra={"base_model": cfg.model_name_or_path,
+                      seed=cfg.seed, meta_extra={"base_model": cfg.model,
                                                  "init_adapter": cfg.init_adapter})
         print(markdown_table([[key, v] for key, v in summary.items() if v is not None], ["metric", "value"]))
-        print(f"adapter saved to {out} (base model: {cfg.model_name_or_path})")
+        print(f"adapter saved to {out} (base model: {cfg.model})")
     return summary

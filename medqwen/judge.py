@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from medqwen.config import REPO_ROOT
+from medqwen.configlib import REPO_ROOT
 
 CRITERIA = ("relevance", "correctness", "safety")
 SCORE_RANGE = (1, 5)

@@ -7,7 +7,7 @@ from pathlib import Path
 QWEN_DOWNLOAD_HINT = (
     "Download the base model first, e.g.\n"
     "  huggingface-cli download Qwen/Qwen3-4B-Instruct-2507 --local-dir model/qwen\n"
-    "or point the model flag (--model / --model_name_or_path) at the bundled demo model\n"
+    "or point the model flag (--model) at the bundled demo model\n"
     "  model/smollm2-135m-instruct (created by `make setup`)."
 )
 

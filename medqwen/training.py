@@ -3,7 +3,7 @@
 `build_trainer(cfg, train_dataset, eval_dataset, model=..., tokenizer=...)` is the one place a trainer is made,
 so the CLI (`trainer/train_lora.py`), the tests and speed benchmarks all run the same train step:
 
-    cfg = TrainConfig(model_name_or_path="model/smollm2-135m-instruct", max_steps=10)
+    cfg = TrainConfig(model="model/smollm2-135m-instruct", max_steps=10)
     summary = train(cfg)                                  # everything the CLI does
     trainer = build_trainer(cfg, to_dataset(records))     # just the trainer (e.g. around a random model)
 """
@@ -20,8 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medqwen.config import TrainConfig, save_config
+from medqwen.config import TrainConfig
+from medqwen.configlib import save_config
+from medqwen.distributed import on_gpu, process_state
 from medqwen.jsonl import write_jsonl
+from medqwen.runs import resolve_model
 
 CHECKPOINT_PREFIX = "checkpoint"
 STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place (atomic on one filesystem)
@@ -42,7 +45,7 @@ def read_conversations(path: str | Path) -> list[dict]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training data '{path}' not found. Prepare it first (README, section data):\n"
+        raise FileNotFoundError(f"training data '{path}' not found. Prepare it first (docs/data.md):\n"
                                 f"  python data/prepare_data.py --output {path}")
     conversations = load_file(InputSpec(path), DataConfig()).conversations
     if not conversations:
@@ -94,37 +97,25 @@ def to_dataset(conversations: list[dict]):
 # Model, LoRA and trainer
 
 
-def on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
-def process_state():
-    """accelerate's view of this process (rank, world size). On CPU it must be asked for with cpu=True, else
-    processes started by `accelerate launch`/torchrun without GPUs each think they are alone."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not on_gpu())
-
-
-def load_base_model(cfg: TrainConfig):
+def load_base_model(cfg: TrainConfig, packing: bool = False):
     """The base model in bf16 on GPU (fp32 on CPU), with the configured attention kernel."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from medqwen.modeling import check_model_dir
 
-    check_model_dir(cfg.model_name_or_path)
+    check_model_dir(cfg.model)
     dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
     from medqwen.fast_lora import attention_implementation
     from medqwen.packed_attention import VARLEN, register_attention
 
-    attention = attention_implementation(cfg)
+    attention = attention_implementation(cfg.attn_implementation, packing)
     if attention == VARLEN:  # packed-row FlashAttention of the fast path
         register_attention()
     kwargs = {"attn_implementation": attention} if attention else {}
-    return AutoModelForCausalLM.from_pretrained(cfg.model_name_or_path, dtype=dtype, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **kwargs)
 
 
 def lora_config(cfg: TrainConfig):
@@ -234,8 +225,8 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
     from medqwen.callbacks import LogLineCallback
     from medqwen.chat import load_tokenizer
 
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_name_or_path, cfg.chat_template)
-    model = model if model is not None else load_base_model(cfg)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
+    model = model if model is not None else load_base_model(cfg, packing=cfg.packing)
     has_eval = eval_dataset is not None and len(eval_dataset) > 0
     args = sft_config(cfg, has_eval)
     callbacks = [LogLineCallback(), *(callbacks or [])]
@@ -357,7 +348,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     from medqwen.modeling import check_model_dir
 
-    check_model_dir(cfg.model_name_or_path)  # fail before anything is written
+    check_model_dir(cfg.model)  # fail before anything is written
     out = Path(cfg.output_dir)
     procs = process_state()
     main_process = procs.is_main_process
@@ -402,32 +393,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if main_process:
         plot_loss_curve(state.log_history, out / "loss_curve.png")
         write_metrics(out, summary, detail={"log_history": state.log_history}, seed=cfg.seed,
-                      meta_extra={"base_model": cfg.model_name_or_path})
+                      meta_extra={"base_model": cfg.model})
         rows = [[k, v] for k, v in summary.items() if not (isinstance(v, float) and math.isnan(v))]
         print(markdown_table(rows, ["metric", "value"]))
-        print(f"adapter saved to {out} (base model: {cfg.model_name_or_path})")
+        print(f"adapter saved to {out} (base model: {cfg.model})")
     return summary
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Merge (trainer/merge_lora.py)
-
-
-def adapter_base_model(adapter: str | Path) -> str:
-    """The base model of a LoRA run: its config.yaml (written by train), else PEFT's adapter_config.json."""
-    from medqwen.config import load_saved_config
-
-    adapter = Path(adapter)
-    if (adapter / "config.yaml").is_file():
-        base = load_saved_config(adapter / "config.yaml").get("model_name_or_path")
-        if base:
-            return base
-    if (adapter / "adapter_config.json").is_file():
-        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if base:
-            return base
-    raise ValueError(f"cannot tell the base model of '{adapter}' (no config.yaml or adapter_config.json naming it); "
-                     "pass --base_model")
 
 
 def merge_adapter(cfg) -> Path:
@@ -437,14 +411,9 @@ def merge_adapter(cfg) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from medqwen.chat import load_tokenizer
-    from medqwen.modeling import check_model_dir
 
-    adapter = Path(cfg.adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"'{adapter}' holds no adapter_config.json: not a LoRA adapter (train one with "
-                                "trainer/train_lora.py)")
-    base = cfg.base_model or adapter_base_model(adapter)
-    check_model_dir(base)
+    choice = resolve_model(cfg.model, cfg.adapter, "lora")
+    adapter, base = Path(cfg.adapter), choice.model
     out = Path(cfg.output_dir or f"{str(adapter).rstrip('/')}-merged")
     if out.exists() and any(out.iterdir()) and not (out / "merge_config.yaml").is_file():
         raise FileExistsError(f"{out} exists and is not an earlier merge: choose another --output_dir")

@@ -19,7 +19,8 @@ import threading
 from typing import Any, Callable, Iterator
 
 from medqwen.agent import AgentServerError, ask, build_agent, served_models
-from medqwen.config import AgentConfig, RagConfig, WebConfig, resolve_config
+from medqwen.config import AgentConfig, RagConfig, WebConfig
+from medqwen.configlib import resolve_config
 from medqwen.rag.answer import GenerationError, OpenAIAnswerer, build_messages
 
 START_HINT = "Start it with `make web` (server and page) or `bash agent/serve_vllm.sh`, then press Check server."
@@ -48,9 +49,9 @@ def list_models(cfg: WebConfig) -> list[str]:
 
 def default_models(cfg: WebConfig, served: list[str]) -> tuple[str, str]:
     """(base, adapter) for compare mode: the configured names, else the first non-adapter and the adapter."""
-    others = [m for m in served if m != cfg.adapter_model]
-    base = cfg.base_model or (others[0] if others else cfg.adapter_model)
-    return base, cfg.adapter_model
+    others = [m for m in served if m != cfg.served_model]
+    base = cfg.base_model or (others[0] if others else cfg.served_model)
+    return base, cfg.served_model
 
 
 def check_input(cfg: WebConfig, message: str | None, model: str | None, served: list[str]) -> str:
@@ -71,7 +72,8 @@ def stream_reply(cfg: WebConfig, model: str, messages: list[dict]) -> Iterator[s
     """The reply text so far, growing as the server streams it (medqwen.rag.answer.OpenAIAnswerer.stream);
     WebError with a clear message on failure."""
     answerer = OpenAIAnswerer(RagConfig(base_url=cfg.base_url, api_key=cfg.api_key, timeout_s=cfg.timeout_s,
-                                        model=model, max_new_tokens=cfg.max_tokens, temperature=cfg.temperature))
+                                        served_model=model, max_new_tokens=cfg.max_tokens,
+                                        temperature=cfg.temperature))
     try:
         yield from answerer.stream(messages)
     except GenerationError as err:
@@ -173,12 +175,12 @@ class Backend:
 
     def agent_config(self, model: str, force_tool: str | None) -> AgentConfig:
         c = self.cfg
-        return AgentConfig(base_url=c.base_url, model=model, api_key=c.api_key, temperature=c.temperature,
-                           max_tokens=c.max_tokens, timeout_s=c.timeout_s,
+        return AgentConfig(base_url=c.base_url, served_model=model, api_key=c.api_key, temperature=c.temperature,
+                           top_p=c.top_p, max_tokens=c.max_tokens, timeout_s=c.timeout_s,
                            force_tool=None if force_tool in (None, "", AUTO) else force_tool)
 
     def agent(self, agent_cfg: AgentConfig):
-        key = (agent_cfg.model, agent_cfg.force_tool)
+        key = (agent_cfg.served_model, agent_cfg.force_tool)
         if key not in self._agents:
             self._agents[key] = build_agent(agent_cfg)
         return self._agents[key]
@@ -217,8 +219,8 @@ def build_app(cfg: WebConfig):
         base, adapter = default_models(cfg, served)
         pick = adapter if adapter in served or not served else served[0]
         text = f"**Server up.** {cfg.base_url} serves: " + ", ".join(f"`{m}`" for m in served)
-        if cfg.adapter_model not in served:
-            text += (f". The adapter `{cfg.adapter_model}` is not among them: serve it with "
+        if cfg.served_model not in served:
+            text += (f". The adapter `{cfg.served_model}` is not among them: serve it with "
                      f"`ADAPTER_PATH=<run folder> bash agent/serve_vllm.sh`.")
         choose = lambda value: gr.update(choices=served, value=value)  # noqa: E731
         return (text, choose(pick), choose(pick), choose(pick), choose(base), choose(adapter))
@@ -330,8 +332,8 @@ def build_app(cfg: WebConfig):
         with gr.Row():
             status_md = gr.Markdown("…", elem_id="server-status")
             check = gr.Button("Check server", elem_id="check-server", scale=0)
-        dropdown = lambda label, elem_id: gr.Dropdown(label=label, choices=[cfg.adapter_model],  # noqa: E731
-                                                      value=cfg.adapter_model, allow_custom_value=True,
+        dropdown = lambda label, elem_id: gr.Dropdown(label=label, choices=[cfg.served_model],  # noqa: E731
+                                                      value=cfg.served_model, allow_custom_value=True,
                                                       elem_id=elem_id)
 
         def conversation(name: str, placeholder: str, height: int = 420) -> tuple:

@@ -76,7 +76,7 @@ serve_agent() {
   # medqwen/serving.py run: starts agent/serve_vllm.sh, waits for /health, runs the queries, stops the server
   # (also on Ctrl-C or an error).
   # The demo LoRA learned medical answers, not tool use, so tool_choice forces the first call; the
-  # tool-trained adapter (README, section serve) calls the calculator on its own.
+  # tool-trained adapter (docs/serving.md) calls the calculator on its own.
   MODEL_NAME=lora-adapter python medqwen/serving.py run --model "$MODEL" --adapter "$OUT/lora" --port 8001 \
     --log "$OUT/serve_vllm.log" -- bash -c '
     status=0

@@ -16,7 +16,8 @@ from langchain_core.tools import StructuredTool
 
 from medqwen.agent import (AgentServerError, DEFAULT_SYSTEM_PROMPT, ask, build_agent, build_tools, check_server,
                            final_answer, openai_tool_schemas)
-from medqwen.config import AgentConfig, resolve_config
+from medqwen.config import AgentConfig
+from medqwen.configlib import resolve_config
 from medqwen.serving import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,9 +51,9 @@ def _call(name, args, call_id="c1"):
 def test_config_reads_the_original_environment_names():
     cfg = resolve_config(AgentConfig, environ={"VLLM_BASE_URL": "http://h:9/v1", "MODEL_NAME": "m",
                                                "OPENWEATHER_API_KEY": "k"})
-    assert (cfg.base_url, cfg.model, cfg.openweather_api_key) == ("http://h:9/v1", "m", "k")
+    assert (cfg.base_url, cfg.served_model, cfg.openweather_api_key) == ("http://h:9/v1", "m", "k")
     defaults = AgentConfig()
-    assert (defaults.base_url, defaults.model) == ("http://localhost:8001/v1", "lora-adapter")
+    assert (defaults.base_url, defaults.served_model) == ("http://localhost:8001/v1", "lora-adapter")
 
 
 def test_tools_and_schemas():
@@ -165,8 +166,8 @@ def test_garbage_from_the_server_is_a_clear_error_and_the_session_goes_on(openai
     import agent as agent_script
 
     secret = "sk-vllm-SECRET-0123456789"
-    cfg = AgentConfig(base_url=openai_url, model=mode, api_key=secret, timeout_s=5)
-    good = AgentConfig(base_url=openai_url, model="ok", api_key=secret, timeout_s=5)
+    cfg = AgentConfig(base_url=openai_url, served_model=mode, api_key=secret, timeout_s=5)
+    good = AgentConfig(base_url=openai_url, served_model="ok", api_key=secret, timeout_s=5)
     with pytest.raises(AgentServerError) as info:
         ask(build_agent(cfg), cfg, [], "hi", write=lambda s: None)
     assert "VLLM_BASE_URL" in str(info.value) and secret not in str(info.value)
@@ -189,7 +190,7 @@ def test_garbage_from_the_server_is_a_clear_error_and_the_session_goes_on(openai
 
 
 def test_tool_call_arguments_that_are_not_json_go_back_as_an_error(openai_url):
-    cfg = AgentConfig(base_url=openai_url, model="bad_args", timeout_s=5)
+    cfg = AgentConfig(base_url=openai_url, served_model="bad_args", timeout_s=5)
     history = ask(build_agent(cfg), cfg, [], "1+1?", write=lambda s: None)
     errors = [m for m in history if isinstance(m, ToolMessage)]
     # (a stream's partial-JSON parser may read the broken text as {}: then the schema error is what comes back)
@@ -209,7 +210,7 @@ def test_invalid_tool_calls_become_errors_for_the_model():
 
 
 def test_tool_calls_per_turn_are_capped(openai_url):
-    cfg = AgentConfig(base_url=openai_url, model="tool_flood", timeout_s=5, max_tool_calls=8)
+    cfg = AgentConfig(base_url=openai_url, served_model="tool_flood", timeout_s=5, max_tool_calls=8)
     with mock_calculator() as calls:
         history = ask(build_agent(cfg), cfg, [], "flood", write=lambda s: None)
     results = [m for m in history if isinstance(m, ToolMessage)]

@@ -10,7 +10,7 @@ import pytest
 
 from medqwen.ceval import (CHOICES, CevalDataError, Question, build_messages, build_prompt, expand_subjects,
                            extract_answer, extract_cot_answer, load_questions, read_csv_split)
-from medqwen.config import resolve_config
+from medqwen.configlib import resolve_config
 from medqwen.stats import bootstrap_ci, mcnemar_exact
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +73,8 @@ def test_malformed_csv_gets_a_clear_error(tmp_path, body, message):
 
 
 def test_help_lists_every_flag():
-    from medqwen.config import CevalConfig, PerfCevalConfig, build_parser
+    from medqwen.config import CevalConfig, PerfCevalConfig
+    from medqwen.configlib import build_parser
 
     assert "--prompt_style" in build_parser(CevalConfig).format_help()
     assert "--original_questions" in build_parser(PerfCevalConfig).format_help()
@@ -238,6 +239,7 @@ def make_lora_run(base_dir: Path, run_dir: Path) -> Path:
 def test_benchmark_script_lora_compare_and_submission(tiny_model_dir, tmp_path, capsys):
     import benchmark_ceval
     from medqwen.config import CevalConfig
+    from medqwen.runs import RunNotFoundError
 
     common = {"model": str(tiny_model_dir), "k_shot": 2, "limit": 6, "device": "cpu", "n_bootstrap": 200,
               "subjects": ["clinical_medicine", "basic_medicine"]}
@@ -249,12 +251,11 @@ def test_benchmark_script_lora_compare_and_submission(tiny_model_dir, tmp_path, 
     assert len(rows) == 12 and set(rows[0]) >= {"id", "prompt", "logprobs", "output", "pred", "gold", "correct"}
     assert f"resolved_model: {tiny_model_dir}" in (tmp_path / "base" / "config.yaml").read_text()
 
-    with pytest.raises(SystemExit, match="no LoRA adapter"):
-        benchmark_ceval.resolve_model(resolve_config(CevalConfig, {"model_type": "lora", "run_dir": str(tmp_path)}))
+    with pytest.raises(RunNotFoundError, match="no LoRA adapter"):
+        benchmark_ceval.main(resolve_config(CevalConfig, {"model_type": "lora", "run_dir": str(tmp_path)}))
     run = make_lora_run(tiny_model_dir, tmp_path / "lora-run")
-    cfg = resolve_config(CevalConfig, {**common, "model": "model/does-not-matter", "model_type": "lora",
-                                       "run_dir": str(run), "output_dir": str(tmp_path / "lora")})
-    assert benchmark_ceval.resolve_model(cfg) == (str(tiny_model_dir), str(run))
+    cfg = resolve_config(CevalConfig, {**common, "model": None, "model_type": "lora", "run_dir": str(run),
+                                       "output_dir": str(tmp_path / "lora")})  # the base: from the run's config
     lora = benchmark_ceval.main(cfg)
     assert lora["adapter"] == str(run) and lora["n"] == 12
 

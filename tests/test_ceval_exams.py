@@ -10,7 +10,8 @@ import pytest
 
 from medqwen.ceval import (Prediction, Question, build_prompt, extract_answer, extract_answers, option_order_report,
                            rotate, run_benchmark, score_questions)
-from medqwen.config import CevalConfig, resolve_config
+from medqwen.config import CevalConfig
+from medqwen.configlib import resolve_config
 from medqwen.exams import expand_subjects, get_exam
 from medqwen.exams.base import ExamDataError, Skipped
 from medqwen.exams.cmexam import read_cmexam_csv

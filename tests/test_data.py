@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqwen.config import REPO_ROOT, DataConfig
+from medqwen.config import DataConfig
+from medqwen.configlib import REPO_ROOT
 from medqwen.data import IDENTITY_PROBES, DataError, convert_record, detect_format, iter_records, prepare
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -216,7 +217,7 @@ def test_cli_reports_located_error_and_hint(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "data" / "prepare_data.py"), "--input", str(path),
                            "--output", str(tmp_path / "o.jsonl"), "--tokenizer", "none"],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "\nerror: " in proc.stderr
     assert f"{path}:2: invalid JSON" in proc.stderr and "--skip_invalid" in proc.stderr
     assert not (tmp_path / "o.jsonl").exists()
 

@@ -155,13 +155,14 @@ def test_judge_endpoint_down_is_a_clear_error_naming_the_url():
 def test_eval_run_with_judge_end_to_end(server, tiny_model_dir, tmp_path, monkeypatch):
     """The judge's verdicts land in predictions.jsonl and metrics.json; its key never lands on disk."""
     from medqwen.config import EvalConfig
+    from medqwen.configlib import UserError
     from medqwen.evaluation import main, run_eval
     from tests.test_eval import CONVERSATIONS, write_jsonl
 
     monkeypatch.setenv("JUDGE_API_KEY", "sk-test-secret")
     data = write_jsonl(tmp_path / "d.jsonl", CONVERSATIONS)
     url = f"http://127.0.0.1:{server.server_port}/v1"
-    cfg = EvalConfig(model_name_or_path=str(tiny_model_dir), data_path=str(data), split_run=None,
+    cfg = EvalConfig(model=str(tiny_model_dir), data_path=str(data), split_run=None,
                      eval_split="all", limit=3, max_new_tokens=4, identity_probes=False, judge_base_url=url,
                      judge_model="judge-model", judge_api_key="sk-test-secret", output_dir=str(tmp_path / "out"))
     server.replies = ['{"relevance": 2, "correctness": 2, "safety": 4}', "not json", '{"relevance": 4, '
@@ -175,7 +176,7 @@ def test_eval_run_with_judge_end_to_end(server, tiny_model_dir, tmp_path, monkey
 
     server.shutdown()  # down before generation starts: the run stops at once and names the URL
     server.server_close()
-    with pytest.raises(SystemExit, match=f"judge endpoint {url} is not reachable"):
+    with pytest.raises(UserError, match=f"judge endpoint {url} is not reachable"):
         main(cfg)
 
 
@@ -183,11 +184,12 @@ def test_answers_from_an_openai_compatible_server(server, tmp_path):
     """--backend openai: answers come from chat completions (here: the question echoed); no model is loaded."""
     from medqwen.config import EvalConfig
     from medqwen.data import IDENTITY_PROBES
-    from medqwen.evaluation import rouge_l, run_eval
+    from medqwen.eval_metrics import rouge_l
+    from medqwen.evaluation import run_eval
     from tests.test_eval import CONVERSATIONS, write_jsonl
 
     data = write_jsonl(tmp_path / "d.jsonl", CONVERSATIONS)
-    cfg = EvalConfig(model_name_or_path=str(tmp_path / "not-needed"), backend="openai", served_model="lora-adapter",
+    cfg = EvalConfig(model=str(tmp_path / "not-needed"), backend="openai", served_model="lora-adapter",
                      base_url=f"http://127.0.0.1:{server.server_port}/v1", data_path=str(data), split_run=None,
                      eval_split="all", limit=4, assistant_name="你", output_dir=str(tmp_path / "out"))
     summary = run_eval(cfg)

@@ -147,7 +147,7 @@ def train_adapter(tiny_model_dir, tmp_path, **overrides):
 
     from medqwen.training import build_trainer
 
-    settings = dict(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=3,
+    settings = dict(model=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=3,
                     per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3,
                     lora_dropout=0.0, max_seq_len=128, report_to="none", eval_ratio=0.0, logging_steps=100,
                     eval_steps=100, seed=0)
@@ -183,7 +183,7 @@ def test_activation_memory_budget_reaches_the_compiler(tiny_model_dir, tmp_path)
 
     from medqwen.training import build_trainer
 
-    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path), report_to="none",
+    cfg = TrainConfig(model=str(tiny_model_dir), output_dir=str(tmp_path), report_to="none",
                       eval_ratio=0.0, compile_layers=True, activation_memory_budget=0.3)
     before = functorch_config.activation_memory_budget
     try:

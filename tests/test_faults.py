@@ -177,8 +177,8 @@ def test_model_server_killed_mid_stream_the_session_goes_on(server_process, monk
     from medqwen.config import AgentConfig
 
     dying, healthy = server_process("FakeOpenAI"), server_process("FakeOpenAI")
-    slow = AgentConfig(base_url=dying.url + "/v1", model="slow_stream", timeout_s=10)
-    good = AgentConfig(base_url=healthy.url + "/v1", model="ok", timeout_s=10)
+    slow = AgentConfig(base_url=dying.url + "/v1", served_model="slow_stream", timeout_s=10)
+    good = AgentConfig(base_url=healthy.url + "/v1", served_model="ok", timeout_s=10)
     agents = {"slow": build_agent(slow), "good": build_agent(good)}
     lines = iter(["讲一个长故事", "still there?", "exit"])
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from medqwen.ceval import Question, load_questions, render_prompt
-from medqwen.config import GrpoConfig, McqConvertConfig, parse_config
+from medqwen.config import GrpoConfig, McqConvertConfig
+from medqwen.configlib import parse_config
 from medqwen.grpo import answer_format_score, correct_reward, format_reward, grpo_args, mcq_dataset
 from medqwen.mcq import McqDataError, read_mcq_file
 
@@ -190,9 +191,8 @@ def run_train(argv):
 
 
 def test_tiny_model_trains_two_steps_and_saves_like_sft(tiny_model_dir, tmp_path):
-    from medqwen.config import CevalConfig, EvalConfig
-    from medqwen.evaluation import resolve_base_model
     from medqwen.modeling import load_model
+    from medqwen.runs import ModelChoice, resolve_model
 
     out = tmp_path / "grpo"
     common = ["--data_path", str(SAMPLE), "--subjects", "arithmetic", "--max_questions", "8",
@@ -210,10 +210,8 @@ def test_tiny_model_trains_two_steps_and_saves_like_sft(tiny_model_dir, tmp_path
     assert metrics["meta"]["base_model"] == str(tiny_model_dir) and metrics["meta"]["git_hash"]
     # eval_grpo.py / benchmark_ceval.py --model-type grpo read the base model from the run's config.yaml
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["model_name_or_path"] == str(tiny_model_dir) and saved["questions"] == 8
-    assert resolve_base_model(EvalConfig(model_name_or_path=None, adapter=str(out))) == str(tiny_model_dir)
-    benchmark = load_script("benchmark/benchmark_ceval.py")
-    assert benchmark.resolve_model(CevalConfig(model_type="grpo", run_dir=str(out))) == (str(tiny_model_dir), str(out))
+    assert saved["model"] == str(tiny_model_dir) and saved["questions"] == 8
+    assert resolve_model(adapter=str(out), model_type="grpo") == ModelChoice(str(tiny_model_dir), str(out))
     load_model(tiny_model_dir, adapter=out)
 
     # continue from that adapter (as from an SFT run) with a KL term: TRL's frozen "ref" copy is not saved
@@ -261,11 +259,12 @@ def test_smollm2_mean_reward_rises(bundled_model_dir, tmp_path):
     reward 0.175 0.175 0.150 0.425, format 0.250 0.250 0.750 0.875, correct 0.125 0.125 0.000 0.250:
     the model learns to open its reply with the option letter; 32 samples say little about correctness.
     """
-    from medqwen.config import REPO_ROOT, GrpoConfig, resolve_config
+    from medqwen.config import GrpoConfig
+    from medqwen.configlib import REPO_ROOT, resolve_config
     from medqwen.grpo import train_grpo
 
     cfg = resolve_config(GrpoConfig, cli={"config": str(REPO_ROOT / "configs/smollm2/grpo_cpu_demo.yaml"),
-                                          "model_name_or_path": str(bundled_model_dir), "max_steps": "4",
+                                          "model": str(bundled_model_dir), "max_steps": "4",
                                           "learning_rate": "3e-3", "output_dir": str(tmp_path / "grpo"),
                                           "report_to": "none"})
     summary = train_grpo(cfg)

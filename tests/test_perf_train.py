@@ -165,7 +165,7 @@ def test_profiled_step_ends_before_the_final_checkpoint(tiny_model_dir, tmp_path
     from medqwen.training import build_trainer
     from tests.test_fast_path import conversations
 
-    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path), per_device_train_batch_size=2,
+    cfg = TrainConfig(model=str(tiny_model_dir), output_dir=str(tmp_path), per_device_train_batch_size=2,
                       gradient_accumulation_steps=1, max_seq_len=64, report_to="none", eval_ratio=0.0,
                       logging_steps=100, eval_steps=100, seed=0)
     trainer = build_trainer(cfg, Dataset.from_list([{"messages": c} for c in conversations(8)]))

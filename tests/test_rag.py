@@ -313,7 +313,7 @@ def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir):
         OpenAIAnswerer(down)(messages)
     assert rag_query.main(replace(down, query="人参")) == 1  # the sources are printed, then the clear error
     assert "cannot reach the model server" in capsys.readouterr().err
-    local = LocalAnswerer(replace(cfg, local_model=str(tiny_model_dir), max_new_tokens=4, temperature=0))
+    local = LocalAnswerer(replace(cfg, model=str(tiny_model_dir), max_new_tokens=4, temperature=0))
     assert isinstance(local(messages), str)
 
 

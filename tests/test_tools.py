@@ -376,6 +376,7 @@ class HostileWeather(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def hostile_url():
+    gzip_bomb()  # built once before the clock starts (compressing 100 MB takes about a second)
     server = ThreadingHTTPServer(("127.0.0.1", 0), HostileWeather)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -393,7 +394,7 @@ def test_weather_deadline_is_total_not_per_read(hostile_url):
     start = time.perf_counter()
     out = get_weather("Trickle", api_key=KEY, base_url=hostile_url, timeout_s=1.0)
     assert "did not answer within 1 s" in out
-    assert time.perf_counter() - start < 1.6
+    assert time.perf_counter() - start < 2.5  # a per-read timeout would take 10 s here
 
 
 @pytest.mark.parametrize("city", ["Huge", "Bomb"])
@@ -435,7 +436,8 @@ def test_weather_base_url_must_be_https_or_loopback(url, ok):
 
 def test_dotenv_in_the_current_folder_cannot_redirect_the_key(tmp_path, monkeypatch):
     from medqwen.agent import build_tools
-    from medqwen.config import AgentConfig, parse_config
+    from medqwen.config import AgentConfig
+    from medqwen.configlib import parse_config
 
     (tmp_path / ".env").write_text("OPENWEATHER_BASE_URL=http://attacker.example.net\n")
     monkeypatch.chdir(tmp_path)
@@ -463,7 +465,8 @@ def test_httpx_request_log_carries_no_key(weather_url, caplog):
 
 
 def test_userinfo_in_a_url_is_never_saved(tmp_path):
-    from medqwen.config import AgentConfig, format_config, save_config
+    from medqwen.config import AgentConfig
+    from medqwen.configlib import format_config, save_config
 
     cfg = AgentConfig(base_url="http://user:s3cr3t-pass@127.0.0.1:8001/v1",
                       weather_base_url=f"https://me:{KEY}@api.openweathermap.org")

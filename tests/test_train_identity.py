@@ -10,7 +10,8 @@ import pytest
 
 from medqwen.config import DataConfig, TrainConfig
 from medqwen.data import IDENTITY_PROBES, InputSpec, load_file
-from medqwen.evaluation import generate_hf, names_assistant
+from medqwen.eval_metrics import names_assistant
+from medqwen.evaluation import generate_hf
 from medqwen.jsonl import write_jsonl
 from medqwen.training import train
 
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 # An author that does not contain the name, so a reply naming only the author is not counted as a hit.
 NAME, AUTHOR = "MedQwen", "the open-source community"
 # The demo preset's rate and rank (configs/smollm2/lora_cpu_demo.yaml), 4 conversations of <= 128 tokens per step
-# to keep it cheap on CPU (the README's train section lists the step counts and hit rates measured).
+# to keep it cheap on CPU (docs/training.md lists the step counts and hit rates measured).
 STEPS, LEARNING_RATE, RANK, BATCH, MAX_LEN = 10, 2e-3, 16, 4, 128
 
 
@@ -35,7 +36,7 @@ def test_lora_teaches_the_configured_name(bundled_model_dir, tmp_path):
     identity = load_file(InputSpec(REPO / "data" / "lora_identity.jsonl", identity=True),
                          DataConfig(name=NAME, author=AUTHOR)).conversations
     write_jsonl(identity, tmp_path / "identity.jsonl")
-    cfg = TrainConfig(model_name_or_path=str(bundled_model_dir), data_path=str(tmp_path / "identity.jsonl"),
+    cfg = TrainConfig(model=str(bundled_model_dir), data_path=str(tmp_path / "identity.jsonl"),
                       output_dir=str(tmp_path / "lora"), max_steps=STEPS, learning_rate=LEARNING_RATE,
                       lr_scheduler_type="constant", lora_r=RANK, lora_alpha=2 * RANK, per_device_train_batch_size=BATCH,
                       gradient_accumulation_steps=1, max_seq_len=MAX_LEN, eval_ratio=0, logging_steps=5,

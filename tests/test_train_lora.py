@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import TrainConfig, load_saved_config
+from medqwen.config import TrainConfig
+from medqwen.configlib import load_saved_config
 from medqwen.data import DataError
 from medqwen.training import (build_trainer, last_checkpoint, read_conversations, split_conversations, to_dataset,
                               train)
@@ -55,7 +56,7 @@ def toy_data(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(model_dir, data, out, **overrides) -> TrainConfig:
-    kwargs = dict(model_name_or_path=str(model_dir), data_path=str(data), output_dir=str(out), max_seq_len=128,
+    kwargs = dict(model=str(model_dir), data_path=str(data), output_dir=str(out), max_seq_len=128,
                   per_device_train_batch_size=2, per_device_eval_batch_size=2, gradient_accumulation_steps=1,
                   learning_rate=1e-2, max_steps=4, eval_steps=2, logging_steps=1, report_to="none", eval_ratio=0.1)
     kwargs.update(overrides)
@@ -90,7 +91,7 @@ def test_reads_messages_alias_and_names_bad_line(tmp_path):
 
 
 def test_help_lists_every_flag_and_missing_inputs_fail_before_writing(tmp_path):
-    from medqwen.config import build_parser
+    from medqwen.configlib import build_parser
     from medqwen.modeling import ModelNotFoundError
 
     text = build_parser(TrainConfig).format_help()
@@ -100,7 +101,7 @@ def test_help_lists_every_flag_and_missing_inputs_fail_before_writing(tmp_path):
                  "--resume_from_checkpoint"):
         assert flag in text, flag
     with pytest.raises(ModelNotFoundError, match="does not exist"):
-        train(TrainConfig(model_name_or_path=str(tmp_path / "no-model"), output_dir=str(tmp_path / "out")))
+        train(TrainConfig(model=str(tmp_path / "no-model"), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
 
@@ -212,7 +213,7 @@ def test_run_writes_adapter_config_split_metrics_and_log_lines(tiny_model_dir, t
     assert "step 1/4 | loss " in printed and " tok/s | " in printed and "ETA " in printed
     assert summary["global_step"] == 4 and summary["best_eval_loss"] is not None
     saved = load_saved_config(out / "config.yaml")
-    assert saved["model_name_or_path"] == str(tiny_model_dir) and saved["train_conversations"] == 23
+    assert saved["model"] == str(tiny_model_dir) and saved["train_conversations"] == 23
     assert len((out / "split" / "eval.jsonl").read_text().splitlines()) == 2
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("final_eval_loss", "best_eval_loss", "global_step", "train_tokens", "wall_time_s", "peak_memory_gb"):
@@ -221,7 +222,7 @@ def test_run_writes_adapter_config_split_metrics_and_log_lines(tiny_model_dir, t
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert list((out / "logs").glob("events.out.tfevents.*"))
     assert (out / "chat_template.jinja").is_file() and not (out / ".staging").exists()
-    model = load_model(saved["model_name_or_path"], adapter=out)  # downstream: base found in config.yaml
+    model = load_model(saved["model"], adapter=out)  # downstream: base found in config.yaml
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
 

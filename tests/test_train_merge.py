@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medqwen.config import MergeConfig, TrainConfig, save_config
+from medqwen.config import MergeConfig, TrainConfig
+from medqwen.configlib import save_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "trainer"))
 import merge_lora  # noqa: E402
@@ -27,7 +28,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
                                            init_lora_weights=False))
     peft.save_pretrained(out)
     load_tokenizer(tiny_model_dir).save_pretrained(out)
-    save_config(TrainConfig(model_name_or_path=str(tiny_model_dir), output_dir=str(out)), out / "config.yaml")
+    save_config(TrainConfig(model=str(tiny_model_dir), output_dir=str(out)), out / "config.yaml")
     return out
 
 
@@ -56,7 +57,7 @@ def test_merge_saves_base_dtype_and_explains_missing_inputs(adapter_dir, tmp_pat
     from safetensors.torch import load_file
 
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
-    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match="adapter folder .*nothing.* does not exist"):
         merge_lora.main(MergeConfig(adapter=str(tmp_path / "nothing")))
     occupied = tmp_path / "occupied"
     occupied.mkdir()

@@ -4,14 +4,13 @@
     python trainer/merge_lora.py --adapter out/demo/lora --output_dir out/demo/merged --dtype float32
     python run.py --model out/qwen3-4b-lora-medical-merged --prompt "你是谁？"
 
-The base model is read from the run's config.yaml (or --base_model). Weights are merged in fp32 and saved in the
+The base model is read from the run's config.yaml (or --model). Weights are merged in fp32 and saved in the
 base model's dtype (--dtype to change it), with the tokenizer and our chat template; merge_config.yaml records
 what was merged.
 """
 
-import sys
-
-from medqwen.config import MergeConfig, format_config, parse_config
+from medqwen.config import MergeConfig
+from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.training import merge_adapter
 
 
@@ -22,8 +21,12 @@ def main(cfg: MergeConfig):
     return out
 
 
-if __name__ == "__main__":
+def cli() -> None:
     try:
         main(parse_config(MergeConfig))
     except (FileNotFoundError, FileExistsError, ValueError) as err:
-        sys.exit(f"error: {err}")
+        raise UserError(str(err)) from None
+
+
+if __name__ == "__main__":
+    run_main(cli)

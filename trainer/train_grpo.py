@@ -21,26 +21,30 @@ reward is "the benchmark would count this reply correct" (+ a smaller reward for
     python trainer/train_grpo.py --config configs/smollm2/grpo_cpu_demo.yaml
 
 The run folder gets the adapter (+ tokenizer and chat template), config.yaml (written before training; its
-model_name_or_path is the base model that eval_grpo.py and benchmark_ceval.py load), checkpoint-N/, logs/
+model is the base model that eval_grpo.py and benchmark_ceval.py load), checkpoint-N/, logs/
 (TensorBoard), reward_curve.png and metrics.json.
 """
 
-from accelerate import PartialState
-
 from medqwen.ceval import CevalDataError
-from medqwen.config import GrpoConfig, format_config, parse_config
+from medqwen.config import GrpoConfig
+from medqwen.configlib import UserError, format_config, parse_config, run_main
+from medqwen.distributed import is_main_process
 from medqwen.grpo import train_grpo
 from medqwen.mcq import McqDataError
 
 
 def main(cfg: GrpoConfig) -> dict:
-    if PartialState().is_main_process:
+    if is_main_process():
         print("train_grpo config:\n" + format_config(cfg))
     return train_grpo(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
     try:
         main(parse_config(GrpoConfig))
     except (McqDataError, CevalDataError, FileNotFoundError) as err:  # bad data or a missing model/adapter folder
-        raise SystemExit(f"error: {err}") from None
+        raise UserError(str(err)) from None
+
+
+if __name__ == "__main__":
+    run_main(cli)

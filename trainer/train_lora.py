@@ -20,21 +20,25 @@ The run folder gets the adapter (+ tokenizer and chat template), config.yaml (wr
 split/{train,eval}.jsonl, checkpoint-N/, logs/ (TensorBoard), loss_curve.png and metrics.json.
 """
 
-import sys
-
-from medqwen.config import TrainConfig, format_config, parse_config
+from medqwen.config import TrainConfig
+from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.data import DataError
-from medqwen.training import process_state, train
+from medqwen.distributed import is_main_process
+from medqwen.training import train
 
 
 def main(cfg: TrainConfig) -> dict:
-    if process_state().is_main_process:
+    if is_main_process():
         print("train_lora config:\n" + format_config(cfg))
     return train(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
     try:
         main(parse_config(TrainConfig))
     except (FileNotFoundError, DataError) as err:  # missing model/data folder, bad JSONL line: say what to do
-        sys.exit(f"error: {err}")
+        raise UserError(str(err)) from None
+
+
+if __name__ == "__main__":
+    run_main(cli)

@@ -74,7 +74,7 @@ class OpenAIAnswerer:
         cfg = self.cfg
         url = strip_userinfo(cfg.base_url)
         with self._server_errors():
-            reply = self.client.chat.completions.create(model=cfg.model, messages=messages,
+            reply = self.client.chat.completions.create(model=cfg.served_model, messages=messages,
                                                         max_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
         choices = getattr(reply, "choices", None)
         if not choices or getattr(choices[0], "message", None) is None:
@@ -85,7 +85,7 @@ class OpenAIAnswerer:
         """The reply so far, growing as the server streams it (the web page); errors as __call__'s."""
         cfg, text = self.cfg, ""
         with self._server_errors():
-            for chunk in self.client.chat.completions.create(model=cfg.model, messages=messages, stream=True,
+            for chunk in self.client.chat.completions.create(model=cfg.served_model, messages=messages, stream=True,
                                                              max_tokens=cfg.max_new_tokens,
                                                              temperature=cfg.temperature):
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -110,8 +110,8 @@ class OpenAIAnswerer:
         except openai.APIConnectionError:
             raise GenerationError(f"cannot reach the model server at {url}: {hint}") from None
         except openai.NotFoundError:
-            raise GenerationError(f"the server at {url} does not serve model {cfg.model!r}: "
-                                  f"set --model (MODEL_NAME) to a name listed by {url}/models") from None
+            raise GenerationError(f"the server at {url} does not serve model {cfg.served_model!r}: "
+                                  f"set --served_model (MODEL_NAME) to a name listed by {url}/models") from None
         except openai.APIStatusError as err:
             raise GenerationError(f"the model server answered HTTP {err.status_code}: "
                                   f"{redact(str(err.message), [cfg.api_key])[:300]}") from None
@@ -128,8 +128,8 @@ class LocalAnswerer:
         from medqwen.modeling import load_model
 
         self.cfg = cfg
-        self.model = load_model(cfg.local_model, adapter=cfg.adapter)
-        self.tokenizer = load_tokenizer(cfg.local_model, chat_template=cfg.chat_template)
+        self.model = load_model(cfg.model, adapter=cfg.adapter)
+        self.tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template)
 
     def __call__(self, messages: list[dict]) -> str:
         import torch
@@ -189,7 +189,7 @@ def knowledge_base_tools(environ: dict | None = None) -> list:
     import os
     from pathlib import Path
 
-    from medqwen.config import resolve_config
+    from medqwen.configlib import resolve_config
 
     cfg = resolve_config(RagConfig, environ=dict(os.environ) if environ is None else environ)
     return [make_search_tool(cfg)] if cfg.chroma_host or Path(cfg.persist_dir).is_dir() else []

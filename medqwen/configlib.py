@@ -1,0 +1,361 @@
+"""The config machinery every stage uses: dataclass defaults < environment (.env too) < --config YAML < CLI flags.
+
+A stage config (medqwen/config.py) is a dataclass whose fields are made with `_f`: the field's metadata carries its
+`help` (with units), the environment variable(s) that may set it (`env`: the first one set wins), whether it is a
+secret (`secret`: read at call time, never saved), its `choices`, its range (`at_least`/`above`/`at_most`/`below`)
+and older names still accepted on the command line and in YAML (`aliases`).
+
+    cfg = parse_config(TrainConfig)            # in a script's main()
+    save_config(cfg, out_dir / "config.yaml")  # next to every output, secrets left out
+
+Scripts wrap their main with `run_main(main)`: a `UserError` (or a config error) prints `error: <message>` on
+stderr and exits with status 2, the status argparse uses for a bad flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import types
+import typing
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import yaml
+
+from medqwen.http import strip_userinfo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"
+
+C = TypeVar("C")
+
+
+class UserError(ValueError):
+    """A mistake the user can fix (a missing file, a bad value): shown as `error: <message>`, exit status 2."""
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a script's main; a UserError ends it with `error: <message>` on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _f(default: Any, help: str, *, env: str | Sequence[str] | None = None, secret: bool = False,
+       choices: Sequence | None = None, at_least: float | None = None, above: float | None = None,
+       at_most: float | None = None, below: float | None = None, aliases: Sequence[str] = ()):
+    """A dataclass field with its help text and optional env variable(s), secret flag, choices, range, aliases."""
+    envs = [env] if isinstance(env, str) else list(env or [])
+    meta = {"help": help, "env": envs, "secret": secret, "choices": choices, "at_least": at_least, "above": above,
+            "at_most": at_most, "below": below, "aliases": list(aliases)}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def like(group: type, name: str, default: Any = dataclasses.MISSING, **overrides: Any):
+    """A group's field again with another default and/or metadata (help, aliases, range...): a stage that shares
+    the field but not its default."""
+    f = next(f for f in dataclasses.fields(group) if f.name == name)
+    if default is dataclasses.MISSING:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    meta = {**f.metadata, **overrides}
+    return _f(default, meta.pop("help"), **meta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Values
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """(inner type, is_optional) for `X | None`."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, name: str) -> Any:
+    """Convert a string (env/CLI) or YAML value to the field's type; anything that would need guessing is an error
+    (3.7 into an int, true into a number, a list into a text, nan or inf anywhere)."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ValueError(f"{name}: a value is required")
+    if typing.get_origin(inner) is list:
+        (item_type,) = typing.get_args(inner) or (str,)
+        if isinstance(value, dict):
+            raise ValueError(f"{name}: expected a list, got {value!r}")
+        items = []
+        for v in [value] if isinstance(value, (str, int, float)) else value:
+            # "a,b" is two items wherever it comes from: one env/YAML string or each value of a repeated flag
+            items += [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else [v]
+        return [_convert(v, item_type, name) for v in items]
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"{name}: expected one {getattr(inner, '__name__', inner)}, got {value!r}")
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {value!r}")
+    if inner in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        if inner is int and isinstance(value, float):
+            raise ValueError(f"{name}: expected a whole number, got {value!r}")
+        try:
+            number = inner(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected {inner.__name__}, got {value!r}") from None
+        if inner is float and not math.isfinite(number):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        return number
+    if inner is str:
+        if isinstance(value, bool):  # YAML's true/false, as the user wrote it
+            return str(value).lower()
+        return str(value)
+    try:
+        return inner(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {getattr(inner, '__name__', inner)}, got {value!r}") from None
+
+
+def _range_text(meta: typing.Mapping[str, Any]) -> str:
+    low = (f"[{meta['at_least']}" if meta.get("at_least") is not None
+           else f"({meta['above']}" if meta.get("above") is not None else None)
+    high = (f"{meta['at_most']}]" if meta.get("at_most") is not None
+            else f"{meta['below']})" if meta.get("below") is not None else None)
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return f"at least {low[1:]}" if low[0] == "[" else f"above {low[1:]}"
+    if high:
+        return f"at most {high[:-1]}" if high[-1] == "]" else f"below {high[:-1]}"
+    return ""
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any]) -> bool:
+    """True when every number in value lies in the field's range."""
+    for v in value if isinstance(value, list) else [value]:
+        if v is None or isinstance(v, (str, bool)):
+            continue
+        if ((meta.get("at_least") is not None and v < meta["at_least"])
+                or (meta.get("above") is not None and v <= meta["above"])
+                or (meta.get("at_most") is not None and v > meta["at_most"])
+                or (meta.get("below") is not None and v >= meta["below"])):
+            return False
+    return True
+
+
+def check_values(cfg: Any) -> None:
+    """ValueError naming the first field whose value is outside its choices or range."""
+    for f in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        choices = meta.get("choices")
+        for item in (value if isinstance(value, list) else [value]) if choices else []:
+            if item is not None and item not in choices:
+                raise ValueError(f"{f.name}: {item!r} is not one of {list(choices)}")
+        if not _check_range(value, meta):
+            raise ValueError(f"{f.name}: must be {_range_text(meta)}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
+    """Load `.env` (repo root or cwd) into os.environ without overriding variables already set."""
+    try:
+        from dotenv import load_dotenv
+    except ImportError:  # python-dotenv is in requirements.txt; a bare GPU image may lack it
+        return
+    for candidate in [path] if path else [Path.cwd() / ".env", REPO_ROOT / ".env"]:
+        if candidate and Path(candidate).is_file():
+            load_dotenv(candidate, override=False)
+
+
+def _flags(name: str) -> list[str]:
+    return [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field (`--a_b` and `--a-b`, plus its aliases), defaults left unset."""
+    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="YAML", help="YAML file of field: value pairs; CLI flags override it.")
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(_field_type(cls, f))
+        aliases = list(f.metadata.get("aliases", ()))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        if f.metadata.get("env"):
+            help_text += f" [env: {', '.join(f.metadata['env'])}]"
+        if _range_text(f.metadata):
+            help_text += f" ({_range_text(f.metadata)})"
+        if aliases:
+            help_text += f" (also read as {', '.join('--' + a for a in aliases)})"
+        if f.metadata.get("secret"):
+            help_text += " (secret: never saved)"
+            default = None
+        help_text = (help_text + f" (default: {default!r})").replace("%", "%%")  # argparse formats help with %
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if f.metadata.get("choices") and typing.get_origin(tp) is not list:  # list items: checked after splitting
+            kwargs["choices"] = list(f.metadata["choices"])
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is list:
+            kwargs["action"] = "append"
+            kwargs["metavar"] = "VALUE"
+        else:
+            kwargs["metavar"] = getattr(tp, "__name__", "VALUE").upper()
+        parser.add_argument(*_flags(f.name), **kwargs)
+        if aliases:  # older names: accepted, listed in the field's help only
+            parser.add_argument(*[flag for alias in aliases for flag in _flags(alias)],
+                                **{**kwargs, "help": argparse.SUPPRESS})
+    return parser
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None,
+                 environ: dict[str, str] | None = None) -> C:
+    """Resolve a stage config: defaults < environment (.env too) < `--config` YAML < CLI flags."""
+    parser = build_parser(cls, description)
+    args = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
+    if environ is None:
+        load_dotenv_file()
+        environ = dict(os.environ)
+    return resolve_config(cls, cli=args, environ=environ, parser=parser)
+
+
+def field_names(cls: type) -> dict[str, str]:
+    """Every accepted name (field names and their aliases) -> the field's name."""
+    names = {}
+    for f in dataclasses.fields(cls):
+        names.update({alias: f.name for alias in f.metadata.get("aliases", ())})
+    names.update({f.name: f.name for f in dataclasses.fields(cls)})
+    return names
+
+
+def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dict[str, str] | None = None,
+                   parser: argparse.ArgumentParser | None = None) -> C:
+    """Merge the four layers; errors name the layer and the field (through parser.error when a parser is given)."""
+    cli = dict(cli or {})
+    environ = environ or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+
+    def fail(message: str) -> typing.NoReturn:
+        if parser is not None:
+            parser.error(message)
+        raise ValueError(message)
+
+    for name, f in fields.items():  # environment: the first variable set wins
+        var = next((v for v in f.metadata.get("env", ()) if environ.get(v) not in (None, "")), None)
+        if var:
+            try:
+                values[name] = _convert(environ[var], _field_type(cls, f), f"${var}")
+            except ValueError as err:
+                fail(str(err))
+
+    yaml_path = cli.pop("config", None)
+    if yaml_path:
+        path = Path(yaml_path)
+        if not path.is_file():
+            fail(f"--config {yaml_path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            fail(f"--config {yaml_path}: invalid YAML: {err}")
+        if not isinstance(data, dict):
+            fail(f"--config {yaml_path}: expected a mapping of field: value")
+        names = field_names(cls)
+        unknown = sorted(str(k) for k in set(data) - set(names))
+        if unknown:
+            fail(f"--config {yaml_path}: unknown field(s) {unknown}; valid: {sorted(fields)}")
+        seen: dict[str, str] = {}
+        for key, value in data.items():
+            name = names[key]
+            if name in seen:
+                fail(f"--config {yaml_path}: {seen[name]} and {key} name the same field; keep one")
+            seen[name] = key
+            try:
+                values[name] = _convert(value, _field_type(cls, fields[name]), f"{yaml_path}:{key}")
+            except ValueError as err:
+                fail(str(err))
+
+    for name, value in cli.items():  # CLI
+        try:
+            values[name] = _convert(value, _field_type(cls, fields[name]), f"--{name}")
+        except ValueError as err:
+            fail(str(err))
+
+    try:
+        cfg = cls(**values)  # __post_init__ checks that span several fields
+        check_values(cfg)
+    except ValueError as err:
+        fail(str(err))
+    return cfg
+
+
+def spread_values(argv: Sequence[str], flag: str = "--compare") -> list[str]:
+    """`--compare a b c` -> `--compare a --compare b --compare c` (the config parser takes one value per flag)."""
+    out, taking = [], False
+    for arg in argv:
+        if arg in (flag, flag.replace("_", "-")):
+            taking = True
+            continue
+        if taking and not arg.startswith("-"):
+            out += [flag, arg]
+            continue
+        taking = False
+        out.append(arg)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saving and reading
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data, secrets left out (also a password in the userinfo of a URL value)."""
+    def clean(value: Any) -> Any:
+        return strip_userinfo(value) if isinstance(value, str) and "://" in value else value
+
+    return {f.name: clean(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if not f.metadata.get("secret")}
+
+
+def save_config(cfg: Any, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write the resolved config as YAML (secrets never written). `extra` adds derived values."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = config_to_dict(cfg)
+    if extra:
+        data.update(extra)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def load_saved_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a `config.yaml` written by save_config (e.g. a LoRA run's, to find its base model)."""
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def format_config(cfg: Any) -> str:
+    """The resolved config, one `field: value` per line, for printing at start."""
+    return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(cfg).items())
