@@ -28,9 +28,9 @@ from medqwen.ceval import LEADING_ANSWER  # the benchmark's "answer letter first
 from medqwen.ceval import Question, extract_answer, extract_cot_answer, render_prompt
 from medqwen.config import GrpoConfig
 from medqwen.configlib import save_config
-from medqwen.distributed import process_state
+from medqwen.distributed import on_gpu, process_state
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
-from medqwen.training import (load_base_model, lora_config, on_gpu, peak_memory_gb, save_adapter_atomic,
+from medqwen.training import (load_base_model, lora_config, peak_memory_gb, save_adapter_atomic, trainer_arguments,
                               use_run_logging, with_atomic_checkpoints)
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,25 +89,14 @@ def mcq_dataset(questions: Sequence[Question], tokenizer, style: str = "official
 
 
 def grpo_args(cfg: GrpoConfig):
-    """TRL GRPOConfig from our GrpoConfig. bf16 and gradient checkpointing only on GPU (TRL defaults both on)."""
+    """TRL GRPOConfig from our GrpoConfig."""
     from trl import GRPOConfig
 
-    gpu = on_gpu()
     vllm = {"vllm_mode": cfg.vllm_mode, "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
     if cfg.vllm_server_base_url:
         vllm["vllm_server_base_url"] = cfg.vllm_server_base_url
     return GRPOConfig(
-        output_dir=cfg.output_dir,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.bf16 and gpu,
-        gradient_checkpointing=cfg.gradient_checkpointing and gpu,
+        **trainer_arguments(cfg),
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -118,16 +107,8 @@ def grpo_args(cfg: GrpoConfig):
         reward_weights=[cfg.correct_reward_weight, cfg.format_reward_weight],  # order of REWARD_FUNCS
         use_vllm=cfg.use_vllm,
         **vllm,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
         log_completions=cfg.log_completions,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        disable_tqdm=True,  # RewardLineCallback prints one line per logging step instead
-        dataloader_pin_memory=gpu,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
     )
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medqwen.config import TrainConfig
+from medqwen.config import TrainConfig, TrainerFields
 from medqwen.configlib import save_config
 from medqwen.distributed import on_gpu, process_state
 from medqwen.jsonl import write_jsonl
@@ -125,30 +125,46 @@ def lora_config(cfg: TrainConfig):
                       target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
 
 
+def trainer_arguments(cfg: TrainerFields) -> dict[str, Any]:
+    """The TrainingArguments the LoRA and GRPO trainers both take from TrainerFields. bf16 and gradient
+    checkpointing only on GPU (TRL defaults both on)."""
+    gpu = on_gpu()
+    return dict(
+        output_dir=cfg.output_dir,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        use_cpu=not gpu,  # also makes CPU processes under accelerate/torchrun one gloo process group
+        bf16=cfg.bf16 and gpu,
+        gradient_checkpointing=cfg.gradient_checkpointing and gpu,
+        save_strategy="steps",
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        disable_tqdm=True,  # our callbacks print one line per logging step instead
+        dataloader_pin_memory=gpu,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+    )
+
+
 def sft_config(cfg: TrainConfig, has_eval: bool):
-    """TRL SFTConfig from our TrainConfig. bf16 and gradient checkpointing only on GPU (TRL defaults both on)."""
+    """TRL SFTConfig from our TrainConfig."""
     from trl import SFTConfig
 
-    gpu = on_gpu()
     eval_kwargs: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
     if has_eval:
         eval_kwargs = dict(eval_strategy="steps", eval_steps=cfg.eval_steps, load_best_model_at_end=True,
                            metric_for_best_model="eval_loss", greater_is_better=False)
     return SFTConfig(
-        output_dir=cfg.output_dir,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        **trainer_arguments(cfg),
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        use_cpu=not gpu,  # also makes CPU processes under accelerate/torchrun one gloo process group
-        bf16=cfg.bf16 and gpu,
-        gradient_checkpointing=cfg.gradient_checkpointing and gpu,
         use_liger_kernel=cfg.use_liger_kernel,
         torch_compile=cfg.torch_compile,
         max_length=cfg.max_seq_len,
@@ -157,16 +173,8 @@ def sft_config(cfg: TrainConfig, has_eval: bool):
         # transformers turns restarting position ids into a block-diagonal mask (SDPA/eager) or varlen kernels.
         packing=cfg.packing,
         packing_strategy="bfd",
-        save_strategy="steps",
         save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        disable_tqdm=True,  # LogLineCallback prints one line per logging step instead
         dataloader_num_workers=cfg.dataloader_num_workers,
-        dataloader_pin_memory=gpu,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
         **eval_kwargs,
     )
 
