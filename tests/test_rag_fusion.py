@@ -62,3 +62,27 @@ def test_card_corpora_are_reproducible_and_their_gold_ids_exist(tmp_path):
         gold = [json.loads(line) for line in (shipped / f"{name}_gold.jsonl").open()]
         assert len(gold) >= 90 and all(set(g["gold_ids"]) <= ids for g in gold)
         assert len({g["kind"] for g in gold}) >= 3
+
+
+def test_retriever_zmax_fusion_scores_every_candidate(tmp_path):
+    from medqwen.config import RagConfig
+    from medqwen.rag import Retriever, index_paths, open_client, open_collection
+    from tests.test_rag import write_corpus
+
+    docs = tmp_path / "docs"
+    write_corpus(docs)
+    cfg = RagConfig(input=[str(docs)], persist_dir=str(tmp_path / "chroma"), collection="test", fusion="zmax",
+                    bm25_weight=0.5, dense_weight=0.5)
+    collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+    index_paths(collection, cfg.input, cfg, progress=False)
+    retriever = Retriever(collection, cfg)
+    query = "黄芪补气"
+    vector = retriever.embed_query(query)
+    bm25 = dict(zip(retriever.ids, retriever.bm25_scores(query)))
+    candidates = list(bm25)  # 4 chunks, all candidates of both retrievers
+    cos = dict(zip(candidates, retriever.cosines(vector, candidates)))
+    expected = dict(zip(candidates, np.maximum(0.5 * zscore(np.array([bm25[c] for c in candidates])),
+                                               0.5 * zscore(np.array([cos[c] for c in candidates])))))
+    hits = retriever.search(query, k=4, method="hybrid")
+    assert hits[0].source_id == "herbs/黄芪"
+    assert {h.id: h.score for h in hits} == pytest.approx(expected, abs=1e-4)
