@@ -30,6 +30,7 @@ CORPORA = {  # name -> (inputs, gold)
 }
 SETTINGS = ([("score", w) for w in np.round(np.arange(0, 1.01, 0.1), 2)]
             + [("zscore", w) for w in np.round(np.arange(0, 1.01, 0.1), 2)]
+            + [("zmax", w) for w in np.round(np.arange(0, 1.01, 0.1), 2)]
             + [("rrf", w) for w in (0.25, 0.5, 1.0)])
 
 

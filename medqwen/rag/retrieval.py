@@ -132,14 +132,15 @@ def zscore(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
 
 
-NORMALIZERS = {"score": minmax, "zscore": zscore}
-FUSIONS = ("zscore", "score", "rrf")
+NORMALIZERS = {"score": minmax, "zscore": zscore, "zmax": zscore}
+FUSIONS = ("score", "zscore", "zmax", "rrf")
 
 
 def fuse_scores(bm25: np.ndarray, cosine: np.ndarray, bm25_ranking: list, dense_ranking: list, candidates: list,
                 fusion: str, bm25_weight: float, dense_weight: float, rrf_k: int) -> np.ndarray:
     """Fused score of every candidate (higher is better) from its BM25 score and cosine (arrays aligned with
-    `candidates`) or, for rrf, its ranks in the two rankings."""
+    `candidates`) or, for rrf, its ranks in the two rankings. score: weighted sum of min-max-normalised scores;
+    zscore: weighted sum of z-scores; zmax: the larger of the weighted z-scores (CombMAX)."""
     if fusion == "rrf":
         fused = dict(weighted_rrf({"bm25": bm25_ranking, "dense": dense_ranking},
                                   {"bm25": bm25_weight, "dense": dense_weight}, rrf_k))
@@ -147,6 +148,9 @@ def fuse_scores(bm25: np.ndarray, cosine: np.ndarray, bm25_ranking: list, dense_
     if fusion not in NORMALIZERS:
         raise ValueError(f"unknown fusion {fusion!r}: use one of {FUSIONS}")
     normalize = NORMALIZERS[fusion]
+    if fusion == "zmax":  # the more confident side decides: a clear BM25 match is not diluted by a flat cosine
+        return np.maximum(bm25_weight * normalize(np.asarray(bm25, float)),
+                          dense_weight * normalize(np.asarray(cosine, float)))
     return bm25_weight * normalize(np.asarray(bm25, float)) + dense_weight * normalize(np.asarray(cosine, float))
 
 
