@@ -21,7 +21,7 @@ from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.jsonl import write_jsonl
 from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection
 from medqwen.rag.documents import file_chunks
-from medqwen.rag.evaluate import KS, evaluate, load_gold, measure_embedding_throughput, qa_retrieval_set
+from medqwen.rag.evaluate import KS, compare_with_best_single, evaluate, load_gold, measure_embedding_throughput, qa_retrieval_set
 from medqwen.rag.store import iter_files
 from medqwen.reporting import markdown_table, write_metrics
 
@@ -148,7 +148,15 @@ def main(cfg: RagBenchConfig) -> int:
     plot(results, kinds, out / "recall_by_kind.png")
     default = next(n for n in results if n.startswith(cfg.retrieval)
                    and (cfg.retrieval != "hybrid" or n.endswith("default")))
-    summary = {"default_method": default, **results[default]["metrics"]["all"],
+    versus = compare_with_best_single({n: r["metrics"] for n, r in results.items()}, default)
+    if versus["kinds"]:
+        print(f"\ndefault ({default}) against the better single retriever, R@5 per kind:\n")
+        print(markdown_table([[r["kind"], r["default"], f"{r['best_single']} {r['best_single_value']}", r["margin"]]
+                              for r in versus["kinds"]], ["kind", "default", "best single", "margin"]))
+    if versus["beaten"]:
+        print(f"\nWARNING: the default is beaten by a single retriever by more than {versus['tolerance']} R@5 on: "
+              f"{', '.join(versus['beaten'])}")
+    summary = {"default_method": default, **results[default]["metrics"]["all"], "default_vs_best_single": versus,
                "latency_ms": results[default]["latency_ms"], "questions": len(gold),
                "chunks": indexing.chunks_total, "indexing": indexing.as_dict(), "embedding_throughput": throughput,
                "latency_at_scale": scale}

@@ -2,16 +2,21 @@
 
 A randomly initialised model of a real shape (speed and memory do not depend on weight values) trains LoRA on
 conversations of a realistic length distribution; every variant runs in its own process (an OOM ends only
-that variant) and reports real (non-pad) tok/s, computed (padded) tok/s, MFU, peak memory and the ratio to the
-original recipe. Recipes: medqwen.perf.VARIANTS; the presets are configs/qwen3-4b/*.yaml.
+that variant) and reports real (non-pad) tok/s, computed (padded) tok/s, MFU, peak memory, the ratio to the
+original recipe, conversations and tokens per optimizer step, and whether each optimizer step trained on the
+same conversations as the original's (a variant whose steps differ trains a different recipe: not a speed-up). Recipes: medqwen.perf.VARIANTS; the presets are configs/qwen3-4b/*.yaml.
 
     # one GPU, Qwen3-4B shape, synthetic lognormal lengths (median 280, capped at 1024)
     python benchmark/perf_train.py --output_dir out/perf
     python benchmark/perf_train.py --variants original,speed,24gb
     python benchmark/perf_train.py --variants "24gb:per_device_train_batch_size=4:recompute_layers=20"
-    # real lengths: conversations tokenized with the model's tokenizer and our template
+    # real lengths without the data: drawn from the medical data's histogram in the repository
+    python benchmark/perf_train.py --variants original,speed,24gb --lengths real
+    # the 24 GB settings under a hard 24 GiB cap, and one process's share of the two-card preset
+    python benchmark/perf_train.py --variants 24gb,2x24gb-share --lengths real --memory_cap_gib 24
+    # real conversations: tokenized with the model's tokenizer and our template
     python benchmark/perf_train.py --data data/lora_medical_merged.jsonl
-    # CPU smoke run (CI): tiny model, a few steps
+    # CPU smoke run (CI): tiny model, a few steps; the fast presets run with their CUDA-only parts off
     python benchmark/perf_train.py --tiny --output_dir out/perf-tiny
     # two GPUs: each variant on one GPU, then DDP and FSDP over two (accelerate launch); scaling vs one GPU
     python benchmark/perf_train.py --variants speed,24gb --launchers single,ddp,fsdp --processes 2
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from medqwen.config import PerfTrainConfig
@@ -33,7 +39,6 @@ from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process, run_launched
 
 MARK = "PERF_RESULT "
-GPU_ONLY = ("use_liger_kernel", "compile_layers")  # Triton kernels / inductor: skipped in CPU smoke runs
 
 
 def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
@@ -43,23 +48,41 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     from datasets import Dataset
 
     from medqwen.chat import load_tokenizer
-    from medqwen.distributed import gather, parallel_mode, world_size
+    from medqwen.distributed import gather, local_rank, parallel_mode, world_size
     from medqwen.perf import (benchmark_conversations, benchmark_model, benchmark_tokenizer_dir, length_summary,
-                              lora_train_flops, merge_process_steps, time_trainer, variant_config)
+                              lora_train_flops, merge_process_steps, step_fingerprint, time_trainer,
+                              variant_config)
     from medqwen.training import build_trainer, peak_memory_gb
+
+    from medqwen.fast_path import CUDA_ONLY
 
     cuda = torch.cuda.is_available()
     processes = world_size()
+    if cuda and pcfg.memory_cap_gib > 0:  # before anything is allocated: the cap holds for the whole run
+        total = torch.cuda.get_device_properties(local_rank()).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, pcfg.memory_cap_gib * 2**30 / total), local_rank())
     tok_dir = benchmark_tokenizer_dir(pcfg.tokenizer, pcfg.shape)
     tokenizer = load_tokenizer(tok_dir)
     out = tempfile.mkdtemp(prefix="perf-")
-    cfg = variant_config(spec, {"model": str(tok_dir), "output_dir": out, "report_to": "none",
-                                "max_seq_len": pcfg.max_seq_len, "eval_ratio": 0.0, "logging_steps": 10**6,
-                                "eval_steps": 10**6, "seed": pcfg.seed})
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * (3 if cfg.packing else 1)
-    # every process builds the same dataset; the Trainer hands each its own share of the batches
-    n = pcfg.conversations or int((pcfg.warmup_steps + pcfg.steps + 1) * max(per_step, 64) * 1.3 * processes)
-    conversations = benchmark_conversations(tokenizer, n, pcfg.median_len, pcfg.max_seq_len, pcfg.seed, pcfg.data)
+    base = {"model": str(tok_dir), "output_dir": out, "report_to": "none",
+            "max_seq_len": pcfg.max_seq_len, "eval_ratio": 0.0, "logging_steps": 10**6, "eval_steps": 10**6,
+            "seed": pcfg.seed}
+    if pcfg.shape == "tiny":  # CPU smoke run: steps of 8 conversations (4 x 2) instead of 64 (8 x 8)
+        base.update(per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    cfg = variant_config(spec, base)
+    from medqwen.fast_path import FAST_PATHS
+
+    # The step's composition does not depend on kernels: without CUDA a variant runs without its CUDA-only parts
+    # (a fast path's are already off after resolve_fast_path) and says so.
+    wanted = FAST_PATHS.get(cfg.fast_path, {})
+    cuda_only_off = [] if cuda else [k for k in CUDA_ONLY if getattr(cfg, k) or wanted.get(k)]
+    if cuda_only_off:
+        cfg = replace(cfg, **{k: False for k in cuda_only_off})
+    # The same dataset for every variant (its size sets the sampler's order), large enough for the packed
+    # variants' steps; every process builds it and the Trainer hands each its own share of the batches.
+    n = pcfg.conversations or (pcfg.warmup_steps + pcfg.steps + 2) * 256 * processes
+    conversations = benchmark_conversations(tokenizer, n, pcfg.median_len, pcfg.max_seq_len, pcfg.seed, pcfg.data,
+                                            pcfg.lengths)
     dataset = Dataset.from_list([{"messages": c} for c in conversations])
     model = benchmark_model(pcfg.shape, tokenizer, pcfg.seed)
     trainer = build_trainer(cfg, dataset, None, model=model, tokenizer=tokenizer)
@@ -93,6 +116,13 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
         "tflops": flops / seconds / 1e12,
         "step_s": sorted(r["seconds"] for r in timed)[len(timed) // 2],
         "conversations_per_step": sum(r["sequences"] for r in timed) / len(timed),
+        "tokens_per_step": real / len(timed),
+        # which conversations each optimizer step (warm-up included) trained on: equal to the original's = same step
+        "step_fingerprints": [step_fingerprint(r["keys"]) for r in warmup + timed],
+        "conversations_per_step_each": [r["sequences"] for r in warmup + timed],
+        "fast_path": cfg.fast_path,
+        "cuda_only_off": cuda_only_off,
+        "memory_cap_gib": pcfg.memory_cap_gib if cuda and pcfg.memory_cap_gib > 0 else None,
         # the most any one process (GPU) held; every process's own peak in ..._per_process
         "peak_allocated_gib": worst("peak_allocated_gib"),
         "peak_reserved_gib": worst("peak_reserved_gib"),
@@ -101,12 +131,13 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
         "warmup_s": sum(r["seconds"] for r in warmup),
         "wall_s": time.perf_counter() - t0,
         "lengths": length_summary([n for r in timed for n in r["lengths"]]),
-        "train_config": {k: getattr(cfg, k) for k in ("packing", "per_device_train_batch_size",
+        "train_config": {k: getattr(cfg, k) for k in ("packing", "padding_free", "max_tokens_per_forward",
+                                                       "per_device_train_batch_size",
                                                        "gradient_accumulation_steps", "gradient_checkpointing",
                                                        "recompute_layers", "attn_implementation", "use_liger_kernel",
                                                        "fused_lora", "compile_layers", "torch_compile",
                                                        "activation_memory_budget")},
-        "steps": [{k: v for k, v in r.items() if k != "lengths"} for r in timed],
+        "steps": [{k: v for k, v in r.items() if k not in ("lengths", "keys")} for r in timed],
     }
 
 
@@ -119,14 +150,10 @@ def log_output(pcfg: PerfTrainConfig, title: str, stdout: str, stderr: str) -> N
 def run_isolated(pcfg: PerfTrainConfig, spec: str, launcher: str) -> dict:
     """One variant in a child process (or an accelerate launch of several) with a time limit; a crash or OOM
     becomes an error row."""
-    import torch
-
     from medqwen.perf import variant_config
 
     row = {"variant": spec, "launcher": launcher, "processes": 1 if launcher == "single" else pcfg.processes}
-    cfg = variant_config(spec, {})
-    if not torch.cuda.is_available() and any(getattr(cfg, k) for k in GPU_ONLY):
-        return row | {"skipped": "needs CUDA (" + ", ".join(k for k in GPU_ONLY if getattr(cfg, k)) + ")"}
+    variant_config(spec, {})  # a typo fails here, before a process starts
     try:
         proc = run_launched(launcher, pcfg.processes, __file__, [*sys.argv[1:], "--run_one", spec],
                             pcfg.variant_timeout_s)
@@ -172,6 +199,10 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
                   flush=True)
             md = write_report(results, peak, out, pcfg.seed)  # after every run: a killed benchmark keeps its rows
     print(md)
+    cpu_notes = sorted({f"{r['variant']}: {', '.join(r['cuda_only_off'])}" for r in results if r.get("cuda_only_off")})
+    if cpu_notes:
+        print("no CUDA: these variants ran with their CUDA-only parts off (the step's composition does not depend "
+              "on them): " + "; ".join(cpu_notes))
     return results
 
 

@@ -118,14 +118,29 @@ class TrainerFields(LoraFields, RunFields, ModelFields):
     logging_steps: int = _f(10, "Log a line every N optimizer steps.", at_least=1)
     save_total_limit: int = _f(2, "Checkpoints kept on disk.", at_least=1)
     report_to: str = _f("tensorboard", "Logger for metrics (TensorBoard writes to <output_dir>/logs; 'none' off).")
+    resume_from_checkpoint: str | None = _f(None, "'true' resumes from the last complete checkpoint in "
+                                                  "output_dir; a path resumes from that checkpoint.")
 
 
 @dataclass
 class FastPathFields:
-    """The LoRA trainer's fast path (medqwen/fast_lora.py)."""
+    """The LoRA trainer's fast path (medqwen/fast_path.py: which settings; medqwen/fast_lora.py: the kernels)."""
 
-    fused_lora: bool = _f(True, "Fast path: LoRA layers as one fused autograd function (same math as PEFT, "
-                                "tested; not under FSDP/DeepSpeed; false: PEFT's own forward).")
+    fast_path: str = _f("auto", "How a step is computed (never which step: the same conversations, order and loss "
+                                "normalisation): auto (on a CUDA GPU the fastest settings that fit its memory, "
+                                "else off), off (the original implementation: exactly the fields given), or a "
+                                "named set: speed (H200), 80gb, 24gb; medqwen.fast_path.FAST_PATHS. A named set "
+                                "overrides the fields below and makes each micro-batch the process's whole share "
+                                "of the step.", choices=["auto", "off", "speed", "80gb", "24gb"])
+    padding_free: bool = _f(False, "Concatenate each micro-batch's conversations into one row (positions restart "
+                                   "per conversation, no pad tokens); unlike --packing the micro-batch keeps "
+                                   "per_device_train_batch_size whole conversations, so the recipe is unchanged.")
+    max_tokens_per_forward: int = _f(0, "With padding_free: run a micro-batch longer than this many tokens as "
+                                        "several forward/backward passes split at conversation boundaries; bounds "
+                                        "activation memory, same gradient (0: one pass, or the fast path's own "
+                                        "budget).", at_least=0)
+    fused_lora: bool = _f(False, "Fast path: LoRA layers as one fused autograd function (same math as PEFT, "
+                                 "tested; not under FSDP/DeepSpeed; false: PEFT's own forward).")
     compile_layers: bool = _f(False, "Fast path: torch.compile each decoder layer (lengths vary, so this beats "
                                      "whole-model --torch_compile).")
     recompute_layers: int = _f(-1, "With gradient_checkpointing: recompute only the first N decoder layers and "
@@ -215,8 +230,6 @@ class TrainConfig(FastPathFields, TrainerFields):
                               help="Log a line (loss, lr, tokens/s, ETA) every N optimizer steps.")
     early_stopping_patience: int = _f(0, "Stop after N evaluations without eval-loss improvement (0: off).",
                                       at_least=0)
-    resume_from_checkpoint: str | None = _f(None, "'true' resumes from the last complete checkpoint in "
-                                                  "output_dir; a path resumes from that checkpoint.")
     dataloader_num_workers: int = _f(0, "Background processes that collate batches.", at_least=0)
     seed: int = like(RunFields, "seed", help="Random seed (data split, LoRA init, shuffling).")
 
@@ -310,6 +323,26 @@ class AgentConfig(SamplingFields, ServerFields):
     weather_units: str = _f("metric", "Units of get_weather: metric (°C, m/s), imperial (°F, mph), standard (K).",
                             choices=["metric", "imperial", "standard"])
     weather_timeout_s: float = _f(10.0, "Timeout of one weather request (seconds).", above=0)
+
+
+@dataclass
+class WebConfig(SamplingFields, ServerFields):
+    """agent/web_ui.py: a Gradio page (chat, agent with tool boxes, RAG with sources, base vs adapter side by side)
+    over the OpenAI-compatible server agent/serve_vllm.sh starts; served_model is the fine-tuned model."""
+
+    host: str = _f("127.0.0.1", "Address the page binds to; 0.0.0.0 shows it to other machines (no login!).")
+    port: int = _f(7860, "TCP port of the page.", at_least=1, at_most=65535)
+    share: bool = _f(False, "Also open a public Gradio share link (off: the page stays on this machine).")
+    base_model: str | None = _f(None, "Served name of the base model for compare mode (None: the first model the "
+                                      "server lists that is not served_model).")
+    system_prompt: str | None = _f(None, "System message of chat mode (None: none; the chat template's default).")
+    max_tokens: int = _f(512, "Longest reply per model turn (tokens).", at_least=1)
+    max_input_chars: int = _f(8000, "Longest message a user may send (characters); longer ones are refused with a "
+                                    "message.", at_least=1)
+    persist_dir: str = _f("out/rag/chroma", "Knowledge store of RAG mode (built by agent/embedding.py); the other "
+                                            "store and retrieval settings are agent/rag_query.py's (RAG_* variables).",
+                          env="RAG_PERSIST_DIR")
+    top_k: int = _f(3, "Passages retrieved per RAG question.", at_least=1)
 
 
 @dataclass
@@ -460,7 +493,10 @@ class RagConfig(ServerFields, ModelFields):
                                   "slower (Chroma's default 100 missed neighbours at 50 candidates here).",
                             at_least=1)
     fusion: str = _f("score", "How hybrid merges the two: score (min-max-normalised BM25 and cosine scores of every "
-                              "candidate, weighted sum) or rrf (weighted reciprocal rank).", choices=["score", "rrf"])
+                              "candidate, weighted sum), zscore (z-scores over the candidates, weighted sum), zmax "
+                              "(the larger weighted z-score: the worst loss to the better single retriever across "
+                              "five corpora, docs/rag.md) or rrf (weighted reciprocal rank).",
+                      choices=["score", "zscore", "zmax", "rrf"])
     rrf_k: int = _f(60, "Reciprocal-rank-fusion constant (--fusion rrf): score = sum of weight / (rrf_k + rank).",
                     at_least=0)
     bm25_weight: float = _f(0.3, "Weight of BM25 in hybrid fusion.", at_least=0)
@@ -515,19 +551,41 @@ class RagBenchConfig(RagConfig):
 
 
 @dataclass
+class LengthHistogramConfig:
+    """benchmark/length_histogram.py: token lengths of a conversation JSONL (our template, truncated like
+    training) as the histogram perf_train --lengths real draws from."""
+
+    data: str = _f("data/lora_medical_merged.jsonl", "Prepared conversation JSONL (data/prepare_data.py output).")
+    tokenizer: str = _f("model/qwen", "Tokenizer folder (the model's).")
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template (with generation markers) used for training.")
+    max_seq_len: int = _f(1024, "Lengths are capped here, as training truncates (tokens).", at_least=1)
+    output: str = _f("benchmark/data/medical_lengths.json", "Where the histogram goes.")
+    note: str = _f("1,000 ShareGPT + 87 QA conversations of ../shared/data/medical_dialogue and the identity data "
+                   "(x3), prepared by data/prepare_data.py --tokenizer ../shared/reference/qwen3; "
+                   "benchmark/length_histogram.py", "How the data was made, stored in the file.")
+
+
+@dataclass
 class PerfTrainConfig:
     """benchmark/perf_train.py: time the trainer's real train step for named recipes on a random model of a
     real shape; real tok/s, padded tok/s, MFU, peak memory, ratio to the original recipe."""
 
     shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
     tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, sequences of median 40, at most 128 "
-                           "tokens.")
+                           "tokens, optimizer steps of 8 conversations (4 x 2).")
     variants: list[str] = _f(["original", "packed", "packed+liger", "fused", "fused+varlen", "speed", "24gb"],
                              "Recipes to time (medqwen.perf.VARIANTS; 'name:field=value:...' overrides fields), "
                              "comma-separated or repeated; each runs in its own process.")
     tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
                                      "model/smollm2-135m-instruct).")
     data: str | None = _f(None, "Conversation JSONL for a real length distribution (None: synthetic lognormal).")
+    lengths: str = _f("lognormal", "Length distribution of the synthetic conversations: lognormal (median "
+                                   "--median_len, capped at --max_seq_len) or real (drawn from the medical data's "
+                                   "histogram stored in benchmark/data/medical_lengths.json). Ignored with --data.",
+                      choices=["lognormal", "real"])
+    memory_cap_gib: float = _f(0.0, "Cap each process's GPU memory at this many GiB "
+                                    "(torch.cuda.set_per_process_memory_fraction), e.g. 24 to prove a 24 GB "
+                                    "setting fits (0: no cap).", at_least=0)
     conversations: int = _f(0, "Conversations to train on (0: enough for all steps).")
     median_len: int = _f(280, "Synthetic lengths: median of the lognormal (tokens).")
     max_seq_len: int = _f(1024, "Longest sequence (tokens); synthetic lengths are capped here.")

@@ -1,18 +1,13 @@
-"""The trainer's fast path: fused LoRA linear layers, varlen attention, per-layer compile, selective recompute.
+"""Fused LoRA linear layers and per-layer compile: the kernels of the trainer's fast path.
 
 Each piece computes the same function as the plain PEFT/transformers path (tests/test_fast_path.py checks the
-losses and the adapter after optimizer steps on CPU); benchmark/PERF.md records what each one bought on a GPU.
+losses and the adapter after optimizer steps on CPU). Which of them a run uses, and the process-wide torch
+settings they need, are decided in medqwen.fast_path; benchmark/PERF.md records what each one bought on a GPU.
 
-    apply_fast_path(trainer, cfg)     # called by medqwen.training.build_trainer; reads the TrainConfig switches:
-    cfg.fused_lora          LoRA forward/backward as one autograd function (no fp32 copies of the input,
-                            scale and add folded into one addmm)
-    cfg.attn_implementation "varlen": FlashAttention over packed rows via cu_seqlens (CUDA); per-sequence SDPA
-                            elsewhere (medqwen.packed_attention)
-    cfg.compile_layers      torch.compile each decoder layer (one graph shared by all layers)
-    cfg.recompute_layers    with gradient checkpointing: recompute only the first N layers, keep the rest
-    cfg.activation_memory_budget  with compiled layers: the compiler recomputes cheap ops to keep this fraction
-    cfg.eager_dropout_rng   with compiled layers and no memory budget: dropout masks from torch's kernel
-    cfg.lora_keep_dropped_inputs  LoRA layers (by name) that keep their dropped-out input for backward
+    fuse_lora(model)          LoRA forward/backward as one autograd function (no fp32 copies of the input, scale
+                              and add folded into one addmm)
+    compile_layers(model)     torch.compile each decoder layer (one graph shared by all layers)
+    set_recompute_layers(model, n)   with gradient checkpointing: recompute only the first n decoder layers
 """
 
 from __future__ import annotations
@@ -23,11 +18,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from medqwen.packed_attention import VARLEN, register_attention
-# With compiled layers Liger patches nothing: its layer kernels stop Dynamo, and TRL computes the loss with its
-# own chunked LM head (no logits tensor) instead of Liger's fused linear cross-entropy anyway.
-LIGER_WITH_COMPILED_LAYERS = {"rope": False, "rms_norm": False, "swiglu": False, "cross_entropy": False,
-                              "fused_linear_cross_entropy": False}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -146,75 +136,3 @@ def set_recompute_layers(model, n: int) -> None:
     for i, layer in enumerate(decoder_layers(model)):
         if layer.gradient_checkpointing:
             layer.gradient_checkpointing = i < n
-
-
-def _recompute_callback(n: int):
-    from transformers import TrainerCallback
-
-    class RecomputeLayersCallback(TrainerCallback):
-        """Selective recompute: the Trainer enables checkpointing on every layer; keep it on the first n."""
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if model is not None:
-                set_recompute_layers(model, n)
-
-    return RecomputeLayersCallback()
-
-
-def attention_implementation(attn_implementation: str | None, packing: bool = False) -> str | None:
-    """The attention kernel a config trains with: its own choice, else varlen for packed rows (where SDPA would
-    compute a T x T block mask), else transformers' default (None)."""
-    if attn_implementation:
-        return attn_implementation
-    return VARLEN if packing else None
-
-
-def apply_fast_path(trainer, cfg) -> dict:
-    """Switch the trainer's model to the fast pieces the config asks for; returns what was applied."""
-    model = trainer.model
-    applied = {}
-    if attention_implementation(cfg.attn_implementation, cfg.packing) == VARLEN:
-        register_attention()
-        if getattr(model.config, "_attn_implementation", None) != VARLEN:
-            model.set_attn_implementation(VARLEN)
-        applied["attention"] = VARLEN
-    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-    if cfg.fused_lora and not sharded:  # FSDP/ZeRO-3 gather weights in module hooks: not run
-        applied["fused_lora_layers"] = fuse_lora(model, cfg.lora_keep_dropped_inputs)
-    if cfg.recompute_layers >= 0 and cfg.gradient_checkpointing:
-        trainer.add_callback(_recompute_callback(cfg.recompute_layers))
-        applied["recompute_layers"] = cfg.recompute_layers
-    if cfg.compile_layers:
-        import torch._functorch.config as functorch_config
-
-        # The partitioner of each compiled layer's forward/backward keeps at most this fraction of what it
-        # would save, recomputing the ops that are cheapest per byte. A process-wide setting, so it is set on
-        # every build, 1.0 included: a trainer must not inherit the budget of one built before it.
-        budget = cfg.activation_memory_budget
-        functorch_config.activation_memory_budget = budget
-        if budget < 1.0:
-            applied["activation_memory_budget"] = budget
-        # Under DDP, Dynamo's DDPOptimizer splits compiled graphs at gradient-bucket boundaries; meant for a
-        # compiled whole model, it fails on our per-layer graphs (torch 2.11, with LoRA dropout). DDP's bucketed
-        # all-reduce still overlaps the backward of the layers between the graphs.
-        import torch._dynamo
-
-        torch._dynamo.config.optimize_ddp = False
-        applied["compiled_layers"] = compile_layers(model)
-        import torch._inductor.config as inductor_config
-
-        # Inductor's own dropout code draws a full Philox round per element and keeps one of its four
-        # numbers: with seven LoRA dropouts per layer the mask kernels were compute-bound. torch's dropout
-        # kernel keeps all four and is memory-bound (speed preset +4%, benchmark/PERF.md row 16); it also
-        # draws the masks eager training draws. Not under a memory budget: there the partitioner recomputes
-        # the compiler's masks from their seed, while torch's kernel's outputs must be kept (24gb preset:
-        # 26.6 instead of 19.2 GiB). Process-wide setting.
-        eager_rng = cfg.eager_dropout_rng and budget >= 1.0
-        inductor_config.fallback_random = eager_rng
-        applied["eager_dropout_rng"] = eager_rng
-        if cfg.use_liger_kernel:
-            # Liger's Triton autograd functions stop Dynamo inside a layer (seen with torch 2.11 / liger 0.8.5);
-            # Inductor fuses norm, RoPE and SwiGLU itself. The Trainer applies this config when training starts.
-            trainer.args.liger_kernel_config = dict(LIGER_WITH_COMPILED_LAYERS)
-            applied["liger_kernel_config"] = trainer.args.liger_kernel_config
-    return applied

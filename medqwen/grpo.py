@@ -33,8 +33,8 @@ from medqwen.distributed import on_gpu, process_state
 from medqwen.mcq import read_mcq_file
 from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
-from medqwen.training import (load_base_model, lora_config, peak_memory_gb, save_adapter_atomic, trainer_arguments,
-                              use_run_logging, with_atomic_checkpoints)
+from medqwen.training import (last_checkpoint, load_base_model, lora_config, peak_memory_gb, resolve_resume,
+                              save_adapter_atomic, trainer_arguments, use_run_logging, with_atomic_checkpoints)
 
 
 def completion_text(completion: Any) -> str:
@@ -243,11 +243,16 @@ def train_grpo(cfg: GrpoConfig) -> dict[str, Any]:
                                                      "processes": procs.num_processes})
         print(f"data: {len(questions)} questions from {cfg.data_path}; first prompt:\n{dataset[0]['prompt']}")
 
+    resume = resolve_resume(cfg)
+    if main_process and resume is None and last_checkpoint(out) is not None:
+        print(f"note: {out} holds checkpoints; pass --resume_from_checkpoint true to continue from them")
     trainer = build_grpo_trainer(cfg, dataset, tokenizer=tokenizer)
     if main_process:
         trainer.model.print_trainable_parameters()
     t0 = time.perf_counter()
-    result = trainer.train()
+    # The checkpoint holds the adapter, optimizer, scheduler and RNG states; TRL's sampler is seeded, so the
+    # resumed run draws the prompts and rollouts the uninterrupted run would have drawn.
+    result = trainer.train(resume_from_checkpoint=resume)
     wall_s = time.perf_counter() - t0
     if "ref" in getattr(trainer.model, "peft_config", {}):
         trainer.model.delete_adapter("ref")  # TRL's frozen reference copy of --init_adapter: not part of the result
@@ -258,6 +263,7 @@ def train_grpo(cfg: GrpoConfig) -> dict[str, Any]:
     column = lambda name: [r[name] for r in history]  # noqa: E731
     summary = {
         "global_step": trainer.state.global_step,
+        "resumed_from": resume,
         "train_loss": result.training_loss,
         "reward_first": window_mean(column("reward"), True, k),
         "reward_last": window_mean(column("reward"), False, k),

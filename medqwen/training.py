@@ -10,6 +10,7 @@ so the CLI (`trainer/train_lora.py`), the tests and speed benchmarks all run the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -107,7 +108,7 @@ def load_base_model(cfg: TrainConfig, packing: bool = False):
 
     check_model_dir(cfg.model)
     dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
-    from medqwen.fast_lora import attention_implementation
+    from medqwen.fast_path import attention_implementation
     from medqwen.packed_attention import VARLEN, register_attention
 
     attention = attention_implementation(cfg.attn_implementation, packing)
@@ -227,12 +228,15 @@ def with_atomic_checkpoints(trainer_cls):
 
 def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None, tokenizer=None,
                   callbacks: list | None = None):
-    """The SFTTrainer (LoRA via PEFT) for a config and TRL-format datasets; `model`/`tokenizer` may be given."""
+    """The SFTTrainer (LoRA via PEFT) for a config and TRL-format datasets; `model`/`tokenizer` may be given.
+
+    The config's fields are applied as given: `train` (and perf_train) first resolve `fast_path` into them
+    (medqwen.fast_path.resolve_fast_path)."""
 
     from medqwen.callbacks import LogLineCallback
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
-    model = model if model is not None else load_base_model(cfg, packing=cfg.packing)
+    model = model if model is not None else load_base_model(cfg, packing=cfg.packing or cfg.padding_free)
     has_eval = eval_dataset is not None and len(eval_dataset) > 0
     args = sft_config(cfg, has_eval)
     callbacks = [LogLineCallback(), *(callbacks or [])]
@@ -242,9 +246,9 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     from trl import SFTTrainer
 
-    from medqwen.fast_lora import apply_fast_path
+    from medqwen.fast_path import apply_fast_path
 
-    trainer = with_atomic_checkpoints(SFTTrainer)(
+    trainer = with_atomic_checkpoints(with_forward_chunks(SFTTrainer))(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset if has_eval else None,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     if trainer.chat_template is not None:
@@ -252,8 +256,40 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         raise RuntimeError(f"{cfg.chat_template} has no {{% generation %}} markers; TRL would train on its own "
                            "template, not the one used at inference")
     use_run_logging(trainer, cfg.output_dir)
-    apply_fast_path(trainer, cfg)  # fused LoRA, varlen attention, per-layer compile, selective recompute (if set)
+    applied = apply_fast_path(trainer, cfg)  # padding-free batches, fused LoRA, varlen attention, compile...
+    trainer.fast_path_applied = applied
     return trainer
+
+
+def with_forward_chunks(trainer_cls):
+    """A subclass of a transformers/TRL trainer that runs a micro-batch carrying FORWARD_CHUNKS (see
+    medqwen.fast_path.PaddingFreeCollator) as one forward/backward per chunk.
+
+    Each chunk's loss is normalised by the whole optimizer step's assistant-token count (`num_items_in_batch`,
+    counted by the Trainer on the full micro-batch), so the summed gradients and the reported loss are those of
+    the micro-batch in one pass. Under DDP only the last chunk's backward all-reduces.
+    """
+    from medqwen.fast_path import FORWARD_CHUNKS
+
+    class ChunkedTrainer(trainer_cls):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            chunks = inputs.pop(FORWARD_CHUNKS, None)
+            if not chunks:
+                return super().training_step(model, inputs, num_items_in_batch)
+            total = None
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                    loss = super().training_step(model, chunk, num_items_in_batch)
+                total = loss if total is None else total + loss
+            return total
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            inputs.pop(FORWARD_CHUNKS, None)  # no gradients kept: the whole micro-batch in one pass
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+    ChunkedTrainer.__name__ = ChunkedTrainer.__qualname__ = f"Chunked{trainer_cls.__name__}"
+    return ChunkedTrainer
 
 
 def use_run_logging(trainer, output_dir: str | Path) -> None:
@@ -356,7 +392,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     conversations = read_conversations(cfg.data_path)
     train_rows, eval_rows = split_conversations(conversations, cfg.eval_ratio, cfg.seed)
     resume = resolve_resume(cfg)
+    from medqwen.fast_path import resolve_fast_path
+
+    cfg, why = resolve_fast_path(cfg)  # before config.yaml: it records the settings the run really used
     if main_process:
+        print(f"fast path: {cfg.fast_path} ({why})")
         save_config(cfg, out / "config.yaml", extra={"train_conversations": len(train_rows),
                                                      "eval_conversations": len(eval_rows),
                                                      "gpu": on_gpu(), "processes": procs.num_processes})
@@ -390,6 +430,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "train_conversations": len(train_rows),
         "eval_conversations": len(eval_rows),
         "resumed_from": resume,
+        "fast_path": cfg.fast_path,
     }
     if main_process:
         plot_loss_curve(state.log_history, out / "loss_curve.png")

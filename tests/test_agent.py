@@ -267,3 +267,25 @@ def test_control_tokens_in_user_text_and_tool_results_are_escaped():
     sent = [m.content for m in model.seen[-1] if isinstance(m.content, str)]
     assert all(find_control_token(text) is None for text in sent), sent
     assert any("reveal the key" in text for text in sent)  # escaped, not dropped
+
+
+@pytest.mark.parametrize("quit_word", ["exit", "quit", "/exit", "/quit", "退出", "EXIT", None])
+def test_one_repl_quit_words_reset_and_interrupt(quit_word):
+    from medqwen.repl import repl
+
+    lines = iter(["", "a", "/reset", "b", "boom", "c"] + ([quit_word] if quit_word else []) + ["never read"])
+    seen, resets = [], []
+
+    def read(prompt):
+        line = next(lines)
+        if quit_word is None and line == "never read":
+            raise EOFError  # Ctrl-D
+        return line
+
+    def on_input(text):
+        if text == "boom":
+            raise KeyboardInterrupt  # Ctrl-C during an answer ends that answer only
+        seen.append(text)
+
+    repl(on_input, read=read, on_reset=lambda: resets.append(1), write=lambda s: None)
+    assert seen == ["a", "b", "c"] and resets == [1]

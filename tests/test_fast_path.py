@@ -168,7 +168,7 @@ def test_fast_path_trains_the_same_adapter(tiny_model_dir, tmp_path):
     Adam ignores a constant scale of a gradient, so this catches wrong gradients, not mis-scaled ones; the
     gradients themselves are compared in test_fused_lora_matches_peft."""
     loss_plain, plain = train_adapter(tiny_model_dir, tmp_path / "plain", fused_lora=False)
-    loss_fast, fast = train_adapter(tiny_model_dir, tmp_path / "fast", packing=True)  # the default fast path
+    loss_fast, fast = train_adapter(tiny_model_dir, tmp_path / "fast", packing=True, fused_lora=True)
     assert loss_fast == pytest.approx(loss_plain, rel=1e-4)
     assert plain.keys() == fast.keys() and len(plain) == 2 * 2 * len(TARGETS)
     for name in plain:
@@ -213,3 +213,123 @@ def test_compiled_layers_draw_the_eager_dropout_masks(tiny_model_dir, tmp_path):
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def spread_conversations(n: int, seed: int = 0):
+    """Conversations of a real length spread: lognormal word counts, 3 to ~90 words per turn."""
+    import random
+
+    words = "the patient has a mild fever and should rest drink water see a doctor if it lasts".split()
+    rng = random.Random(seed)
+    turn = lambda: " ".join(rng.choice(words) for _ in range(max(3, int(rng.lognormvariate(2.5, 0.9)))))  # noqa: E731
+    return [[{"role": "user", "content": turn()}, {"role": "assistant", "content": turn()}] for _ in range(n)]
+
+
+def batch_conversations(inputs) -> list[tuple]:
+    """The conversations (token ids) of one micro-batch, padded rows or one padding-free row."""
+    ids = inputs["input_ids"]
+    if "cu_seq_lens_q" in inputs:
+        cu = inputs["cu_seq_lens_q"].tolist()
+        return [tuple(ids[0, a:b].tolist()) for a, b in zip(cu[:-1], cu[1:])]
+    return [tuple(row[mask.bool()].tolist()) for row, mask in zip(ids, inputs["attention_mask"])]
+
+
+def run_recipe(tiny_model_dir, tmp_path, data, **overrides):
+    """3 optimizer steps of `data` (lora_dropout 0: dropout draws depend on tensor shapes, not on the recipe)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from medqwen.fast_path import resolve_fast_path
+    from medqwen.training import build_trainer
+
+    settings = dict(model=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=3,
+                    per_device_train_batch_size=4, gradient_accumulation_steps=3, learning_rate=1e-3,
+                    lora_dropout=0.0, max_seq_len=128, report_to="none", eval_ratio=0.0, logging_steps=1,
+                    eval_steps=100, seed=0)
+    cfg, _ = resolve_fast_path(TrainConfig(**{**settings, **overrides}),
+                               {"cuda": False, "varlen": False, "triton": False})
+    trainer = build_trainer(cfg, Dataset.from_list([{"messages": c} for c in data]))
+    seen, steps = [], []
+    training_step = trainer.training_step
+
+    def recording_step(model, inputs, num_items_in_batch=None):  # what each micro-batch of a step trains on
+        seen.extend(batch_conversations(inputs))
+        return training_step(model, inputs, num_items_in_batch)
+
+    trainer.training_step = recording_step
+
+    class PerStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(list(seen))
+            seen.clear()
+
+    trainer.add_callback(PerStep())
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    return cfg, steps, losses, weights, trainer
+
+
+def test_fast_path_keeps_the_recipe_on_spread_lengths(tiny_model_dir, tmp_path):
+    """The fast path's optimizer steps are the original's: the same 12 conversations in the same order, the same
+    loss (normalised over the step's assistant tokens) and the same adapter after 3 steps (fp32; tolerance
+    rel 1e-4 on the logged losses, which are rounded to 4 digits, and rtol 1e-3 / atol 1e-5 on the weights).
+    Also with a token budget that splits each micro-batch into several forwards."""
+    from medqwen.fast_path import FORWARD_CHUNKS, PaddingFreeCollator, split_by_tokens
+
+    data = spread_conversations(40)
+    _, steps_o, losses_o, weights_o, _ = run_recipe(tiny_model_dir, tmp_path / "original", data)
+    lengths = sorted(len(ids) for step in steps_o for ids in step)
+    assert lengths[-1] > 4 * lengths[0], "the data must have a real length spread"
+    assert [len(s) for s in steps_o] == [12, 12, 12]
+    assert any(w.abs().max() > 0 for n, w in weights_o.items() if "lora_B" in n)  # the adapter really trained
+    budget = max(lengths) + 10
+    assert all(len(split_by_tokens([len(c) for c in step], budget)) > 1 for step in steps_o)
+    for overrides in ({"fast_path": "speed"}, {"fast_path": "24gb", "max_tokens_per_forward": budget}):
+        name = "-".join(map(str, overrides.values()))
+        cfg, steps_f, losses_f, weights_f, trainer = run_recipe(tiny_model_dir, tmp_path / name, data, **overrides)
+        assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.padding_free) == (12, 1, True)
+        assert trainer.model.config._attn_implementation == VARLEN
+        assert isinstance(trainer.data_collator, PaddingFreeCollator)
+        assert (FORWARD_CHUNKS in trainer.data_collator(trainer.train_dataset.select(range(12)).to_list())
+                ) == ("max_tokens_per_forward" in overrides), name
+        assert steps_f == steps_o, name  # the same conversations, in the same order, in every optimizer step
+        assert losses_f == pytest.approx(losses_o, rel=1e-4), name
+        assert weights_f.keys() == weights_o.keys()
+        for key in weights_o:
+            torch.testing.assert_close(weights_f[key], weights_o[key], rtol=1e-3, atol=1e-5, msg=f"{name} {key}")
+
+
+def test_fast_path_choice_by_machine():
+    """auto: the largest fast path that fits the GPU; off on CPU, on small cards and without a kernel (with a
+    message saying what is missing); a named path as asked (CUDA-only parts off on CPU); off is off."""
+    from medqwen.fast_path import choose_fast_path
+
+    assert choose_fast_path("auto", True, 139.8, True, True)[0] == "speed"
+    assert choose_fast_path("auto", True, 79.2, True, True)[0] == "80gb"
+    assert choose_fast_path("auto", True, 23.6, True, True)[0] == "24gb"
+    name, why = choose_fast_path("auto", True, 15.7, True, True)
+    assert name == "off" and "below" in why
+    name, why = choose_fast_path("auto", False, None, False, False)
+    assert name == "off" and "no CUDA" in why
+    name, why = choose_fast_path("auto", True, 139.8, False, True)
+    assert name == "off" and "FlashAttention varlen" in why and "falling back" in why
+    name, why = choose_fast_path("speed", True, 139.8, True, False)
+    assert name == "off" and "Triton" in why
+    name, why = choose_fast_path("24gb", False, None, False, False)
+    assert name == "24gb" and "CUDA-only parts off" in why
+    assert choose_fast_path("off", True, 139.8, True, True)[0] == "off"
+    with pytest.raises(ValueError, match="choose auto, off"):
+        choose_fast_path("warp", True, 139.8, True, True)
+
+
+def test_off_keeps_the_original_fields_and_cpu_auto_changes_nothing():
+    from medqwen.fast_path import resolve_fast_path
+
+    cfg = TrainConfig()
+    assert resolve_fast_path(cfg, {"cuda": False, "varlen": True, "triton": True})[0] == replace(cfg, fast_path="off")
+    off = replace(cfg, fast_path="off")
+    assert resolve_fast_path(off, {"cuda": True, "varlen": True, "triton": True, "gpu_gib": 140})[0] == off
+    fast, why = resolve_fast_path(cfg, {"cuda": True, "varlen": True, "triton": True, "gpu_gib": 23.6})
+    assert (fast.fast_path, fast.per_device_train_batch_size, fast.gradient_accumulation_steps) == ("24gb", 64, 1)
+    assert "24gb" in why and fast.learning_rate == cfg.learning_rate and fast.lora_r == cfg.lora_r

@@ -241,6 +241,57 @@ def test_checkpoints_are_moved_into_place_whole(tiny_model_dir, tmp_path):
         load_model(tiny_model_dir, adapter=out / name)
 
 
+def test_kill_after_checkpoint_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
+    """SIGKILL a GRPO run once a checkpoint exists, resume it: same final step and adapter as a run never stopped.
+
+    Tolerance: atol 1e-5, rtol 1e-4 on every LoRA tensor (fp32 on CPU; the resumed run restores the optimizer,
+    scheduler and RNG states, so the rollouts are sampled from the same generator state).
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from medqwen.training import last_checkpoint
+
+    steps = 4
+    common = ["--model", str(tiny_model_dir), "--data_path", str(SAMPLE), "--subjects", "arithmetic",
+              "--max_questions", "8", "--num_generations", "2", "--per_device_train_batch_size", "4",
+              "--gradient_accumulation_steps", "1", "--max_completion_length", "6", "--learning_rate", "1e-2",
+              "--temperature", "1.0", "--save_steps", "2", "--save_total_limit", "10", "--max_steps", str(steps),
+              "--beta", "0.04", "--report_to", "none"]
+    reference = run_train([*common, "--output_dir", str(tmp_path / "ref")])
+
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "trainer" / "train_grpo.py"), *common, "--output_dir",
+                             str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while last_checkpoint(out) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    stderr = proc.communicate()[1]
+    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed:\n{stderr[-2000:]}"
+    assert not (out / "adapter_config.json").exists()  # killed before the final adapter
+    killed_at = int(last_checkpoint(out).name.split("-")[1])
+    assert 0 < killed_at < steps
+
+    resumed = run_train([*common, "--output_dir", str(out), "--resume_from_checkpoint", "true"])
+    assert resumed["resumed_from"].endswith(f"checkpoint-{killed_at}")
+    assert resumed["global_step"] == reference["global_step"] == steps
+    a = load_file(tmp_path / "ref" / "adapter_model.safetensors")
+    b = load_file(out / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    start = load_file(out / f"checkpoint-{killed_at}" / "adapter_model.safetensors")
+    assert any(not torch.equal(a[name], start[name]) for name in a)  # training moved the adapter after the kill
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+
+
 def test_init_adapter_must_be_an_adapter(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         run_train(["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"),

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from medqwen.perf import (CountingCollator, lora_train_flops, projection_shapes, synthetic_conversations,
+from medqwen.perf import (StepCounter, lora_train_flops, projection_shapes, synthetic_conversations,
                           synthetic_lengths, variant_config)
 from tests.conftest import REPO
 
@@ -57,51 +57,80 @@ def test_synthetic_conversations_render_to_the_requested_length(bundled_model_di
         assert abs(n - target) <= 2, (n, target)
 
 
-def test_counting_collator_counts_real_and_padded_tokens():
-    def padded(examples):
-        return {"input_ids": torch.zeros(2, 10, dtype=torch.long),
-                "attention_mask": torch.tensor([[1] * 10, [1] * 4 + [0] * 6])}
-
-    def packed(examples):
-        return {"input_ids": torch.zeros(1, 14, dtype=torch.long), "cu_seq_lens_q": torch.tensor([0, 10, 14])}
-
-    for collate, real, computed in ((padded, 14, 20), (packed, 14, 14)):
-        counter = CountingCollator(collate)
-        counter([])
+def test_step_counter_counts_real_and_padded_tokens_and_conversations():
+    padded = {"input_ids": torch.arange(20).view(2, 10), "attention_mask": torch.tensor([[1] * 10, [1] * 4 + [0] * 6])}
+    free = {"input_ids": torch.cat([torch.arange(10), torch.arange(10, 14)])[None], "cu_seq_lens_q": torch.tensor([0, 10, 14])}
+    counters = []
+    for batch, real, computed in ((padded, 14, 20), (free, 14, 14)):
+        counter = StepCounter()
+        counter.count(batch)
         assert (counter.real, counter.computed, counter.sequences, counter.lengths) == (real, computed, 2, [10, 4])
+        counters.append(counter)
+    assert counters[0].keys == counters[1].keys  # the same conversations, padded or padding-free
+    assert counters[0].keys[0] != counters[0].keys[1]
+
+
+def test_real_length_histogram_is_in_the_repository():
+    """perf_train --lengths real needs no data beyond the repository: lengths drawn from the stored histogram."""
+    from medqwen.perf.data import histogram_lengths, load_length_histogram
+
+    histogram = load_length_histogram()
+    assert histogram["conversations"] == sum(histogram["length_counts"].values()) > 1000
+    assert 0.5 < histogram["assistant_fraction"] < 1 and "medical_dialogue" in histogram["how"]
+    drawn = histogram_lengths(4000, histogram, cap=1024, seed=0)
+    assert drawn == histogram_lengths(4000, histogram, cap=1024, seed=0) and max(drawn) <= 1024
+    ordered = sorted(int(k) for k, c in histogram["length_counts"].items() for _ in range(c))
+    real_median = ordered[len(ordered) // 2]
+    assert abs(sorted(drawn)[2000] - real_median) <= 0.15 * real_median
 
 
 def test_variant_specs_resolve_presets_and_overrides():
-    speed = variant_config("speed", {})
-    assert speed.packing and speed.fused_lora and speed.attn_implementation == "varlen"
-    small = variant_config("24gb:per_device_train_batch_size=2:gradient_checkpointing=true:recompute_layers=30",
-                           {"output_dir": "x"})
-    assert (small.per_device_train_batch_size, small.recompute_layers, small.gradient_checkpointing,
-            small.activation_memory_budget) == (2, 30, True, 0.3)  # the rest comes from the preset
-    original = variant_config("original", {})
-    assert (original.packing, original.per_device_train_batch_size, original.gradient_accumulation_steps,
-            original.gradient_checkpointing) == (False, 8, 8, True)
+    gpu = {"cuda": True, "varlen": True, "triton": True, "gpu_gib": 139.8}
+    speed = variant_config("speed", {}, gpu)
+    assert speed.padding_free and not speed.packing and speed.fused_lora and speed.attn_implementation == "varlen"
+    assert (speed.per_device_train_batch_size, speed.gradient_accumulation_steps) == (64, 1)  # the original's 64
+    assert speed.compile_layers and speed.max_tokens_per_forward > 0
+    small = variant_config("24gb:max_tokens_per_forward=2048:gradient_checkpointing=true:recompute_layers=30",
+                           {"output_dir": "x"}, gpu)
+    assert (small.max_tokens_per_forward, small.recompute_layers, small.gradient_checkpointing,
+            small.activation_memory_budget, small.per_device_train_batch_size) == (2048, 30, True, 0.3, 64)
+    share = variant_config("2x24gb-share", {}, gpu)  # one of two processes: 32 conversations of the 64
+    assert (share.per_device_train_batch_size, share.gradient_accumulation_steps, share.fast_path) == (32, 1, "24gb")
+    original = variant_config("original", {}, gpu)
+    assert (original.packing, original.padding_free, original.per_device_train_batch_size,
+            original.gradient_accumulation_steps, original.gradient_checkpointing, original.fused_lora,
+            original.fast_path) == (False, False, 8, 8, True, False, "off")
+    cpu = variant_config("speed", {}, {"cuda": False, "varlen": False, "triton": False})
+    assert cpu.padding_free and cpu.per_device_train_batch_size == 64 and not cpu.compile_layers
     with pytest.raises(ValueError, match="unknown variant"):
         variant_config("warp-speed", {})
 
 
 @pytest.mark.slow
 def test_perf_train_tiny_smoke(tmp_path, bundled_model_dir):
-    """The CPU smoke run: two recipes through the real trainer, a table and results.json."""
+    """The CPU smoke run through the real trainer: the fast presets run with their CUDA-only parts off and train
+    the original's optimizer steps; a packed variant's steps are flagged as a different recipe."""
     out = tmp_path / "perf"
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(REPO / "benchmark/perf_train.py"), "--tiny", "--output_dir", str(out),
-           "--variants", "original:gradient_accumulation_steps=1,fused+varlen:use_liger_kernel=false:"
-           "gradient_accumulation_steps=1,speed", "--warmup_steps", "0", "--steps", "1", "--conversations", "8"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+           "--variants", "original,speed,24gb:max_tokens_per_forward=200,packed", "--warmup_steps", "0",
+           "--steps", "2", "--conversations", "64", "--lengths", "real"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["variant"].split(":")[0]: r for r in json.loads((out / "results.json").read_text())["results"]}
-    original, fast = results["original"], results["fused+varlen"]
+    original, speed, small, packed = (results[k] for k in ("original", "speed", "24gb", "packed"))
     assert original["real_tok_s"] > 0 and 0 < original["padding_fraction"] < 1
-    assert fast["padding_fraction"] == 0 and fast["train_config"]["fused_lora"]
-    assert fast["real_tok_s"] / fast["computed_tok_s"] == pytest.approx(1.0)
-    assert "needs CUDA" in results["speed"]["skipped"]  # Liger / Inductor-on-GPU recipes are skipped on CPU
-    assert "| original:gradient_accumulation_steps=1 |" in proc.stdout
+    assert original["conversations_per_step_each"] == [8, 8]  # --tiny: 4 x 2
+    for fast in (speed, small):
+        assert fast["padding_fraction"] == 0 and fast["train_config"]["fused_lora"]
+        assert fast["step_fingerprints"] == original["step_fingerprints"]
+        assert fast["tokens_per_step"] == original["tokens_per_step"]
+    assert speed["cuda_only_off"] == ["compile_layers"]
+    assert packed["step_fingerprints"] != original["step_fingerprints"]
+    table = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert "| yes |" in table["speed"] and "| yes |" in table["24gb:max_tokens_per_forward=200"]
+    assert "DIFFERENT" in table["packed"]
+    assert "CUDA-only parts off" in proc.stdout
     for name in ("config.yaml", "metrics.json", "results.md"):
         assert (out / name).is_file()
 
@@ -112,7 +141,7 @@ def test_steps_of_several_processes_merge_into_one():
     rank0 = [{"seconds": 1.0, "real_tokens": 10, "computed_tokens": 12, "sequences": 2, "lengths": [4, 6]}]
     rank1 = [{"seconds": 1.5, "real_tokens": 7, "computed_tokens": 7, "sequences": 1, "lengths": [7]}]
     assert merge_process_steps([rank0, rank1]) == [
-        {"seconds": 1.5, "real_tokens": 17, "computed_tokens": 19, "sequences": 3, "lengths": [4, 6, 7]}]
+        {"seconds": 1.5, "real_tokens": 17, "computed_tokens": 19, "sequences": 3, "lengths": [4, 6, 7], "keys": []}]
 
 
 def test_report_of_launched_rows_has_scaling_and_flags_unsharded_fsdp(tmp_path):

@@ -8,6 +8,9 @@ HF model), and the agent's `search_knowledge_base` tool.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from medqwen.chat import escape_control_tokens, load_tokenizer
 from medqwen.config import RagConfig
 from medqwen.configlib import resolve_config
@@ -71,14 +74,39 @@ class OpenAIAnswerer:
                              max_retries=0)
 
     def __call__(self, messages: list[dict]) -> str:
+        cfg = self.cfg
+        url = strip_userinfo(cfg.base_url)
+        with self._server_errors():
+            reply = self.client.chat.completions.create(model=cfg.served_model, messages=messages,
+                                                        max_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+        choices = getattr(reply, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise GenerationError(f"the server at {url} sent a reply without choices; check the server log")
+        return choices[0].message.content or ""
+
+    def stream(self, messages: list[dict]) -> Iterator[str]:
+        """The reply so far, growing as the server streams it (the web page); errors as __call__'s."""
+        cfg, text = self.cfg, ""
+        with self._server_errors():
+            for chunk in self.client.chat.completions.create(model=cfg.served_model, messages=messages, stream=True,
+                                                             max_tokens=cfg.max_new_tokens,
+                                                             temperature=cfg.temperature):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text += chunk.choices[0].delta.content
+                    yield text
+        if not text:
+            yield ""
+
+    @contextlib.contextmanager
+    def _server_errors(self):
+        """OpenAI client errors as GenerationError saying what to do."""
         import openai
 
         cfg = self.cfg
         url = strip_userinfo(cfg.base_url)
         hint = "start it with `bash agent/serve_vllm.sh`, or use --backend local, or --retrieve_only"
         try:
-            reply = self.client.chat.completions.create(model=cfg.served_model, messages=messages,
-                                                        max_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+            yield
         except openai.APITimeoutError:
             raise GenerationError(f"the model server at {url} did not answer within {cfg.timeout_s:g} s "
                                   f"(raise --timeout_s, or {hint})") from None
@@ -93,10 +121,6 @@ class OpenAIAnswerer:
         except (openai.APIResponseValidationError, ValueError) as err:  # HTML or broken JSON instead of a reply
             raise GenerationError(f"the server at {url} sent a reply that is not an OpenAI chat "
                                   f"completion ({type(err).__name__}); is it an OpenAI-compatible server?") from None
-        choices = getattr(reply, "choices", None)
-        if not choices or getattr(choices[0], "message", None) is None:
-            raise GenerationError(f"the server at {url} sent a reply without choices; check the server log")
-        return choices[0].message.content or ""
 
 
 class LocalAnswerer:

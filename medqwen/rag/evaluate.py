@@ -96,3 +96,22 @@ def measure_embedding_throughput(embedding, texts: list[str]) -> dict:
         tokens = sum(counts)
         out |= {"mean_tokens": round(tokens / len(texts), 1), "tokens_per_s": round(tokens / seconds)}
     return out
+
+
+def compare_with_best_single(results: dict[str, dict], default: str, singles=("bm25", "dense"),
+                             tolerance: float = 0.01, metric: str = "recall@5") -> dict:
+    """The default method against the better single retriever on every question kind (`results`: method name ->
+    evaluate()'s metrics). `beaten` lists the kinds where a single retriever beats the default by more than
+    `tolerance`: the sign that the fusion weights do not suit this corpus."""
+    present = [s for s in singles if s in results and s != default]
+    rows, beaten = [], []
+    for kind in sorted(k for k in results[default] if "lines" not in k):
+        best = max(present, key=lambda s: results[s].get(kind, {}).get(metric, 0.0), default=None)
+        if best is None:
+            continue
+        ours, theirs = results[default][kind][metric], results[best].get(kind, {}).get(metric, 0.0)
+        rows.append({"kind": kind, "default": ours, "best_single": best, "best_single_value": theirs,
+                     "margin": round(ours - theirs, 4)})
+        if ours < theirs - tolerance:
+            beaten.append(kind)
+    return {"metric": metric, "tolerance": tolerance, "kinds": rows, "beaten": beaten}

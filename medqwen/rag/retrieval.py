@@ -124,6 +124,36 @@ def minmax(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low) if high > low else np.ones_like(values)
 
 
+def zscore(values: np.ndarray) -> np.ndarray:
+    """Standardise over the candidates (all equal -> all 0). Min-max gives each retriever's best candidate 1 however
+    it stands; here a best candidate far above the rest (BM25 matching a rare name) gets a large value, one merely
+    first of an evenly graded list about 1.7, so each side's say follows its confidence on this query."""
+    std = float(values.std())
+    return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+
+
+NORMALIZERS = {"score": minmax, "zscore": zscore, "zmax": zscore}
+FUSIONS = ("score", "zscore", "zmax", "rrf")
+
+
+def fuse_scores(bm25: np.ndarray, cosine: np.ndarray, bm25_ranking: list, dense_ranking: list, candidates: list,
+                fusion: str, bm25_weight: float, dense_weight: float, rrf_k: int) -> np.ndarray:
+    """Fused score of every candidate (higher is better) from its BM25 score and cosine (arrays aligned with
+    `candidates`) or, for rrf, its ranks in the two rankings. score: weighted sum of min-max-normalised scores;
+    zscore: weighted sum of z-scores; zmax: the larger of the weighted z-scores (CombMAX)."""
+    if fusion == "rrf":
+        fused = dict(weighted_rrf({"bm25": bm25_ranking, "dense": dense_ranking},
+                                  {"bm25": bm25_weight, "dense": dense_weight}, rrf_k))
+        return np.array([fused.get(c, 0.0) for c in candidates])
+    if fusion not in NORMALIZERS:
+        raise ValueError(f"unknown fusion {fusion!r}: use one of {FUSIONS}")
+    normalize = NORMALIZERS[fusion]
+    if fusion == "zmax":  # the more confident side decides: a clear BM25 match is not diluted by a flat cosine
+        return np.maximum(bm25_weight * normalize(np.asarray(bm25, float)),
+                          dense_weight * normalize(np.asarray(cosine, float)))
+    return bm25_weight * normalize(np.asarray(bm25, float)) + dense_weight * normalize(np.asarray(cosine, float))
+
+
 def weighted_rrf(rankings: dict[str, list[str]], weights: dict[str, float], rrf_k: int) -> list[tuple[str, float]]:
     """Weighted reciprocal-rank fusion of ranked id lists (rank 1 = best); ties keep first-seen order."""
     scores: dict[str, float] = {}
@@ -214,8 +244,8 @@ class Retriever:
         method, fusion = method or cfg.retrieval, fusion or cfg.fusion
         if method not in ("bm25", "dense", "hybrid"):
             raise ValueError(f"unknown retrieval method {method!r}: use dense, bm25 or hybrid")
-        if fusion not in ("score", "rrf"):
-            raise ValueError(f"unknown fusion {fusion!r}: use score or rrf")
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}: use one of {FUSIONS}")
         depth = max(cfg.candidate_k, k, cfg.rerank_k if cfg.reranker else 0)
         weights = {"bm25": cfg.bm25_weight if bm25_weight is None else bm25_weight,
                    "dense": cfg.dense_weight if dense_weight is None else dense_weight}
@@ -227,13 +257,14 @@ class Retriever:
             vector = self.embed_query(query)
             rankings["dense"], dense_cos = self.dense(vector, depth)
 
-        if method == "hybrid" and fusion == "score":
+        if method == "hybrid" and fusion in NORMALIZERS:
             candidates = list(dict.fromkeys(rankings["bm25"] + rankings["dense"]))
             cos = dict(zip(rankings["dense"], dense_cos))
             missing = [c for c in candidates if c not in cos]
             cos.update(zip(missing, self.cosines(vector, missing)))
-            scores = (weights["bm25"] * minmax(np.array([bm25[self.row[c]] for c in candidates]))
-                      + weights["dense"] * minmax(np.array([cos[c] for c in candidates])))
+            scores = fuse_scores(np.array([bm25[self.row[c]] for c in candidates]), np.array([cos[c] for c in candidates]),
+                                 rankings["bm25"], rankings["dense"], candidates, fusion, weights["bm25"],
+                                 weights["dense"], cfg.rrf_k)
             order = np.argsort(-scores, kind="stable")
             fused = [(candidates[i], float(scores[i])) for i in order]
         else:

@@ -1,0 +1,136 @@
+"""Timing the trainer's real train step: per-step seconds, tokens and conversations; optional profile."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+
+def batch_conversations(batch) -> list[list[int]]:
+    """The conversations (token ids, pads dropped) of one micro-batch: padded rows, or one padding-free row whose
+    boundaries are `cu_seq_lens_q`."""
+    ids = batch["input_ids"]
+    if "cu_seq_lens_q" in batch:
+        cu = batch["cu_seq_lens_q"].tolist()
+        return [ids[0, a:b].tolist() for a, b in zip(cu[:-1], cu[1:])]
+    return [row[mask.bool()].tolist() for row, mask in zip(ids, batch["attention_mask"])]
+
+
+def conversation_key(ids: list[int]) -> str:
+    """A short fingerprint of one conversation's token ids."""
+    return hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def step_fingerprint(keys: list[str]) -> str:
+    """A fingerprint of the set of conversations one optimizer step trained on (all processes together)."""
+    return hashlib.sha1(",".join(sorted(keys)).encode()).hexdigest()[:16]
+
+
+class StepCounter:
+    """Counts what the micro-batches the trainer trains on hold: real and computed (padded) tokens, conversations,
+    their lengths and fingerprints. Wraps `trainer.training_step`, so it sees exactly the micro-batches of each
+    optimizer step (the data loader reads a batch ahead, so a wrapped collator would not)."""
+
+    def __init__(self):
+        self.real = self.computed = self.sequences = 0
+        self.lengths: list[int] = []
+        self.keys: list[str] = []
+
+    def count(self, batch) -> None:
+        conversations = batch_conversations(batch)
+        self.computed += batch["input_ids"].numel()
+        self.lengths.extend(len(c) for c in conversations)
+        self.keys.extend(conversation_key(c) for c in conversations)
+        self.real += sum(len(c) for c in conversations)
+        self.sequences += len(conversations)
+
+    def wrap(self, trainer) -> None:
+        training_step = trainer.training_step
+
+        def counted_step(model, inputs, num_items_in_batch=None):
+            self.count(inputs)
+            return training_step(model, inputs, num_items_in_batch)
+
+        trainer.training_step = counted_step
+
+
+def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step: bool = False) -> dict:
+    """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds, tokens, conversations, their
+    lengths and fingerprints ("keys").
+
+    With `profile_step`, one more optimizer step runs under torch.profiler (not timed: profiling slows it down);
+    the result then has "profile", the profiler's per-kernel table of that step.
+    """
+    from transformers import TrainerCallback
+
+    counter = StepCounter()
+    counter.wrap(trainer)
+    marks: list[tuple[float, int, int, int, int]] = []
+    profiler = None
+    if profile_step:
+        profiler = kernel_profiler()
+
+    class Marks(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.mark()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.mark()
+            if profiler is not None and state.global_step == warmup_steps + steps:
+                profiler.start()  # only now: the profiler's hooks would slow the timed steps
+            elif profiler is not None and state.global_step == warmup_steps + steps + 1:
+                # before the end-of-training checkpoint, whose copies to the host are not part of a step
+                profiler.stop()
+
+        def mark(self):
+            if sync:
+                sync()  # queued kernels belong to the step they were launched in
+            marks.append((time.perf_counter(), counter.real, counter.computed, counter.sequences,
+                          len(counter.lengths)))
+
+    trainer.add_callback(Marks())
+    trainer.args.max_steps = warmup_steps + steps + (1 if profiler is not None else 0)
+    trainer.train()
+    rows = []
+    for (t0, r0, c0, s0, l0), (t1, r1, c1, s1, l1) in zip(marks[:-1], marks[1:]):
+        rows.append({"seconds": t1 - t0, "real_tokens": r1 - r0, "computed_tokens": c1 - c0,
+                     "sequences": s1 - s0, "lengths": counter.lengths[l0:l1], "keys": counter.keys[l0:l1]})
+    result = {"warmup": rows[:warmup_steps], "timed": rows[warmup_steps:warmup_steps + steps]}
+    if profiler is not None:
+        result["profile"] = profile_summary(profiler, rows[-1]["seconds"])
+    return result
+
+
+def merge_process_steps(per_process: list[list[dict]]) -> list[dict]:
+    """One list of step rows from each process's (time_trainer rows): a step lasts as long as its slowest process
+    (the gradient all-reduce makes the others wait), and its tokens, sequences and lengths are everyone's."""
+    merged = []
+    for rows in zip(*per_process):
+        merged.append({"seconds": max(r["seconds"] for r in rows),
+                       **{k: sum(r[k] for r in rows) for k in ("real_tokens", "computed_tokens", "sequences")},
+                       "lengths": [n for r in rows for n in r["lengths"]],
+                       "keys": [k for r in rows for k in r.get("keys", [])]})
+    return merged
+
+
+def kernel_profiler():
+    """A torch.profiler recording CPU ops and, where there is a GPU, its kernels (for profile_summary)."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities)
+
+
+def profile_summary(profiler, step_seconds: float, top: int = 45, what: str = "step") -> str:
+    """The kernels of a profiled step (or other `what`) by total device time, and how busy the device was."""
+    from torch.autograd import DeviceType
+
+    events = profiler.key_averages()
+    # kernels only: CPU-side ops also carry the device time of the kernels they launched
+    device_us = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU)
+    sort = "self_cuda_time_total" if device_us else "self_cpu_time_total"
+    head = (f"profiled {what}: {step_seconds:.3f} s wall, device busy {device_us / 1e6:.3f} s "
+            f"({100 * device_us / 1e6 / step_seconds:.0f}% of the {what})\n")
+    return head + events.table(sort_by=sort, row_limit=top, max_name_column_width=90)
