@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 from medqwen.agent import AgentServerError, ask, build_agent, served_models
 from medqwen.config import AgentConfig, RagConfig, WebConfig
 from medqwen.configlib import resolve_config
+from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, OpenAIAnswerer, build_messages
 
 START_HINT = "Start it with `make web` (server and page) or `bash agent/serve_vllm.sh`, then press Check server."
@@ -186,8 +187,6 @@ class Backend:
         return self._agents[key]
 
     def retriever(self):
-        from medqwen.rag import Retriever, StoreError, open_client, open_collection
-
         if self._retriever is None:
             try:
                 retriever = Retriever(open_collection(open_client(self.rag_cfg), self.rag_cfg), self.rag_cfg)
