@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medqwen.exams import expand_subjects, get_exam, split_key
+from medqwen.exams import EXAM_NAMES, expand_subjects, get_exam, split_key
 from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, rotate
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 
@@ -335,13 +335,16 @@ def render_prompt(q: Question, shots: Sequence[Question], style: str, cot: bool,
 
 def score_questions(backend, questions: Sequence[Question], shots: Sequence[Question], *, style: str = "official",
                     scoring: str = "loglik", cot: bool = False, chat: bool = False, max_new_tokens: int = 16,
-                    enable_thinking: bool | None = None, rotation: int = 0) -> list[Prediction]:
-    """Score the questions of ONE subject (they share the few-shot head, which backends may reuse).
+                    enable_thinking: bool | None = None, rotation: int | Sequence[int] = 0) -> list[Prediction]:
+    """Score the questions of ONE subject (they share the few-shot head, which backends may reuse). `rotation`:
+    the option rotation each question was built with (one for all, or one per question), recorded only.
 
     loglik reads every option letter the questions have (A-D, A-E, ...) after the prompt; a question's answer is
     the argmax over its own options. Multi-answer questions are always generated (exact-set match)."""
+    rotations = [rotation] * len(questions) if isinstance(rotation, int) else list(rotation)
     if any(q.multi for q in questions):
         single = [q for q in questions if not q.multi]
+        rotation = [r for q, r in zip(questions, rotations) if not q.multi]
         multi = [q for q in questions if q.multi]
         out = score_questions(backend, single, shots, style=style, scoring=scoring, cot=cot, chat=chat,
                               max_new_tokens=max_new_tokens, enable_thinking=enable_thinking, rotation=rotation)
@@ -361,18 +364,17 @@ def score_questions(backend, questions: Sequence[Question], shots: Sequence[Ques
         # In chat mode the letter is the assistant's first token, with no delimiter in either style.
         options = [c if chat else exam.continuation(c, style) for c in letters]
         scores = backend.loglik(prompts, options)
-        for q, prompt, row in zip(questions, prompts, scores):
+        for q, prompt, row, r in zip(questions, prompts, scores, rotations):
             row = row[: len(q.options)]
             pred = q.letters[int(np.argmax(row))]
             preds.append(Prediction(q.subject, q.id, prompt, {c: float(v) for c, v in zip(q.letters, row)}, None,
-                                    pred, q.answer, None if q.answer is None else pred == q.answer, q.exam,
-                                    rotation))
+                                    pred, q.answer, None if q.answer is None else pred == q.answer, q.exam, r))
     elif scoring == "generate":
         outputs = backend.generate(prompts, max_new_tokens)
-        for q, prompt, out in zip(questions, prompts, outputs):
+        for q, prompt, out, r in zip(questions, prompts, outputs, rotations):
             pred = extract_answer(out, q, cot)
             preds.append(Prediction(q.subject, q.id, prompt, None, out, pred, q.answer,
-                                    None if q.answer is None else pred == q.answer, q.exam, rotation))
+                                    None if q.answer is None else pred == q.answer, q.exam, r))
     else:
         raise ValueError(f"unknown scoring {scoring!r}: loglik or generate")
     return preds
@@ -441,12 +443,14 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
         shots = singles + [s for s in shot_pool if s.multi][:k_shot]
         if len(singles) < k_shot:
             raise CevalDataError(f"{key}: {k_shot}-shot needs {k_shot} {exam.shot_split} items, found {len(singles)}")
-        predictions += score_questions(backend, questions, shots, **score_kwargs)
+        # every rotation in one call: they share the subject's few-shot head, computed once
+        rotations = [0] * len(questions)
         if permute == "cyclic":
-            for r in range(1, max(len(q.options) for q in questions)):
-                rotated = [rotate(q, r) for q in questions if not q.multi and r < len(q.options)]
-                predictions += score_questions(backend, rotated, shots, rotation=r, **score_kwargs)
-        print(f"{key}/{graded}: {len(questions)} questions scored", flush=True)
+            extra = [(rotate(q, r), r) for q in questions if not q.multi for r in range(1, len(q.options))]
+            questions, rotations = questions + [q for q, _ in extra], rotations + [r for _, r in extra]
+        predictions += score_questions(backend, questions, shots, rotation=rotations, **score_kwargs)
+        print(f"{key}/{graded}: {rotations.count(0)} questions scored"
+              + (f" ({len(questions)} prompts with every option order)" if permute == "cyclic" else ""), flush=True)
     seconds = time.perf_counter() - start
     return predictions, {"seconds": seconds, "questions_per_s": len(predictions) / max(seconds, 1e-9),
                          "missing_subjects": missing, "skipped_rows": {k: len(v) for k, v in invalid.items()}}
@@ -475,7 +479,8 @@ def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int =
     exams = list(dict.fromkeys(p.exam for p in base))
     out = {**_block(base, n_boot, seed),
            "per_exam": {e: _block([p for p in base if p.exam == e], n_boot, seed) for e in exams},
-           "per_subject": {k: _block([p for p in base if p.key == k], n_boot, seed) for k in sorted(keys)}}
+           "per_subject": {k: _block([p for p in base if p.key == k], n_boot, seed)
+                           for k in sorted(keys, key=lambda k: (EXAM_NAMES.index(split_key(k)[0]), k))}}
     multi = [p for p in predictions if p.multi]
     if multi:
         out["multi_answer"] = {e: _block([p for p in multi if p.exam == e], n_boot, seed)
@@ -502,7 +507,8 @@ def option_order_report(predictions: Sequence[Prediction], n_boot: int = 1000, s
     top = max(pred_share, key=pred_share.get)
     return {
         "per_rotation": per_rotation,
-        "mean_accuracy": float(np.mean([b["accuracy"] for b in per_rotation.values()])),
+        # per question, the share of its rotations answered right; then over questions (4- and 5-option alike)
+        "mean_accuracy": float(np.mean([np.mean([p.correct for p in ps]) for ps in by_q.values()])),
         "consistency": float(np.mean([all(p.correct for p in ps) for ps in complete])) if complete else None,
         "n_questions": len(complete),
         "predicted_letter_share": pred_share,
@@ -520,7 +526,8 @@ def option_order_table(report: dict[str, Any]) -> str:
 
     rows = [[f"rotation {r}", b["n"], b["accuracy"], f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"]
             for r, b in report["per_rotation"].items()]
-    rows.append(["**mean over rotations**", "-", report["mean_accuracy"], "-"])
+    rows.append(["**mean over rotations** (per question, then over questions)", report["n_questions"],
+                 report["mean_accuracy"], "-"])
     rows.append(["**consistency** (right under every rotation)", report["n_questions"],
                  report["consistency"] if report["consistency"] is not None else "-", "-"])
     table = markdown_table(rows, ["option order", "n", "accuracy", "95% CI"])

@@ -36,15 +36,15 @@ chat_lora() {
 }
 # --- stage: benchmark (C-Eval issue) ---
 benchmark() {
-  stage "medical exams 5-shot (C-Eval + CMMLU + CMExam shipped team-written samples, pooled) and the general set: base vs demo LoRA -> $OUT/benchmark/"
+  stage "medical exams 2-shot (C-Eval + CMMLU + CMExam shipped team-written samples, pooled) and the general set: base vs demo LoRA -> $OUT/benchmark/"
   if [ ! -f "$OUT/lora/adapter_config.json" ]; then
     echo "no demo LoRA in $OUT/lora: run the train stage first (bash scripts/demo.sh train)" >&2; return 1
   fi
-  # 4 questions per subject that has a shipped sample (--skip_missing leaves the others out and lists them);
-  # the base run also scores every cyclic option order (the option-order check). SmolLM2 reads no Chinese, so
-  # expect chance-level accuracy: the stage shows the wiring, not medical skill.
+  # 4 questions per subject that has a shipped sample (--skip_missing leaves the others out and lists them),
+  # 2-shot to keep the CPU passes short; the base run also scores every cyclic option order (the option-order
+  # check). SmolLM2 reads no Chinese, so expect chance-level accuracy: the stage shows the wiring, not skill.
   local common=(--data_dir data/benchmark/ceval-exam --cmmlu_dir data/benchmark/cmmlu --cmexam_dir data/benchmark/cmexam
-                --subjects medical,general --skip_missing --k_shot 5 --limit 4)
+                --subjects medical,general --skip_missing --k_shot 2 --limit 4)
   python benchmark/benchmark_ceval.py --model "$MODEL" --output_dir "$OUT/benchmark/base" "${common[@]}" \
     --permute_options cyclic
   python benchmark/benchmark_ceval.py --model_type lora --run_dir "$OUT/lora" --model "$MODEL" \
