@@ -242,6 +242,7 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
     ax.plot([0, 1], [1, 0])
     path = save_figure(fig, tmp_path / "sub" / "plot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not plt.fignum_exists(fig.number)
+    assert path.stat().st_mode & 0o044  # readable by others, as other outputs (not mkstemp's private mode)
     fig, ax = plt.subplots()
     with pytest.raises(ValueError):
         save_figure(fig, tmp_path / "plot.unknownformat")
