@@ -609,7 +609,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
     keys = sorted(set.intersection(*(set(p) for _, _, p in runs)))
     if not keys:
         raise ValueError("the runs share no graded questions (different subjects or the test split?)")
-    exams = list(dict.fromkeys(k[0] for k in keys))
+    exams = sorted({k[0] for k in keys}, key=EXAM_NAMES.index)
     scopes = [(get_exam(e).title, [k for k in keys if k[0] == e]) for e in exams] if len(exams) > 1 else []
     scopes.append(("pooled" if len(exams) > 1 else get_exam(exams[0]).title, keys))
     rows, detail = [], []

@@ -102,8 +102,9 @@ def start_server(model: str | Path | None, adapter: str | Path | None, port: int
     if model is not None:
         environ["MODEL_PATH"] = str(model)
     with open(log_path, "w") as log:
+        # Own session (stop_server signals the group); dies with this process even when it is SIGKILLed.
         return subprocess.Popen(["bash", str(SERVE_SCRIPT)], env=environ, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=REPO_ROOT)
+                                start_new_session=True, cwd=REPO_ROOT, preexec_fn=_die_with_parent)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -147,13 +148,18 @@ def vllm_server(model: str | Path | None, adapter: str | Path | None, port: int,
             print(f"warning: serve_vllm.sh left processes behind; killed them (log: {log_path})", file=sys.stderr)
 
 
-def exec_with_parent(parent: int, command: list[str]) -> None:
-    """Become `command`, asking the kernel to SIGTERM it when `parent` dies (even by SIGKILL, which no trap sees)."""
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (even by SIGKILL, which no trap sees)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def exec_with_parent(parent: int, command: list[str]) -> None:
+    """Become `command`, which the kernel SIGTERMs when `parent` dies."""
+    _die_with_parent()
     if os.getppid() != parent:  # the parent died before prctl: nobody would signal us
         sys.exit(1)
     os.execvp(command[0], command)
@@ -198,6 +204,8 @@ def _cli(argv: list[str] | None = None) -> int:
         parser.error(f"{args.action}: give the command after --")
     if args.action == "exec":
         exec_with_parent(args.parent, command)
+    # SIGTERM (kill, a supervisor) must stop the server too: exit through the `with` block below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.reuse and healthy(args.port):
         print(f"serving: reusing the server that answers on port {args.port}", flush=True)
         return subprocess.call(command)

@@ -326,3 +326,33 @@ def test_lifecycle_run_starts_runs_and_stops(fake_vllm, tmp_path):
     assert proc.returncode == 7, proc.stdout + proc.stderr + (tmp_path / "serve.log").read_text()
     assert f"serving: ready at http://localhost:{port}/v1" in proc.stdout
     assert _gone(json.loads(record.read_text())["pid"]), "the server outlived `serving.py run`"
+
+
+def test_lifecycle_run_stops_the_server_when_it_is_killed(fake_vllm, tmp_path):
+    """SIGTERM, and even SIGKILL, of `serving.py run` stops the server it started."""
+    import signal
+    import time
+
+    env, record = fake_vllm
+    port = int(env["VLLM_BASE_URL"].rsplit(":", 1)[1].split("/")[0])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        record.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, str(REPO / "medqwen" / "serving.py"), "run", "--adapter", "none",
+                                 "--model", env["MODEL_PATH"], "--port", str(port), "--log",
+                                 str(tmp_path / "serve.log"), "--", sys.executable, "-c", "import time; time.sleep(60)"],
+                                env=env, stdout=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            if "serving: ready" in line:
+                break
+        server_pid = json.loads(record.read_text())["pid"]
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout=30)
+            assert _gone(server_pid, within_s=20), f"the server outlived `serving.py run` killed by {sig.name}"
+        finally:
+            for pid in (server_pid, proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.5)

@@ -64,6 +64,15 @@ def rotate(q: Question, r: int) -> Question:
     return replace(q, options=options, answer=answer)
 
 
+def escaped(q: Question) -> Question:
+    """The question with control tokens in its text, options and explanation neutralised: exam files are
+    untrusted text, and a `<|im_start|>` inside a question must not open a turn once templated."""
+    from medqwen.chat import escape_control_tokens as esc
+
+    return replace(q, question=esc(q.question), options=tuple(esc(o) for o in q.options),
+                   explanation=esc(q.explanation) if q.explanation else q.explanation)
+
+
 def check_answer(answer: Any, letters: Sequence[str], where: str, multi: bool = False) -> str:
     """The answer letters, upper-cased and sorted; an error naming the row when one is not an option."""
     text = str(answer if answer is not None else "").strip().upper()
@@ -168,6 +177,7 @@ class Exam:
                      cot: bool = False) -> str:
         """Instruction, k examples each ending in its answer and a blank line, then the question."""
         self.check_style(style)
+        q, shots = escaped(q), [escaped(s) for s in shots]
         head = self.instruction(q, style)
         head += "".join(self.format_question(s, style) + self.answer_text(s, style, cot) + "\n\n" for s in shots)
         return head + self.format_question(q, style, cot)
@@ -176,6 +186,7 @@ class Exam:
                        cot: bool = False) -> list[dict[str, str]]:
         """The same prompt as a chat: examples as earlier turns, the instruction in the first user turn."""
         self.check_style(style)
+        q, shots = escaped(q), [escaped(s) for s in shots]
         messages: list[dict[str, str]] = []
         first = self.instruction(q, style)
         for s in shots:
