@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from medqwen.chat import escape_control_tokens
+
 # Option letters: exams have 4 (C-Eval, CMMLU) or 5 (CMExam) options; nothing below assumes a count.
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 
@@ -67,8 +69,7 @@ def rotate(q: Question, r: int) -> Question:
 def escaped(q: Question) -> Question:
     """The question with control tokens in its text, options and explanation neutralised: exam files are
     untrusted text, and a `<|im_start|>` inside a question must not open a turn once templated."""
-    from medqwen.chat import escape_control_tokens as esc
-
+    esc = escape_control_tokens
     return replace(q, question=esc(q.question), options=tuple(esc(o) for o in q.options),
                    explanation=esc(q.explanation) if q.explanation else q.explanation)
 
