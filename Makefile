@@ -12,7 +12,7 @@ SERVE_REQUIREMENTS ?= requirements-serve.txt
 BUNDLED_MODEL := model/smollm2-135m-instruct
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-dev setup-serve demo test clean-demo
+.PHONY: setup setup-dev setup-serve demo test clean-demo web
 setup: $(VENV)/.installed $(BUNDLED_MODEL)/config.json
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -26,10 +26,19 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 $(BUNDLED_MODEL)/config.json: | $(VENV)/.installed
 	$(PY) scripts/prepare_bundled_model.py --output $(BUNDLED_MODEL)
 
-setup-dev: setup $(VENV)/.installed-dev
+setup-dev: setup $(VENV)/.installed-dev browser
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
+
+# The web page's test drives Debian's headless Chromium through its chromedriver (nothing downloads a browser);
+# the small CJK font makes Chinese readable in its screenshots.
+.PHONY: browser
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -d /usr/share/fonts/truetype/wqy ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei; \
+	fi
 
 # vLLM pins its own torch and transformers, so serving gets its own environment.
 setup-serve: $(SERVE_VENV)/.installed
@@ -46,6 +55,16 @@ demo: setup setup-serve
 
 test: setup-dev setup-serve
 	$(PY) -m pytest -q
+
+# The web page (agent/web_ui.py) on http://127.0.0.1:7860: reuses a server on port 8001, else starts one with the
+# demo adapter (out/demo/lora; `bash scripts/demo.sh data train` makes it), and stops that one when the page stops.
+WEB_ADAPTER ?= out/demo/lora
+web: setup setup-serve
+	@if [ ! -f $(WEB_ADAPTER)/adapter_config.json ] && [ "$(WEB_ADAPTER)" = out/demo/lora ]; then \
+	  PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh data train; fi
+	mkdir -p out
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) medqwen/serving.py run --reuse \
+	  --adapter $(WEB_ADAPTER) --port 8001 --log out/web_serve_vllm.log -- $(PY) agent/web_ui.py
 
 # GRPO on the bundled model and the shipped English arithmetic questions, on CPU (not part of `make demo`: it
 # does not fit that budget). Writes out/demo/grpo/ (adapter, config.yaml, metrics.json, reward_curve.png, logs/).

@@ -12,7 +12,8 @@
 #   ADAPTER_PATH [out/qwen3-4b-lora-medical]   LoRA adapter folder (a trainer run folder); ADAPTER_PATH=none: base only
 #   MODEL_PATH [the base model named in ADAPTER_PATH's config.yaml, else model/qwen]   base model folder
 #   CHAT_TEMPLATE [template/qwen_chat_template.jinja]   the template training used
-#   HOST [127.0.0.1]                  0.0.0.0 accepts other machines (then set VLLM_API_KEY too)
+#   HOST [127.0.0.1]                  0.0.0.0 accepts other machines (then set VLLM_API_KEY too: vLLM reads it
+#                                     and refuses requests without it; a warning says so when it is missing)
 #   TENSOR_PARALLEL_SIZE [visible GPUs]   GPUS=0 forces the CPU path
 #   MAX_MODEL_LEN [8192 GPU, 4096 CPU]    longest prompt + reply (tokens)
 #   GPU_MEMORY_UTILIZATION [0.85]     share of each GPU vLLM may take (weights + KV cache); 0.85 leaves room
@@ -21,11 +22,17 @@
 #   DTYPE [auto on GPU, float32 on CPU]   VLLM_CPU_KVCACHE_SPACE [1] KV cache on CPU (GiB)
 #   VLLM_PYTHON [.venv-serve/bin/python if present, else python]   the environment that has vLLM
 #   START_TIMEOUT_S [900]             how long to wait for /health before giving up
-#   EXTRA_ARGS                        appended to vLLM's command line verbatim
+#   EXTRA_ARGS                        appended to vLLM's command line, split at whitespace, never glob-expanded
+#                                     ('*' stays '*'); quotes are not interpreted, so one argument cannot hold a
+#                                     space: put such values in a file (e.g. --chat-template)
+#
+# The server runs as a child that the kernel stops when this script dies, even by kill -9 (medqwen/serving.py
+# exec); Ctrl-C, kill and errors stop it through the trap below. The echoed command line masks --api-key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 die() { echo "serve_vllm: $*" >&2; exit 1; }
+LIFECYCLE=medqwen/serving.py  # standard library only: the serving environment runs it by path
 
 VLLM_BASE_URL="${VLLM_BASE_URL:-http://localhost:8001/v1}"
 MODEL_NAME="${MODEL_NAME:-lora-adapter}"
@@ -38,10 +45,15 @@ if [ -z "${VLLM_PYTHON:-}" ]; then
   if [ -x .venv-serve/bin/python ]; then VLLM_PYTHON=.venv-serve/bin/python; else VLLM_PYTHON=python; fi
 fi
 
-# Port from the URL: http://host:PORT/v1 (no port: 80/443 by scheme).
-PORT="$(echo "$VLLM_BASE_URL" | sed -nE 's#^https?://[^/:]+:([0-9]+).*#\1#p')"
-if [ -z "$PORT" ]; then case "$VLLM_BASE_URL" in https://*) PORT=443 ;; http://*) PORT=80 ;; *) PORT="" ;; esac; fi
-[ -n "$PORT" ] || die "cannot read a port from VLLM_BASE_URL=$VLLM_BASE_URL (expected http://host:PORT/v1)"
+# Port from the URL: scheme://host[:port][/path], host may be [IPv6]; no port: 80/443 by scheme.
+URL_RE='^(https?)://(\[[0-9A-Fa-f:.]+\]|[^]/:@[]+)(:([^/]*))?(/.*)?$'
+[[ "$VLLM_BASE_URL" =~ $URL_RE ]] || die "cannot read a port from VLLM_BASE_URL=$VLLM_BASE_URL (expected http://host:PORT/v1)"
+if [ -n "${BASH_REMATCH[3]}" ]; then
+  PORT="${BASH_REMATCH[4]}"
+  [[ "$PORT" =~ ^[0-9]{1,5}$ ]] && [ "$((10#$PORT))" -ge 1 ] && [ "$((10#$PORT))" -le 65535 ] ||
+    die "the port '$PORT' in VLLM_BASE_URL=$VLLM_BASE_URL is not a number in 1-65535 (expected http://host:PORT/v1)"
+  PORT="$((10#$PORT))"
+elif [ "${BASH_REMATCH[1]}" = https ]; then PORT=443; else PORT=80; fi
 URL="http://localhost:$PORT/v1"
 
 # Adapter, its rank, and the base model it was trained on (medqwen/runs.py answers; its errors say what to run).
@@ -80,27 +92,36 @@ fi
 CMD=("$VLLM_PYTHON" -m vllm.entrypoints.openai.api_server --model "$MODEL_PATH" --host "$HOST" --port "$PORT"
      "${LORA_ARGS[@]}" --chat-template "$CHAT_TEMPLATE" --enable-auto-tool-choice --tool-call-parser hermes
      "${DEVICE_ARGS[@]}")
-# shellcheck disable=SC2206  # EXTRA_ARGS is split on spaces on purpose
-[ -z "${EXTRA_ARGS:-}" ] || CMD+=($EXTRA_ARGS)
-echo "serve_vllm: ${CMD[*]}"
+if [ -n "${EXTRA_ARGS:-}" ]; then
+  read -r -a EXTRA <<<"$EXTRA_ARGS"  # split at whitespace; `read` never expands globs
+  CMD+=("${EXTRA[@]}")
+fi
+case " ${CMD[*]} " in *" --api-key"*) HAS_KEY=1 ;; *) HAS_KEY="${VLLM_API_KEY:+1}" ;; esac
+case "$HOST" in
+  127.*|localhost|::1) ;;
+  *) [ -n "$HAS_KEY" ] || echo "serve_vllm: warning: HOST=$HOST accepts other machines and no VLLM_API_KEY is set:" \
+       "anyone who reaches port $PORT can use the model. Set VLLM_API_KEY (clients send it too)." >&2 ;;
+esac
+SHOWN=() HIDE=0  # the command line as echoed: the value of --api-key masked
+for arg in "${CMD[@]}"; do
+  if [ "$HIDE" = 1 ]; then SHOWN+=("***"); HIDE=0
+  elif [ "$arg" = --api-key ]; then SHOWN+=("$arg"); HIDE=1
+  elif [[ "$arg" == --api-key=* ]]; then SHOWN+=("--api-key=***")
+  else SHOWN+=("$arg"); fi
+done
+echo "serve_vllm: ${SHOWN[*]}"
 
-"${CMD[@]}" &
+"$VLLM_PYTHON" "$LIFECYCLE" exec --parent $$ -- "${CMD[@]}" &
 SERVER_PID=$!
-# Whatever ends this script (Ctrl-C, kill, an error) stops the server and waits for it to exit.
+# Whatever ends this script (Ctrl-C, kill, an error) stops the server and waits for it to exit; kill -9, which
+# no trap sees, stops it through the parent-death signal `exec` set.
 stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
 trap stop_server EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 SERVED="$MODEL_PATH"; [ "$ADAPTER_PATH" = "none" ] || SERVED="$MODEL_NAME"
-for ((waited = 0; waited < START_TIMEOUT_S; waited++)); do
-  if "$VLLM_PYTHON" -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-       "http://127.0.0.1:$PORT/health" 2>/dev/null; then
-    echo "serve_vllm: ready at $URL (model \"$SERVED\") after ${waited}s; Ctrl-C stops it"
-    wait "$SERVER_PID" || die "the server exited (status $?)"
-    exit 0
-  fi
-  kill -0 "$SERVER_PID" 2>/dev/null || die "vLLM exited before it was ready (its log is above)"
-  sleep 1
-done
-die "vLLM did not become ready at http://127.0.0.1:$PORT/health within ${START_TIMEOUT_S}s"
+WAITED="$("$VLLM_PYTHON" "$LIFECYCLE" wait --port "$PORT" --pid "$SERVER_PID" --timeout_s "$START_TIMEOUT_S")" ||
+  die "vLLM did not become ready at http://127.0.0.1:$PORT/health within ${START_TIMEOUT_S}s (its log is above)"
+echo "serve_vllm: ready at $URL (model \"$SERVED\") after ${WAITED}s; Ctrl-C stops it"
+wait "$SERVER_PID" || die "the server exited (status $?)"

@@ -5,7 +5,7 @@ tests.
     python benchmark/benchmark_ceval.py                                  # base model/qwen, 5-shot, val
     python benchmark/benchmark_ceval.py --model-type lora                # adapter in out/qwen3-4b-lora-medical
     python benchmark/benchmark_ceval.py --model-type grpo                # adapter in out/qwen3-4b-grpo-medical
-    python benchmark/benchmark_ceval.py --subjects medical --split test  # submission.json for cevalbenchmark.com
+    python benchmark/benchmark_ceval.py --subjects ceval/medical --split test  # submission.json for cevalbenchmark.com
     python benchmark/benchmark_ceval.py --prompt-style lm-eval           # lm-eval's ceval-valid rendering
     python benchmark/benchmark_ceval.py --scoring generate --cot --chat  # chain of thought, official extraction
     python benchmark/benchmark_ceval.py --backend openai --base-url http://localhost:8001/v1 --chat \
@@ -39,9 +39,8 @@ from medqwen.runs import DEFAULT_MODEL, resolve_model
 
 def subject_tag(subjects: list[str]) -> str:
     """Folder name for a subject list: the subject, the group name, or the subjects joined."""
-    if len(subjects) == 1 and is_group(subjects)[0]:
-        return subjects[0].replace("/", "-")
-    return "+".join(expand_subjects(subjects)).replace("/", "-")
+    names = subjects if any(is_group(subjects)) else expand_subjects(subjects)
+    return "+".join(names).replace("/", "-")
 
 
 def make_backend(cfg: CevalConfig, model: str, adapter: str | None):

@@ -196,8 +196,8 @@ def server_url(cfg: AgentConfig) -> str:
             from None
 
 
-def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
-    """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks the model."""
+def served_models(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
+    """The model names the server lists at /models; AgentServerError naming VLLM_BASE_URL when it is down."""
     url = strip_userinfo(server_url(cfg))
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     try:
@@ -211,6 +211,13 @@ def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
             f"no OpenAI-compatible server answers at VLLM_BASE_URL={url} "
             f"({type(err).__name__}: {redact(str(err), [cfg.api_key])[:200]}).\n"
             "Start it with `bash agent/serve_vllm.sh`, or point VLLM_BASE_URL (or --base_url) at your server.") from None
+    return served
+
+
+def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
+    """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks the model."""
+    served = served_models(cfg, timeout_s)
+    url = strip_userinfo(server_url(cfg))
     if cfg.served_model not in served:
         raise AgentServerError(f"the server at VLLM_BASE_URL={url} serves {served[:20]}, not "
                                f"MODEL_NAME={cfg.served_model}; set MODEL_NAME (or --served_model) to one of them.")
@@ -225,8 +232,11 @@ def _text(content: Any) -> str:
 
 
 def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[str], Any] = sys.stdout.write,
-        ) -> list:
-    """Answer one question with streaming (tool calls shown when cfg.verbose); returns the extended history."""
+        on_message: Callable[[Any], Any] | None = None) -> list:
+    """Answer one question with streaming (tool calls shown when cfg.verbose); returns the extended history.
+
+    `on_message` sees each complete message as it is added (tool calls, tool results, answers): the web page
+    draws its tool boxes from them."""
     import httpx
     import openai
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -249,6 +259,8 @@ def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[
             for node, update in (data or {}).items():
                 for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
                     messages.append(message)
+                    if on_message is not None:
+                        on_message(message)
                     if streamed and node == "model":
                         write("\n")
                         streamed = False

@@ -22,6 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
+from medqwen.chat import load_tokenizer
+from medqwen.configlib import DEFAULT_TEMPLATE
+from medqwen.modeling import load_model
+
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context and continuation token ids exactly as lm-evaluation-harness's HFLM._encode_pair makes them:
@@ -76,10 +80,6 @@ class HFBackend:
     def from_pretrained(cls, model_path: str | Path, adapter: str | Path | None = None, chat_template=None,
                         device: str | None = None, dtype: str | None = None, **kwargs) -> "HFBackend":
         """Load model (+ adapter) and tokenizer from local folders."""
-        from medqwen.chat import load_tokenizer
-        from medqwen.configlib import DEFAULT_TEMPLATE
-        from medqwen.modeling import load_model
-
         tokenizer = load_tokenizer(model_path, chat_template or DEFAULT_TEMPLATE)
         return cls(load_model(model_path, adapter=adapter, device=device, dtype=dtype), tokenizer, **kwargs)
 

@@ -31,9 +31,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medqwen.exams import expand_subjects, get_exam, split_key
-from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, rotate
+from medqwen.chat import render
+from medqwen.exams import EXAM_NAMES, expand_subjects, get_exam, is_group, split_key
+from medqwen.exams.base import (LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, qualified,
+                                rotate)
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
+from medqwen.reporting import markdown_table, pyplot, save_figure
+from medqwen.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_diff_ci
 
 CHOICES = LETTERS[:4]  # C-Eval's (and CMMLU's) four option letters
 __all__ = ["Question", "expand_subjects", "rotate"]
@@ -314,8 +318,6 @@ class Prediction:
 
     @property
     def key(self) -> str:
-        from medqwen.exams.base import qualified
-
         return qualified(self.exam, self.subject)
 
 
@@ -326,7 +328,6 @@ def render_prompt(q: Question, shots: Sequence[Question], style: str, cot: bool,
         return build_prompt(q, shots, style, cot)
     if tokenizer is None:
         raise ValueError("chat prompting needs a tokenizer with a chat template (a local --model folder)")
-    from medqwen.chat import render
 
     text = render(tokenizer, build_messages(q, shots, style, cot), add_generation_prompt=True,
                   enable_thinking=enable_thinking)
@@ -335,13 +336,16 @@ def render_prompt(q: Question, shots: Sequence[Question], style: str, cot: bool,
 
 def score_questions(backend, questions: Sequence[Question], shots: Sequence[Question], *, style: str = "official",
                     scoring: str = "loglik", cot: bool = False, chat: bool = False, max_new_tokens: int = 16,
-                    enable_thinking: bool | None = None, rotation: int = 0) -> list[Prediction]:
-    """Score the questions of ONE subject (they share the few-shot head, which backends may reuse).
+                    enable_thinking: bool | None = None, rotation: int | Sequence[int] = 0) -> list[Prediction]:
+    """Score the questions of ONE subject (they share the few-shot head, which backends may reuse). `rotation`:
+    the option rotation each question was built with (one for all, or one per question), recorded only.
 
     loglik reads every option letter the questions have (A-D, A-E, ...) after the prompt; a question's answer is
     the argmax over its own options. Multi-answer questions are always generated (exact-set match)."""
+    rotations = [rotation] * len(questions) if isinstance(rotation, int) else list(rotation)
     if any(q.multi for q in questions):
         single = [q for q in questions if not q.multi]
+        rotation = [r for q, r in zip(questions, rotations) if not q.multi]
         multi = [q for q in questions if q.multi]
         out = score_questions(backend, single, shots, style=style, scoring=scoring, cot=cot, chat=chat,
                               max_new_tokens=max_new_tokens, enable_thinking=enable_thinking, rotation=rotation)
@@ -361,18 +365,17 @@ def score_questions(backend, questions: Sequence[Question], shots: Sequence[Ques
         # In chat mode the letter is the assistant's first token, with no delimiter in either style.
         options = [c if chat else exam.continuation(c, style) for c in letters]
         scores = backend.loglik(prompts, options)
-        for q, prompt, row in zip(questions, prompts, scores):
+        for q, prompt, row, r in zip(questions, prompts, scores, rotations):
             row = row[: len(q.options)]
             pred = q.letters[int(np.argmax(row))]
             preds.append(Prediction(q.subject, q.id, prompt, {c: float(v) for c, v in zip(q.letters, row)}, None,
-                                    pred, q.answer, None if q.answer is None else pred == q.answer, q.exam,
-                                    rotation))
+                                    pred, q.answer, None if q.answer is None else pred == q.answer, q.exam, r))
     elif scoring == "generate":
         outputs = backend.generate(prompts, max_new_tokens)
-        for q, prompt, out in zip(questions, prompts, outputs):
+        for q, prompt, out, r in zip(questions, prompts, outputs, rotations):
             pred = extract_answer(out, q, cot)
             preds.append(Prediction(q.subject, q.id, prompt, None, out, pred, q.answer,
-                                    None if q.answer is None else pred == q.answer, q.exam, rotation))
+                                    None if q.answer is None else pred == q.answer, q.exam, r))
     else:
         raise ValueError(f"unknown scoring {scoring!r}: loglik or generate")
     return preds
@@ -410,7 +413,6 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
     if permute not in ("none", "cyclic"):
         raise ValueError(f"unknown option permutation {permute!r}: none or cyclic")
     dirs = data_dir if isinstance(data_dir, dict) else {"ceval": data_dir}
-    from medqwen.exams import is_group
 
     named = {k for n, group in zip(subjects, is_group(subjects)) if not group for k in expand_subjects([n])}
     predictions: list[Prediction] = []
@@ -441,12 +443,14 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
         shots = singles + [s for s in shot_pool if s.multi][:k_shot]
         if len(singles) < k_shot:
             raise CevalDataError(f"{key}: {k_shot}-shot needs {k_shot} {exam.shot_split} items, found {len(singles)}")
-        predictions += score_questions(backend, questions, shots, **score_kwargs)
+        # every rotation in one call: they share the subject's few-shot head, computed once
+        rotations = [0] * len(questions)
         if permute == "cyclic":
-            for r in range(1, max(len(q.options) for q in questions)):
-                rotated = [rotate(q, r) for q in questions if not q.multi and r < len(q.options)]
-                predictions += score_questions(backend, rotated, shots, rotation=r, **score_kwargs)
-        print(f"{key}/{graded}: {len(questions)} questions scored", flush=True)
+            extra = [(rotate(q, r), r) for q in questions if not q.multi for r in range(1, len(q.options))]
+            questions, rotations = questions + [q for q, _ in extra], rotations + [r for _, r in extra]
+        predictions += score_questions(backend, questions, shots, rotation=rotations, **score_kwargs)
+        print(f"{key}/{graded}: {rotations.count(0)} questions scored"
+              + (f" ({len(questions)} prompts with every option order)" if permute == "cyclic" else ""), flush=True)
     seconds = time.perf_counter() - start
     return predictions, {"seconds": seconds, "questions_per_s": len(predictions) / max(seconds, 1e-9),
                          "missing_subjects": missing, "skipped_rows": {k: len(v) for k, v in invalid.items()}}
@@ -457,8 +461,6 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
 
 
 def _block(rows: Sequence[Prediction], n_boot: int, seed: int) -> dict[str, Any]:
-    from medqwen.stats import bootstrap_ci
-
     graded = [p.correct for p in rows if p.correct is not None]
     out: dict[str, Any] = {"n": len(rows), "n_unparsed": sum(p.pred is None for p in rows)}
     if graded:
@@ -475,7 +477,8 @@ def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int =
     exams = list(dict.fromkeys(p.exam for p in base))
     out = {**_block(base, n_boot, seed),
            "per_exam": {e: _block([p for p in base if p.exam == e], n_boot, seed) for e in exams},
-           "per_subject": {k: _block([p for p in base if p.key == k], n_boot, seed) for k in sorted(keys)}}
+           "per_subject": {k: _block([p for p in base if p.key == k], n_boot, seed)
+                           for k in sorted(keys, key=lambda k: (EXAM_NAMES.index(split_key(k)[0]), k))}}
     multi = [p for p in predictions if p.multi]
     if multi:
         out["multi_answer"] = {e: _block([p for p in multi if p.exam == e], n_boot, seed)
@@ -502,7 +505,8 @@ def option_order_report(predictions: Sequence[Prediction], n_boot: int = 1000, s
     top = max(pred_share, key=pred_share.get)
     return {
         "per_rotation": per_rotation,
-        "mean_accuracy": float(np.mean([b["accuracy"] for b in per_rotation.values()])),
+        # per question, the share of its rotations answered right; then over questions (4- and 5-option alike)
+        "mean_accuracy": float(np.mean([np.mean([p.correct for p in ps]) for ps in by_q.values()])),
         "consistency": float(np.mean([all(p.correct for p in ps) for ps in complete])) if complete else None,
         "n_questions": len(complete),
         "predicted_letter_share": pred_share,
@@ -516,11 +520,10 @@ def option_order_report(predictions: Sequence[Prediction], n_boot: int = 1000, s
 
 def option_order_table(report: dict[str, Any]) -> str:
     """Markdown: accuracy per rotation, mean and consistency; then predicted vs gold letter shares."""
-    from medqwen.reporting import markdown_table
-
     rows = [[f"rotation {r}", b["n"], b["accuracy"], f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]"]
             for r, b in report["per_rotation"].items()]
-    rows.append(["**mean over rotations**", "-", report["mean_accuracy"], "-"])
+    rows.append(["**mean over rotations** (per question, then over questions)", report["n_questions"],
+                 report["mean_accuracy"], "-"])
     rows.append(["**consistency** (right under every rotation)", report["n_questions"],
                  report["consistency"] if report["consistency"] is not None else "-", "-"])
     table = markdown_table(rows, ["option order", "n", "accuracy", "95% CI"])
@@ -566,8 +569,6 @@ def _ci(b: dict[str, Any]) -> str:
 def results_table(summary: dict[str, Any]) -> str:
     """Markdown table: one row per subject, one per exam (several subjects), a pooled row (several rows), and
     multi-answer rows; the first column names the exam."""
-    from medqwen.reporting import markdown_table
-
     def row(exam: str, name: str, b: dict[str, Any]) -> list[Any]:
         return [get_exam(exam).title, name, b["n"], b.get("accuracy", "-"), _ci(b), b["n_unparsed"]]
 
@@ -590,9 +591,6 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
     each vs the first with McNemar's exact test; with medical and general subjects present, the forgetting
     check (medical change next to general change, paired bootstrap CIs). Writes compare.md, compare.json,
     compare.png (bars with 95% CIs) and forgetting.png."""
-    from medqwen.reporting import markdown_table
-    from medqwen.stats import bootstrap_ci, mcnemar_exact
-
     if len(run_dirs) < 2:
         raise ValueError("--compare needs at least two run folders")
     runs = []
@@ -611,7 +609,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
     keys = sorted(set.intersection(*(set(p) for _, _, p in runs)))
     if not keys:
         raise ValueError("the runs share no graded questions (different subjects or the test split?)")
-    exams = list(dict.fromkeys(k[0] for k in keys))
+    exams = sorted({k[0] for k in keys}, key=EXAM_NAMES.index)
     scopes = [(get_exam(e).title, [k for k in keys if k[0] == e]) for e in exams] if len(exams) > 1 else []
     scopes.append(("pooled" if len(exams) > 1 else get_exam(exams[0]).title, keys))
     rows, detail = [], []
@@ -648,8 +646,6 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
 def forgetting_check(runs, keys, n_boot: int = 1000, seed: int = 0) -> list[dict[str, Any]] | None:
     """Per run after the first: the accuracy change on the shared medical questions and on the shared general
     ones, in points, each with a paired bootstrap 95% CI; None unless both groups are present."""
-    from medqwen.stats import paired_bootstrap_diff_ci
-
     groups = {g: set(expand_subjects([g])) for g in ("medical", "general")}
     members = {g: [k for k in keys if (k[1] if k[0] == "ceval" else f"{k[0]}/{k[1]}") in s] for g, s in groups.items()}
     if not all(members.values()):
@@ -670,8 +666,6 @@ def forgetting_check(runs, keys, n_boot: int = 1000, seed: int = 0) -> list[dict
 
 def forgetting_table(forgetting: Sequence[dict[str, Any]]) -> str:
     """Markdown: medical change next to general change (points, 95% CI), then one summary line per run."""
-    from medqwen.reporting import markdown_table
-
     pts = lambda b: f"{100 * b['change']:+.1f} [{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}]"  # noqa: E731
     rows = [[f["run"], f["medical"]["n"], pts(f["medical"]), f["general"]["n"], pts(f["general"])] for f in forgetting]
     table = markdown_table(rows, ["run vs " + forgetting[0]["reference"], "medical n",
@@ -685,8 +679,6 @@ def forgetting_table(forgetting: Sequence[dict[str, Any]]) -> str:
 
 def plot_forgetting(forgetting: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Medical vs general accuracy change per run (points) with 95% paired bootstrap CIs."""
-    from medqwen.reporting import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(2.4 + 1.8 * len(forgetting), 3.6))
     width = 0.38
@@ -706,8 +698,6 @@ def plot_forgetting(forgetting: Sequence[dict[str, Any]], path: str | Path) -> P
 
 def plot_comparison(detail: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Bar chart of (pooled) accuracy with 95% bootstrap CI error bars."""
-    from medqwen.reporting import pyplot, save_figure
-
     plt = pyplot()
     acc = [d["accuracy"] for d in detail]
     err = [[a - d["ci95"][0] for a, d in zip(acc, detail)], [d["ci95"][1] - a for a, d in zip(acc, detail)]]

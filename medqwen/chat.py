@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medqwen.configlib import DEFAULT_TEMPLATE, REPO_ROOT
+from medqwen.modeling import check_model_dir
 
 Message = dict[str, Any]
 
@@ -32,8 +33,6 @@ def load_chat_template(path: str | Path = DEFAULT_TEMPLATE) -> str:
 def load_tokenizer(model_path: str | Path, chat_template: str | Path | None = DEFAULT_TEMPLATE):
     """AutoTokenizer for a model folder with our chat template installed and a pad token set."""
     from transformers import AutoTokenizer
-
-    from medqwen.modeling import check_model_dir
 
     check_model_dir(model_path)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))

@@ -34,9 +34,11 @@ from typing import Any, Iterator
 
 import yaml
 
+from medqwen import jsonl
+from medqwen.chat import escape_control_tokens, find_control_token, load_tokenizer, render
 from medqwen.config import DataConfig
 from medqwen.configlib import REPO_ROOT, config_to_dict, format_config
-from medqwen import jsonl
+from medqwen.reporting import markdown_table, pyplot, run_meta, save_figure
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),
 # so the trainer and evaluation can ask them to see whether the identity was learned, not memorised.
@@ -531,8 +533,6 @@ def _map_strings(value: Any, fn) -> Any:
 def check_text(out: dict, control_tokens: str = "escape") -> tuple[dict, bool]:
     """(record, escaped?): lone surrogates are refused (they pass json.loads but cannot be written as UTF-8 or
     tokenized); control tokens are escaped, or refused with control_tokens='refuse'."""
-    from medqwen.chat import escape_control_tokens, find_control_token
-
     for text in _strings(out):
         try:
             text.encode("utf-8")
@@ -683,8 +683,6 @@ def token_lengths(conversations: list[dict], tokenizer, batch_size: int = 256) -
     """Tokens per conversation as training sees it: rendered with our chat template, then tokenized."""
     from tqdm.auto import tqdm
 
-    from medqwen.chat import render
-
     lengths = []
     for start in tqdm(range(0, len(conversations), batch_size), desc="tokens", unit=" batch", leave=False,
                       disable=None):
@@ -752,8 +750,6 @@ def filter_lengths(results: list[FileResult], tokenizer, max_seq_len: int) -> No
 
 def build_stats(results: list[FileResult], written: int, cfg: DataConfig, tokenizer_dir: Path | None) -> dict:
     """stats.json: `summary` (totals), `detail` (one entry per input file) and `meta` (git hash, versions, seed)."""
-    from medqwen.reporting import run_meta
-
     detail = []
     for r in results:
         assert r.read == len(r.conversations) + sum(r.dropped.values()), "every record read is kept or counted"
@@ -797,8 +793,6 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
     sample(results, cfg.max_per_input, cfg.seed)
     tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), _resolve(cfg.tokenizer))
     if tokenizer_dir is not None:
-        from medqwen.chat import load_tokenizer
-
         filter_lengths(results, load_tokenizer(tokenizer_dir, chat_template=cfg.chat_template), cfg.max_seq_len)
     elif cfg.max_seq_len > 0 and verbose:
         print("warning: no tokenizer (--tokenizer none, or auto found neither model/qwen nor the bundled model): "
@@ -829,8 +823,6 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
 
 def plot_lengths(results: list[FileResult], max_seq_len: int, path: Path) -> None:
     """Histogram of tokens per conversation, one colour per input, with the length limit marked."""
-    from medqwen.reporting import pyplot, save_figure
-
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -848,8 +840,6 @@ def plot_lengths(results: list[FileResult], max_seq_len: int, path: Path) -> Non
 
 def summary_table(stats: dict[str, Any]) -> str:
     """Markdown: one row per input, then the token-length percentiles."""
-    from medqwen.reporting import markdown_table
-
     rows = []
     for d in stats["detail"]:
         invalid = ", ".join(f"{k} {v}" for k, v in sorted(d["invalid"].items())) or "0"

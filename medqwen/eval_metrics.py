@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from medqwen.stats import bootstrap_ci  # written for 0/1 outcomes; the mean of any values works the same
+
+
 def zh_tokens(text: str) -> list[str]:
     """sacrebleu's `zh` tokenization: every CJK character is a token; Latin words and digits stay words."""
     from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
@@ -63,6 +66,4 @@ def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], n_boot:
 
 def mean_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float] | None:
     """95% percentile bootstrap interval of a mean over items (None for fewer than 2 items)."""
-    from medqwen.stats import bootstrap_ci  # written for 0/1 outcomes; the mean of any values works the same
-
     return bootstrap_ci(values, seed=seed) if len(values) >= 2 else None

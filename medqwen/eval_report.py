@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqwen.configlib import load_saved_config
-from medqwen.eval_metrics import rouge_l, names_assistant, mean_ci
+from medqwen.eval_metrics import mean_ci, names_assistant, rouge_l
 from medqwen.jsonl import iter_jsonl_objects
-from medqwen.reporting import markdown_table
+from medqwen.reporting import markdown_table, pyplot, save_figure
+from medqwen.stats import mcnemar_exact
+
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """A finished run's metrics, config and predictions."""
@@ -53,8 +55,6 @@ PAIRED = [("rouge_l", "ROUGE-L", lambda p: p.get("rouge_l")), ("bleu", "sentence
 def paired_rows(runs: list[dict[str, Any]], seed: int = 0) -> list[list[Any]]:
     """Every later run minus the first on the questions both answered: mean difference with a paired 95%
     bootstrap interval; identity probes with McNemar's exact test (only probes the two runs disagree on count)."""
-    from medqwen.stats import mcnemar_exact
-
     if len(runs) < 2:
         return []
     first = {p["id"]: p for p in runs[0]["predictions"]}
@@ -166,8 +166,6 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, samples: i
 
 def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
     """One panel per headline metric (reference loss, ROUGE-L, identity rate): a bar per run, 95% intervals."""
-    from medqwen.reporting import pyplot, save_figure
-
     plt = pyplot()
 
     keys = [k for k in ("ref_loss", "rouge_l", "identity_rate") if any(r["metrics"].get(k) is not None for r in runs)]

@@ -26,13 +26,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from medqwen.backends import HFBackend
+from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
 from medqwen.config import EvalConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config, spread_values
+from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
 from medqwen.eval_metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
 from medqwen.eval_report import compare_runs, load_run, metric_rows, write_report
 from medqwen.jsonl import write_jsonl
+from medqwen.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
+from medqwen.modeling import load_model
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import resolve_model
+from medqwen.training import read_conversations, split_conversations
 
 Message = dict[str, Any]
 
@@ -51,8 +57,6 @@ def load_heldout(cfg: EvalConfig) -> tuple[list[dict[str, Any]], str]:
     A trainer run saves its split in <output_dir>/split/eval.jsonl; without one, --data_path is split here by
     the trainer's own function (same seed, same ratio: the same held-out conversations).
     """
-    from medqwen.training import read_conversations, split_conversations
-
     saved = Path(cfg.split_run) / "split" / "eval.jsonl" if cfg.split_run else None
     if saved is not None and saved.is_file() and cfg.eval_split == "validation":
         return read_conversations(saved), f"validation split saved by the trainer run {cfg.split_run}"
@@ -105,8 +109,6 @@ def reference_loss(model, tokenizer, conversations: list[list[Message]], max_seq
     import torch
     from tqdm.auto import tqdm
 
-    from medqwen.chat import encode_with_assistant_mask
-
     encoded = []
     for messages, tool_list in zip(conversations, tools or [None] * len(conversations)):
         ids, mask = encode_with_assistant_mask(tokenizer, messages, tools=tool_list, enable_thinking=enable_thinking)
@@ -138,9 +140,6 @@ def reference_loss(model, tokenizer, conversations: list[list[Message]], max_seq
 def generate_hf(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int,
                 enable_thinking: bool | None = None, tools: list[list[dict] | None] | None = None) -> list[str]:
     """Greedy replies: prompts rendered with our chat template, then the benchmark's batched HF generation."""
-    from medqwen.backends import HFBackend
-    from medqwen.chat import render
-
     texts = [render(tokenizer, p, tools=t, add_generation_prompt=True, enable_thinking=enable_thinking)
              for p, t in zip(prompts, tools or [None] * len(prompts))]
     backend = HFBackend(model, tokenizer, batch_size=batch_size, progress=True)
@@ -154,8 +153,6 @@ def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max
     """Greedy replies from an OpenAI-compatible server (vLLM batches the concurrent requests)."""
     from openai import OpenAI
     from tqdm.auto import tqdm
-
-    from medqwen.judge import check_endpoint
 
     client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=2)
     check_endpoint(client, base_url, what="generation", key_hint="--api_key / $OPENAI_API_KEY")
@@ -195,8 +192,6 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         base_model, adapter, model_label = None, None, f"{cfg.served_model} at {cfg.base_url}"
     judge = None
     if cfg.judge_base_url:  # fail fast: a judge that is down should not cost the generation time
-        from medqwen.judge import make_judge
-
         judge = make_judge(cfg.judge_base_url, cfg.judge_model, cfg.judge_rubric, cfg.judge_api_key,
                            cfg.judge_timeout_s, cfg.judge_max_retries)
         judge.check_reachable()
@@ -209,17 +204,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     probes = []
     if cfg.identity_probes:
-        from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
-
         probes = [{"id": example_id([{"role": "user", "content": q}]), "kind": "identity", "question": q,
                    "prompt": [{"role": "user", "content": q}], "reference": None} for q in IDENTITY_PROBES]
 
     timings: dict[str, float] = {}
     losses: list[tuple[float, int]] | None = None
     if cfg.backend == "hf":
-        from medqwen.chat import load_tokenizer
-        from medqwen.modeling import load_model
-
         tokenizer = load_tokenizer(base_model, cfg.chat_template)
         model = load_model(base_model, adapter=adapter, device=cfg.device, dtype=cfg.dtype)
         t0 = time.perf_counter()
@@ -290,8 +280,6 @@ def summarize(examples: list[dict], probes: list[dict], losses: list[tuple[float
         summary["identity_rate_ci95"] = mean_ci(hits, seed)
         summary["identity_n"] = len(hits)
     if judgements is not None:
-        from medqwen.judge import CRITERIA, summarize_judgements
-
         summary.update(summarize_judgements(judgements))
         for name in CRITERIA:
             summary[f"judge_{name}_ci95"] = mean_ci([j[name] for j in judgements if "error" not in j], seed)
@@ -309,8 +297,6 @@ def cli(model_type: str = "base") -> None:
 
 def main(cfg: EvalConfig) -> None:
     """Entry point shared by the three eval scripts: a run, or --compare of finished runs."""
-    from medqwen.judge import EndpointUnavailableError
-
     print("config:\n" + format_config(cfg), file=sys.stderr)
     try:
         if cfg.compare:

@@ -23,7 +23,8 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from medqwen.packed_attention import VARLEN, register_attention
+from medqwen.fast_lora import compile_layers, fuse_lora, set_recompute_layers
+from medqwen.packed_attention import VARLEN, _VARLEN_ATTN, register_attention
 
 LORA_SHARED_INPUTS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 
@@ -49,8 +50,6 @@ def kernel_support() -> dict[str, bool]:
     import importlib.util
 
     import torch
-
-    from medqwen.packed_attention import _VARLEN_ATTN
 
     return {"cuda": torch.cuda.is_available(), "varlen": _VARLEN_ATTN is not None,
             "triton": importlib.util.find_spec("triton") is not None}
@@ -185,8 +184,6 @@ def attention_implementation(attn_implementation: str | None, packed_rows: bool 
 def _recompute_callback(n: int):
     from transformers import TrainerCallback
 
-    from medqwen.fast_lora import set_recompute_layers
-
     class RecomputeLayersCallback(TrainerCallback):
         """Selective recompute: the Trainer enables checkpointing on every layer; keep it on the first n."""
 
@@ -226,8 +223,6 @@ def set_compiler_settings(budget: float, eager_dropout_rng: bool) -> bool:
 
 def apply_fast_path(trainer, cfg) -> dict:
     """Switch the trainer to the fast pieces the config asks for; returns what was applied."""
-    from medqwen.fast_lora import compile_layers, fuse_lora
-
     model = trainer.model
     applied: dict[str, Any] = {}
     if attention_implementation(cfg.attn_implementation, cfg.packing or cfg.padding_free) == VARLEN:

@@ -26,15 +26,15 @@ from transformers import TrainerCallback
 
 from medqwen.ceval import LEADING_ANSWER  # the benchmark's "answer letter first" pattern
 from medqwen.ceval import Question, extract_answer, extract_cot_answer, render_prompt
+from medqwen.chat import load_tokenizer
 from medqwen.config import GrpoConfig
 from medqwen.configlib import save_config
 from medqwen.distributed import on_gpu, process_state
+from medqwen.mcq import read_mcq_file
+from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
 from medqwen.training import (last_checkpoint, load_base_model, lora_config, peak_memory_gb, resolve_resume,
                               save_adapter_atomic, trainer_arguments, use_run_logging, with_atomic_checkpoints)
-
-# ----------------------------------------------------------------------------------------------------------
-# Rewards. TRL calls each with the completions and, as keyword lists, the dataset's other columns.
 
 
 def completion_text(completion: Any) -> str:
@@ -164,8 +164,6 @@ def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=Non
     """The GRPOTrainer (LoRA via PEFT) for a config and an mcq_dataset; `model`/`tokenizer` may be given."""
     from trl import GRPOTrainer
 
-    from medqwen.chat import load_tokenizer
-
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
     if model is None:
         model, peft_config = load_policy(cfg)
@@ -199,7 +197,6 @@ def plot_reward_curve(history: list[dict[str, float]], path: Path, weights: tupl
     """Weighted reward and its two parts (mean over the step's completions) against optimizer step, as a PNG."""
     if not history:
         return None
-    from medqwen.reporting import pyplot, save_figure
 
     plt = pyplot()
 
@@ -229,10 +226,6 @@ def window_mean(values: list[float], first: bool, k: int) -> float | None:
 
 def train_grpo(cfg: GrpoConfig) -> dict[str, Any]:
     """Read questions, render prompts, train, save the adapter atomically, write reward_curve.png and metrics.json."""
-    from medqwen.chat import load_tokenizer
-    from medqwen.mcq import read_mcq_file
-    from medqwen.reporting import markdown_table, write_metrics
-
     cfg = replace(cfg, model=resolve_model(cfg.model, cfg.init_adapter).model)  # the base, checked
     out = Path(cfg.output_dir)
     procs = process_state()

@@ -85,17 +85,3 @@ def random_qwen3(shape: str = "tiny", vocab_size: int | None = None, seed: int =
     kwargs.update(overrides)
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(Qwen3Config(**kwargs))
-
-
-def save_tiny_qwen3(folder: str | Path, tokenizer_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random Qwen3 with a real tokenizer (and our chat template) as an HF folder for tests."""
-    from medqwen.chat import load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    model = random_qwen3("tiny", vocab_size=len(tokenizer), seed=seed,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                         pad_token_id=tokenizer.pad_token_id)
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder

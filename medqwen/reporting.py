@@ -98,6 +98,9 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a plot is as readable as any output
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

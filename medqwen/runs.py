@@ -116,10 +116,18 @@ def resolve_model(model: str | None = None, adapter: str | None = None, model_ty
 
 def vllm_lora_rank(run_dir: str | Path) -> int:
     """The smallest --max-lora-rank vLLM accepts that fits the adapter's rank."""
-    rank = json.loads((Path(run_dir) / "adapter_config.json").read_text())["r"]
+    path = Path(run_dir) / "adapter_config.json"
+    try:
+        rank = json.loads(path.read_text())["r"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read the LoRA rank r from '{path}' ({type(err).__name__}: {err})") from None
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise UserError(f"adapter rank r={rank!r} in '{path}' is not a positive whole number")
     fits = [r for r in VLLM_LORA_RANKS if r >= rank]
     if not fits:
-        raise UserError(f"adapter rank {rank} of '{run_dir}' is above {VLLM_LORA_RANKS[-1]}, the largest vLLM serves")
+        raise UserError(f"adapter rank {rank} of '{run_dir}' is above {VLLM_LORA_RANKS[-1]}, the largest vLLM serves; "
+                        "retrain with a smaller --lora_r, or merge it (python trainer/merge_lora.py) and serve the "
+                        "merged folder as MODEL_PATH with ADAPTER_PATH=none")
     return fits[0]
 
 

@@ -17,10 +17,10 @@ import datetime as dt
 import random
 from typing import Any
 
+from medqwen.agent import DEFAULT_SYSTEM_PROMPT, build_tools, openai_tool_schemas
+from medqwen.config import AgentConfig
 from medqwen.tools import CITIES, calculate, format_current, format_forecast, get_current_time
 
-# ----------------------------------------------------------------------------------------------------------
-# Question and answer templates (written by the team; {e} is an expression, {r} its value).
 
 ARITHMETIC_QUESTIONS = {
     "en": ["What is {e}?", "Calculate {e}.", "Please compute {e}.", "How much is {e}?", "Can you work out {e}?",
@@ -188,9 +188,6 @@ def make_tool_conversations(n: int, seed: int = 42, tools: list[str] | None = No
                             no_tool_ratio: float = 0.1, system_prompt: str | None = None,
                             tool_schemas: list[dict] | None = None) -> list[dict[str, Any]]:
     """`n` records `{"conversations": [...], "tools": [...]}`, tools cycled evenly, languages at random."""
-    from medqwen.agent import DEFAULT_SYSTEM_PROMPT, build_tools, openai_tool_schemas
-    from medqwen.config import AgentConfig
-
     tools = tools or list(BUILDERS)
     unknown = sorted(set(tools) - set(BUILDERS))
     if unknown:

@@ -21,8 +21,8 @@ from collections import Counter
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-# ----------------------------------------------------------------------------------------------------------
-# Calculator: walks the expression's syntax tree and evaluates only what it knows. Never eval/exec.
+from medqwen.http import HttpError, check_url, http_get, redact
+
 
 MAX_EXPRESSION_CHARS = 300
 MAX_NODES = 200  # syntax tree nodes: bounds the work per expression
@@ -271,8 +271,6 @@ def get_weather(city: str, when: str = "now", units: str = "metric", *, api_key:
     `timeout_s` is a deadline for the whole request; answers over `max_bytes` (decoded) are refused; the key
     never appears in the result, whatever the service sends back.
     """
-    from medqwen.http import HttpError, check_url, http_get, redact
-
     if not api_key:
         return NO_KEY_MESSAGE
     if units not in UNIT_SYMBOLS:

@@ -21,10 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medqwen.config import TrainConfig, TrainerFields
+from medqwen.chat import load_tokenizer
+from medqwen.config import DataConfig, TrainConfig, TrainerFields
 from medqwen.configlib import save_config
+from medqwen.data import InputSpec, load_file
 from medqwen.distributed import on_gpu, process_state
 from medqwen.jsonl import write_jsonl
+from medqwen.modeling import check_model_dir
+from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
 from medqwen.runs import resolve_model
 
 CHECKPOINT_PREFIX = "checkpoint"
@@ -41,9 +45,6 @@ def read_conversations(path: str | Path) -> list[dict]:
     `conversations` or `messages` (and the other formats data/prepare_data.py converts) are accepted; a bad
     line raises medqwen.data.DataError with "path:line: what is wrong".
     """
-    from medqwen.config import DataConfig
-    from medqwen.data import InputSpec, load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data '{path}' not found. Prepare it first (docs/data.md):\n"
@@ -104,8 +105,6 @@ def load_base_model(cfg: TrainConfig, packing: bool = False):
     """The base model in bf16 on GPU (fp32 on CPU), with the configured attention kernel."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from medqwen.modeling import check_model_dir
 
     check_model_dir(cfg.model)
     dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
@@ -235,7 +234,6 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
     (medqwen.fast_path.resolve_fast_path)."""
 
     from medqwen.callbacks import LogLineCallback
-    from medqwen.chat import load_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
     model = model if model is not None else load_base_model(cfg, packing=cfg.packing or cfg.padding_free)
@@ -367,7 +365,6 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
     evals = [(r["step"], r["eval_loss"]) for r in log_history if "eval_loss" in r]
     if not train and not evals:
         return None
-    from medqwen.reporting import pyplot, save_figure
 
     plt = pyplot()
 
@@ -388,10 +385,6 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Split, train (or resume), save the adapter atomically, write loss_curve.png and metrics.json."""
-    from medqwen.reporting import markdown_table, write_metrics
-
-    from medqwen.modeling import check_model_dir
-
     check_model_dir(cfg.model)  # fail before anything is written
     out = Path(cfg.output_dir)
     procs = process_state()
@@ -458,8 +451,6 @@ def merge_adapter(cfg) -> Path:
     import torch
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from medqwen.chat import load_tokenizer
 
     choice = resolve_model(cfg.model, cfg.adapter, "lora")
     adapter, base = Path(cfg.adapter), choice.model

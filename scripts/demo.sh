@@ -36,15 +36,15 @@ chat_lora() {
 }
 # --- stage: benchmark (C-Eval issue) ---
 benchmark() {
-  stage "medical exams 5-shot (C-Eval + CMMLU + CMExam shipped team-written samples, pooled) and the general set: base vs demo LoRA -> $OUT/benchmark/"
+  stage "medical exams 2-shot (C-Eval + CMMLU + CMExam shipped team-written samples, pooled) and the general set: base vs demo LoRA -> $OUT/benchmark/"
   if [ ! -f "$OUT/lora/adapter_config.json" ]; then
     echo "no demo LoRA in $OUT/lora: run the train stage first (bash scripts/demo.sh train)" >&2; return 1
   fi
-  # 4 questions per subject that has a shipped sample (--skip_missing leaves the others out and lists them);
-  # the base run also scores every cyclic option order (the option-order check). SmolLM2 reads no Chinese, so
-  # expect chance-level accuracy: the stage shows the wiring, not medical skill.
+  # 4 questions per subject that has a shipped sample (--skip_missing leaves the others out and lists them),
+  # 2-shot to keep the CPU passes short; the base run also scores every cyclic option order (the option-order
+  # check). SmolLM2 reads no Chinese, so expect chance-level accuracy: the stage shows the wiring, not skill.
   local common=(--data_dir data/benchmark/ceval-exam --cmmlu_dir data/benchmark/cmmlu --cmexam_dir data/benchmark/cmexam
-                --subjects medical,general --skip_missing --k_shot 5 --limit 4)
+                --subjects medical,general --skip_missing --k_shot 2 --limit 4)
   python benchmark/benchmark_ceval.py --model "$MODEL" --output_dir "$OUT/benchmark/base" "${common[@]}" \
     --permute_options cyclic
   python benchmark/benchmark_ceval.py --model_type lora --run_dir "$OUT/lora" --model "$MODEL" \
@@ -73,27 +73,18 @@ serve_agent() {
   if [ ! -f "$OUT/lora/adapter_config.json" ]; then
     echo "no demo LoRA in $OUT/lora: run the train stage first (bash scripts/demo.sh train)" >&2; return 1
   fi
-  local log="$OUT/serve_vllm.log" server status=0
-  MODEL_PATH="$MODEL" ADAPTER_PATH="$OUT/lora" VLLM_BASE_URL=http://localhost:8001/v1 \
-    bash agent/serve_vllm.sh >"$log" 2>&1 &
-  server=$!
-  trap 'kill "$server" 2>/dev/null' EXIT  # Ctrl-C or an error must not leave the server running
-  until grep -q "serve_vllm: ready" "$log"; do
-    if ! kill -0 "$server" 2>/dev/null; then tail -20 "$log" >&2; return 1; fi
-    sleep 1
-  done
-  grep "serve_vllm: ready" "$log"
+  # medqwen/serving.py run: starts agent/serve_vllm.sh, waits for /health, runs the queries, stops the server
+  # (also on Ctrl-C or an error).
   # The demo LoRA learned medical answers, not tool use, so tool_choice forces the first call; the
   # tool-trained adapter (docs/serving.md) calls the calculator on its own.
-  export VLLM_BASE_URL=http://localhost:8001/v1 MODEL_NAME=lora-adapter
-  python agent/agent.py --query "What is (12 + 8) * 3?" --force_tool calculator --verbose --temperature 0 \
-    --max_tokens 64 || status=1
-  python agent/agent.py --query "What time is it in London?" --force_tool get_current_time --verbose \
-    --temperature 0 --max_tokens 64 || status=1
-  kill "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
-  trap - EXIT
-  return $status
+  MODEL_NAME=lora-adapter python medqwen/serving.py run --model "$MODEL" --adapter "$OUT/lora" --port 8001 \
+    --log "$OUT/serve_vllm.log" -- bash -c '
+    status=0
+    python agent/agent.py --query "What is (12 + 8) * 3?" --force_tool calculator --verbose --temperature 0 \
+      --max_tokens 64 || status=1
+    python agent/agent.py --query "What time is it in London?" --force_tool get_current_time --verbose \
+      --temperature 0 --max_tokens 64 || status=1
+    exit $status'
 }
 
 # --- stage: rag (RAG issue) ---

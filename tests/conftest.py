@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO / "model" / "smollm2-135m-instruct"
@@ -27,9 +28,64 @@ def bundled_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
     """A tiny random Qwen3ForCausalLM (2 layers, head_dim 32) with the SmolLM2 tokenizer and our template."""
-    from medqwen.modeling import save_tiny_qwen3
-
     return save_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"), bundled_model_dir)
+
+
+def save_tiny_qwen3(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """Save a tiny random Qwen3 with a real tokenizer (and our chat template) as an HF folder."""
+    from medqwen.chat import load_tokenizer
+    from medqwen.modeling import random_qwen3
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = random_qwen3("tiny", vocab_size=len(tokenizer), seed=seed,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tmp_path_factory, tiny_model_dir):
+    """A PEFT LoRA adapter on the tiny Qwen3 with random non-zero B (a fresh adapter is a no-op otherwise)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.manual_seed(0)  # lora_A is drawn from the global generator: seed it so the adapter never depends on test order
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    folder = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(folder)
+    # As the trainer leaves it: the run's config.yaml names the base model, so the script finds it.
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": str(tiny_model_dir)}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(adapter_dir, tmp_path_factory):
+    """agent/serve_vllm.sh on the tiny Qwen3 + adapter_dir as `lora-adapter`: one real vLLM per session (~40 s)."""
+    from medqwen.serving import free_port, start_server, stop_server, wait_ready
+
+    port = free_port(8100, 8199)
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    # No MODEL_PATH: the script finds the base model in the adapter's config.yaml, as users run it.
+    proc = start_server(None, adapter_dir, port, log, MAX_MODEL_LEN="2048", OMP_NUM_THREADS="1")
+    try:
+        wait_ready(port, proc, log, timeout_s=240)
+        yield f"http://localhost:{port}/v1"
+    finally:
+        clean = stop_server(proc)
+    assert clean, "SIGTERM to serve_vllm.sh left vLLM processes running (its trap should stop them)"
+    assert "serve_vllm: ready at" in log.read_text()
 
 
 @pytest.fixture(scope="session")

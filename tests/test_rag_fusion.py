@@ -62,3 +62,51 @@ def test_card_corpora_are_reproducible_and_their_gold_ids_exist(tmp_path):
         gold = [json.loads(line) for line in (shipped / f"{name}_gold.jsonl").open()]
         assert len(gold) >= 90 and all(set(g["gold_ids"]) <= ids for g in gold)
         assert len({g["kind"] for g in gold}) >= 3
+
+
+def test_retriever_zmax_fusion_scores_every_candidate(tmp_path):
+    from medqwen.config import RagConfig
+    from medqwen.rag import Retriever, index_paths, open_client, open_collection
+    from tests.test_rag import write_corpus
+
+    docs = tmp_path / "docs"
+    write_corpus(docs)
+    cfg = RagConfig(input=[str(docs)], persist_dir=str(tmp_path / "chroma"), collection="test", fusion="zmax",
+                    bm25_weight=0.5, dense_weight=0.5)
+    collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+    index_paths(collection, cfg.input, cfg, progress=False)
+    retriever = Retriever(collection, cfg)
+    query = "黄芪补气"
+    vector = retriever.embed_query(query)
+    bm25 = dict(zip(retriever.ids, retriever.bm25_scores(query)))
+    candidates = list(bm25)  # 4 chunks, all candidates of both retrievers
+    cos = dict(zip(candidates, retriever.cosines(vector, candidates)))
+    expected = dict(zip(candidates, np.maximum(0.5 * zscore(np.array([bm25[c] for c in candidates])),
+                                               0.5 * zscore(np.array([cos[c] for c in candidates])))))
+    hits = retriever.search(query, k=4, method="hybrid")
+    assert hits[0].source_id == "herbs/黄芪"
+    assert {h.id: h.score for h in hits} == pytest.approx(expected, abs=1e-4)
+
+
+def test_benchmark_flags_a_default_beaten_by_a_single_retriever(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmark"))
+    import benchmark_rag
+    from medqwen.config import RagBenchConfig
+    from tests.test_rag import write_corpus
+
+    write_corpus(tmp_path / "docs")
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("\n".join(json.dumps(q, ensure_ascii=False) for q in [
+        {"kind": "named", "question": "麻黄汤治什么？", "gold_ids": ["formulas/mahuang"]},
+        {"kind": "english", "question": "ginseng tonic", "gold_ids": ["herbs/人参"]}]), encoding="utf-8")
+    # BM25 as the default: it finds nothing for a question that shares no word with the corpus, dense does.
+    cfg = RagBenchConfig(input=[str(tmp_path / "docs")], gold=str(gold), persist_dir=str(tmp_path / "chroma"),
+                         output_dir=str(tmp_path / "out"), methods=["bm25", "dense"], retrieval="bm25",
+                         bm25_shares=[], rrf_dense_weights=[], throughput_chunks=0, latency_docs=0)
+    assert benchmark_rag.main(cfg) == 0
+    versus = json.loads((tmp_path / "out" / "metrics.json").read_text())["summary"]["default_vs_best_single"]
+    rows = {r["kind"]: r for r in versus["kinds"]}
+    assert rows["english"] == {"kind": "english", "default": 0.0, "best_single": "dense", "best_single_value": 1.0,
+                               "margin": -1.0}
+    assert versus["beaten"] == ["all", "english"] and rows["named"]["margin"] == 0.0
+    assert "WARNING: the default is beaten by a single retriever" in capsys.readouterr().out

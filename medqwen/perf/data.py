@@ -8,6 +8,11 @@ import math
 import random
 from pathlib import Path
 
+from medqwen.configlib import REPO_ROOT
+from medqwen.distributed import local_rank
+from medqwen.modeling import random_qwen3
+from medqwen.training import read_conversations
+
 
 def synthetic_lengths(n: int, median: float = 280, sigma: float = 0.8, cap: int = 1024, floor: int = 32,
                       seed: int = 0) -> list[int]:
@@ -23,8 +28,6 @@ REAL_LENGTHS = "benchmark/data/medical_lengths.json"  # made by benchmark/length
 def load_length_histogram(path: str | Path | None = None) -> dict:
     """The stored histogram of real conversation lengths: {"length_counts": {tokens: count}, "assistant_fraction",
     "how", ...}."""
-    from medqwen.configlib import REPO_ROOT
-
     path = Path(path) if path else REPO_ROOT / REAL_LENGTHS
     if not path.is_file():
         raise FileNotFoundError(f"length histogram {path} not found; make it with benchmark/length_histogram.py")
@@ -98,8 +101,6 @@ def synthetic_conversations(tokenizer, lengths: list[int], chat_template_overhea
 def benchmark_tokenizer_dir(tokenizer: str | None, shape: str) -> Path:
     """The tokenizer a benchmark uses: the given folder; the bundled model's for the tiny shape; else model/qwen,
     or model/qwen3-tokenizer on a machine with only the tokenizer files."""
-    from medqwen.configlib import REPO_ROOT
-
     if tokenizer:
         return Path(tokenizer)
     if shape == "tiny":
@@ -114,8 +115,6 @@ def benchmark_conversations(tokenizer, n: int, median_len: int, max_seq_len: int
     are lognormal (median `median_len`) or drawn from the stored real histogram (`lengths="real"`, with its
     share of assistant tokens), capped at `max_seq_len` tokens."""
     if data:
-        from medqwen.training import read_conversations
-
         conversations = [c["conversations"] for c in read_conversations(data)]  # the trainer's reader
         return (conversations * (n // len(conversations) + 1))[:n]
     probe = [{"role": "user", "content": " the"}, {"role": "assistant", "content": " the"}]
@@ -133,9 +132,6 @@ def benchmark_model(shape: str, tokenizer, seed: int):
     """A random model of `shape` on this process's GPU in bf16 (CPU: fp32), with the tokenizer's special tokens;
     its own small vocabulary for the tiny shape. Makes that GPU this process's current device."""
     import torch
-
-    from medqwen.distributed import local_rank
-    from medqwen.modeling import random_qwen3
 
     cuda = torch.cuda.is_available()
     if cuda:

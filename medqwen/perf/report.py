@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medqwen.reporting import markdown_table, write_metrics
+
 
 def same_step(row: dict, original: dict | None) -> str:
     """"yes" when every optimizer step of `row` trained on the conversations of the original's step, else
@@ -22,8 +24,6 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
     A row launched on several processes reports their sum (real tok/s), the mean per process, MFU against
     `processes` GPUs, the largest peak memory of any process, and its scaling over the same variant on one.
     """
-    from medqwen.reporting import markdown_table, write_metrics
-
     def single(variant):
         return next((r for r in results if r["variant"] == variant and r["launcher"] == "single"
                      and "real_tok_s" in r), None)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from medqwen.config import TrainConfig
+from medqwen.configlib import REPO_ROOT, resolve_config
+
 # Named recipes: TrainConfig overrides on top of the defaults (the original recipe); "config" names a preset YAML.
 # A variant may add overrides after a colon, applied after its fast path: "24gb:max_tokens_per_forward=4096".
 # The packing variants fill rows to a token budget, so their optimizer steps hold a number of conversations that
@@ -39,8 +42,6 @@ VARIANTS: dict[str, dict] = {
 def variant_config(spec: str, base: dict, support: dict | None = None):
     """TrainConfig of a variant spec (`name` or `name:field=value:field=value`) on top of `base` overrides, with
     its fast path resolved for this machine (`support`: medqwen.fast_path.kernel_support(), measured if None)."""
-    from medqwen.config import TrainConfig
-    from medqwen.configlib import REPO_ROOT, resolve_config
     from medqwen.fast_path import resolve_fast_path
 
     name, _, extra = spec.partition(":")
