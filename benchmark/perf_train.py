@@ -78,9 +78,10 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     cuda_only_off = [] if cuda else [k for k in CUDA_ONLY if getattr(cfg, k) or wanted.get(k)]
     if cuda_only_off:
         cfg = replace(cfg, **{k: False for k in cuda_only_off})
-    # The same dataset for every variant (its size sets the sampler's order), large enough for the packed
-    # variants' steps; every process builds it and the Trainer hands each its own share of the batches.
-    n = pcfg.conversations or (pcfg.warmup_steps + pcfg.steps + 2) * 256 * processes
+    # The same dataset for every variant and launcher (its size sets the sampler's order and how BFD packs),
+    # large enough for the packed variants' steps on --processes processes; every process builds it and the
+    # Trainer hands each its own share of the batches.
+    n = pcfg.conversations or (pcfg.warmup_steps + pcfg.steps + 2) * 256 * max(1, pcfg.processes)
     conversations = benchmark_conversations(tokenizer, n, pcfg.median_len, pcfg.max_seq_len, pcfg.seed, pcfg.data,
                                             pcfg.lengths)
     dataset = Dataset.from_list([{"messages": c} for c in conversations])

@@ -171,7 +171,7 @@ def test_perf_train_on_two_processes(tmp_path, bundled_model_dir):
     out = tmp_path / "perf"
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(REPO / "benchmark/perf_train.py"), "--tiny", "--output_dir", str(out),
-           "--variants", "packed:gradient_accumulation_steps=1", "--launchers", "single,ddp",
+           "--variants", "packed:per_device_train_batch_size=8:gradient_accumulation_steps=1", "--launchers", "single,ddp",
            "--warmup_steps", "0", "--steps", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
