@@ -19,7 +19,6 @@ benchmark/PERF.md records what each setting bought on a GPU.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 

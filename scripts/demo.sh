@@ -10,20 +10,20 @@ mkdir -p "$OUT"
 
 stage() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
 
-# --- stage: data (issue: foundation) ---
+# --- stage: data ---
 data() {
   stage "prepare data: identity + team-written medical sample -> $OUT/data/lora_medical_merged.jsonl"
   python data/prepare_data.py --input data/medical_sample.jsonl --identity data/lora_identity.jsonl \
     --identity_upsample 2 --tokenizer "$MODEL" --output "$OUT/data/lora_medical_merged.jsonl"
 }
 
-# --- stage: chat with the base model (foundation) ---
+# --- stage: chat with the base model ---
 chat_base() {
   stage "chat with the base model"
   python run.py --model "$MODEL" --prompt "What is the capital of France?" --max_new_tokens 40 --temperature 0
 }
 
-# --- stage: train (trainer issue) ---
+# --- stage: train ---
 train() {
   stage "LoRA SFT of the bundled model on the demo data (identity + medical sample) -> $OUT/lora"
   python trainer/train_lora.py --config configs/smollm2/lora_cpu_demo.yaml \
@@ -34,7 +34,7 @@ chat_lora() {
   stage "chat with the demo LoRA adapter (it should name itself)"
   python run.py --model "$MODEL" --adapter "$OUT/lora" --prompt "Who are you?" --max_new_tokens 40 --temperature 0
 }
-# --- stage: benchmark (C-Eval issue) ---
+# --- stage: benchmark ---
 benchmark() {
   stage "medical exams 2-shot (C-Eval + CMMLU + CMExam shipped team-written samples, pooled) and the general set: base vs demo LoRA -> $OUT/benchmark/"
   if [ ! -f "$OUT/lora/adapter_config.json" ]; then
@@ -53,7 +53,7 @@ benchmark() {
   python benchmark/benchmark_ceval.py --compare "$OUT/benchmark/base" "$OUT/benchmark/lora" \
     --output_dir "$OUT/benchmark/compare"
 }
-# --- stage: evaluate (evaluation issue) ---
+# --- stage: evaluate ---
 evaluate() {
   stage "evaluate base vs demo LoRA on the LoRA run's held-out split -> $OUT/eval/"
   if [ ! -f "$OUT/lora/adapter_config.json" ]; then
@@ -62,12 +62,12 @@ evaluate() {
   # 4 held-out conversations + 10 identity probes, 32 new tokens: ~35 CPU seconds for both runs.
   local common=(--split_run "$OUT/lora" --data_path "$OUT/data/lora_medical_merged.jsonl" --limit 4
                 --max_new_tokens 32 --report_samples 4)
-  python eval/eval_base.py --model_name_or_path "$MODEL" --output_dir "$OUT/eval/base" "${common[@]}"
+  python eval/eval_base.py --model "$MODEL" --output_dir "$OUT/eval/base" "${common[@]}"
   python eval/eval_lora.py --adapter "$OUT/lora" --output_dir "$OUT/eval/lora" "${common[@]}"
   python eval/eval_lora.py --compare "$OUT/eval/base" "$OUT/eval/lora" --report_samples 4 \
     --output_dir "$OUT/eval/compare"
 }
-# --- stage: serve + agent (serving issue) ---
+# --- stage: serve + agent ---
 serve_agent() {
   stage "serve base + demo LoRA with vLLM on CPU (agent/serve_vllm.sh), two agent queries, stop the server"
   if [ ! -f "$OUT/lora/adapter_config.json" ]; then
@@ -87,7 +87,7 @@ serve_agent() {
     exit $status'
 }
 
-# --- stage: rag (RAG issue) ---
+# --- stage: rag ---
 rag() {
   stage "RAG: index data/rag_sample into $OUT/rag/chroma (twice: the second run adds nothing), ask with sources"
   python agent/embedding.py --input data/rag_sample --persist_dir "$OUT/rag/chroma"
@@ -95,7 +95,7 @@ rag() {
   # The bundled SmolLM2 speaks English only: the answer shows the wiring (prompt with numbered sources), not
   # medical quality; a served Qwen3 LoRA answers the same question with --backend openai.
   python agent/rag_query.py --persist_dir "$OUT/rag/chroma" --query "发热汗出恶风，脉浮缓，应该用什么方？" \
-    --backend local --local_model "$MODEL" --max_new_tokens 48 --temperature 0 --top_k 3
+    --backend local --model "$MODEL" --max_new_tokens 48 --temperature 0 --top_k 3
 }
 
 STAGES=(data chat_base train chat_lora benchmark evaluate serve_agent rag)
