@@ -247,16 +247,10 @@ def test_kill_after_checkpoint_then_resume_matches_uninterrupted_run(tiny_model_
     Tolerance: atol 1e-5, rtol 1e-4 on every LoRA tensor (fp32 on CPU; the resumed run restores the optimizer,
     scheduler and RNG states, so the rollouts are sampled from the same generator state).
     """
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import torch
     from safetensors.torch import load_file
 
-    from medqwen.training import last_checkpoint
+    from tests.kill import kill_after_first_checkpoint
 
     steps = 4
     common = ["--model", str(tiny_model_dir), "--data_path", str(SAMPLE), "--subjects", "arithmetic",
@@ -267,17 +261,7 @@ def test_kill_after_checkpoint_then_resume_matches_uninterrupted_run(tiny_model_
     reference = run_train([*common, "--output_dir", str(tmp_path / "ref")])
 
     out = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "trainer" / "train_grpo.py"), *common, "--output_dir",
-                             str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while last_checkpoint(out) is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    stderr = proc.communicate()[1]
-    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed:\n{stderr[-2000:]}"
-    assert not (out / "adapter_config.json").exists()  # killed before the final adapter
-    killed_at = int(last_checkpoint(out).name.split("-")[1])
+    killed_at = kill_after_first_checkpoint("trainer/train_grpo.py", [*common, "--output_dir", str(out)], out)
     assert 0 < killed_at < steps
 
     resumed = run_train([*common, "--output_dir", str(out), "--resume_from_checkpoint", "true"])

@@ -4,10 +4,8 @@ resume after SIGKILL, atomic checkpoints, two-process training."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from medqwen.configlib import load_saved_config
 from medqwen.data import DataError
 from medqwen.training import (build_trainer, last_checkpoint, read_conversations, split_conversations, to_dataset,
                               train)
+from tests.kill import kill_after_first_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
@@ -235,17 +234,7 @@ def test_kill_after_checkpoint_then_resume_matches_uninterrupted_run(tiny_model_
 
     out = tmp_path / "killed"
     argv = as_flags(tiny_cfg(tiny_model_dir, toy_data, out, max_steps=steps, eval_steps=4))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(REPO / "trainer" / "train_lora.py"), *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while last_checkpoint(out) is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    stderr = proc.communicate()[1]
-    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed:\n{stderr[-2000:]}"
-    assert not (out / "adapter_config.json").exists()  # killed before the final adapter
-    killed_at = int(last_checkpoint(out).name.split("-")[1])
+    killed_at = kill_after_first_checkpoint("trainer/train_lora.py", argv, out, timeout_s=120)
     assert 0 < killed_at < steps
 
     resumed = train(tiny_cfg(tiny_model_dir, toy_data, out, max_steps=steps, eval_steps=4,
