@@ -31,7 +31,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-die() { echo "serve_vllm: $*" >&2; exit 1; }
+# Exit status 2: the user can fix it (like every script here); 1: the server itself failed.
+die() { echo "serve_vllm: $*" >&2; exit 2; }
+fail() { echo "serve_vllm: $*" >&2; exit 1; }
 LIFECYCLE=medqwen/serving.py  # standard library only: the serving environment runs it by path
 
 VLLM_BASE_URL="${VLLM_BASE_URL:-http://localhost:8001/v1}"
@@ -122,6 +124,6 @@ trap 'exit 143' TERM
 
 SERVED="$MODEL_PATH"; [ "$ADAPTER_PATH" = "none" ] || SERVED="$MODEL_NAME"
 WAITED="$("$VLLM_PYTHON" "$LIFECYCLE" wait --port "$PORT" --pid "$SERVER_PID" --timeout_s "$START_TIMEOUT_S")" ||
-  die "vLLM did not become ready at http://127.0.0.1:$PORT/health within ${START_TIMEOUT_S}s (its log is above)"
+  fail "vLLM did not become ready at http://127.0.0.1:$PORT/health within ${START_TIMEOUT_S}s (its log is above)"
 echo "serve_vllm: ready at $URL (model \"$SERVED\") after ${WAITED}s; Ctrl-C stops it"
-wait "$SERVER_PID" || die "the server exited (status $?)"
+wait "$SERVER_PID" || fail "the server exited (status $?)"

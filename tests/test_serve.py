@@ -176,14 +176,14 @@ def test_serve_script_refuses_a_busy_port(bundled_model_dir, url):
         env = {**os.environ, "VLLM_BASE_URL": url.format(port=port), "MODEL_PATH": str(bundled_model_dir),
                "ADAPTER_PATH": "none"}
         proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1 and f"port {port} is already in use" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and f"port {port} is already in use" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("env,status,message", [  # folders: medqwen/runs.py's messages (tests/test_runs.py)
     ({"ADAPTER_PATH": "/nonexistent/adapter"}, 2, "adapter folder '/nonexistent/adapter' does not exist"),
     ({"ADAPTER_PATH": "none", "MODEL_PATH": "/nonexistent/model"}, 2, "model folder '/nonexistent/model' does not "
                                                                       "exist"),
-    ({"ADAPTER_PATH": "none", "VLLM_BASE_URL": "localhost"}, 1, "cannot read a port from VLLM_BASE_URL"),
+    ({"ADAPTER_PATH": "none", "VLLM_BASE_URL": "localhost"}, 2, "cannot read a port from VLLM_BASE_URL"),
 ])
 def test_serve_script_explains_bad_paths(env, status, message):
     proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env={**os.environ, **env}, capture_output=True, text=True,
@@ -195,7 +195,7 @@ def test_serve_script_explains_bad_paths(env, status, message):
 def test_serve_script_refuses_a_port_that_is_not_a_number(url):
     proc = subprocess.run(["bash", str(SERVE_SCRIPT)], env={**os.environ, "VLLM_BASE_URL": url, "ADAPTER_PATH": "none"},
                           capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1 and "is not a number in 1-65535" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "is not a number in 1-65535" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("config,message", [
