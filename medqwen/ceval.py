@@ -21,7 +21,6 @@ options (the option-order check); multi-answer items (CMExam) are generated and 
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import time
@@ -32,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medqwen.chat import render
-from medqwen.exams import EXAM_NAMES, expand_subjects, get_exam, is_group, split_key
+from medqwen.exams import CROSS_GROUPS, EXAM_NAMES, expand_subjects, get_exam, is_group, split_key
 from medqwen.exams.base import (LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, qualified,
                                 rotate)
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
@@ -479,6 +478,9 @@ def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int =
            "per_exam": {e: _block([p for p in base if p.exam == e], n_boot, seed) for e in exams},
            "per_subject": {k: _block([p for p in base if p.key == k], n_boot, seed)
                            for k in sorted(keys, key=lambda k: (EXAM_NAMES.index(split_key(k)[0]), k))}}
+    groups = domain_groups(keys)
+    if len(groups) > 1:  # medical and general in one run: each pooled apart, never mixed into one "medical" score
+        out["per_group"] = {g: _block([p for p in base if p.key in ks], n_boot, seed) for g, ks in groups.items()}
     multi = [p for p in predictions if p.multi]
     if multi:
         out["multi_answer"] = {e: _block([p for p in multi if p.exam == e], n_boot, seed)
@@ -486,6 +488,12 @@ def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int =
     if any(p.rotation for p in predictions):
         out["option_order"] = option_order_report(predictions, n_boot, seed)
     return out
+
+
+def domain_groups(keys: Sequence[str]) -> dict[str, set[str]]:
+    """The cross-exam groups (medical, general) that subject keys fall in: {group: the keys in it}."""
+    found = {g: set(keys) & set(expand_subjects([g])) for g in CROSS_GROUPS}
+    return {g: ks for g, ks in found.items() if ks}
 
 
 def option_order_report(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -577,9 +585,12 @@ def results_table(summary: dict[str, Any]) -> str:
     for exam, b in per_exam.items():
         if len(per_exam) > 1 and sum(split_key(k)[0] == exam for k in summary["per_subject"]) > 1:
             rows.append(row(exam, "**all subjects**", b))
+    for group, b in summary.get("per_group", {}).items():
+        rows.append(["all", f"**pooled {group}**", *row("ceval", "", b)[2:]])
     if len(rows) > 1:
-        pooled = row("ceval", "**pooled**" if len(per_exam) > 1 else "**overall**", summary)
-        rows.append(["all" if len(per_exam) > 1 else pooled[0], *pooled[1:]])
+        name = "**all questions (medical + general)**" if "per_group" in summary else "**pooled**"
+        pooled = row("ceval", name if len(per_exam) > 1 or "per_group" in summary else "**overall**", summary)
+        rows.append(["all" if len(per_exam) > 1 or "per_group" in summary else pooled[0], *pooled[1:]])
     for exam, b in summary.get("multi_answer", {}).items():
         rows.append(row(exam, "multi-answer (exact set, generated; not in the rows above)", b))
     return markdown_table(rows, ["exam", "subject", "n", "accuracy", "95% CI", "unparsed"])
@@ -611,7 +622,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
         raise ValueError("the runs share no graded questions (different subjects or the test split?)")
     exams = sorted({k[0] for k in keys}, key=EXAM_NAMES.index)
     scopes = [(get_exam(e).title, [k for k in keys if k[0] == e]) for e in exams] if len(exams) > 1 else []
-    scopes.append(("pooled" if len(exams) > 1 else get_exam(exams[0]).title, keys))
+    as_key = lambda k: k[1] if k[0] == "ceval" else f"{k[0]}/{k[1]}"  # noqa: E731  (exam, subject, id) -> key
+    groups = domain_groups(list(dict.fromkeys(as_key(k) for k in keys)))
+    if len(groups) > 1:  # medical and general apart, as in a run's own table
+        scopes += [(f"pooled {g}", [k for k in keys if as_key(k) in ks]) for g, ks in groups.items()]
+    whole = "all questions (medical + general)" if len(groups) > 1 else "pooled"
+    scopes.append((whole if len(exams) > 1 or len(groups) > 1 else get_exam(exams[0]).title, keys))
     rows, detail = [], []
     ref = runs[0]
     for label, d, preds in runs:

@@ -179,10 +179,12 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
     # 7 subjects with data, 4 questions each; CMExam's 4th is a multi-answer item, reported apart
     assert base["n"] == sum(b["n"] for b in base["per_exam"].values()) == 4 * 7 - 1
     assert base["multi_answer"]["cmexam"]["n"] == 1
+    assert (base["per_group"]["medical"]["n"], base["per_group"]["general"]["n"]) == (4 * 5 - 1, 4 * 2)
     assert "physician" in base["missing_subjects"] and "cmmlu/anatomy" in base["missing_subjects"]
     assert base["option_order"]["n_questions"] == base["n"]
     out = capsys.readouterr().out
-    assert "| CMExam | physician | 3 |" in out and "| all | **pooled** | 27 |" in out and "multi-answer" in out
+    assert "| CMExam | physician | 3 |" in out and "| all | **all questions (medical + general)** | 27 |" in out
+    assert "| all | **pooled medical** | 19 |" in out and "| all | **pooled general** | 8 |" in out and "multi-answer" in out
     assert "consistency" in out and "position bias" in out
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert "cmmlu/world_history" in metrics["detail"] and "cmexam" in metrics["summary"]["per_exam"]
@@ -194,7 +196,8 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
     result = benchmark_ceval.main(resolve_config(CevalConfig, {
         "compare": [str(tmp_path / "base"), str(tmp_path / "lora")], "output_dir": str(tmp_path / "cmp")}))
     out = capsys.readouterr().out
-    assert "| lora | CMMLU |" in out and "| lora | pooled | 27 |" in out
+    assert "| lora | CMMLU |" in out and "| lora | all questions (medical + general) | 27 |" in out
+    assert "| lora | pooled medical | 19 |" in out and "| lora | pooled general | 8 |" in out
     f = result["forgetting"][0]
     assert (f["medical"]["n"], f["general"]["n"]) == (4 * 5 - 1, 4 * 2)
     lora = [json.loads(x) for x in (tmp_path / "lora" / "predictions.jsonl").open()]
