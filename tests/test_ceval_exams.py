@@ -297,3 +297,13 @@ def test_control_tokens_in_exam_text_are_escaped_before_templating():
     from medqwen.ceval import build_messages
 
     assert all("<|" not in m["content"] for m in build_messages(q, [q]))
+
+
+@pytest.mark.parametrize("exam, title", [("cmmlu", "CMMLU"), ("cmexam", "CMExam")])
+def test_exams_with_answered_test_splits_score_test_for_val_and_refuse_test(exam, title):
+    from medqwen.exams import get_exam
+
+    assert get_exam(exam).graded_split("val") == "test"
+    with pytest.raises(ValueError, match=f"{title}'s scored split is `test`"):
+        get_exam(exam).graded_split("test")
+    assert get_exam("ceval").graded_split("test") == "test"  # C-Eval's answer-less submission split

@@ -257,6 +257,17 @@ def _start_until_ready(env, cwd):
     return proc, "".join(lines)
 
 
+def _kill_all(*pids):
+    """SIGKILL whatever of these processes is still alive (test clean-up)."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _gone(pid, within_s=10.0):
     import time
 
@@ -283,11 +294,7 @@ def test_kill_9_of_the_serve_script_stops_the_server(fake_vllm, tmp_path):
         proc.wait(timeout=10)
         assert _gone(server_pid), "the server outlived serve_vllm.sh killed by SIGKILL"
     finally:
-        for pid in (server_pid, proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_all(server_pid, proc.pid)
 
 
 def test_extra_args_are_not_globbed_the_api_key_is_masked_and_an_open_host_is_warned(fake_vllm, tmp_path):
@@ -350,9 +357,5 @@ def test_lifecycle_run_stops_the_server_when_it_is_killed(fake_vllm, tmp_path):
             proc.wait(timeout=30)
             assert _gone(server_pid, within_s=20), f"the server outlived `serving.py run` killed by {sig.name}"
         finally:
-            for pid in (server_pid, proc.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill_all(server_pid, proc.pid)
         time.sleep(0.5)

@@ -136,12 +136,19 @@ class Exam:
     subjects: dict[str, str] = {}  # subject -> Chinese name used in the instruction
     groups: dict[str, list[str]] = {}
     shot_split = "dev"
+    answered_test = False  # True: the released test split has answers, scored for --split val
     styles: tuple[str, ...] = ("official",)
     data_hint = ""
 
     def graded_split(self, split: str) -> str:
-        """The split scored for the benchmark's --split (val: graded; test: C-Eval's submission)."""
-        return split
+        """The split scored for the benchmark's --split (val: graded; test: C-Eval's submission). Exams whose
+        released test split carries answers (`answered_test`) score it for --split val and have no test mode."""
+        if not self.answered_test:
+            return split
+        if split != "val":
+            raise ValueError(f"{self.title}'s scored split is `test` (answers public): run it with --split val "
+                             "(graded); --split test is C-Eval's answer-less submission split")
+        return "test"
 
     def read(self, data_dir: Path, subject: str, split: str, skipped: Skipped) -> list[Question]:
         raise NotImplementedError

@@ -48,16 +48,11 @@ class CmexamExam(Exam):
     name, title = "cmexam", "CMExam"
     subjects = {"physician": "医师资格考试"}  # the whole exam is one subject
     groups = {"medical": ["physician"], "all": ["physician"]}
+    answered_test = True  # the released test split has its answers
     shot_split = "val"
     data_hint = ("Get it with `python data/get_ceval.py --benchmark cmexam --cmexam_csv_dir CMExam/data` (the "
                  "release's val.csv and test.csv); the repository ships a small team-written sample in "
                  "data/benchmark/cmexam/.")
-
-    def graded_split(self, split: str) -> str:
-        if split != "val":
-            raise ValueError("CMExam's scored split is `test` (answers public): run it with --split val (graded); "
-                             "--split test is C-Eval's answer-less submission split")
-        return "test"
 
     def read(self, data_dir: Path, subject: str, split: str, skipped: Skipped) -> list[Question]:
         path = data_dir / f"{split}.csv"

@@ -52,15 +52,10 @@ class CmmluExam(Exam):
     name, title = "cmmlu", "CMMLU"
     subjects = SUBJECTS
     groups = {"medical": MEDICAL, "general": GENERAL, "all": list(SUBJECTS)}
+    answered_test = True  # the released test split has its answers
     shot_split = "dev"
     data_hint = ("Get it with `python data/get_ceval.py --benchmark cmmlu` (hub, or --zip cmmlu_v1_0_1.zip); "
                  "the repository ships a small team-written sample in data/benchmark/cmmlu/.")
-
-    def graded_split(self, split: str) -> str:
-        if split != "val":
-            raise ValueError("CMMLU's scored split is `test` (answers public): run it with --split val (graded); "
-                             "--split test is C-Eval's answer-less submission split")
-        return "test"
 
     def read(self, data_dir: Path, subject: str, split: str, skipped: Skipped) -> list[Question]:
         path = data_dir / split / f"{subject}.csv"
