@@ -27,7 +27,6 @@ the tokenizer files (vocab.json, merges.txt, tokenizer_config.json, config.json)
 """
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,10 +35,8 @@ from pathlib import Path
 
 from medqwen.config import PerfTrainConfig
 from medqwen.configlib import format_config, parse_config, save_config
-from medqwen.distributed import is_main_process, run_launched
-
-MARK = "PERF_RESULT "
-
+from medqwen.distributed import is_main_process
+from medqwen.perf.isolate import print_result, run_variant
 
 def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     """Build the trainer for one variant around a random model and time it (runs in a child process; under
@@ -142,12 +139,6 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     }
 
 
-def log_output(pcfg: PerfTrainConfig, title: str, stdout: str, stderr: str) -> None:
-    """Append a run's output (the end of it) to variants.log."""
-    with (Path(pcfg.output_dir) / "variants.log").open("a", encoding="utf-8") as log:
-        log.write(f"===== {title}\n{stdout[-20000:]}\n{stderr[-20000:]}\n")
-
-
 def run_isolated(pcfg: PerfTrainConfig, spec: str, launcher: str) -> dict:
     """One variant in a child process (or an accelerate launch of several) with a time limit; a crash or OOM
     becomes an error row."""
@@ -155,25 +146,8 @@ def run_isolated(pcfg: PerfTrainConfig, spec: str, launcher: str) -> dict:
 
     row = {"variant": spec, "launcher": launcher, "processes": 1 if launcher == "single" else pcfg.processes}
     variant_config(spec, {})  # a typo fails here, before a process starts
-    try:
-        proc = run_launched(launcher, pcfg.processes, __file__, [*sys.argv[1:], "--run_one", spec],
-                            pcfg.variant_timeout_s)
-        stdout, stderr, status = proc.stdout, proc.stderr, f"exit {proc.returncode}"
-    except subprocess.TimeoutExpired as timeout:
-        stdout, stderr, status = timeout.output or "", timeout.stderr or "", "timed out"
-    log_output(pcfg, f"{spec} on {launcher} ({status})", stdout, stderr)
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(MARK):  # measured, even if the processes were slow to exit after it
-            return row | json.loads(line[len(MARK):])
-    if status == "timed out":
-        return row | {"error": f"timed out after {pcfg.variant_timeout_s} s"}
-    lines = (stderr or stdout).strip().splitlines()
-    if any("OutOfMemory" in line or "out of memory" in line for line in lines):
-        return row | {"error": "out of memory"}
-    # the first failing process's exception, not the launcher's ChildFailedError that follows it
-    cause = [line for line in lines if ("Error" in line or "Unsupported" in line) and "ChildFailed" not in line
-             and "elastic" not in line][:2]
-    return row | {"error": " | ".join(cause or lines[-3:])[-600:]}
+    return row | run_variant(__file__, sys.argv[1:], spec, Path(pcfg.output_dir) / "variants.log",
+                             pcfg.variant_timeout_s, launcher, pcfg.processes)
 
 
 def main(pcfg: PerfTrainConfig) -> list[dict]:
@@ -184,7 +158,7 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
     if pcfg.run_one:
         result = run_one(pcfg, pcfg.run_one)
         if is_main_process():
-            print(MARK + json.dumps(result), flush=True)
+            print_result(result)
         return []
     out = Path(pcfg.output_dir)
     save_config(pcfg, out / "config.yaml")

@@ -418,6 +418,10 @@ class GrpoConfig(SamplingFields, ThinkingFields, TrainerFields):
     lora_r: int = like(LoraFields, "lora_r", help="LoRA rank (fresh adapter only; --init_adapter keeps its own).")
     lora_last_layers: int | None = _f(None, "LoRA only in the last N transformer layers (None: all). Backward "
                                             "then stops at layer L-N: about twice as fast on CPU.", at_least=1)
+    rollouts: str = _f("auto", "How transformers generates the rollouts (without --use_vllm): compiled (static KV "
+                               "cache, decode step compiled into CUDA graphs; GPU), plain (TRL's default: dynamic "
+                               "cache, eager), auto (compiled on a CUDA GPU, else plain).",
+                       choices=["auto", "compiled", "plain"])
     use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU machines with the vllm package).")
     vllm_mode: str = _f("colocate", "colocate: vLLM inside the training process; server: a `trl vllm-serve` "
                                     "process.", choices=["colocate", "server"])
@@ -605,6 +609,32 @@ class PerfTrainConfig:
     output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
     seed: int = _f(0, "Seed of lengths, content and model init.")
     run_one: str | None = _f(None, "Internal: time only this variant in this process and print its JSON.")
+
+
+@dataclass
+class PerfGrpoConfig:
+    """benchmark/perf_grpo.py: time one GRPO optimizer step of a preset on a random model of a real shape, split
+    into rollouts, log-prob passes and policy training, for each way of generating the rollouts."""
+
+    preset: str = _f("configs/qwen3-4b/grpo_2x24gb.yaml", "GRPO preset whose per-GPU step is timed (one process "
+                                                          "runs one GPU's share: per-device batch x accumulation).")
+    shape: str = like(PerfTrainConfig, "shape")
+    tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, steps of 2 prompts x 4 completions of at "
+                           "most 8 tokens.")
+    variants: list[str] = _f(["plain:gradient_checkpointing=true", "compiled"], "Rollout engines to time (--rollouts of train_grpo.py: plain is "
+                                                    "TRL's default, compiled the static cache and compiled decode "
+                                                    "step; 'name:field=value:...' overrides preset fields), "
+                                                    "comma-separated or repeated; each runs in its own process.")
+    tokenizer: str | None = like(PerfTrainConfig, "tokenizer")
+    memory_cap_gib: float = like(PerfTrainConfig, "memory_cap_gib")
+    warmup_steps: int = _f(1, "Optimizer steps run before timing (the compiled decode step is built in the first).",
+                           at_least=0)
+    steps: int = _f(3, "Timed optimizer steps per variant (medians are reported).", at_least=1)
+    variant_timeout_s: int = like(PerfTrainConfig, "variant_timeout_s", 540)
+    peak_tflops: float | None = like(PerfTrainConfig, "peak_tflops")
+    output_dir: str = _f("out/perf-grpo", "Where results.json, results.md, config.yaml and metrics.json go.")
+    seed: int = like(PerfTrainConfig, "seed")
+    run_one: str | None = like(PerfTrainConfig, "run_one")
 
 
 @dataclass

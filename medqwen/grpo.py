@@ -29,7 +29,7 @@ from medqwen.ceval import Question, extract_answer, extract_cot_answer, render_p
 from medqwen.chat import load_tokenizer
 from medqwen.config import GrpoConfig
 from medqwen.configlib import save_config
-from medqwen.distributed import on_gpu, process_state
+from medqwen.distributed import is_main_process, on_gpu, process_state
 from medqwen.mcq import read_mcq_file
 from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
@@ -164,12 +164,18 @@ def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=Non
     """The GRPOTrainer (LoRA via PEFT) for a config and an mcq_dataset; `model`/`tokenizer` may be given."""
     from trl import GRPOTrainer
 
+    from medqwen.rollouts import CompiledRolloutTrainer, choose_rollouts
+
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
     if model is None:
         model, peft_config = load_policy(cfg)
     else:
         peft_config = None if hasattr(model, "peft_config") else grpo_lora_config(cfg, model)
-    trainer = with_atomic_checkpoints(GRPOTrainer)(
+    rollouts, why = choose_rollouts(cfg.rollouts, cfg.use_vllm, on_gpu())
+    if is_main_process():
+        print(f"rollouts: {rollouts} ({why})")
+    trainer_class = CompiledRolloutTrainer if rollouts == "compiled" else GRPOTrainer
+    trainer = with_atomic_checkpoints(trainer_class)(
         model=model, reward_funcs=REWARD_FUNCS, args=grpo_args(cfg), train_dataset=train_dataset,
         processing_class=tokenizer, peft_config=peft_config, callbacks=[RewardLineCallback(), *(callbacks or [])])
     use_run_logging(trainer, cfg.output_dir)  # RewardLineCallback prints the one line per step

@@ -186,6 +186,52 @@ def test_config_flags_and_cpu_args():
     assert args.bf16 is False and args.gradient_checkpointing is False  # CPU: both off (TRL defaults both on)
 
 
+def test_rollout_engine_choice():
+    from medqwen.rollouts import choose_rollouts
+
+    assert choose_rollouts("auto", use_vllm=False, cuda=True)[0] == "compiled"
+    assert choose_rollouts("auto", use_vllm=False, cuda=False)[0] == "plain"
+    assert choose_rollouts("compiled", use_vllm=True, cuda=True)[0] == "vllm"
+    assert choose_rollouts("plain", use_vllm=False, cuda=True) == ("plain", "--rollouts plain")
+    with pytest.raises(ValueError, match="unknown rollouts"):
+        choose_rollouts("fast", use_vllm=False, cuda=True)
+
+
+def test_compiled_rollouts_sample_what_trls_default_samples(tiny_model_dir, tmp_path):
+    """The static cache and the prompt bucket change how rollouts are computed, not what is sampled: with the same
+    seed both paths draw the same completions (fp32 on CPU, where transformers does not compile the decode step).
+    LoRA dropout is off here: TRL generates in training mode, and dropout over the longer bucketed prompts draws
+    more random numbers, which would shift the sampler's stream (the same distribution, other draws)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medqwen.chat import load_tokenizer
+    from medqwen.grpo import build_grpo_trainer
+    from medqwen.rollouts import PROMPT_BUCKET
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    questions = read_mcq_file(SAMPLE)[:3]
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"]
+               for p in mcq_dataset(questions, tokenizer)["prompt"]]
+    prompts = [ids for ids in prompts for _ in range(2)]  # a group of 2 per prompt, as TRL's sampler repeats them
+    assert len({len(p) for p in prompts}) > 1 and all(len(p) % PROMPT_BUCKET for p in prompts)
+    completions = {}
+    for rollouts in ("plain", "compiled"):
+        cfg = GrpoConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / rollouts), rollouts=rollouts,
+                         num_generations=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                         max_completion_length=12, report_to="none", max_steps=1, data_path=str(SAMPLE),
+                         lora_dropout=0.0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        trainer = build_grpo_trainer(cfg, mcq_dataset(questions, tokenizer), model=model, tokenizer=tokenizer)
+        assert type(trainer).__mro__[1].__name__ == ("CompiledRolloutTrainer" if rollouts == "compiled"
+                                                     else "GRPOTrainer")
+        torch.manual_seed(0)
+        completions[rollouts], _ = trainer._generate_single_turn(prompts, None, {}, 2)
+        assert trainer.pad_to_multiple_of is None  # the bucket is for generation only: the loss passes are unpadded
+    assert completions["compiled"] == completions["plain"]
+    assert all(len(c) == 12 for c in completions["plain"])  # a random model never stops early
+
+
 def run_train(argv):
     return load_script("trainer/train_grpo.py").main(parse_config(GrpoConfig, argv, environ={}))
 

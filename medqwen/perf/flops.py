@@ -36,6 +36,45 @@ def lora_train_flops(config, lengths: list[int], lora_r: int, targets: list[str]
     return (4 * frozen + 6 * lora) * tokens + 3 * 4 * d_attn * pairs * n_layers
 
 
+def forward_flops(config, lengths: list[int]) -> float:
+    """FLOPs of one forward pass without gradients (a log-prob pass) over sequences of `lengths`: 2 per weight
+    per token, plus causal attention (LoRA's few parameters are left out, as are norms and activations)."""
+    shapes = projection_shapes(config)
+    n_layers = config.num_hidden_layers
+    frozen = sum(i * o for i, o in shapes.values()) * n_layers + config.vocab_size * config.hidden_size
+    pairs = sum(n * (n + 1) / 2 for n in lengths)
+    return 2 * frozen * sum(lengths) + 4 * shapes["q_proj"][1] * pairs * n_layers
+
+
+def decode_bytes_per_step(config, batch: int, context: int, dtype_bytes: int = 2) -> float:
+    """Bytes one decode step must read from GPU memory at the least: every weight once (the embedding table only
+    as the tied LM head) and the KV cache of `batch` sequences of `context` tokens."""
+    shapes = projection_shapes(config)
+    weights = sum(i * o for i, o in shapes.values()) * config.num_hidden_layers + config.vocab_size * config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_per_token = 2 * config.num_key_value_heads * head_dim * config.num_hidden_layers
+    return dtype_bytes * (weights + kv_per_token * batch * context)
+
+
+def memory_bandwidth_gbs(n_bytes: int = 2 * 2**30, repeats: int = 10) -> float | None:
+    """Measured device-to-device copy rate of this GPU (GB/s, bytes read plus written); None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n_bytes * repeats / (start.elapsed_time(end) / 1000) / 1e9
+
+
 def matmul_peak_tflops(n: int = 8192, repeats: int = 10) -> float | None:
     """Measured bf16 matmul rate of this GPU (TFLOP/s) on random n x n x n products; None without CUDA."""
     import torch
