@@ -1,13 +1,17 @@
-"""Two small synthetic retrieval corpora with gold questions, written by the team for testing fusion on corpora the
-retrieval weights were not tuned on: structured disease cards (name, aliases, symptoms, department, drugs) and herb
-cards (name, nature, meridians, actions, indications). The disease names, herbs, symptoms and drugs are real words,
-but which card lists which symptoms, drugs or actions is drawn at random (seeded): the cards are NOT medical facts.
+"""Four small synthetic retrieval corpora with gold questions, written by the team for testing fusion on corpora the
+retrieval weights were not tuned on: structured disease cards (name, aliases, symptoms, department, drugs), herb
+cards (name, nature, meridians, actions, indications), disease entries in the layout of public disease knowledge
+graphs (name, aliases, overview, symptoms, complications, department, treatment, drugs) and drug leaflets (form,
+indications, side effects, contraindications, usage). The names, symptoms and drugs are real words, but which entry
+lists which facet is drawn at random (seeded): the entries are NOT medical facts.
 
-    python data/make_rag_cards.py            # writes data/rag_cards/{disease_cards,herb_cards}.jsonl + gold files
+    python data/make_rag_cards.py            # writes data/rag_cards/<corpus>/<corpus>.jsonl + <corpus>_gold.jsonl
 
 Question kinds: disease cards: named (a named disease's facet), symptoms (listed symptoms -> which disease), drugs
 (listed drugs -> which disease), colloquial (symptoms in everyday words -> which disease); herb cards: named,
-actions (listed actions -> which herb), colloquial (indications in everyday words -> which herb).
+actions (listed actions -> which herb), colloquial (indications in everyday words -> which herb); disease entries:
+named, symptoms, drugs; drug leaflets: named (a named drug's facet), side_effects (listed side effects -> which
+drug), indications (two diseases -> which drug).
 """
 
 import argparse
@@ -164,6 +168,15 @@ ENTRY_TEMPLATES = {"department": ("{name}应该挂哪个科？", "{name}看什�
 SYMPTOM_TEMPLATES = ("出现{}、{}、{}，可能是什么病？", "{}，{}，还{}，是什么病？", "患者{}伴{}、{}，考虑哪种疾病？")
 DRUG_TEMPLATES = ("{}一起用，一般是治什么病的？", "医生开了{}，这是治什么病？")
 
+SIDE_EFFECTS = ("恶心 呕吐 腹泻 头晕 头痛 皮疹 瘙痒 口干 便秘 失眠 嗜睡 乏力 心悸 肝功能异常 肾功能损害 低血糖 低血压 水肿 "
+                "干咳 味觉异常 光敏反应 白细胞减少 血小板减少 胃肠不适 肌肉疼痛 牙龈出血 视物模糊 耳鸣 月经紊乱 体重增加").split()
+CONTRAINDICATIONS = ("孕妇禁用", "哺乳期妇女禁用", "严重肝功能不全者禁用", "严重肾功能不全者禁用", "对本品过敏者禁用",
+                     "儿童慎用", "消化道溃疡患者禁用", "哮喘患者慎用", "青光眼患者禁用", "心动过缓者禁用")
+FORMS = ("片剂", "胶囊", "颗粒", "缓释片", "注射液", "口服液")
+LEAFLET_TEMPLATES = {"side_effects": ("{drug}有哪些不良反应？", "吃{drug}会有什么副作用？"),
+                     "indications": ("{drug}能治什么病？", "{drug}的适应症是什么？"),
+                     "contraindications": ("哪些人不能用{drug}？", "{drug}有什么禁忌？")}
+
 
 def disease_cards(rng: random.Random) -> tuple[list[dict], list[dict]]:
     cards = []
@@ -262,6 +275,42 @@ def disease_entries(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return rows, gold
 
 
+def drug_leaflets(rng: random.Random) -> tuple[list[dict], list[dict]]:
+    departments: dict[str, str] = {}  # drug -> the first department that lists it
+    for department, (_extra, _sites, _treatments, drugs) in ENTRY_DEPARTMENTS.items():
+        for drug in drugs.split():
+            departments.setdefault(drug, department)
+    leaflets = []
+    for drug, department in departments.items():
+        diseases = (DEPARTMENTS[department] + " " + ENTRY_DEPARTMENTS[department][0]).split()
+        form = rng.choice(FORMS)
+        usage = (f"静脉滴注，一日{rng.randint(1, 2)}次" if form == "注射液" else
+                 f"口服，一次{rng.randint(1, 2)}{ {'片剂': '片', '缓释片': '片', '胶囊': '粒', '颗粒': '袋'}.get(form, '支')}，"
+                 f"一日{rng.randint(1, 3)}次")
+        leaflets.append({"id": f"m{len(leaflets) + 1:03d}", "title": drug, "indications": rng.sample(diseases, 3),
+                         "side_effects": rng.sample(SIDE_EFFECTS, rng.randint(3, 4)),
+                         "contraindications": rng.sample(CONTRAINDICATIONS, rng.randint(1, 2)),
+                         "usage": usage, "form": form})
+    rows = [{"id": m["id"], "title": m["title"],
+             "text": (f"{m['title']}（{m['form']}）。适应症：{'、'.join(m['indications'])}。不良反应："
+                      f"{'、'.join(m['side_effects'])}。禁忌：{'，'.join(m['contraindications'])}。用法用量：{m['usage']}。")}
+            for m in leaflets]
+    gold = []
+    for i, leaflet in enumerate(rng.sample(leaflets, 150)):
+        kind = ("named", "side_effects", "indications")[i % 3]
+        if kind == "named":
+            question = rng.choice(LEAFLET_TEMPLATES[rng.choice(sorted(LEAFLET_TEMPLATES))]).format(drug=leaflet["title"])
+        elif kind == "side_effects":
+            a, b, c = rng.sample(leaflet["side_effects"], 3)
+            question = f"用药后出现{a}、{b}和{c}，可能是哪种药的不良反应？"
+        else:
+            a, b = rng.sample(leaflet["indications"], 2)
+            question = f"既能治{a}又能治{b}的是哪种药？"
+        gold.append({"id": f"drug-{i + 1:03d}", "kind": kind, "question": question,
+                     "gold_ids": [f"drug_leaflets/{leaflet['id']}"]})
+    return rows, gold
+
+
 def write(rows: list[dict], path: Path) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
@@ -274,7 +323,7 @@ def main() -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, make in (("disease_cards", disease_cards), ("herb_cards", herb_cards),
-                       ("disease_entries", disease_entries)):
+                       ("disease_entries", disease_entries), ("drug_leaflets", drug_leaflets)):
         rows, gold = make(random.Random(args.seed))
         (out / name).mkdir(exist_ok=True)
         write(rows, out / name / f"{name}.jsonl")
