@@ -29,7 +29,8 @@ def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) ->
     start = time.perf_counter()
     hits = retriever.search(question, cfg.top_k)
     took_ms = (time.perf_counter() - start) * 1000
-    print(f"\nsources ({cfg.retrieval}, {took_ms:.0f} ms):")
+    how = f"{cfg.retrieval}, {hits[0].fusion}" if hits and hits[0].fusion else cfg.retrieval
+    print(f"\nsources ({how}, {took_ms:.0f} ms):")
     for n, hit in enumerate(hits, start=1):
         ranks = ", ".join(f"{m} #{r}" for m, r in hit.ranks.items())
         print(f"  [{n}] {hit.source_id}  ({ranks})")

@@ -97,10 +97,16 @@ def main(cfg: RagBenchConfig) -> int:
         print(f"embedding throughput: {throughput}")
 
     runs = {}  # name -> (config overrides, search kwargs)
+    weights = f"bm25 {cfg.bm25_weight:g}, dense {cfg.dense_weight:g}"
     for method in cfg.methods:
-        name = method if method != "hybrid" else (f"hybrid {cfg.fusion} (bm25 {cfg.bm25_weight:g}, dense "
-                                                  f"{cfg.dense_weight:g}), default")
+        name = method if method != "hybrid" else (
+            f"hybrid adaptive (threshold {cfg.adaptive_threshold:g}; unsure: score {weights}), default"
+            if cfg.fusion == "adaptive" else f"hybrid {cfg.fusion} ({weights}), default")
         runs[name] = ({}, {"method": method})
+    if "hybrid" in cfg.methods and cfg.fusion == "adaptive":  # its two choices alone, for every question
+        runs["hybrid zmax (bm25 0.5, dense 0.5)"] = (
+            {}, {"method": "hybrid", "fusion": "zmax", "bm25_weight": 0.5, "dense_weight": 0.5})
+        runs[f"hybrid score ({weights})"] = ({}, {"method": "hybrid", "fusion": "score"})
     if "hybrid" in cfg.methods:
         for share in cfg.bm25_shares:
             runs[f"hybrid score (bm25 {share:g}, dense {1 - share:g})"] = (
@@ -156,7 +162,17 @@ def main(cfg: RagBenchConfig) -> int:
     if versus["beaten"]:
         print(f"\nWARNING: the default is beaten by a single retriever by more than {versus['tolerance']} R@5 on: "
               f"{', '.join(versus['beaten'])}")
+    adaptive = {}
+    if cfg.retrieval == "hybrid" and cfg.fusion == "adaptive":
+        retriever = retrievers[()]
+        sure = [row["fusion"] == "zmax" for row in results[default]["questions"]]
+        adaptive = {"bm25_reference_confidence": retriever.bm25_reference, "threshold": cfg.adaptive_threshold,
+                    "bm25_sure_share": round(sum(sure) / max(len(sure), 1), 4)}
+        print(f"\nadaptive fusion: BM25 reference confidence {adaptive['bm25_reference_confidence']} (median on "
+              f"phrases copied from the store); BM25 sure (zmax) on {adaptive['bm25_sure_share']:.0%} of the "
+              f"questions, dense-led score fusion on the rest")
     summary = {"default_method": default, **results[default]["metrics"]["all"], "default_vs_best_single": versus,
+               "adaptive_fusion": adaptive,
                "latency_ms": results[default]["latency_ms"], "questions": len(gold),
                "chunks": indexing.chunks_total, "indexing": indexing.as_dict(), "embedding_throughput": throughput,
                "latency_at_scale": scale}

@@ -496,16 +496,20 @@ class RagConfig(ServerFields, ModelFields):
     hnsw_ef_search: int = _f(200, "HNSW candidate list size of dense search: larger is closer to exact search, "
                                   "slower (Chroma's default 100 missed neighbours at 50 candidates here).",
                             at_least=1)
-    fusion: str = _f("score", "How hybrid merges the two: score (min-max-normalised BM25 and cosine scores of every "
-                              "candidate, weighted sum), zscore (z-scores over the candidates, weighted sum), zmax "
-                              "(the larger weighted z-score: the worst loss to the better single retriever across "
-                              "five corpora, docs/rag.md) or rrf (weighted reciprocal rank).",
-                      choices=["score", "zscore", "zmax", "rrf"])
+    fusion: str = _f("adaptive", "How hybrid merges the two: adaptive (per query: zmax with equal weights when BM25's "
+                                 "best match stands out like a phrase copied from the collection, else score fusion "
+                                 "with the weights below; docs/rag.md), score (min-max-normalised BM25 and cosine "
+                                 "scores of every candidate, weighted sum), zscore (z-scores, weighted sum), zmax (the "
+                                 "larger weighted z-score) or rrf (weighted reciprocal rank).",
+                      choices=["adaptive", "score", "zscore", "zmax", "rrf"])
+    adaptive_threshold: float = _f(0.6, "adaptive: BM25 counts as sure when its best match's z-score among its top "
+                                         "candidate_k is at least this fraction of the median on phrases copied from "
+                                         "the collection (chosen leave-one-corpus-out, docs/rag.md).", at_least=0)
     rrf_k: int = _f(60, "Reciprocal-rank-fusion constant (--fusion rrf): score = sum of weight / (rrf_k + rank).",
                     at_least=0)
-    bm25_weight: float = _f(0.3, "Weight of BM25 in hybrid fusion.", at_least=0)
-    dense_weight: float = _f(0.7, "Weight of dense retrieval in hybrid fusion (benchmark/benchmark_rag.py compares "
-                                  "weights on classical text and on modern patient questions).", at_least=0)
+    bm25_weight: float = _f(0.25, "Weight of BM25 in hybrid fusion (adaptive: when BM25 is unsure).", at_least=0)
+    dense_weight: float = _f(0.75, "Weight of dense retrieval in hybrid fusion (adaptive: when BM25 is unsure).",
+                             at_least=0)
     reranker: str | None = _f(None, "Optional sentence-transformers CrossEncoder (folder or hub id, e.g. "
                                     "BAAI/bge-reranker-base) that reorders the fused candidates.")
     rerank_k: int = _f(20, "Fused candidates the reranker scores.", at_least=1)
@@ -541,8 +545,8 @@ class RagBenchConfig(RagConfig):
     output_dir: str = _f("out/benchmark/rag", "Where metrics.json, config.yaml and per-question ranks go.")
     methods: list[str] = _f(["bm25", "dense", "hybrid"], "Retrieval methods compared (hybrid uses the weights "
                                                          "above).")
-    bm25_shares: list[float] = _f([0.2, 0.4, 0.5], "Extra hybrid rows, score fusion: BM25 weight swept, dense "
-                                                   "weight = 1 - it.")
+    bm25_shares: list[float] = _f([0.3, 0.5], "Extra hybrid rows, score fusion: BM25 weight swept, dense weight = "
+                                              "1 - it (0.3 was the default before adaptive fusion).")
     rrf_dense_weights: list[float] = _f([0.25, 1.0], "Extra hybrid rows, reciprocal-rank fusion with BM25 weight 1: "
                                                      "these dense weights (1 = plain RRF).")
     throughput_chunks: int = _f(128, "Chunks embedded from scratch to measure indexing throughput (0: skip).")

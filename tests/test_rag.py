@@ -216,7 +216,7 @@ def test_score_fusion_scores_every_candidate_with_both_retrievers(store):
     norm_b = minmax(np.array([bm25[c] for c in candidates]))
     norm_d = minmax(np.array([cos[c] for c in candidates]))
     expected = dict(zip(candidates, cfg.bm25_weight * norm_b + cfg.dense_weight * norm_d))
-    hits = retriever.search(query, k=4, method="hybrid")
+    hits = retriever.search(query, k=4, method="hybrid", fusion="score")
     assert hits[0].source_id == "herbs/黄芪"
     assert {h.id: h.score for h in hits} == pytest.approx(expected)
     assert [h.score for h in hits] == sorted(expected.values(), reverse=True)

@@ -70,7 +70,8 @@ def evaluate(retriever: Retriever, gold: list[dict], **search_kwargs) -> dict:
         metrics = recall_mrr(sources, set(item["gold_ids"]), KS)
         for group in ("all", item["kind"], item["half"], f"{item['kind']}/{item['half']}"):
             per_kind[group].append(metrics)
-        rows.append({"id": item["id"], "kind": item["kind"], "metrics": metrics, "top_sources": sources})
+        rows.append({"id": item["id"], "kind": item["kind"], "metrics": metrics, "top_sources": sources,
+                     "fusion": hits[0].fusion if hits else ""})
     summary = {kind: {name: round(float(np.mean([m[name] for m in ms])), 4) for name in ms[0]} | {"n": len(ms)}
                for kind, ms in per_kind.items()}
     return {"metrics": summary, "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),

@@ -6,19 +6,25 @@ a cross-encoder.
     hits = retriever.search("桂枝汤主治什么？", k=5)          # cfg.retrieval: dense | bm25 | hybrid
     hits[0].metadata["source_id"], hits[0].document
 
-Fusion (cfg.fusion). `score` (default): every candidate of either retriever (top candidate_k of each) gets both
-scores, BM25 and cosine; each is min-max normalised over the candidates and the two are summed with the weights.
-A candidate found by one retriever is scored by the other too (its embedding is fetched), so a passage that is
-second-best for both beats one that only one of them liked. `rrf`: score(d) = sum_m w_m / (rrf_k + rank_m(d)),
-which only sees ranks. Measured (benchmark/benchmark_rag.py): on classical text BM25 is far stronger than the
-small dense model, on modern patient questions the dense model is; score fusion beat both on both, while any one
-RRF weight suited only one of them.
+Fusion (cfg.fusion). Every candidate of either retriever (top candidate_k of each) gets both scores, BM25 and
+cosine (a candidate only one retriever found is scored by the other too: its embedding is fetched). `score`: each
+score min-max normalised over the candidates, weighted sum. `zscore`: z-scores, weighted sum. `zmax`: the larger of
+the weighted z-scores (CombMAX). `rrf`: sum_m w_m / (rrf_k + rank_m(d)), which only sees ranks.
+
+`adaptive` (default) picks one of two per query, from how sure BM25 is. Its confidence is the z-score of its best
+score among its top candidates; the reference is the median confidence on pseudo-queries that copy three phrases of
+a chunk of this very collection, computed with the BM25 index (deterministic, no gold question, nothing stored).
+At or above `adaptive_threshold` x the reference, BM25 has found what a copied phrase finds and `zmax` with equal
+weights lets its standout lead while dense's own standouts stay in the top k; below it, the question shares few of
+its words with any chunk (a paraphrase, a patient's own words) and `score` fusion led by dense decides. Why and
+how it was chosen (leave-one-corpus-out over seven corpora): docs/rag.md.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -133,7 +139,51 @@ def zscore(values: np.ndarray) -> np.ndarray:
 
 
 NORMALIZERS = {"score": minmax, "zscore": zscore, "zmax": zscore}
-FUSIONS = ("score", "zscore", "zmax", "rrf")
+FUSIONS = ("adaptive", "score", "zscore", "zmax", "rrf")
+PSEUDO_QUERIES = 200  # per collection, for the BM25 reference confidence (the median is stable to ~0.1 from 100 on)
+_PHRASE_BREAK = re.compile(r"[\s，。、；：！？,.;:!?（）()《》“”\"'·\-]+")
+
+
+def pseudo_queries(documents: list[str], n: int = PSEUDO_QUERIES, seed: int = 0) -> list[tuple[int, str]]:
+    """Up to n (row, query) pairs: three random phrases (2-12 characters between punctuation) of a document's body
+    (the header line left out), joined as a list: a question that copies the document's own words. Deterministic
+    for the same documents in the same order."""
+    rng = random.Random(seed)
+    rows = list(range(len(documents)))
+    rng.shuffle(rows)
+    queries = []
+    for row in rows:
+        body = documents[row].split("\n", 1)[-1]
+        phrases = [p for p in _PHRASE_BREAK.split(body) if 2 <= len(p) <= 12]
+        if len(phrases) >= 3:
+            queries.append((row, "、".join(rng.sample(phrases, 3))))
+            if len(queries) == n:
+                break
+    return queries
+
+
+def bm25_confidence(scores: np.ndarray, depth: int) -> float:
+    """How far BM25's best chunk stands above its other top-`depth` candidates: the z-score of the best positive
+    score among them (inf when a single chunk matches, 0 when none or all tie)."""
+    top = scores[top_rows(scores, depth)]
+    if len(top) < 2:
+        return math.inf if len(top) else 0.0
+    std = float(top.std())
+    return float((top[0] - top.mean()) / std) if std > 0 else 0.0
+
+
+def reference_confidence(documents: list[str], bm25_scores, depth: int) -> float | None:
+    """Median BM25 confidence on pseudo-queries copied from the documents (`bm25_scores(query)` -> every
+    document's score); None when the documents are too few or too short for a finite median."""
+    confidences = [bm25_confidence(bm25_scores(query), depth) for _, query in pseudo_queries(documents)]
+    median = float(np.median(confidences)) if confidences else math.inf
+    return median if 0 < median < math.inf else None
+
+
+def adaptive_choice(confidence: float, reference: float | None, threshold: float) -> str:
+    """`zmax` when BM25 is at least `threshold` x as sure as on a copied phrase (or no reference exists: the
+    balanced choice), else `score` (led by the dense side through the configured weights)."""
+    return "zmax" if reference is None or confidence >= threshold * reference else "score"
 
 
 def fuse_scores(bm25: np.ndarray, cosine: np.ndarray, bm25_ranking: list, dense_ranking: list, candidates: list,
@@ -145,8 +195,8 @@ def fuse_scores(bm25: np.ndarray, cosine: np.ndarray, bm25_ranking: list, dense_
         fused = dict(weighted_rrf({"bm25": bm25_ranking, "dense": dense_ranking},
                                   {"bm25": bm25_weight, "dense": dense_weight}, rrf_k))
         return np.array([fused.get(c, 0.0) for c in candidates])
-    if fusion not in NORMALIZERS:
-        raise ValueError(f"unknown fusion {fusion!r}: use one of {FUSIONS}")
+    if fusion not in NORMALIZERS:  # adaptive is resolved per query first (adaptive_choice)
+        raise ValueError(f"unknown fusion {fusion!r}: use one of {(*NORMALIZERS, 'rrf')}")
     normalize = NORMALIZERS[fusion]
     if fusion == "zmax":  # the more confident side decides: a clear BM25 match is not diluted by a flat cosine
         return np.maximum(bm25_weight * normalize(np.asarray(bm25, float)),
@@ -170,6 +220,7 @@ class Hit:
     metadata: dict
     score: float
     ranks: dict[str, int] = field(default_factory=dict)  # method -> 1-based rank among its candidates
+    fusion: str = ""  # how a hybrid search merged the two (adaptive: the fusion it chose for this query)
 
     @property
     def source_id(self) -> str:
@@ -195,6 +246,7 @@ class Retriever:
             offset += page
         self.row = {cid: i for i, cid in enumerate(self.ids)}
         self._bm25: Bm25Index | None = None
+        self._reference: float | None = None
         self._embedding = None  # the query encoder, made on first use
         self._reranker = None
 
@@ -205,7 +257,18 @@ class Retriever:
     def bm25(self) -> Bm25Index:
         if self._bm25 is None:
             self._bm25 = Bm25Index([bm25_tokens(d, self.cfg.bm25_tokenizer) for d in self.documents])
+            # Chunks in id (content hash) order: the same texts give the same pseudo-queries, however the
+            # collection was built up.
+            order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
+            scores = self.bm25_scores
+            self._reference = reference_confidence([self.documents[i] for i in order], scores, self.cfg.candidate_k)
         return self._bm25
+
+    @property
+    def bm25_reference(self) -> float | None:
+        """Median BM25 confidence on phrases copied from this collection (see adaptive fusion), None if too small."""
+        _ = self.bm25
+        return self._reference
 
     def bm25_scores(self, query: str) -> np.ndarray:
         """BM25 score of every chunk (question words dropped from the query unless cfg says otherwise)."""
@@ -257,6 +320,11 @@ class Retriever:
             vector = self.embed_query(query)
             rankings["dense"], dense_cos = self.dense(vector, depth)
 
+        if method == "hybrid" and fusion == "adaptive":
+            fusion = adaptive_choice(bm25_confidence(bm25, cfg.candidate_k), self.bm25_reference,
+                                     cfg.adaptive_threshold)
+            if fusion == "zmax":
+                weights = {"bm25": 0.5, "dense": 0.5}
         if method == "hybrid" and fusion in NORMALIZERS:
             candidates = list(dict.fromkeys(rankings["bm25"] + rankings["dense"]))
             cos = dict(zip(rankings["dense"], dense_cos))
@@ -271,7 +339,7 @@ class Retriever:
             fused = weighted_rrf(rankings, weights, cfg.rrf_k)
         ranks = {m: {cid: r for r, cid in enumerate(ids, start=1)} for m, ids in rankings.items()}
         hits = [Hit(cid, self.documents[self.row[cid]], self.metadatas[self.row[cid]], score,
-                    {m: ranks[m][cid] for m in ranks if cid in ranks[m]})
+                    {m: ranks[m][cid] for m in ranks if cid in ranks[m]}, fusion if method == "hybrid" else "")
                 for cid, score in fused if cid in self.row]
         if cfg.reranker:
             hits = self.rerank(query, hits[:cfg.rerank_k])
