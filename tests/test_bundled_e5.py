@@ -70,7 +70,7 @@ def test_normalization_equals_the_engines_map_on_every_character(bundled_e5_dir)
     assert not wrong, wrong[:20]
 
 
-@pytest.mark.parametrize("precision, floor", [("fp32", 0.999), ("int8", 0.99)])
+@pytest.mark.parametrize("precision, floor", [("fp32", 0.999), ("int8", 0.995)])
 def test_embeddings_equal_todays(bundled_e5_dir, reference, engine, precision, floor):
     ef = MedqwenEmbedding(precision=precision, device="cpu")
     passages = np.array(ef(list(reference["passages"])))
@@ -85,12 +85,14 @@ def test_embeddings_equal_todays(bundled_e5_dir, reference, engine, precision, f
     assert (passages[0] * reference["passage_vectors"][1]).sum() < 0.95
 
 
-def test_batching_and_padding_change_nothing(bundled_e5_dir, reference):
-    ef = MedqwenEmbedding(precision="fp32", device="cpu")
+def test_batching_and_padding_change_nothing_in_float32(bundled_e5_dir, reference):
     texts = list(reference["passages"][:6])
-    together = np.array(ef(texts))
-    alone = np.array([ef([t])[0] for t in texts])
-    np.testing.assert_allclose(together, alone, atol=1e-5)
+    ef = MedqwenEmbedding(precision="fp32", device="cpu")
+    np.testing.assert_allclose(np.array(ef(texts)), np.array([ef([t])[0] for t in texts]), atol=1e-5)
+    # int8 quantizes each forward pass's activations with one scale: a text's vector moves a little with the texts
+    # it is batched with (cosine 0.995-0.999 here), never far
+    ef = MedqwenEmbedding(precision="int8", device="cpu")
+    assert (np.array(ef(texts)) * np.array([ef([t])[0] for t in texts])).sum(1).min() > 0.99
 
 
 def test_configs_and_vector_spaces():
