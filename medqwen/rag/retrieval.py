@@ -140,7 +140,7 @@ def zscore(values: np.ndarray) -> np.ndarray:
 
 NORMALIZERS = {"score": minmax, "zscore": zscore, "zmax": zscore}
 FUSIONS = ("adaptive", "score", "zscore", "zmax", "rrf")
-PSEUDO_QUERIES = 200  # per collection, for the BM25 reference confidence (the median is stable to ~0.1 from 100 on)
+PSEUDO_QUERIES = 200  # per collection; other seeds or 100-400 queries moved the median by <= 10%, no R@5 changed
 _PHRASE_BREAK = re.compile(r"[\s，。、；：！？,.;:!?（）()《》“”\"'·\-]+")
 
 
