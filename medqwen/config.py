@@ -418,10 +418,11 @@ class GrpoConfig(SamplingFields, ThinkingFields, TrainerFields):
     lora_r: int = like(LoraFields, "lora_r", help="LoRA rank (fresh adapter only; --init_adapter keeps its own).")
     lora_last_layers: int | None = _f(None, "LoRA only in the last N transformer layers (None: all). Backward "
                                             "then stops at layer L-N: about twice as fast on CPU.", at_least=1)
-    rollouts: str = _f("auto", "How transformers generates the rollouts (without --use_vllm): compiled (static KV "
-                               "cache, decode step compiled into CUDA graphs; GPU), plain (TRL's default: dynamic "
-                               "cache, eager), auto (compiled on a CUDA GPU, else plain).",
-                       choices=["auto", "compiled", "plain"])
+    rollouts: str = _f("auto", "How transformers generates the rollouts (without --use_vllm): graph (static KV "
+                               "cache, each decode step replayed as one CUDA graph; eager on CPU), compiled "
+                               "(transformers' generate with a static cache and its compiled decode step), plain "
+                               "(TRL's default: dynamic cache, eager), auto (graph on a CUDA GPU, else plain).",
+                       choices=["auto", "graph", "compiled", "plain"])
     use_vllm: bool = _f(False, "Generate rollouts with vLLM (GPU machines with the vllm package).")
     vllm_mode: str = _f("colocate", "colocate: vLLM inside the training process; server: a `trl vllm-serve` "
                                     "process.", choices=["colocate", "server"])
@@ -630,13 +631,13 @@ class PerfGrpoConfig:
     shape: str = like(PerfTrainConfig, "shape")
     tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, steps of 2 prompts x 4 completions of at "
                            "most 8 tokens.")
-    variants: list[str] = _f(["plain:gradient_checkpointing=true", "compiled"], "Rollout engines to time (--rollouts of train_grpo.py: plain is "
-                                                    "TRL's default, compiled the static cache and compiled decode "
-                                                    "step; 'name:field=value:...' overrides preset fields), "
+    variants: list[str] = _f(["plain:gradient_checkpointing=true", "compiled", "graph"], "Rollout engines to time (--rollouts of train_grpo.py: plain is "
+                                                    "TRL's default, compiled transformers' compiled decode step, graph "
+                                                    "each decode step one CUDA graph; 'name:field=value:...' overrides preset fields), "
                                                     "comma-separated or repeated; each runs in its own process.")
     tokenizer: str | None = like(PerfTrainConfig, "tokenizer")
     memory_cap_gib: float = like(PerfTrainConfig, "memory_cap_gib")
-    warmup_steps: int = _f(1, "Optimizer steps run before timing (the compiled decode step is built in the first).",
+    warmup_steps: int = _f(1, "Optimizer steps run before timing (the decode step is compiled and recorded in the first).",
                            at_least=0)
     steps: int = _f(3, "Timed optimizer steps per variant (medians are reported).", at_least=1)
     variant_timeout_s: int = like(PerfTrainConfig, "variant_timeout_s", 540)

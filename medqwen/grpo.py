@@ -164,7 +164,7 @@ def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=Non
     """The GRPOTrainer (LoRA via PEFT) for a config and an mcq_dataset; `model`/`tokenizer` may be given."""
     from trl import GRPOTrainer
 
-    from medqwen.rollouts import CompiledRolloutTrainer, choose_rollouts
+    from medqwen.rollouts import CompiledRolloutTrainer, GraphRolloutTrainer, choose_rollouts
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
     if model is None:
@@ -174,7 +174,7 @@ def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=Non
     rollouts, why = choose_rollouts(cfg.rollouts, cfg.use_vllm, on_gpu())
     if is_main_process():
         print(f"rollouts: {rollouts} ({why})")
-    trainer_class = CompiledRolloutTrainer if rollouts == "compiled" else GRPOTrainer
+    trainer_class = {"compiled": CompiledRolloutTrainer, "graph": GraphRolloutTrainer}.get(rollouts, GRPOTrainer)
     trainer = with_atomic_checkpoints(trainer_class)(
         model=model, reward_funcs=REWARD_FUNCS, args=grpo_args(cfg), train_dataset=train_dataset,
         processing_class=tokenizer, peft_config=peft_config, callbacks=[RewardLineCallback(), *(callbacks or [])])

@@ -1,4 +1,9 @@
-"""GRPO rollouts without vLLM: transformers' generate with a static KV cache and a compiled decode step.
+"""GRPO rollouts without vLLM: each decode step one CUDA graph (graph, the GPU default), or transformers' generate with
+a static KV cache and its compiled decode step (compiled).
+
+`GraphRolloutTrainer` answers TRL's generate call with medqwen.decode.GraphSampler: the same samples as generate
+(the tests compare them token for token on CPU), each decode step after the first few a CUDA graph replay of a
+compiled forward with grouped-query attention read in place, sampling included.
 
 TRL's GRPOTrainer generates its rollouts with `model.generate(..., disable_compile=True)` and a dynamic cache, so
 every decoded token runs the model's Python again (each decoder layer and each LoRA adapter in it) and launches a
@@ -9,7 +14,7 @@ to a multiple of PROMPT_BUCKET tokens so the cache length, and with it the compi
 optimizer step to the next. The extra left pads are masked out, so a rollout samples from the same distribution
 as TRL's default path; the log-prob and training passes are TRL's own, unpadded.
 
-    choose_rollouts("auto", use_vllm=False, cuda=True)    # -> ("compiled", why)
+    choose_rollouts("auto", use_vllm=False, cuda=True)    # -> ("graph", why)
     trainer = CompiledRolloutTrainer(model=..., args=grpo_args, ...)   # a GRPOTrainer with these rollouts
 
 Transformers compiles only on accelerators, so on CPU this class generates with the static cache, uncompiled.
@@ -20,7 +25,7 @@ from __future__ import annotations
 from transformers import CompileConfig
 from trl import GRPOTrainer
 
-ROLLOUTS = ("auto", "compiled", "plain")
+ROLLOUTS = ("auto", "graph", "compiled", "plain")
 
 # Prompt lengths are rounded up to a multiple of this when generating: one compiled decode graph serves every
 # optimizer step whose longest prompt falls in the same bucket, and the static cache never shrinks, so after the
@@ -29,14 +34,14 @@ PROMPT_BUCKET = 64
 
 
 def choose_rollouts(choice: str, use_vllm: bool, cuda: bool) -> tuple[str, str]:
-    """(engine, reason): "vllm", "compiled" or "plain" for a `rollouts` setting on this machine."""
+    """(engine, reason): "vllm", "graph", "compiled" or "plain" for a `rollouts` setting on this machine."""
     if choice not in ROLLOUTS:
         raise ValueError(f"unknown rollouts {choice!r}: use one of {', '.join(ROLLOUTS)}")
     if use_vllm:
         return "vllm", "--use_vllm: vLLM generates the rollouts"
     if choice == "auto":
         if cuda:
-            return "compiled", "a CUDA GPU: static KV cache and a compiled decode step (--rollouts plain: TRL's default)"
+            return "graph", "a CUDA GPU: static KV cache, each decode step one CUDA graph (--rollouts plain: TRL's default)"
         return "plain", "no GPU: transformers compiles the decode step only on accelerators"
     return choice, f"--rollouts {choice}"
 
@@ -63,3 +68,42 @@ class CompiledRolloutTrainer(GRPOTrainer):
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)
         finally:
             self.pad_to_multiple_of = own
+
+
+class GraphRolloutTrainer(GRPOTrainer):
+    """A GRPOTrainer whose transformers rollouts come from GraphSampler: the same samples as generate, each decode
+    step one CUDA graph replay. Configs it cannot graph (history-reading logits processors, vision inputs) fall back
+    to TRL's own generate, with a message."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sampler = None
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        from medqwen.decode import GraphSampler
+
+        model = self.accelerator.unwrap_model(self.model_wrapped)  # the module TRL's generate call goes to
+        if self._sampler is None:
+            self._sampler = GraphSampler(model)
+            reason = self._sampler.unsupported(self.generation_config)
+            if images is None and not multimodal_fields and reason is None:
+                self._sampler.why_not = None
+            else:
+                self._sampler.why_not = reason or "vision inputs"
+                print(f"rollouts: TRL's generate ({self._sampler.why_not})")
+        if self._sampler.why_not:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 *args, **kwargs)
+        sampler = self._sampler
+        own = self.pad_to_multiple_of
+        # TRL's generate call, answered by the sampler; the prompt bucket keeps the graph's shapes from one
+        # optimizer step to the next (generation only: TRL's log-prob and loss passes stay unpadded)
+        model.generate = lambda input_ids, attention_mask, generation_config, **_: sampler.generate(
+            input_ids, attention_mask, generation_config)
+        self.pad_to_multiple_of = PROMPT_BUCKET
+        try:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 *args, **kwargs)
+        finally:
+            self.pad_to_multiple_of = own
+            del model.generate

@@ -189,7 +189,7 @@ def test_config_flags_and_cpu_args():
 def test_rollout_engine_choice():
     from medqwen.rollouts import choose_rollouts
 
-    assert choose_rollouts("auto", use_vllm=False, cuda=True)[0] == "compiled"
+    assert choose_rollouts("auto", use_vllm=False, cuda=True)[0] == "graph"
     assert choose_rollouts("auto", use_vllm=False, cuda=False)[0] == "plain"
     assert choose_rollouts("compiled", use_vllm=True, cuda=True)[0] == "vllm"
     assert choose_rollouts("plain", use_vllm=False, cuda=True) == ("plain", "--rollouts plain")
@@ -216,19 +216,19 @@ def test_compiled_rollouts_sample_what_trls_default_samples(tiny_model_dir, tmp_
     prompts = [ids for ids in prompts for _ in range(2)]  # a group of 2 per prompt, as TRL's sampler repeats them
     assert len({len(p) for p in prompts}) > 1 and all(len(p) % PROMPT_BUCKET for p in prompts)
     completions = {}
-    for rollouts in ("plain", "compiled"):
+    for rollouts in ("plain", "compiled", "graph"):
         cfg = GrpoConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / rollouts), rollouts=rollouts,
                          num_generations=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
                          max_completion_length=12, report_to="none", max_steps=1, data_path=str(SAMPLE),
                          lora_dropout=0.0)
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
         trainer = build_grpo_trainer(cfg, mcq_dataset(questions, tokenizer), model=model, tokenizer=tokenizer)
-        assert type(trainer).__mro__[1].__name__ == ("CompiledRolloutTrainer" if rollouts == "compiled"
-                                                     else "GRPOTrainer")
+        assert type(trainer).__mro__[1].__name__ == {"compiled": "CompiledRolloutTrainer",
+                                                     "graph": "GraphRolloutTrainer"}.get(rollouts, "GRPOTrainer")
         torch.manual_seed(0)
         completions[rollouts], _ = trainer._generate_single_turn(prompts, None, {}, 2)
         assert trainer.pad_to_multiple_of is None  # the bucket is for generation only: the loss passes are unpadded
-    assert completions["compiled"] == completions["plain"]
+    assert completions["compiled"] == completions["plain"] == completions["graph"]
     assert all(len(c) == 12 for c in completions["plain"])  # a random model never stops early
 
 
