@@ -15,9 +15,9 @@ optimizer step to the next. The extra left pads are masked out, so a rollout sam
 as TRL's default path; the log-prob and training passes are TRL's own, unpadded.
 
     choose_rollouts("auto", use_vllm=False, cuda=True)    # -> ("graph", why)
-    trainer = CompiledRolloutTrainer(model=..., args=grpo_args, ...)   # a GRPOTrainer with these rollouts
+    trainer = GraphRolloutTrainer(model=..., args=grpo_args, ...)   # a GRPOTrainer with these rollouts
 
-Transformers compiles only on accelerators, so on CPU this class generates with the static cache, uncompiled.
+On CPU both classes run uncompiled and ungraphed (auto picks TRL's own path there).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def choose_rollouts(choice: str, use_vllm: bool, cuda: bool) -> tuple[str, str]:
     if choice == "auto":
         if cuda:
             return "graph", "a CUDA GPU: static KV cache, each decode step one CUDA graph (--rollouts plain: TRL's default)"
-        return "plain", "no GPU: transformers compiles the decode step only on accelerators"
+        return "plain", "no GPU: CUDA graphs need one, so TRL's default path"
     return choice, f"--rollouts {choice}"
 
 
