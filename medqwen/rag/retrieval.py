@@ -86,14 +86,16 @@ class Bm25Index:
     def __init__(self, token_lists: list[list[str]], k1: float = 1.5, b: float = 0.75):
         from scipy.sparse import csc_matrix
 
-        self.vocab: dict[str, int] = {}
+        counts = [Counter(tokens) for tokens in token_lists]
+        # Terms in sorted order, not first-seen order: a query then sums its columns in the same order however the
+        # documents are ordered, so scores are bit-for-bit the same for any load order.
+        self.vocab: dict[str, int] = {t: i for i, t in enumerate(sorted(set().union(*counts)))}
         rows, cols, tfs = [], [], []
-        lengths = np.zeros(len(token_lists), dtype=np.float64)
-        for row, tokens in enumerate(token_lists):
-            lengths[row] = len(tokens)
-            for token, count in Counter(tokens).items():
+        lengths = np.array([len(tokens) for tokens in token_lists], dtype=np.float64)
+        for row, counter in enumerate(counts):
+            for token, count in counter.items():
                 rows.append(row)
-                cols.append(self.vocab.setdefault(token, len(self.vocab)))
+                cols.append(self.vocab[token])
                 tfs.append(count)
         rows_a, cols_a, tf = np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), np.array(tfs, float)
         n = max(len(token_lists), 1)
@@ -247,6 +249,7 @@ class Retriever:
         self.row = {cid: i for i, cid in enumerate(self.ids)}
         self._bm25: Bm25Index | None = None
         self._reference: float | None = None
+        self._reference_done = False  # None is a valid reference (too few chunks), so it cannot mark "not yet"
         self._embedding = None  # the query encoder, made on first use
         self._reranker = None
 
@@ -257,17 +260,19 @@ class Retriever:
     def bm25(self) -> Bm25Index:
         if self._bm25 is None:
             self._bm25 = Bm25Index([bm25_tokens(d, self.cfg.bm25_tokenizer) for d in self.documents])
-            # Chunks in id (content hash) order: the same texts give the same pseudo-queries, however the
-            # collection was built up.
-            order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
-            scores = self.bm25_scores
-            self._reference = reference_confidence([self.documents[i] for i in order], scores, self.cfg.candidate_k)
         return self._bm25
 
     @property
     def bm25_reference(self) -> float | None:
-        """Median BM25 confidence on phrases copied from this collection (see adaptive fusion), None if too small."""
-        _ = self.bm25
+        """Median BM25 confidence on phrases copied from this collection (see adaptive fusion), None if too small.
+        Computed on first use: only adaptive fusion needs it."""
+        if not self._reference_done:
+            # Chunks in id (content hash) order: the same texts give the same pseudo-queries, however the
+            # collection was built up.
+            order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
+            self._reference = reference_confidence([self.documents[i] for i in order], self.bm25_scores,
+                                                   self.cfg.candidate_k)
+            self._reference_done = True
         return self._reference
 
     def bm25_scores(self, query: str) -> np.ndarray:
