@@ -106,14 +106,16 @@ class GraphSampler:
     def unsupported(self, generation_config) -> str | None:
         """Why this generation config cannot be sampled here (None: it can)."""
         config = self._effective(generation_config)
+        return self._refusal(config, self._processors(config, 1))
+
+    def _refusal(self, config, processors: LogitsProcessorList) -> str | None:
         if self.model.config._attn_implementation not in ATTENTION:
             return f"attention {self.model.config._attn_implementation!r}: the step passes a 4D mask (sdpa, eager)"
         if not config.do_sample or config.num_beams != 1:
             return "only multinomial sampling (do_sample, one beam) is graphed"
         if config.eos_token_id is None or config.pad_token_id is None:
             return "the generation config needs eos_token_id and pad_token_id"
-        others = [type(p).__name__ for p in self._processors(config, 1)
-                  if not isinstance(p, SCORE_ONLY_PROCESSORS)]
+        others = [type(p).__name__ for p in processors if not isinstance(p, SCORE_ONLY_PROCESSORS)]
         if others:
             return f"logits processors that read the token history: {', '.join(others)}"
         return None
@@ -134,13 +136,13 @@ class GraphSampler:
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config) -> torch.Tensor:
         """The prompt and sampled columns, as generate returns them (pad after a row's end, cut where all ended)."""
         config = self._effective(generation_config)
-        reason = self.unsupported(config)
-        if reason:
-            raise ValueError(f"GraphSampler: {reason}")
         batch, prompt_len = input_ids.shape
         new_tokens, device = config.max_new_tokens, input_ids.device
-        eos = [config.eos_token_id] if isinstance(config.eos_token_id, int) else list(config.eos_token_id)
         processors = self._processors(config, prompt_len, device)
+        reason = self._refusal(config, processors)
+        if reason:
+            raise ValueError(f"GraphSampler: {reason}")
+        eos = [config.eos_token_id] if isinstance(config.eos_token_id, int) else list(config.eos_token_id)
         key = (batch, new_tokens, tuple(eos), config.pad_token_id, self.model.training, str(device),
                tuple(repr(vars(p)) for p in processors))
         state, prompt = self._state, input_ids

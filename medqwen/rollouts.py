@@ -22,6 +22,8 @@ On CPU both classes run uncompiled and ungraphed (auto picks TRL's own path ther
 
 from __future__ import annotations
 
+import contextlib
+
 from transformers import CompileConfig
 from trl import GRPOTrainer
 
@@ -31,6 +33,18 @@ ROLLOUTS = ("auto", "graph", "compiled", "plain")
 # optimizer step whose longest prompt falls in the same bucket, and the static cache never shrinks, so after the
 # first steps there is nothing left to compile. 64 pads a 150-token prompt by 21 tokens on average, masked.
 PROMPT_BUCKET = 64
+
+
+@contextlib.contextmanager
+def _prompt_bucket(trainer):
+    """Pad prompts to a multiple of PROMPT_BUCKET for generation only: TRL pads its log-prob and loss passes with
+    the same attribute, and those need no fixed shapes."""
+    own = trainer.pad_to_multiple_of
+    trainer.pad_to_multiple_of = PROMPT_BUCKET
+    try:
+        yield
+    finally:
+        trainer.pad_to_multiple_of = own
 
 
 def choose_rollouts(choice: str, use_vllm: bool, cuda: bool) -> tuple[str, str]:
@@ -60,14 +74,8 @@ class CompiledRolloutTrainer(GRPOTrainer):
                                                               mode="reduce-overhead")
 
     def _generate_single_turn(self, prompt_ids, *args, **kwargs):
-        # The bucket applies to generation only: TRL pads its log-prob and loss passes with the same attribute,
-        # and those need no fixed shapes.
-        own = self.pad_to_multiple_of
-        self.pad_to_multiple_of = PROMPT_BUCKET
-        try:
+        with _prompt_bucket(self):
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)
-        finally:
-            self.pad_to_multiple_of = own
 
 
 class GraphRolloutTrainer(GRPOTrainer):
@@ -78,6 +86,7 @@ class GraphRolloutTrainer(GRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._sampler = None
+        self._cannot_graph: str | None = None  # why TRL's generate answers instead (the config is fixed per run)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         from medqwen.decode import GraphSampler
@@ -85,25 +94,20 @@ class GraphRolloutTrainer(GRPOTrainer):
         model = self.accelerator.unwrap_model(self.model_wrapped)  # the module TRL's generate call goes to
         if self._sampler is None:
             self._sampler = GraphSampler(model)
-            reason = self._sampler.unsupported(self.generation_config)
-            if images is None and not multimodal_fields and reason is None:
-                self._sampler.why_not = None
-            else:
-                self._sampler.why_not = reason or "vision inputs"
-                print(f"rollouts: TRL's generate ({self._sampler.why_not})")
-        if self._sampler.why_not:
+            self._cannot_graph = self._sampler.unsupported(self.generation_config)
+            if self._cannot_graph:
+                print(f"rollouts: TRL's generate ({self._cannot_graph})")
+        if self._cannot_graph or images is not None or multimodal_fields:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  *args, **kwargs)
         sampler = self._sampler
-        own = self.pad_to_multiple_of
         # TRL's generate call, answered by the sampler; the prompt bucket keeps the graph's shapes from one
-        # optimizer step to the next (generation only: TRL's log-prob and loss passes stay unpadded)
+        # optimizer step to the next
         model.generate = lambda input_ids, attention_mask, generation_config, **_: sampler.generate(
             input_ids, attention_mask, generation_config)
-        self.pad_to_multiple_of = PROMPT_BUCKET
         try:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 *args, **kwargs)
+            with _prompt_bucket(self):
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     *args, **kwargs)
         finally:
-            self.pad_to_multiple_of = own
             del model.generate
