@@ -333,3 +333,36 @@ def test_off_keeps_the_original_fields_and_cpu_auto_changes_nothing():
     fast, why = resolve_fast_path(cfg, {"cuda": True, "varlen": True, "triton": True, "gpu_gib": 23.6})
     assert (fast.fast_path, fast.per_device_train_batch_size, fast.gradient_accumulation_steps) == ("24gb", 64, 1)
     assert "24gb" in why and fast.learning_rate == cfg.learning_rate and fast.lora_r == cfg.lora_r
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_padding_free_collator_builds_trls_batch(with_labels):
+    """The numpy collator gives TRL's padding-free batch key for key (values and dtypes), and each forward chunk
+    is TRL's batch of that chunk's conversations."""
+    import random
+
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from medqwen.fast_path import FORWARD_CHUNKS, PaddingFreeCollator, split_by_tokens
+
+    rng = random.Random(0)
+    examples = []
+    for _ in range(23):
+        ids = [rng.randrange(5, 300) for _ in range(rng.choice([1, 2, rng.randrange(3, 120)]))]
+        example = {"input_ids": ids}
+        if with_labels:  # as TRL's dataset preparation leaves them: -100 outside the assistant's tokens
+            example["labels"] = [t if rng.random() < 0.7 else -100 for t in ids]
+        examples.append(example)
+    trl = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    budget = 200
+    batch = PaddingFreeCollator(pad_token_id=0, max_tokens=budget)(examples)
+    ranges = split_by_tokens([len(e["input_ids"]) for e in examples], budget)
+    assert len(ranges) > 1
+    expected = [trl(examples)] + [trl(examples[a:b]) for a, b in ranges]
+    for ours, theirs in zip([batch] + batch[FORWARD_CHUNKS], expected, strict=True):
+        assert set(ours) - {FORWARD_CHUNKS} == set(theirs)
+        for key, value in theirs.items():
+            if isinstance(value, torch.Tensor):
+                assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+            else:
+                assert ours[key] == value and type(ours[key]) is type(value), key
