@@ -474,8 +474,8 @@ class RagConfig(ServerFields, ModelFields):
                                         "bge-zh's instruction).")
     document_prefix: str | None = _f(None, "Text put before documents (None: the model family's, e.g. e5 "
                                            "'passage: ').")
-    embedding_batch_size: int = _f(128, "Chunks embedded and written to the store per batch (the model sees them "
-                                        "sorted by length, 32 per forward pass).", at_least=1)
+    embedding_batch_size: int = _f(256, "Chunks embedded and written to the store per batch (the model sees them "
+                                        "sorted by length, 8 per forward pass).", at_least=1)
     embedding_device: str | None = _f(None, "Device of the embedding model (None: cuda if available, else cpu; "
                                             "int8 runs on the cpu).")
     chunk_size: int = _f(200, "Largest chunk (characters; whole sentences ending in 。！？； are packed).",

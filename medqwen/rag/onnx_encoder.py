@@ -9,6 +9,7 @@ normalization: what sentence-transformers' backend="onnx" does through optimum-o
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -28,6 +29,13 @@ class OnnxEncoder(torch.nn.Module):
         self.config = config  # sentence-transformers reads the model's config (max positions, model type)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> BaseModelOutput:
-        feed = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
-        hidden = self.session.run(["last_hidden_state"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+        """One onnxruntime run per text, on its own tokens: no padding to compute, and each text's activations get
+        their own int8 scale, so its vector no longer depends on the texts batched with it. Padded positions of
+        the output are zero (pooling ignores them through the attention mask)."""
+        ids, mask = input_ids.cpu().numpy(), attention_mask.cpu().numpy().astype(bool)
+        hidden = np.zeros((*ids.shape, self.config.hidden_size), dtype=np.float32)
+        for row in range(ids.shape[0]):
+            feed = {"input_ids": ids[row, mask[row]][None], "attention_mask": np.ones((1, mask[row].sum()), ids.dtype)}
+            out = self.session.run(["last_hidden_state"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+            hidden[row, mask[row]] = out[0]
         return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
