@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from medqwen.backends import HFBackend, encode_pair
-from medqwen.ceval import GROUPS, SUBJECTS, Question, build_prompt, extract_answer, load_questions, rotate
+from medqwen.ceval import Question, build_prompt, extract_answer, rotate
 from medqwen.config import PerfCevalConfig
 from medqwen.configlib import REPO_ROOT, config_to_dict, format_config, parse_config, save_config
 from medqwen.exams import expand_subjects, get_exam, split_key
 from medqwen.exams.base import LETTERS
+from medqwen.exams.ceval import GROUPS, SUBJECTS, load_questions
 from medqwen.reporting import markdown_table, write_metrics
 
 

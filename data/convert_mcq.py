@@ -13,9 +13,9 @@ Writes <output> and prints a table of questions per subject and answer letter.
 
 from collections import Counter
 
-from medqwen.ceval import CevalDataError
 from medqwen.config import McqConvertConfig
 from medqwen.configlib import UserError, parse_config, run_main
+from medqwen.exams.base import ExamDataError
 from medqwen.mcq import McqDataError, read_mcq_file, write_mcq_jsonl
 from medqwen.reporting import markdown_table
 
@@ -44,7 +44,7 @@ def main(cfg: McqConvertConfig) -> list:
 def cli() -> None:
     try:
         main(parse_config(McqConvertConfig))
-    except (McqDataError, CevalDataError, FileNotFoundError) as err:
+    except (McqDataError, ExamDataError, FileNotFoundError) as err:
         raise UserError(str(err)) from None
 
 

@@ -26,9 +26,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from medqwen.ceval import SPLIT_COLUMNS
 from medqwen.exams import get_exam
 from medqwen.exams.base import ExamDataError, Skipped
+from medqwen.exams.ceval import SPLIT_COLUMNS
 
 DEFAULT_DIRS = {"ceval": "data/benchmark/ceval-exam", "cmmlu": "data/benchmark/cmmlu", "cmexam": "data/benchmark/cmexam"}
 HUB = {"ceval": "ceval/ceval-exam", "cmmlu": "haonan-li/cmmlu"}

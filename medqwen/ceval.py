@@ -1,16 +1,14 @@
-"""Multiple-choice exams (C-Eval here; CMMLU and CMExam in medqwen.exams) done the way their papers and
-lm-evaluation-harness do it: data, prompts, scoring, statistics and reports shared by every exam.
+"""What every exam shares (the exams themselves are in medqwen.exams): prompt dispatch, answer extraction,
+scoring, statistics, reports and the forgetting check, done the way the exams' papers and lm-evaluation-harness do.
 
-    from medqwen.ceval import load_questions, build_prompt, score_questions
+    from medqwen.exams.ceval import load_questions
+    from medqwen.ceval import build_prompt, score_questions
     questions = load_questions("data/benchmark/ceval-exam", "clinical_medicine", "val")
     shots = load_questions("data/benchmark/ceval-exam", "clinical_medicine", "dev")[:5]
     prompt = build_prompt(questions[0], shots, style="official")  # the C-Eval paper's answer-only prompt
 
-Two prompt styles:
-  official  the C-Eval paper's answer-only prompt; the option letter follows `答案：` directly ("A").
-  lm-eval   lm-evaluation-harness 0.4.13 `ceval-valid`: no 考试 in the instruction, few-shot answers and the
-            scored continuations carry a leading space (" A"), shots joined by a blank line.
-Two scorings:
+Prompt styles are the exam's (C-Eval: `official`, the paper's, and `lm-eval`, lm-evaluation-harness 0.4.13
+`ceval-valid`; see medqwen/exams/ceval.py). Two scorings:
   loglik    log P(letter | prompt) for A/B/C/D; the argmax is the answer (what both reference harnesses do).
   generate  greedy decoding, then answer extraction (CoT uses the official C-Eval extraction rules).
 Backends live in `medqwen.backends` (HF transformers, vLLM offline, any OpenAI-compatible server).
@@ -18,7 +16,6 @@ Questions carry their exam (`Question.exam`); prompts dispatch to that exam's fo
 options. `run_benchmark(..., permute="cyclic")` also scores every question under each cyclic rotation of its
 options (the option-order check); multi-answer items (CMExam) are generated and matched as an exact set.
 """
-
 from __future__ import annotations
 
 import json
@@ -32,173 +29,20 @@ import numpy as np
 
 from medqwen.chat import render
 from medqwen.exams import CROSS_GROUPS, EXAM_NAMES, expand_subjects, get_exam, is_group, split_key
-from medqwen.exams.base import (LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records, qualified,
-                                rotate)
+from medqwen.exams.base import LETTERS, ExamDataError, Question, Skipped, qualified, rotate
+from medqwen.exams.ceval import CHOICES, GROUPS, SUBJECTS, load_questions, read_csv_split
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, pyplot, save_figure
 from medqwen.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_diff_ci
 
-CHOICES = LETTERS[:4]  # C-Eval's (and CMMLU's) four option letters
-__all__ = ["Question", "expand_subjects", "rotate"]
-
-# subject -> Chinese name, as in C-Eval's subject_mapping.json (the name goes into the instruction).
-SUBJECTS = {
-    "computer_network": "计算机网络", "operating_system": "操作系统", "computer_architecture": "计算机组成",
-    "college_programming": "大学编程", "college_physics": "大学物理", "college_chemistry": "大学化学",
-    "advanced_mathematics": "高等数学", "probability_and_statistics": "概率统计",
-    "discrete_mathematics": "离散数学", "electrical_engineer": "注册电气工程师", "metrology_engineer": "注册计量师",
-    "high_school_mathematics": "高中数学", "high_school_physics": "高中物理", "high_school_chemistry": "高中化学",
-    "high_school_biology": "高中生物", "middle_school_mathematics": "初中数学", "middle_school_biology": "初中生物",
-    "middle_school_physics": "初中物理", "middle_school_chemistry": "初中化学", "veterinary_medicine": "兽医学",
-    "college_economics": "大学经济学", "business_administration": "工商管理", "marxism": "马克思主义基本原理",
-    "mao_zedong_thought": "毛泽东思想和中国特色社会主义理论体系概论", "education_science": "教育学",
-    "teacher_qualification": "教师资格", "high_school_politics": "高中政治", "high_school_geography": "高中地理",
-    "middle_school_politics": "初中政治", "middle_school_geography": "初中地理",
-    "modern_chinese_history": "近代史纲要", "ideological_and_moral_cultivation": "思想道德修养与法律基础",
-    "logic": "逻辑学", "law": "法学", "chinese_language_and_literature": "中国语言文学", "art_studies": "艺术学",
-    "professional_tour_guide": "导游资格", "legal_professional": "法律职业资格", "high_school_chinese": "高中语文",
-    "high_school_history": "高中历史", "middle_school_history": "初中历史", "civil_servant": "公务员",
-    "sports_science": "体育学", "plant_protection": "植物保护", "basic_medicine": "基础医学",
-    "clinical_medicine": "临床医学", "urban_and_rural_planner": "注册城乡规划师", "accountant": "注册会计师",
-    "fire_engineer": "注册消防工程师", "environmental_impact_assessment_engineer": "环境影响评价工程师",
-    "tax_accountant": "税务师", "physician": "医师资格",
-}
-GROUPS = {  # C-Eval's part of the cross-exam groups (medqwen.exams)
-    "medical": ["clinical_medicine", "basic_medicine", "physician", "veterinary_medicine"],
-    # the forgetting check's non-medical subjects: engineering, economics, history, law, mathematics
-    "general": ["computer_network", "college_economics", "modern_chinese_history", "law", "high_school_mathematics"],
-    "all": list(SUBJECTS),
-}
-SPLIT_COLUMNS = {  # the released CSV layout
-    "dev": ["id", "question", "A", "B", "C", "D", "answer", "explanation"],
-    "val": ["id", "question", "A", "B", "C", "D", "answer"],
-    "test": ["id", "question", "A", "B", "C", "D"],
-}
-
+# Re-exported: C-Eval's data names lived here before medqwen/exams/ceval.py, and users' scripts import them from here.
+__all__ = ["GROUPS", "SUBJECTS", "Question", "expand_subjects", "load_questions", "read_csv_split", "rotate"]
 
 CevalDataError = ExamDataError  # the name callers catch
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Data: the released CSV layout (<dir>/<split>/<subject>_<split>.csv) or a Hugging Face `datasets` copy.
-
-
-def load_questions(data_dir: str | Path, subject: str, split: str, skipped: Skipped | None = None) -> list[Question]:
-    """The questions of one C-Eval subject and split, from the CSV layout or a local `datasets` copy."""
-    data_dir = Path(data_dir)
-    csv_path = data_dir / split / f"{subject}_{split}.csv"
-    if csv_path.is_file():
-        return read_csv_split(csv_path, subject, split, skipped)
-    hf_dir = data_dir / subject
-    if hf_dir.is_dir():
-        return read_hf_split(hf_dir, subject, split)
-    raise CevalDataError(
-        f"no C-Eval data for {subject}/{split}: expected {csv_path} (released CSV layout) or {hf_dir}/ "
-        f"(Hugging Face datasets layout). {CevalExam.data_hint}")
-
-
-def _make_question(row: dict[str, Any], subject: str, split: str, where: str) -> Question:
-    """Validate one row (any layout) and turn it into a Question."""
-    for col in ("question", *CHOICES):
-        if row.get(col) is None or str(row[col]).strip() == "":
-            raise CevalDataError(f"{where}: empty or missing '{col}'")
-    answer = check_answer(row.get("answer"), CHOICES, where) if split != "test" else None
-    return Question(subject=subject, split=split, id=str(row["id"]).strip(), question=str(row["question"]),
-                    options=tuple(str(row[c]) for c in CHOICES), answer=answer,
-                    explanation=(str(row["explanation"]) if row.get("explanation") not in (None, "") else None))
-
-
-def read_csv_split(path: str | Path, subject: str, split: str, skipped: Skipped | None = None) -> list[Question]:
-    """Read a released C-Eval CSV (quoted fields may hold newlines); errors name file and line."""
-    path, skipped = Path(path), Skipped() if skipped is None else skipped
-    expected = SPLIT_COLUMNS[split]
-
-    def check(header: list[str]) -> None:
-        # dev must carry the explanation (CoT few-shot); val/test may carry extra columns (the hub export does).
-        if header[: len(expected)] != expected:
-            raise CevalDataError(f"{path}: header {header} does not match the released layout {expected}")
-
-    questions = []
-    for where, header, row in csv_records(path, check, skipped):
-        try:
-            questions.append(_make_question(dict(zip(header, row)), subject, split, where))
-        except CevalDataError as err:
-            skipped.handle(err)
-    if not questions:
-        raise CevalDataError(f"{path}: no questions")
-    return questions
-
-
-def read_hf_split(folder: str | Path, subject: str, split: str) -> list[Question]:
-    """Read a subject saved by `datasets` (save_to_disk folder, or the hub's parquet files)."""
-    import datasets
-
-    folder = Path(folder)
-    if (folder / "dataset_dict.json").is_file():
-        dataset_dict = datasets.load_from_disk(str(folder))
-        if split not in dataset_dict:
-            raise CevalDataError(f"{folder}: no split '{split}' (has {list(dataset_dict)})")
-        rows = dataset_dict[split]
-    else:
-        files = sorted(folder.glob(f"{split}-*.parquet")) or sorted(folder.glob(f"{split}/*.parquet"))
-        if not files:
-            raise CevalDataError(f"{folder}: neither a save_to_disk folder nor {split}-*.parquet files")
-        rows = datasets.load_dataset("parquet", data_files=[str(p) for p in files], split="train")
-    missing = [c for c in SPLIT_COLUMNS[split] if c not in rows.column_names]
-    if missing:
-        raise CevalDataError(f"{folder} ({split}): missing columns {missing}")
-    return [_make_question(row, subject, split, f"{folder} ({split}) row {i}") for i, row in enumerate(rows)]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Prompts: C-Eval's own, and the dispatch to each question's exam.
-
-STYLES = ("official", "lm-eval")
-
-
-class CevalExam(Exam):
-    """C-Eval: the paper's answer-only prompt (official) and lm-eval's ceval-valid (lm-eval); CoT as the paper."""
-
-    name, title = "ceval", "C-Eval"
-    subjects = SUBJECTS
-    groups = GROUPS
-    shot_split = "dev"
-    styles = STYLES
-    data_hint = ("Get it with `python data/get_ceval.py` (hub, or --zip ceval-exam.zip); the repository ships a "
-                 "small team-written sample in data/benchmark/ceval-exam/.")
-
-    def read(self, data_dir: Path, subject: str, split: str, skipped: Skipped) -> list[Question]:
-        return load_questions(data_dir, subject, split, skipped)
-
-    def instruction(self, q: Question, style: str) -> str:
-        """The task description line; the paper says 考试, lm-eval's ceval-valid drops it."""
-        name = SUBJECTS.get(q.subject, q.subject)
-        if style == "official":
-            return f"以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n"
-        if style == "lm-eval":
-            return f"以下是中国关于{name}的单项选择题，请选出其中的正确答案。\n\n"
-        raise ValueError(f"unknown prompt style {style!r}; choose from {STYLES}")
-
-    def format_question(self, q: Question, style: str = "official", cot: bool = False) -> str:
-        """The question, its options and `答案：` (the CoT cue follows it in CoT mode)."""
-        text = q.question.strip() if style == "lm-eval" else q.question  # lm-eval: {{question.strip()}}
-        text += "".join(f"\n{c}. {o}" for c, o in zip(q.letters, q.options)) + "\n答案："
-        return text + self.cot_cue(cot)
-
-    def cot_cue(self, cot: bool) -> str:
-        return "让我们一步一步思考，\n1." if cot else ""
-
-    def continuation(self, letter: str, style: str = "official") -> str:
-        """The scored continuation for an option letter: lm-eval puts its target_delimiter (a space) first."""
-        return (" " if style == "lm-eval" else "") + letter
-
-    def answer_text(self, q: Question, style: str = "official", cot: bool = False) -> str:
-        """What follows `答案：` in a few-shot example."""
-        if cot:
-            if not q.explanation:
-                raise CevalDataError(f"{q.subject} dev item {q.id} has no explanation: CoT few-shot needs one")
-            return f"让我们一步一步思考，\n{q.explanation}\n所以答案是{q.answer}。"
-        return self.continuation(q.answer or "", style)
+# Prompts: dispatch to each question's exam.
 
 
 def instruction(subject: str, style: str = "official") -> str:
@@ -441,7 +285,7 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
         singles = [s for s in shot_pool if not s.multi][:k_shot]
         shots = singles + [s for s in shot_pool if s.multi][:k_shot]
         if len(singles) < k_shot:
-            raise CevalDataError(f"{key}: {k_shot}-shot needs {k_shot} {exam.shot_split} items, found {len(singles)}")
+            raise ExamDataError(f"{key}: {k_shot}-shot needs {k_shot} {exam.shot_split} items, found {len(singles)}")
         # every rotation in one call: they share the subject's few-shot head, computed once
         rotations = [0] * len(questions)
         if permute == "cyclic":
@@ -552,11 +396,11 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     """Read predictions.jsonl back (for --compare)."""
     path = Path(path)
     rows = []
-    for n, record in iter_jsonl_objects(path, error=CevalDataError):
+    for n, record in iter_jsonl_objects(path, error=ExamDataError):
         try:
             rows.append(Prediction(**record))
         except TypeError as err:
-            raise CevalDataError(f"{path}:{n}: not a prediction line ({err})") from None
+            raise ExamDataError(f"{path}:{n}: not a prediction line ({err})") from None
     return rows
 
 

@@ -1,6 +1,6 @@
 """Multiple-choice questions with known answers (GRPO's verifiable data): read them, check them, write them.
 
-Every reader returns `medqwen.ceval.Question`, so GRPO prompts are rendered and parsed by the benchmark's code.
+Every reader returns `medqwen.exams.base.Question`, so GRPO prompts are rendered and parsed by the benchmark's code.
 
     from medqwen.mcq import read_mcq_file, write_mcq_jsonl
     questions = read_mcq_file("data/grpo_mcq_sample.jsonl")            # MCQ JSONL
@@ -23,8 +23,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from medqwen.ceval import CHOICES, Question, read_csv_split
-from medqwen.exams.base import LETTERS, ExamDataError
+from medqwen.exams.base import LETTERS, ExamDataError, Question
+from medqwen.exams.ceval import CHOICES, read_csv_split
 from medqwen.exams.cmmlu import HEADER as CMMLU_HEADER
 from medqwen.exams.cmmlu import read_cmmlu_csv as read_cmmlu_exam_csv
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl

@@ -25,10 +25,10 @@ model is the base model that eval_grpo.py and benchmark_ceval.py load), checkpoi
 (TensorBoard), reward_curve.png and metrics.json.
 """
 
-from medqwen.ceval import CevalDataError
 from medqwen.config import GrpoConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.distributed import is_main_process
+from medqwen.exams.base import ExamDataError
 from medqwen.grpo import train_grpo
 from medqwen.mcq import McqDataError
 
@@ -42,7 +42,7 @@ def main(cfg: GrpoConfig) -> dict:
 def cli() -> None:
     try:
         main(parse_config(GrpoConfig))
-    except (McqDataError, CevalDataError, FileNotFoundError) as err:  # bad data or a missing model/adapter folder
+    except (McqDataError, ExamDataError, FileNotFoundError) as err:  # bad data or a missing model/adapter folder
         raise UserError(str(err)) from None
 
 

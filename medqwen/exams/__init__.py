@@ -1,6 +1,6 @@
 """The exams the benchmark scores, one module each over a shared base (like lm-eval's tasks):
 
-    ceval    C-Eval (medqwen.ceval)      52 subjects, 4 options     subjects named bare: clinical_medicine
+    ceval    C-Eval (exams/ceval.py)      52 subjects, 4 options     subjects named bare: clinical_medicine
     cmmlu    CMMLU (exams/cmmlu.py)       67 subjects, 4 options     cmmlu/anatomy
     cmexam   CMExam (exams/cmexam.py)     one subject, up to 5       cmexam/physician (or just cmexam)
 
@@ -29,7 +29,7 @@ CROSS_GROUPS = ("medical", "general")
 def get_exam(name: str):
     """The Exam object of one exam name."""
     if name == "ceval":
-        from medqwen.ceval import CevalExam
+        from medqwen.exams.ceval import CevalExam
 
         return CevalExam()
     if name == "cmmlu":
