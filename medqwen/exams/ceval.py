@@ -58,7 +58,6 @@ SPLIT_COLUMNS = {  # the released CSV layout
 }
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Data: the released CSV layout (<dir>/<split>/<subject>_<split>.csv) or a Hugging Face `datasets` copy.
 

@@ -22,6 +22,7 @@ how it was chosen (leave-one-corpus-out over seven corpora): docs/rag.md.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -248,8 +249,6 @@ class Retriever:
             offset += page
         self.row = {cid: i for i, cid in enumerate(self.ids)}
         self._bm25: Bm25Index | None = None
-        self._reference: float | None = None
-        self._reference_done = False  # None is a valid reference (too few chunks), so it cannot mark "not yet"
         self._embedding = None  # the query encoder, made on first use
         self._reranker = None
 
@@ -262,18 +261,14 @@ class Retriever:
             self._bm25 = Bm25Index([bm25_tokens(d, self.cfg.bm25_tokenizer) for d in self.documents])
         return self._bm25
 
-    @property
+    @functools.cached_property
     def bm25_reference(self) -> float | None:
         """Median BM25 confidence on phrases copied from this collection (see adaptive fusion), None if too small.
         Computed on first use: only adaptive fusion needs it."""
-        if not self._reference_done:
-            # Chunks in id (content hash) order: the same texts give the same pseudo-queries, however the
-            # collection was built up.
-            order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
-            self._reference = reference_confidence([self.documents[i] for i in order], self.bm25_scores,
-                                                   self.cfg.candidate_k)
-            self._reference_done = True
-        return self._reference
+        # Chunks in id (content hash) order: the same texts give the same pseudo-queries, however the collection
+        # was built up.
+        order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
+        return reference_confidence([self.documents[i] for i in order], self.bm25_scores, self.cfg.candidate_k)
 
     def bm25_scores(self, query: str) -> np.ndarray:
         """BM25 score of every chunk (question words dropped from the query unless cfg says otherwise)."""
