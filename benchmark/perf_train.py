@@ -87,8 +87,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    timing = time_trainer(trainer, pcfg.warmup_steps, pcfg.steps, sync=torch.cuda.synchronize if cuda else None,
-                          profile_step=pcfg.profile)
+    timing = time_trainer(trainer, pcfg.warmup_steps, pcfg.steps, cuda=cuda, profile_step=pcfg.profile)
     if "profile" in timing and is_main_process():
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
         (Path(pcfg.output_dir) / f"profile_{name}.txt").write_text(timing["profile"], encoding="utf-8")

@@ -33,7 +33,8 @@ LORA_SHARED_INPUTS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 # Settings of each fast path; the micro-batch itself is set by resolve_fast_path (the whole per-process share of
 # a step in one micro-batch, split into forwards of at most max_tokens_per_forward tokens).
 _COMMON = {"padding_free": True, "packing": False, "fused_lora": True, "attn_implementation": VARLEN,
-           "compile_layers": True, "gradient_checkpointing": False, "use_liger_kernel": False}
+           "compile_layers": True, "gradient_checkpointing": False, "use_liger_kernel": False,
+           "deferred_metrics": True}
 FAST_PATHS: dict[str, dict[str, Any]] = {
     # activations of a whole forward fit in an H200; layers that share an input keep their dropped-out input
     "speed": {**_COMMON, "max_tokens_per_forward": 24576, "lora_keep_dropped_inputs": LORA_SHARED_INPUTS},

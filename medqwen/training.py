@@ -248,7 +248,7 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
 
     from medqwen.fast_path import apply_fast_path
 
-    trainer = with_atomic_checkpoints(with_forward_chunks(SFTTrainer))(
+    trainer = with_atomic_checkpoints(with_deferred_metrics(with_forward_chunks(SFTTrainer)))(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset if has_eval else None,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     if trainer.chat_template is not None:
@@ -256,6 +256,7 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         raise RuntimeError(f"{cfg.chat_template} has no {{% generation %}} markers; TRL would train on its own "
                            "template, not the one used at inference")
     use_run_logging(trainer, cfg.output_dir)
+    trainer.deferred_metrics = cfg.deferred_metrics
     applied = apply_fast_path(trainer, cfg)  # padding-free batches, fused LoRA, varlen attention, compile...
     trainer.fast_path_applied = applied
     return trainer
@@ -290,6 +291,80 @@ def with_forward_chunks(trainer_cls):
 
     ChunkedTrainer.__name__ = ChunkedTrainer.__qualname__ = f"Chunked{trainer_cls.__name__}"
     return ChunkedTrainer
+
+
+def with_deferred_metrics(trainer_cls):
+    """A subclass of TRL's SFTTrainer that, when `deferred_metrics` is set, keeps its training metrics (entropy,
+    token accuracy, tokens seen) on the device and reads them once per logging step.
+
+    TRL reads them with `.item()` after every forward, and each read makes the host wait for the GPU to finish the
+    forward before it can queue the backward, and at the step's end before it can prepare the next step: the GPU
+    then idles while the host collates, copies and launches. Deferred, the host runs ahead and the loss is the
+    same. The logged values are TRL's: per micro-batch (all processes and forwards of it together) the mean
+    entropy and accuracy over its assistant tokens, averaged over the logging window; tokens seen, all processes.
+    Evaluation, and losses other than TRL's plain one (a custom loss, label smoothing, DFT, MoE aux loss,
+    sequence parallelism), keep TRL's own code.
+    """
+
+    import torch
+
+    class DeferredMetricsTrainer(trainer_cls):
+        deferred_metrics = False
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._metric_rows = []  # per micro-batch since the last log: [entropy sum, top-1 hits, assistant tokens, tokens]
+            self._micro_batch_row = None  # the micro-batch being trained: the sums over its forwards so far
+
+        def _plain_loss(self) -> bool:
+            parallelism = getattr(self.accelerator, "parallelism_config", None)
+            return (self.compute_loss_func is None and self.label_smoother is None
+                    and getattr(self.args, "loss_type", "nll") == "nll" and not self.aux_loss_enabled
+                    and not (parallelism is not None and getattr(parallelism, "sp_enabled", False)))
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self._micro_batch_row is not None:
+                self._metric_rows.append(self._micro_batch_row)
+                self._micro_batch_row = None
+            return loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not (self.deferred_metrics and self.model.training and self._plain_loss()):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # TRL's loss, as its compute_loss computes it: log-probabilities from its fused LM head, summed over
+            # the assistant tokens and divided by the step's assistant-token count
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True)
+            num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = (-outputs.log_probs).sum() / torch.as_tensor(num_tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            if "attention_mask" in inputs:
+                seen = inputs["attention_mask"].sum()
+            else:  # padding-free: every position is a token
+                seen = torch.full((), inputs["position_ids"].size(1), device=loss.device)
+            row = torch.stack([outputs.entropy.detach().sum().float(), outputs.is_top1.sum().float(),
+                               outputs.label_mask.sum().float(), seen.float()])
+            self._micro_batch_row = row if self._micro_batch_row is None else self._micro_batch_row + row
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            if self._metric_rows and self.model.training:
+                rows = torch.stack(self._metric_rows)
+                self._metric_rows = []
+                if self.accelerator.num_processes > 1:  # every process logs at the same step, after as many rows
+                    rows = self.accelerator.reduce(rows, reduction="sum")
+                metrics = self._metrics["train"]
+                for entropy, hits, valid, seen in rows.tolist():  # the one read of the logging window
+                    metrics["entropy"].append(entropy / valid if valid > 0 else 0.0)
+                    metrics["mean_token_accuracy"].append(hits / valid if valid > 0 else 0.0)
+                    self._total_train_tokens += int(seen) // self._tp_size
+                metrics["num_tokens"] = [self._total_train_tokens]
+            super().log(logs, start_time)
+
+    DeferredMetricsTrainer.__name__ = DeferredMetricsTrainer.__qualname__ = f"DeferredMetrics{trainer_cls.__name__}"
+    return DeferredMetricsTrainer
 
 
 def use_run_logging(trainer, output_dir: str | Path) -> None:

@@ -366,3 +366,26 @@ def test_padding_free_collator_builds_trls_batch(with_labels):
                 assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
             else:
                 assert ours[key] == value and type(ours[key]) is type(value), key
+
+
+def test_deferred_metrics_log_what_trl_logs(tiny_model_dir, tmp_path, monkeypatch):
+    """Metrics kept on the device and read at logging steps (what fast paths do) log TRL's values: the same
+    loss, entropy, token accuracy and tokens seen at every logging step, with 3 micro-batches per step."""
+    from trl import SFTTrainer
+
+    trl_forwards = []
+    trl_compute_loss = SFTTrainer.compute_loss
+    monkeypatch.setattr(SFTTrainer, "compute_loss", lambda self, *a, **k: trl_forwards.append(1) or
+                        trl_compute_loss(self, *a, **k))
+    data = spread_conversations(40)
+    logs = {}
+    for deferred in (False, True):
+        trl_forwards.clear()
+        *_, trainer = run_recipe(tiny_model_dir, tmp_path / str(deferred), data, padding_free=True,
+                                 deferred_metrics=deferred)
+        assert trainer.deferred_metrics is deferred and len(trl_forwards) == (0 if deferred else 9)
+        logs[deferred] = [{k: r[k] for k in ("loss", "entropy", "mean_token_accuracy", "num_tokens")}
+                          for r in trainer.state.log_history if "loss" in r]
+    assert len(logs[True]) == 3 and logs[True][-1]["num_tokens"] > logs[True][0]["num_tokens"] > 0
+    for trl_row, deferred_row in zip(logs[False], logs[True]):
+        assert deferred_row == pytest.approx(trl_row, rel=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 
 
 def batch_conversations(batch) -> list[list[int]]:
@@ -45,18 +46,62 @@ class StepCounter:
         self.sequences += len(conversations)
 
     def wrap(self, trainer) -> None:
-        training_step = trainer.training_step
+        """Count each micro-batch as the trainer trains on it. Counted where the collator builds it, on the host:
+        by the time `training_step` gets a batch it is on the GPU, and reading it there would make the host wait
+        for the GPU (a sync the trainer itself does not make). The data loader reads a batch ahead, so batches
+        are queued here and taken one per `training_step`. With loader worker processes (the collator runs
+        elsewhere) or evaluation (its batches would join the queue) the batch is read in `training_step`."""
+        collate, training_step = trainer.data_collator, trainer.training_step
+        queued: deque = deque()
+
+        def counted_collate(examples):
+            batch = collate(examples)
+            queued.append(batch)
+            return batch
 
         def counted_step(model, inputs, num_items_in_batch=None):
-            self.count(inputs)
+            self.count(queued.popleft() if queued else inputs)
             return training_step(model, inputs, num_items_in_batch)
 
+        if not trainer.args.dataloader_num_workers and trainer.args.eval_strategy == "no":
+            trainer.data_collator = counted_collate
         trainer.training_step = counted_step
 
 
-def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step: bool = False) -> dict:
-    """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds, tokens, conversations, their
-    lengths and fingerprints ("keys").
+class StepClock:
+    """The end time of each optimizer step. On a GPU, CUDA events on the device's own timeline, read once at the
+    end: synchronising at every step would stop the host from preparing the next step while the GPU finishes
+    this one, and make every step look slower than training runs. On CPU, the host clock."""
+
+    def __init__(self, cuda: bool):
+        import torch
+
+        self.cuda, self.marks, self.start = cuda, [], time.perf_counter()
+        if cuda:
+            self.start_event = torch.cuda.Event(enable_timing=True)
+            self.start_event.record()
+
+    def mark(self) -> None:
+        if self.cuda:
+            import torch
+
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        """Seconds since the clock started at each mark."""
+        if not self.cuda:
+            return [t - self.start for t in self.marks]
+        self.marks[-1].synchronize()
+        return [self.start_event.elapsed_time(e) / 1000 for e in self.marks]
+
+
+def time_trainer(trainer, warmup_steps: int, steps: int, cuda: bool = False, profile_step: bool = False) -> dict:
+    """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds (StepClock: on the GPU's timeline
+    with `cuda`), tokens, conversations, their lengths and fingerprints ("keys").
 
     With `profile_step`, one more optimizer step runs under torch.profiler (not timed: profiling slows it down);
     the result then has "profile", the profiler's per-kernel table of that step.
@@ -65,7 +110,8 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
 
     counter = StepCounter()
     counter.wrap(trainer)
-    marks: list[tuple[float, int, int, int, int]] = []
+    clock = StepClock(cuda)
+    counts: list[tuple[int, int, int, int]] = []  # what the counter had seen at each mark
     profiler = None
     if profile_step:
         profiler = kernel_profiler()
@@ -83,14 +129,13 @@ def time_trainer(trainer, warmup_steps: int, steps: int, sync=None, profile_step
                 profiler.stop()
 
         def mark(self):
-            if sync:
-                sync()  # queued kernels belong to the step they were launched in
-            marks.append((time.perf_counter(), counter.real, counter.computed, counter.sequences,
-                          len(counter.lengths)))
+            clock.mark()  # after the step's kernels in the stream: the step ends when the GPU finishes them
+            counts.append((counter.real, counter.computed, counter.sequences, len(counter.lengths)))
 
     trainer.add_callback(Marks())
     trainer.args.max_steps = warmup_steps + steps + (1 if profiler is not None else 0)
     trainer.train()
+    marks = [(t, *c) for t, c in zip(clock.seconds(), counts)]
     rows = []
     for (t0, r0, c0, s0, l0), (t1, r1, c1, s1, l1) in zip(marks[:-1], marks[1:]):
         rows.append({"seconds": t1 - t0, "real_tokens": r1 - r0, "computed_tokens": c1 - c0,
@@ -133,4 +178,9 @@ def profile_summary(profiler, step_seconds: float, top: int = 45, what: str = "s
     sort = "self_cuda_time_total" if device_us else "self_cpu_time_total"
     head = (f"profiled {what}: {step_seconds:.3f} s wall, device busy {device_us / 1e6:.3f} s "
             f"({100 * device_us / 1e6 / step_seconds:.0f}% of the {what})\n")
-    return head + events.table(sort_by=sort, row_limit=top, max_name_column_width=90)
+    table = events.table(sort_by=sort, row_limit=top, max_name_column_width=90)
+    if not device_us:
+        return head + table
+    # where the host spends the step: what the GPU waits for when it is not busy
+    return (head + table + f"\nhost time of the {what}, by operator (self CPU time):\n"
+            + events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=90))
