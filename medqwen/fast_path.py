@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from medqwen.fast_lora import compile_layers, fuse_lora, set_recompute_layers
-from medqwen.packed_attention import VARLEN, _VARLEN_ATTN, register_attention
+from medqwen.packed_attention import VARLEN, _VARLEN_ATTN, register_attention, skip_mask_building
 
 LORA_SHARED_INPUTS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 
@@ -263,6 +263,8 @@ def apply_fast_path(trainer, cfg) -> dict:
         if getattr(model.config, "_attn_implementation", None) != VARLEN:
             model.set_attn_implementation(VARLEN)
         applied["attention"] = VARLEN
+        if cfg.fast_path != "off":
+            applied["no_mask_building"] = skip_mask_building(model)
     if cfg.padding_free:
         trainer.data_collator = PaddingFreeCollator(trainer.processing_class.pad_token_id,
                                                     cfg.max_tokens_per_forward)

@@ -152,6 +152,26 @@ def _varlen_mask(*args, attention_mask=None, **kwargs):
     return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
+def skip_mask_building(model) -> bool:
+    """Padding-free rows need no attention mask (the varlen kernel takes `cu_seq_lens_q`): hand the decoder an
+    empty mask per attention kind, so transformers does not build one. Building it reads the position ids back
+    to the host to detect packing (`find_packed_sequence_indices`), which makes the host wait for the GPU at the
+    start of every forward instead of queuing work ahead. Returns whether the model's decoder takes such masks."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    kinds = getattr(getattr(decoder, "config", None), "layer_types", None)
+    if decoder is None or not kinds:
+        return False
+
+    def no_mask_for_padding_free_rows(module, args, kwargs):
+        if kwargs.get("attention_mask") is None and kwargs.get("cu_seq_lens_q") is not None:
+            kwargs["attention_mask"] = dict.fromkeys(set(kinds))  # each layer gets None: the varlen path
+        return args, kwargs
+
+    decoder.register_forward_pre_hook(no_mask_for_padding_free_rows, with_kwargs=True)
+    return True
+
+
 def register_attention() -> None:
     """Make attn_implementation="varlen" known to transformers (idempotent)."""
     from transformers import AttentionInterface

@@ -175,6 +175,9 @@ def sft_config(cfg: TrainConfig, has_eval: bool):
         packing_strategy="bfd",
         save_steps=cfg.eval_steps,
         dataloader_num_workers=cfg.dataloader_num_workers,
+        # Fast paths copy each (pinned) batch to the GPU without waiting for the copy: a waiting host cannot
+        # queue the next step while the GPU finishes this one.
+        accelerator_config={"non_blocking": cfg.fast_path != "off" and on_gpu()},
         **eval_kwargs,
     )
 

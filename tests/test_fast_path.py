@@ -389,3 +389,33 @@ def test_deferred_metrics_log_what_trl_logs(tiny_model_dir, tmp_path, monkeypatc
     assert len(logs[True]) == 3 and logs[True][-1]["num_tokens"] > logs[True][0]["num_tokens"] > 0
     for trl_row, deferred_row in zip(logs[False], logs[True]):
         assert deferred_row == pytest.approx(trl_row, rel=1e-5)
+
+
+def test_padding_free_rows_skip_mask_building(monkeypatch):
+    """Fast paths hand the decoder no mask for padding-free rows: the same logits, and transformers never reads
+    the position ids back to detect packing (a host wait at every forward on a GPU)."""
+    import transformers.masking_utils as masking
+    from peft import LoraConfig, get_peft_model
+
+    from medqwen.packed_attention import skip_mask_building
+
+    register_attention()
+    model = random_qwen3("tiny", vocab_size=300, seed=1)
+    model.set_attn_implementation(VARLEN)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules=TARGETS))
+    cu = torch.tensor([0, 10, 30], dtype=torch.int32)
+    positions = torch.cat([torch.arange(10), torch.arange(20)])[None]  # two conversations in one row
+    batch = dict(input_ids=torch.randint(0, 300, (1, 30)), position_ids=positions, cu_seq_lens_q=cu,
+                 cu_seq_lens_k=cu, max_length_q=20, max_length_k=20, use_cache=False)  # training: no cache
+    packing_checks = []
+    find = masking.find_packed_sequence_indices
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda ids: packing_checks.append(1) or find(ids))
+    built = model(**batch).logits
+    assert packing_checks == [1]
+    assert skip_mask_building(model)
+    skipped = model(**batch).logits
+    assert packing_checks == [1]  # not called again
+    torch.testing.assert_close(skipped, built, rtol=0, atol=0)
+    padded = model(input_ids=batch["input_ids"], attention_mask=torch.ones(1, 30, dtype=torch.long),
+                   use_cache=False).logits
+    assert not torch.equal(padded, built)  # a real mask still reaches the model (here: one sequence, no packing)
