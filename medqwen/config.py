@@ -154,9 +154,9 @@ class FastPathFields:
                                                  "more per input feature and token (least where layers share an "
                                                  "input: q/k/v, gate/up).")
     deferred_metrics: bool = _f(False, "Keep TRL's training metrics (entropy, token accuracy, tokens seen) on the "
-                                       "device and read them at logging steps, not after every forward (each read "
-                                       "makes the host wait for the GPU); same loss and logged values. Fast paths "
-                                       "turn it on.")
+                                       "device and reduce and read them at logging steps, not after every forward "
+                                       "(needed under DDP when micro-batches split into forwards; no host waits); "
+                                       "same loss and logged values. Fast paths turn it on.")
     eager_dropout_rng: bool = _f(True, "With compile_layers and activation_memory_budget 1: draw dropout masks "
                                        "with torch's own kernel (faster; the masks eager training draws) "
                                        "instead of code the compiler generates (process-wide).")

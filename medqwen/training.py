@@ -300,13 +300,14 @@ def with_deferred_metrics(trainer_cls):
     """A subclass of TRL's SFTTrainer that, when `deferred_metrics` is set, keeps its training metrics (entropy,
     token accuracy, tokens seen) on the device and reads them once per logging step.
 
-    TRL reads them with `.item()` after every forward, and each read makes the host wait for the GPU to finish the
-    forward before it can queue the backward, and at the step's end before it can prepare the next step: the GPU
-    then idles while the host collates, copies and launches. Deferred, the host runs ahead and the loss is the
-    same. The logged values are TRL's: per micro-batch (all processes and forwards of it together) the mean
-    entropy and accuracy over its assistant tokens, averaged over the logging window; tokens seen, all processes.
-    Evaluation, and losses other than TRL's plain one (a custom loss, label smoothing, DFT, MoE aux loss,
-    sequence parallelism), keep TRL's own code.
+    TRL gathers them across processes and reads them with `.item()` after every forward. Each read makes the host
+    wait for the GPU; and under DDP, where a micro-batch split into forwards by token count gives processes
+    different numbers of forwards, those per-forward gathers paired the wrong collectives and training hung.
+    Here one reduction per logging step covers everything since the last (each process has trained as many
+    micro-batches). The logged values are TRL's: per micro-batch (all processes and forwards of it together) the
+    mean entropy and accuracy over its assistant tokens, averaged over the logging window; tokens seen, all
+    processes. Evaluation, and losses other than TRL's plain one (a custom loss, label smoothing, DFT, MoE aux
+    loss, sequence parallelism), keep TRL's own code.
     """
 
     import torch
@@ -316,7 +317,8 @@ def with_deferred_metrics(trainer_cls):
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self._metric_rows = []  # per micro-batch since the last log: [entropy sum, top-1 hits, assistant tokens, tokens]
+            # per micro-batch since the last log: [entropy sum, top-1 hits, assistant tokens, tokens]
+            self._metric_rows = []
             self._micro_batch_row = None  # the micro-batch being trained: the sums over its forwards so far
 
         def _plain_loss(self) -> bool:
