@@ -125,10 +125,13 @@ def test_perf_train_tiny_smoke(tmp_path, bundled_model_dir):
         assert fast["padding_fraction"] == 0 and fast["train_config"]["fused_lora"]
         assert fast["step_fingerprints"] == original["step_fingerprints"]
         assert fast["tokens_per_step"] == original["tokens_per_step"]
+        # the untrained model's loss on the same first step: the same function computed
+        assert fast["step_losses"][0] == pytest.approx(original["step_losses"][0], rel=1e-4)
     assert speed["cuda_only_off"] == ["compile_layers"]
     assert packed["step_fingerprints"] != original["step_fingerprints"]
     table = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
     assert "| yes |" in table["speed"] and "| yes |" in table["24gb:max_tokens_per_forward=200"]
+    assert "DIFFERENT" not in table["speed"] + table["24gb:max_tokens_per_forward=200"]
     assert "DIFFERENT" in table["packed"]
     assert "CUDA-only parts off" in proc.stdout
     for name in ("config.yaml", "metrics.json", "results.md"):
@@ -138,10 +141,12 @@ def test_perf_train_tiny_smoke(tmp_path, bundled_model_dir):
 def test_steps_of_several_processes_merge_into_one():
     from medqwen.perf import merge_process_steps
 
-    rank0 = [{"seconds": 1.0, "real_tokens": 10, "computed_tokens": 12, "sequences": 2, "lengths": [4, 6]}]
-    rank1 = [{"seconds": 1.5, "real_tokens": 7, "computed_tokens": 7, "sequences": 1, "lengths": [7]}]
+    rank0 = [{"seconds": 1.0, "real_tokens": 10, "computed_tokens": 12, "sequences": 2, "lengths": [4, 6],
+              "loss": 2.0}]
+    rank1 = [{"seconds": 1.5, "real_tokens": 7, "computed_tokens": 7, "sequences": 1, "lengths": [7], "loss": 3.0}]
     assert merge_process_steps([rank0, rank1]) == [
-        {"seconds": 1.5, "real_tokens": 17, "computed_tokens": 19, "sequences": 3, "lengths": [4, 6, 7], "keys": []}]
+        {"seconds": 1.5, "real_tokens": 17, "computed_tokens": 19, "sequences": 3, "loss": 2.5,
+         "lengths": [4, 6, 7], "keys": []}]
 
 
 def test_report_of_launched_rows_has_scaling_and_flags_unsharded_fsdp(tmp_path):
@@ -163,6 +168,19 @@ def test_report_of_launched_rows_has_scaling_and_flags_unsharded_fsdp(tmp_path):
     assert "fsdp x2 (unsharded: ran as MULTI_CPU)" in lines and lines["single"][-1] == ""
     assert "out of memory" in md
     assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["24gb on ddp"]["processes"] == 2
+
+
+def test_loss_column_flags_a_different_function():
+    """Same steps, first-step loss off by more than 1e-3 relative: the variant computes something else."""
+    from medqwen.perf.report import loss_path
+
+    original = {"step_fingerprints": ["a", "b"], "step_losses": [12.4439, 11.0]}
+    assert loss_path({"step_fingerprints": ["a", "b"], "step_losses": [12.4435, 10.9]}, original) == \
+        "12.4435 → 10.9000"
+    assert loss_path({"step_fingerprints": ["a", "b"], "step_losses": [12.5, 10.9]}, original).endswith("DIFFERENT")
+    # another recipe's first step holds other conversations: its loss is not compared
+    assert "DIFFERENT" not in loss_path({"step_fingerprints": ["c", "d"], "step_losses": [12.5, 10.9]}, original)
+    assert loss_path({"step_fingerprints": ["a", "b"]}, original) == ""
 
 
 @pytest.mark.slow

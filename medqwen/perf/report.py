@@ -18,6 +18,20 @@ def same_step(row: dict, original: dict | None) -> str:
     return "yes" if not differ else f"DIFFERENT ({differ} of {max(len(mine), len(theirs))} steps)"
 
 
+def loss_path(row: dict, original: dict | None) -> str:
+    """The step loss, first -> last optimizer step. The first is the untrained model's loss on the first step's
+    conversations: a variant that computes the original's function on the original's step gets the same value
+    (within bf16 rounding, relative 1e-3); "DIFFERENT" where it does not."""
+    losses = row.get("step_losses")
+    if not losses:
+        return ""
+    text = f"{losses[0]:.4f} → {losses[-1]:.4f}"
+    theirs = (original or {}).get("step_losses")
+    if theirs and same_step(row, original) == "yes" and abs(losses[0] - theirs[0]) > 1e-3 * abs(theirs[0]):
+        text += " DIFFERENT"
+    return text
+
+
 def write_report(results: list[dict], peak: float | None, out: Path, seed: int = 0) -> str:
     """The Markdown table of perf_train results (returned, and written to results.md), results.json, metrics.json.
 
@@ -38,7 +52,7 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
         if r["launcher"] == "fsdp" and "weights_sharded" in r and not r["weights_sharded"]:
             launch += f" (unsharded: ran as {r['distributed_type']})"
         if "real_tok_s" not in r:
-            table.append([r["variant"], launch, r.get("error") or r.get("skipped")] + [""] * 11)
+            table.append([r["variant"], launch, r.get("error") or r.get("skipped")] + [""] * 12)
             continue
         mem = r["peak_allocated_gib"] if r["peak_allocated_gib"] is not None else r["peak_rss_gib"]
         median = round(r["median_step_tok_s"]) if r.get("median_step_tok_s") else ""
@@ -49,12 +63,12 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
                       f"{mem:.1f}" + (f" ({r['peak_reserved_gib']:.1f})" if r["peak_reserved_gib"] else ""),
                       f"{r['conversations_per_step']:.0f}",
                       round(r["tokens_per_step"]) if r.get("tokens_per_step") else "",
-                      same_step(r, base),
+                      same_step(r, base), loss_path(r, base),
                       f"{r['real_tok_s'] / base['real_tok_s']:.2f}x" if base else "n/a",
                       f"{r['real_tok_s'] / one['real_tok_s']:.2f}x" if one else ""])
     headers = ["variant", "launch", "real tok/s", "per process", "median step real tok/s", "computed tok/s",
                "padding", "MFU", "peak GiB alloc (reserved)", "conversations/step", "real tokens/step",
-               "steps = original's", "vs original",
+               "steps = original's", "step loss, first → last", "vs original",
                "vs 1 process"]
     md = markdown_table(table, headers)
     note = (f"\nMFU against a measured bf16 matmul peak of {peak:.0f} TFLOP/s per GPU; FLOPs per "
@@ -62,7 +76,9 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
             if peak else "\nMFU: no GPU, no peak.")
     note += ("\n*steps = original's*: whether every optimizer step (warm-up included) trained on the same "
              "conversations as the original recipe's; DIFFERENT means another recipe (more or fewer conversations "
-             "per step), not a speed-up.")
+             "per step), not a speed-up. *step loss*: the first step's is the untrained model's, equal (relative "
+             "1e-3) for every variant that computes the original's function on its steps (else DIFFERENT); later "
+             "steps part by dropout draws and rounding.")
     (out / "results.md").write_text(md + note + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"peak_tflops": peak, "results": results}, indent=2), encoding="utf-8")
     summary = {f"{r['variant']} on {r['launcher']}":

@@ -36,6 +36,7 @@ class StepCounter:
         self.real = self.computed = self.sequences = 0
         self.lengths: list[int] = []
         self.keys: list[str] = []
+        self.losses: list = []  # each micro-batch's loss as the trainer returned it, on the device until the end
 
     def count(self, batch) -> None:
         conversations = batch_conversations(batch)
@@ -61,7 +62,9 @@ class StepCounter:
 
         def counted_step(model, inputs, num_items_in_batch=None):
             self.count(queued.popleft() if queued else inputs)
-            return training_step(model, inputs, num_items_in_batch)
+            loss = training_step(model, inputs, num_items_in_batch)
+            self.losses.append(loss.detach())
+            return loss
 
         if not trainer.args.dataloader_num_workers and trainer.args.eval_strategy == "no":
             trainer.data_collator = counted_collate
@@ -101,7 +104,7 @@ class StepClock:
 
 def time_trainer(trainer, warmup_steps: int, steps: int, cuda: bool = False, profile_step: bool = False) -> dict:
     """Run warmup + timed optimizer steps of `trainer.train()`; per-step seconds (StepClock: on the GPU's timeline
-    with `cuda`), tokens, conversations, their lengths and fingerprints ("keys").
+    with `cuda`), tokens, conversations, their lengths and fingerprints ("keys"), and the step's loss.
 
     With `profile_step`, one more optimizer step runs under torch.profiler (not timed: profiling slows it down);
     the result then has "profile", the profiler's per-kernel table of that step.
@@ -111,7 +114,7 @@ def time_trainer(trainer, warmup_steps: int, steps: int, cuda: bool = False, pro
     counter = StepCounter()
     counter.wrap(trainer)
     clock = StepClock(cuda)
-    counts: list[tuple[int, int, int, int]] = []  # what the counter had seen at each mark
+    counts: list[tuple[int, int, int, int, int]] = []  # what the counter had seen at each mark
     profiler = None
     if profile_step:
         profiler = kernel_profiler()
@@ -130,16 +133,20 @@ def time_trainer(trainer, warmup_steps: int, steps: int, cuda: bool = False, pro
 
         def mark(self):
             clock.mark()  # after the step's kernels in the stream: the step ends when the GPU finishes them
-            counts.append((counter.real, counter.computed, counter.sequences, len(counter.lengths)))
+            counts.append((counter.real, counter.computed, counter.sequences, len(counter.lengths),
+                           len(counter.losses)))
 
     trainer.add_callback(Marks())
     trainer.args.max_steps = warmup_steps + steps + (1 if profiler is not None else 0)
     trainer.train()
     marks = [(t, *c) for t, c in zip(clock.seconds(), counts)]
+    losses = [float(x) for x in counter.losses]  # read after the run: no host wait inside a step
     rows = []
-    for (t0, r0, c0, s0, l0), (t1, r1, c1, s1, l1) in zip(marks[:-1], marks[1:]):
+    for (t0, r0, c0, s0, l0, m0), (t1, r1, c1, s1, l1, m1) in zip(marks[:-1], marks[1:]):
+        # the step's loss: its micro-batches' losses (each normalised over the step's assistant tokens) summed
         rows.append({"seconds": t1 - t0, "real_tokens": r1 - r0, "computed_tokens": c1 - c0,
-                     "sequences": s1 - s0, "lengths": counter.lengths[l0:l1], "keys": counter.keys[l0:l1]})
+                     "sequences": s1 - s0, "lengths": counter.lengths[l0:l1], "keys": counter.keys[l0:l1],
+                     "loss": sum(losses[m0:m1])})
     result = {"warmup": rows[:warmup_steps], "timed": rows[warmup_steps:warmup_steps + steps]}
     if profiler is not None:
         result["profile"] = profile_summary(profiler, rows[-1]["seconds"])
@@ -153,6 +160,8 @@ def merge_process_steps(per_process: list[list[dict]]) -> list[dict]:
     for rows in zip(*per_process):
         merged.append({"seconds": max(r["seconds"] for r in rows),
                        **{k: sum(r[k] for r in rows) for k in ("real_tokens", "computed_tokens", "sequences")},
+                       # each process's loss is its share over the global token count, times the process count
+                       "loss": sum(r.get("loss", 0.0) for r in rows) / len(rows),
                        "lengths": [n for r in rows for n in r["lengths"]],
                        "keys": [k for r in rows for k in r.get("keys", [])]})
     return merged
