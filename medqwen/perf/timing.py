@@ -161,7 +161,7 @@ def merge_process_steps(per_process: list[list[dict]]) -> list[dict]:
         merged.append({"seconds": max(r["seconds"] for r in rows),
                        **{k: sum(r[k] for r in rows) for k in ("real_tokens", "computed_tokens", "sequences")},
                        # each process's loss is its share over the global token count, times the process count
-                       "loss": sum(r.get("loss", 0.0) for r in rows) / len(rows),
+                       "loss": sum(r["loss"] for r in rows) / len(rows),
                        "lengths": [n for r in rows for n in r["lengths"]],
                        "keys": [k for r in rows for k in r.get("keys", [])]})
     return merged
