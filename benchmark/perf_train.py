@@ -167,13 +167,15 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
     peak = pcfg.peak_tflops or matmul_peak_tflops()
     print(f"bf16 matmul peak: {peak:.0f} TFLOP/s" if peak else "no GPU: MFU not computed", flush=True)
     results = []
+    if pcfg.baseline not in pcfg.variants:
+        print(f"--baseline {pcfg.baseline!r} is not among --variants: the table compares no rows")
     for spec in pcfg.variants:
         for launcher in pcfg.launchers:
             row = run_isolated(pcfg, spec, launcher)
             results.append(row)
             print(f"{spec} on {launcher}: " + json.dumps({k: v for k, v in row.items() if k not in ("steps", "lengths")}),
                   flush=True)
-            md = write_report(results, peak, out, pcfg.seed)  # after every run: a killed benchmark keeps its rows
+            md = write_report(results, peak, out, pcfg.seed, pcfg.baseline)  # after every run: a killed benchmark keeps its rows
     print(md)
     cpu_notes = sorted({f"{r['variant']}: {', '.join(r['cuda_only_off'])}" for r in results if r.get("cuda_only_off")})
     if cpu_notes:

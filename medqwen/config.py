@@ -594,6 +594,10 @@ class PerfTrainConfig:
     variants: list[str] = _f(["original", "packed", "packed+liger", "fused", "fused+varlen", "speed", "24gb"],
                              "Recipes to time (medqwen.perf.VARIANTS; 'name:field=value:...' overrides fields), "
                              "comma-separated or repeated; each runs in its own process.")
+    baseline: str = _f("original", "The variant (as written in --variants) the others are compared with: the "
+                                   "table's 'steps = original's', loss and 'vs original' columns (e.g. "
+                                   "original:per_device_train_batch_size=8:gradient_accumulation_steps=8 with "
+                                   "--shape tiny, which otherwise splits steps 4 x 2).")
     tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
                                      "model/smollm2-135m-instruct).")
     data: str | None = _f(None, "Conversation JSONL for a real length distribution (None: synthetic lognormal).")

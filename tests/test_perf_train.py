@@ -183,6 +183,25 @@ def test_loss_column_flags_a_different_function():
     assert loss_path({"step_fingerprints": ["a", "b"]}, original) == ""
 
 
+def test_report_compares_with_the_named_baseline(tmp_path):
+    """--baseline names the row the others are compared with, overrides included."""
+    from medqwen.perf import write_report
+
+    def row(variant, tok_s, fingerprints):
+        return {"variant": variant, "launcher": "single", "processes": 1, "real_tok_s": tok_s,
+                "median_step_tok_s": tok_s, "computed_tok_s": tok_s, "padding_fraction": 0.0, "tflops": 1.0,
+                "peak_allocated_gib": None, "peak_reserved_gib": None, "peak_rss_gib": 2.0,
+                "conversations_per_step": 64.0, "step_fingerprints": fingerprints, "step_losses": [10.8, 10.7]}
+
+    baseline = "original:per_device_train_batch_size=8:gradient_accumulation_steps=8"
+    results = [row(baseline, 100.0, ["a", "b"]), row("speed", 250.0, ["a", "b"]), row("packed", 300.0, ["c"])]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in write_report(results, None, tmp_path, baseline=baseline).splitlines()[2:5]}
+    assert rows["speed"][11:14] == ["yes", "10.8000 → 10.7000", "2.50x"]
+    assert rows["packed"][11].startswith("DIFFERENT")
+    assert write_report(results, None, tmp_path).splitlines()[3].split("|")[12].strip() == "n/a"  # no "original"
+
+
 @pytest.mark.slow
 def test_perf_train_on_two_processes(tmp_path, bundled_model_dir):
     """DDP over gloo: the main process reports both processes' tokens, and the scaling over one process."""

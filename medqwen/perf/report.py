@@ -32,8 +32,10 @@ def loss_path(row: dict, original: dict | None) -> str:
     return text
 
 
-def write_report(results: list[dict], peak: float | None, out: Path, seed: int = 0) -> str:
+def write_report(results: list[dict], peak: float | None, out: Path, seed: int = 0, baseline: str = "original"
+                 ) -> str:
     """The Markdown table of perf_train results (returned, and written to results.md), results.json, metrics.json.
+    Rows are compared with the single-process row of variant `baseline` (the table calls it the original).
 
     A row launched on several processes reports their sum (real tok/s), the mean per process, MFU against
     `processes` GPUs, the largest peak memory of any process, and its scaling over the same variant on one.
@@ -42,7 +44,7 @@ def write_report(results: list[dict], peak: float | None, out: Path, seed: int =
         return next((r for r in results if r["variant"] == variant and r["launcher"] == "single"
                      and "real_tok_s" in r), None)
 
-    base = single("original")
+    base = single(baseline)
     table = []
     for r in results:
         processes = r["processes"]
