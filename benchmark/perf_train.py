@@ -175,7 +175,8 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
             results.append(row)
             print(f"{spec} on {launcher}: " + json.dumps({k: v for k, v in row.items() if k not in ("steps", "lengths")}),
                   flush=True)
-            md = write_report(results, peak, out, pcfg.seed, pcfg.baseline)  # after every run: a killed benchmark keeps its rows
+            # after every run: a killed benchmark keeps its rows
+            md = write_report(results, peak, out, pcfg.seed, pcfg.baseline)
     print(md)
     cpu_notes = sorted({f"{r['variant']}: {', '.join(r['cuda_only_off'])}" for r in results if r.get("cuda_only_off")})
     if cpu_notes:

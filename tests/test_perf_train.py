@@ -212,6 +212,7 @@ def test_perf_train_on_two_processes(tmp_path, bundled_model_dir):
            "--warmup_steps", "0", "--steps", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--baseline 'original' is not among --variants" in proc.stdout  # said, not a silent table of n/a
     single, ddp = json.loads((out / "results.json").read_text())["results"]
     assert (single["processes"], ddp["processes"], ddp["distributed_type"]) == (1, 2, "MULTI_CPU")
     assert len(ddp["peak_allocated_gib_per_process"]) == 2
