@@ -119,6 +119,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
         "conversations_per_step_each": [r["sequences"] for r in warmup + timed],
         # what each step trained to (the first step's loss is the model's before any update: equal across variants)
         "step_losses": [round(r["loss"], 5) for r in warmup + timed],
+        "step_seconds": [round(r["seconds"], 4) for r in warmup + timed],
         "fast_path": cfg.fast_path,
         "cuda_only_off": cuda_only_off,
         "memory_cap_gib": pcfg.memory_cap_gib if cuda and pcfg.memory_cap_gib > 0 else None,

@@ -18,10 +18,26 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Fused LoRA linear
+
+
+@torch.library.custom_op("medqwen::addmm_", mutates_args={"out"})
+def _addmm_op(out: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, alpha: float) -> None:
+    out.addmm_(m1, m2, alpha=alpha)
+
+
+def addmm_(out: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, alpha: float, compiled_in_place: bool
+           ) -> torch.Tensor:
+    """out += alpha * m1 @ m2, in place; returns out.
+
+    Compiled, `out.addmm_` becomes a functional addmm, which cuBLAS runs as a copy of `out` followed by the
+    product: a read and a write of every base output. With `compiled_in_place` it is called as an operator that
+    mutates `out`, which Inductor's re-inplacing pass keeps in place. Eagerly, the plain method either way."""
+    if compiled_in_place and torch.compiler.is_compiling():
+        _addmm_op(out, m1, m2, alpha)
+        return out
+    return out.addmm_(m1, m2, alpha=alpha)
 
 
 class LoraLinearFunction(torch.autograd.Function):
@@ -37,7 +53,8 @@ class LoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float, keep_dropped: bool = False):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float, keep_dropped: bool = False,
+                compiled_in_place: bool = True):
         x2 = x.reshape(-1, x.shape[-1])
         a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
         out = F.linear(x2, weight.to(x.dtype), bias)
@@ -46,10 +63,10 @@ class LoraLinearFunction(torch.autograd.Function):
         else:
             xd, mask = x2, None
         u = xd @ a.t()  # (tokens, r)
-        out = out.to(x.dtype).addmm_(u, b.t(), alpha=scaling)  # base + scaling * u B^T, one pass over out
+        out = addmm_(out.to(x.dtype), u, b.t(), scaling, compiled_in_place)  # base + scaling u B^T, one pass
         ctx.dropped_saved = keep_dropped and mask is not None
         ctx.save_for_backward(xd if ctx.dropped_saved else x2, mask, u, weight, lora_a, lora_b)
-        ctx.scaling, ctx.p, ctx.x_shape = scaling, p, x.shape
+        ctx.scaling, ctx.p, ctx.x_shape, ctx.compiled_in_place = scaling, p, x.shape, compiled_in_place
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -68,11 +85,11 @@ class LoraLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = g @ weight.to(x2.dtype)
             if mask is None:
-                grad_x.addmm_(du, a)
+                addmm_(grad_x, du, a, 1.0, ctx.compiled_in_place)
             else:
                 grad_x.add_(torch.ops.aten.native_dropout_backward(du @ a, mask, 1.0 / (1.0 - p)))
             grad_x = grad_x.view(ctx.x_shape)
-        return grad_x, None, None, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None
+        return grad_x, None, None, grad_a.to(lora_a.dtype), grad_b.to(lora_b.dtype), None, None, None, None
 
 
 def _fused_lora_forward(self, x, *args, **kwargs):
@@ -89,12 +106,14 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     dropout = self.lora_dropout[name]
     p = dropout.p if isinstance(dropout, torch.nn.Dropout) and self.training else 0.0
     return LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                                    float(self.scaling[name]), float(p), self.keep_dropped_input)
+                                    float(self.scaling[name]), float(p), self.keep_dropped_input,
+                                    self.compiled_in_place)
 
 
-def fuse_lora(model, keep_dropped_inputs: Sequence[str] = ()) -> int:
+def fuse_lora(model, keep_dropped_inputs: Sequence[str] = (), compiled_in_place: bool = True) -> int:
     """Route every PEFT LoRA Linear of `model` through LoraLinearFunction; returns how many were switched.
-    Layers named in `keep_dropped_inputs` (e.g. "q_proj") keep their dropped-out input for backward."""
+    Layers named in `keep_dropped_inputs` (e.g. "q_proj") keep their dropped-out input for backward;
+    `compiled_in_place`: compiled layers add the adapter's output into the base output in place (see addmm_)."""
     from peft.tuners.lora import Linear as LoraLinear
 
     count, names = 0, set()
@@ -103,6 +122,7 @@ def fuse_lora(model, keep_dropped_inputs: Sequence[str] = ()) -> int:
             short_name = name.rsplit(".", 1)[-1]
             module.forward = types.MethodType(_fused_lora_forward, module)
             module.keep_dropped_input = short_name in keep_dropped_inputs
+            module.compiled_in_place = compiled_in_place
             names.add(short_name)
             count += 1
     unknown = sorted(set(keep_dropped_inputs) - names)

@@ -277,7 +277,10 @@ def apply_fast_path(trainer, cfg) -> dict:
         applied["logging_nan_inf_filter"] = False
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     if cfg.fused_lora and not sharded:  # FSDP/ZeRO-3 gather weights in module hooks: not run
-        applied["fused_lora_layers"] = fuse_lora(model, cfg.lora_keep_dropped_inputs)
+        # Under an activation memory budget the partitioner recomputes some base outputs in backward and then
+        # clones the buffer the in-place add mutates: the 24gb preset ran slower with it (benchmark/PERF.md).
+        in_place = cfg.activation_memory_budget >= 1.0
+        applied["fused_lora_layers"] = fuse_lora(model, cfg.lora_keep_dropped_inputs, compiled_in_place=in_place)
     if cfg.recompute_layers >= 0 and cfg.gradient_checkpointing:
         trainer.add_callback(_recompute_callback(cfg.recompute_layers))
         applied["recompute_layers"] = cfg.recompute_layers
