@@ -5,7 +5,7 @@ losses and the adapter after optimizer steps on CPU). Which of them a run uses, 
 settings they need, are decided in medqwen.fast_path; benchmark/PERF.md records what each one bought on a GPU.
 
     fuse_lora(model)          LoRA forward/backward as one autograd function (no fp32 copies of the input, scale
-                              and add folded into one addmm)
+                              and add folded into one addmm, kept in place when compiled: addmm_)
     compile_layers(model)     torch.compile each decoder layer (one graph shared by all layers)
     set_recompute_layers(model, n)   with gradient checkpointing: recompute only the first n decoder layers
 """
