@@ -4,7 +4,8 @@ A randomly initialised model of a real shape (speed and memory do not depend on 
 conversations of a realistic length distribution; every variant runs in its own process (an OOM ends only
 that variant) and reports real (non-pad) tok/s, computed (padded) tok/s, MFU, peak memory, the ratio to the
 original recipe, conversations and tokens per optimizer step, and whether each optimizer step trained on the
-same conversations as the original's (a variant whose steps differ trains a different recipe: not a speed-up). Recipes: medqwen.perf.VARIANTS; the presets are configs/qwen3-4b/*.yaml.
+same conversations as the original's (a variant whose steps differ trains a different recipe: not a speed-up).
+Recipes: medqwen.perf.VARIANTS; the presets are configs/qwen3-4b/*.yaml.
 
     # one GPU, Qwen3-4B shape, synthetic lognormal lengths (median 280, capped at 1024)
     python benchmark/perf_train.py --output_dir out/perf
@@ -174,8 +175,8 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
         for launcher in pcfg.launchers:
             row = run_isolated(pcfg, spec, launcher)
             results.append(row)
-            print(f"{spec} on {launcher}: " + json.dumps({k: v for k, v in row.items() if k not in ("steps", "lengths")}),
-                  flush=True)
+            shown = {k: v for k, v in row.items() if k not in ("steps", "lengths")}
+            print(f"{spec} on {launcher}: " + json.dumps(shown), flush=True)
             # after every run: a killed benchmark keeps its rows
             md = write_report(results, peak, out, pcfg.seed, pcfg.baseline)
     print(md)
