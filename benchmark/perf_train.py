@@ -170,7 +170,7 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
     print(f"bf16 matmul peak: {peak:.0f} TFLOP/s" if peak else "no GPU: MFU not computed", flush=True)
     results = []
     if pcfg.baseline not in pcfg.variants:
-        print(f"--baseline {pcfg.baseline!r} is not among --variants: the table compares no rows")
+        print(f"--baseline {pcfg.baseline!r} is not among --variants: the table compares no rows", flush=True)
     for spec in pcfg.variants:
         for launcher in pcfg.launchers:
             row = run_isolated(pcfg, spec, launcher)
