@@ -125,14 +125,16 @@ def perturb_trainable_lora(model, scale: float = 0.3) -> None:
                 param.add_(torch.randn(param.shape, generator=generator) * scale)
 
 
-@pytest.mark.parametrize("from_adapter", [False, True], ids=["fresh-lora", "sft-adapter"])
+@pytest.mark.parametrize("from_adapter,fused_lora", [(False, False), (False, True), (True, False)],
+                         ids=["fresh-lora", "fresh-lora-fused", "sft-adapter"])
 def test_reference_log_probs_are_the_frozen_models_and_step_0_loss_is_ln2(tiny_model_dir, adapter_dir, tmp_path,
-                                                                          from_adapter):
+                                                                          from_adapter, fused_lora):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = tiny_cfg(tiny_model_dir, "unused", tmp_path, adapter=str(adapter_dir) if from_adapter else None)
+    cfg = tiny_cfg(tiny_model_dir, "unused", tmp_path, adapter=str(adapter_dir) if from_adapter else None,
+                   fused_lora=fused_lora)
     tokenizer = load_tokenizer(tiny_model_dir)
     dataset = preference_dataset([PAIR, convert_pair(separable_pairs(1)[0], "medicalgpt")], tokenizer)
     trainer = build_dpo_trainer(cfg, dataset, tokenizer=tokenizer)
@@ -151,6 +153,7 @@ def test_reference_log_probs_are_the_frozen_models_and_step_0_loss_is_ln2(tiny_m
         assert ref_rejected[i].item() == pytest.approx(reply_log_prob(frozen, dataset[i], "rejected"), rel=1e-5)
     assert abs(reply_log_prob(trainer.model, dataset[0], "chosen") - ref_chosen[0].item()) > 1e-3  # policy moved
     assert (REFERENCE_ADAPTER in trainer.model.peft_config) == from_adapter  # a copy of the adapter, not the model
+    assert bool(trainer.fast_path_applied.get("fused_lora_layers")) == fused_lora
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -189,6 +192,31 @@ def test_orpo_log_odds_match_trls_orpo_trainer():
     assert ours.tolist() == pytest.approx(expected, rel=1e-5)
 
 
+def test_orpo_loss_is_nll_on_the_chosen_reply_plus_the_odds_ratio_term(tiny_model_dir, tmp_path):
+    import torch
+    from types import SimpleNamespace
+
+    from trl.experimental.orpo import ORPOTrainer
+
+    beta = 0.5
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = [PAIR, convert_pair(separable_pairs(1)[0], "medicalgpt")]
+    dataset = preference_dataset(rows, tokenizer)
+    trainer = build_dpo_trainer(tiny_cfg(tiny_model_dir, "unused", tmp_path, loss="orpo", beta=beta), dataset,
+                                tokenizer=tokenizer)
+    perturb_trainable_lora(trainer.model)
+    batch = trainer._prepare_inputs(trainer.data_collator([dataset[0], dataset[1]]))
+    loss = trainer.compute_loss(trainer.model, batch).item()
+    # the oracle: plain log-softmax of the model's logits and TRL's own odds-ratio term
+    sums = {side: [reply_log_prob(trainer.model, dataset[i], side) for i in range(2)] for side in ("chosen", "rejected")}
+    counts = {side: [len(dataset[i][f"{side}_ids"]) for i in range(2)] for side in ("chosen", "rejected")}
+    nll = -sum(sums["chosen"]) / sum(counts["chosen"])
+    means = {side: torch.tensor([s / n for s, n in zip(sums[side], counts[side])]) for side in sums}
+    stub = SimpleNamespace(beta=beta, accelerator=SimpleNamespace(device="cpu"))
+    odds_term = ORPOTrainer.odds_ratio_loss(stub, means["chosen"], means["rejected"])[0]
+    assert loss == pytest.approx(nll - odds_term.mean().item(), rel=1e-4)
+
+
 def as_flags(cfg: DpoConfig) -> list[str]:
     flags = []
     for key, value in vars(cfg).items():
@@ -199,7 +227,7 @@ def as_flags(cfg: DpoConfig) -> list[str]:
     return flags
 
 
-def test_kill_after_checkpoint_then_resume_gives_the_same_adapter(tiny_model_dir, separable_data, tmp_path):
+def test_kill_after_checkpoint_then_resume_gives_the_same_adapter(tiny_model_dir, separable_data, tmp_path, capsys):
     import torch
     from safetensors.torch import load_file
 
@@ -209,7 +237,10 @@ def test_kill_after_checkpoint_then_resume_gives_the_same_adapter(tiny_model_dir
     argv = as_flags(tiny_cfg(tiny_model_dir, separable_data, out, max_steps=steps))
     killed_at = kill_after_first_checkpoint("trainer/train_dpo.py", argv, out, timeout_s=300)
     assert 0 < killed_at < steps
+    capsys.readouterr()
     resumed = train_dpo(tiny_cfg(tiny_model_dir, separable_data, out, max_steps=steps, resume_from_checkpoint="true"))
+    printed = capsys.readouterr().out  # the resumed process trains only the steps after the checkpoint
+    assert f"step {killed_at + 1}/{steps} |" in printed and f"step {killed_at}/{steps} |" not in printed
     assert resumed["resumed_from"].endswith(f"checkpoint-{killed_at}")
     assert resumed["global_step"] == reference["global_step"] == steps
     a = load_file(tmp_path / "ref" / "adapter_model.safetensors")
