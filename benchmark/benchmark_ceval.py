@@ -27,8 +27,8 @@ import json
 import sys
 from pathlib import Path
 
-from medqwen.ceval import compare_runs, expand_subjects, option_order_table, results_table, run_benchmark
-from medqwen.ceval import submission, summarize, write_predictions
+from medqwen.exams.runner import compare_runs, expand_subjects, option_order_table, results_table, run_benchmark
+from medqwen.exams.runner import submission, summarize, write_predictions
 from medqwen.config import CevalConfig
 from medqwen.configlib import (UserError, config_to_dict, format_config, parse_config, run_main, save_config,
                                spread_values)
@@ -45,7 +45,7 @@ def subject_tag(subjects: list[str]) -> str:
 
 def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
     """The scoring backend the config asks for."""
-    from medqwen.backends import HFBackend, OpenAIBackend, VLLMBackend
+    from medqwen.exams.backends import HFBackend, OpenAIBackend, VLLMBackend
 
     if cfg.backend == "hf":
         return HFBackend.from_pretrained(model, adapter, chat_template=cfg.chat_template, device=cfg.device,

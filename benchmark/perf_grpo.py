@@ -50,12 +50,12 @@ def run_one(pcfg: PerfGrpoConfig, spec: str) -> dict:
     import torch
 
     from medqwen.chat import load_tokenizer
-    from medqwen.grpo import build_grpo_trainer, mcq_dataset
-    from medqwen.mcq import read_mcq_file
+    from medqwen.train.grpo import build_grpo_trainer, mcq_dataset
+    from medqwen.train.mcq import read_mcq_file
     from medqwen.perf import (benchmark_model, benchmark_tokenizer_dir, decode_bytes_per_step, forward_flops,
                               lora_train_flops, memory_bandwidth_gbs)
     from medqwen.perf.grpo import GrpoStepTimer
-    from medqwen.training import peak_memory_gb
+    from medqwen.train.sft import peak_memory_gb
 
     cuda = torch.cuda.is_available()
     if cuda and pcfg.memory_cap_gib > 0:  # before anything is allocated: the cap holds for the whole run

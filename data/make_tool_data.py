@@ -21,7 +21,7 @@ from medqwen.config import ToolDataConfig
 from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.reporting import markdown_table
 from medqwen.jsonl import write_jsonl
-from medqwen.tool_data import make_heldout_arithmetic, make_tool_conversations
+from medqwen.agent.tool_data import make_heldout_arithmetic, make_tool_conversations
 
 
 def main(cfg: ToolDataConfig) -> dict:

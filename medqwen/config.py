@@ -124,12 +124,12 @@ class TrainerFields(LoraFields, RunFields, ModelFields):
 
 @dataclass
 class FastPathFields:
-    """The LoRA trainer's fast path (medqwen/fast_path.py: which settings; medqwen/fast_lora.py: the kernels)."""
+    """The LoRA trainer's fast path (medqwen/train/fast_path.py: which settings; medqwen/kernels/fused_lora.py: the kernels)."""
 
     fast_path: str = _f("auto", "How a step is computed (never which step: the same conversations, order and loss "
                                 "normalisation): auto (on a CUDA GPU the fastest settings that fit its memory, "
                                 "else off), off (the original implementation: exactly the fields given), or a "
-                                "named set: speed (H200), 80gb, 24gb; medqwen.fast_path.FAST_PATHS. A named set "
+                                "named set: speed (H200), 80gb, 24gb; medqwen.train.fast_path.FAST_PATHS. A named set "
                                 "overrides the fields below and makes each micro-batch the process's whole share "
                                 "of the step.", choices=["auto", "off", "speed", "80gb", "24gb"])
     padding_free: bool = _f(False, "Concatenate each micro-batch's conversations into one row (positions restart "
@@ -222,7 +222,7 @@ class TrainConfig(FastPathFields, TrainerFields):
     attn_implementation: str | None = like(
         TrainerFields, "attn_implementation",
         help="Attention kernel: sdpa, eager, flash_attention_2, varlen (packed rows through FlashAttention varlen; "
-             "medqwen.packed_attention)... (None: varlen with --packing, else transformers' default).")
+             "medqwen.kernels.packed_attention)... (None: varlen with --packing, else transformers' default).")
     use_liger_kernel: bool = _f(False, "Liger Triton kernels (GPU only; needs the liger-kernel package).")
     torch_compile: bool = _f(False, "Compile the model with torch.compile.")
     eval_ratio: float = _f(0.1, "Fraction of conversations held out for validation (0: no evaluation).",
@@ -308,7 +308,7 @@ class AgentConfig(SamplingFields, ServerFields):
 
     served_model: str = like(ServerFields, "served_model", aliases=["model"])
     query: str | None = _f(None, "One question, answered and exit; without it an interactive chat starts.")
-    system_prompt: str | None = _f(None, "System message (None: medqwen.agent.DEFAULT_SYSTEM_PROMPT).")
+    system_prompt: str | None = _f(None, "System message (None: medqwen.agent.agent.DEFAULT_SYSTEM_PROMPT).")
     verbose: bool = _f(False, "Print every tool call with its arguments and result.")
     max_tokens: int = _f(1024, "Longest reply per model turn (tokens).", at_least=1)
     max_steps: int = _f(8, "Most model turns per question (each tool round is one turn); then the agent stops.",

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
-from medqwen.http import strip_userinfo
+from medqwen.safe_http import strip_userinfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"

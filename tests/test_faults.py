@@ -173,7 +173,7 @@ def test_model_server_killed_mid_stream_the_session_goes_on(server_process, monk
     sys.path.insert(0, str(REPO / "agent"))
     import agent as agent_script
 
-    from medqwen.agent import build_agent
+    from medqwen.agent.agent import build_agent
     from medqwen.config import AgentConfig
 
     dying, healthy = server_process("FakeOpenAI"), server_process("FakeOpenAI")
@@ -201,7 +201,7 @@ def test_model_server_killed_mid_stream_the_session_goes_on(server_process, monk
 
 
 def test_weather_service_killed_mid_body(server_process):
-    from medqwen.tools import get_weather
+    from medqwen.agent.tools import get_weather
 
     server = server_process("HostileWeather")
     import threading

@@ -13,7 +13,7 @@ import pytest
 from medqwen.config import TrainConfig
 from medqwen.configlib import load_saved_config
 from medqwen.data import DataError
-from medqwen.training import (build_trainer, last_checkpoint, read_conversations, split_conversations, to_dataset,
+from medqwen.train.sft import (build_trainer, last_checkpoint, read_conversations, split_conversations, to_dataset,
                               train)
 from tests.kill import kill_after_first_checkpoint
 

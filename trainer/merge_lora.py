@@ -11,7 +11,7 @@ what was merged.
 
 from medqwen.config import MergeConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main
-from medqwen.training import merge_adapter
+from medqwen.train.sft import merge_adapter
 
 
 def main(cfg: MergeConfig):

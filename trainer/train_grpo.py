@@ -29,8 +29,8 @@ from medqwen.config import GrpoConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.distributed import is_main_process
 from medqwen.exams.base import ExamDataError
-from medqwen.grpo import train_grpo
-from medqwen.mcq import McqDataError
+from medqwen.train.grpo import train_grpo
+from medqwen.train.mcq import McqDataError
 
 
 def main(cfg: GrpoConfig) -> dict:

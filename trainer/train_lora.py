@@ -24,7 +24,7 @@ from medqwen.config import TrainConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.data import DataError
 from medqwen.distributed import is_main_process
-from medqwen.training import train
+from medqwen.train.sft import train
 
 
 def main(cfg: TrainConfig) -> dict:

@@ -1,7 +1,7 @@
 """What every exam shares: the question record, option letters, the few-shot prompt shape, CSV row checking.
 
 An exam subclasses `Exam` with its instruction line, its question format and its CSV reader; prompts, scoring,
-statistics and reports are the same code for every exam (medqwen.ceval).
+statistics and reports are the same code for every exam (medqwen.exams.runner).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ HF model), and the agent's `search_knowledge_base` tool.
 
     messages = build_messages(question, hits)
     text = OpenAIAnswerer(cfg)(messages)      # or LocalAnswerer(cfg)(messages)
-    tool = make_search_tool(cfg)              # LangChain tool for medqwen.agent.build_agent(extra_tools=[tool])
+    tool = make_search_tool(cfg)              # LangChain tool for medqwen.agent.agent.build_agent(extra_tools=[tool])
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Iterator
 from medqwen.chat import escape_control_tokens, load_tokenizer
 from medqwen.config import RagConfig
 from medqwen.configlib import resolve_config
-from medqwen.http import redact, strip_userinfo
+from medqwen.safe_http import redact, strip_userinfo
 from medqwen.modeling import load_model
 from medqwen.rag.retrieval import Hit, Retriever
 from medqwen.rag.store import StoreError, open_client, open_collection

@@ -108,8 +108,8 @@ def load_base_model(cfg: TrainConfig, packing: bool = False):
 
     check_model_dir(cfg.model)
     dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
-    from medqwen.fast_path import attention_implementation
-    from medqwen.packed_attention import VARLEN, register_attention
+    from medqwen.train.fast_path import attention_implementation
+    from medqwen.kernels.packed_attention import VARLEN, register_attention
 
     attention = attention_implementation(cfg.attn_implementation, packing)
     if attention == VARLEN:  # packed-row FlashAttention of the fast path
@@ -184,7 +184,7 @@ def sft_config(cfg: TrainConfig, has_eval: bool):
 
 def with_atomic_checkpoints(trainer_cls):
     """A subclass of a transformers/TRL trainer whose checkpoints appear atomically: written under `.staging/`,
-    then renamed into place (SFTTrainer here, GRPOTrainer in medqwen.grpo).
+    then renamed into place (SFTTrainer here, GRPOTrainer in medqwen.train.grpo).
 
     A process killed mid-save leaves at most a partial folder under `.staging/`; every `checkpoint-N` that
     exists (and so every resume point and every "best" checkpoint) is complete and loads.
@@ -234,9 +234,9 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
     """The SFTTrainer (LoRA via PEFT) for a config and TRL-format datasets; `model`/`tokenizer` may be given.
 
     The config's fields are applied as given: `train` (and perf_train) first resolve `fast_path` into them
-    (medqwen.fast_path.resolve_fast_path)."""
+    (medqwen.train.fast_path.resolve_fast_path)."""
 
-    from medqwen.callbacks import LogLineCallback
+    from medqwen.train.callbacks import LogLineCallback
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
     model = model if model is not None else load_base_model(cfg, packing=cfg.packing or cfg.padding_free)
@@ -249,7 +249,7 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     from trl import SFTTrainer
 
-    from medqwen.fast_path import apply_fast_path
+    from medqwen.train.fast_path import apply_fast_path
 
     trainer = with_atomic_checkpoints(with_deferred_metrics(with_forward_chunks(SFTTrainer)))(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset if has_eval else None,
@@ -267,13 +267,13 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
 
 def with_forward_chunks(trainer_cls):
     """A subclass of a transformers/TRL trainer that runs a micro-batch carrying FORWARD_CHUNKS (see
-    medqwen.fast_path.PaddingFreeCollator) as one forward/backward per chunk.
+    medqwen.train.fast_path.PaddingFreeCollator) as one forward/backward per chunk.
 
     Each chunk's loss is normalised by the whole optimizer step's assistant-token count (`num_items_in_batch`,
     counted by the Trainer on the full micro-batch), so the summed gradients and the reported loss are those of
     the micro-batch in one pass. Under DDP only the last chunk's backward all-reduces.
     """
-    from medqwen.fast_path import FORWARD_CHUNKS
+    from medqwen.train.fast_path import FORWARD_CHUNKS
 
     class ChunkedTrainer(trainer_cls):
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -472,7 +472,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     conversations = read_conversations(cfg.data_path)
     train_rows, eval_rows = split_conversations(conversations, cfg.eval_ratio, cfg.seed)
     resume = resolve_resume(cfg)
-    from medqwen.fast_path import resolve_fast_path
+    from medqwen.train.fast_path import resolve_fast_path
 
     cfg, why = resolve_fast_path(cfg)  # before config.yaml: it records the settings the run really used
     if main_process:

@@ -2,7 +2,7 @@
 
 Every reader returns `medqwen.exams.base.Question`, so GRPO prompts are rendered and parsed by the benchmark's code.
 
-    from medqwen.mcq import read_mcq_file, write_mcq_jsonl
+    from medqwen.train.mcq import read_mcq_file, write_mcq_jsonl
     questions = read_mcq_file("data/grpo_mcq_sample.jsonl")            # MCQ JSONL
     questions = read_mcq_file("ceval-exam/val/clinical_medicine_val.csv")  # C-Eval CSV (dev/val: has answers)
     questions = read_mcq_file("cmmlu/dev/clinical_knowledge.csv")      # CMMLU CSV (",Question,A,B,C,D,Answer")

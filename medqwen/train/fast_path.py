@@ -9,10 +9,10 @@ and the loss is still normalised over the step's assistant tokens (transformers'
     max_tokens_per_forward  a micro-batch longer than this runs as several forward/backward passes, split at
                             conversation boundaries (bounds memory whatever the lengths; the gradient is the sum)
     fused_lora, attn_implementation=varlen, compile_layers, activation_memory_budget, lora_keep_dropped_inputs
-                            the kernels (medqwen.fast_lora, medqwen.packed_attention)
+                            the kernels (medqwen.kernels.fused_lora, medqwen.kernels.packed_attention)
 
     cfg, why = resolve_fast_path(cfg)       # TrainConfig.fast_path: auto | off | speed | 80gb | 24gb
-    apply_fast_path(trainer, cfg)           # called by medqwen.training.build_trainer
+    apply_fast_path(trainer, cfg)           # called by medqwen.train.sft.build_trainer
 
 benchmark/PERF.md records what each setting bought on a GPU.
 """
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medqwen.fast_lora import compile_layers, fuse_lora, set_recompute_layers
-from medqwen.packed_attention import VARLEN, _VARLEN_ATTN, register_attention, skip_mask_building
+from medqwen.kernels.fused_lora import compile_layers, fuse_lora, set_recompute_layers
+from medqwen.kernels.packed_attention import VARLEN, _VARLEN_ATTN, register_attention, skip_mask_building
 
 LORA_SHARED_INPUTS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 
@@ -203,7 +203,7 @@ def _padding_free_batch(input_ids, labels, positions, starts) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Applying the kernels to a trainer (process-wide torch settings live here, the kernels in medqwen.fast_lora)
+# Applying the kernels to a trainer (process-wide torch settings live here, the kernels in medqwen.kernels.fused_lora)
 
 
 def attention_implementation(attn_implementation: str | None, packed_rows: bool = False) -> str | None:

@@ -2,7 +2,7 @@
 
 Each conversation is the OpenAI message shape the agent produces at serving time: system prompt, user question,
 an assistant turn with `tool_calls`, the `tool` result, and the final answer; the record's `tools` are the
-schemas the agent sends (medqwen.agent.openai_tool_schemas), so training renders exactly the served prompt
+schemas the agent sends (medqwen.agent.agent.openai_tool_schemas), so training renders exactly the served prompt
 (the hermes `<tool_call>` format comes from the chat template). Tool results are computed by the real tools:
 the calculator's values and the time tool's text are exact; weather values are synthetic (no network), formatted
 by the weather tool's own formatter. A share of questions needs no tool.
@@ -17,9 +17,9 @@ import datetime as dt
 import random
 from typing import Any
 
-from medqwen.agent import DEFAULT_SYSTEM_PROMPT, build_tools, openai_tool_schemas
+from medqwen.agent.agent import DEFAULT_SYSTEM_PROMPT, build_tools, openai_tool_schemas
 from medqwen.config import AgentConfig
-from medqwen.tools import CITIES, calculate, format_current, format_forecast, get_current_time
+from medqwen.agent.tools import CITIES, calculate, format_current, format_forecast, get_current_time
 
 
 ARITHMETIC_QUESTIONS = {
