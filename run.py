@@ -11,7 +11,7 @@ import sys
 from threading import Thread
 
 from medqwen.chat import escape_control_tokens, load_tokenizer
-from medqwen.config import ChatConfig
+from medqwen.chat_config import ChatConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.modeling import ModelNotFoundError, load_model
 from medqwen.repl import HELP, repl

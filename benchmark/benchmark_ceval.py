@@ -29,7 +29,7 @@ from pathlib import Path
 
 from medqwen.exams.runner import compare_runs, expand_subjects, option_order_table, results_table, run_benchmark
 from medqwen.exams.runner import submission, summarize, write_predictions
-from medqwen.config import CevalConfig
+from medqwen.exams.config import CevalConfig
 from medqwen.configlib import (UserError, config_to_dict, format_config, parse_config, run_main, save_config,
                                spread_values)
 from medqwen.exams import is_group

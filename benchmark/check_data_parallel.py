@@ -24,7 +24,7 @@ exits 1 when a difference is above the tolerance.
 import sys
 from pathlib import Path
 
-from medqwen.config import DataParallelCheckConfig
+from medqwen.perf.config import DataParallelCheckConfig
 from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process, is_sharded, parallel_mode, run_launched
 

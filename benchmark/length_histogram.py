@@ -15,7 +15,7 @@ Only the histogram is committed, never the data.
 import json
 from pathlib import Path
 
-from medqwen.config import LengthHistogramConfig
+from medqwen.perf.config import LengthHistogramConfig
 from medqwen.configlib import parse_config
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from medqwen.exams.backends import HFBackend, encode_pair
 from medqwen.exams.runner import Question, build_prompt, extract_answer, rotate
-from medqwen.config import PerfCevalConfig
+from medqwen.perf.config import PerfCevalConfig
 from medqwen.configlib import REPO_ROOT, config_to_dict, format_config, parse_config, save_config
 from medqwen.exams import expand_subjects, get_exam, split_key
 from medqwen.exams.base import LETTERS

@@ -34,7 +34,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from medqwen.config import PerfTrainConfig
+from medqwen.perf.config import PerfTrainConfig
 from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process
 from medqwen.perf.isolate import print_result, run_variant
@@ -50,7 +50,8 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     from medqwen.perf import (benchmark_conversations, benchmark_model, benchmark_tokenizer_dir, length_summary,
                               lora_train_flops, merge_process_steps, step_fingerprint, time_trainer,
                               variant_config)
-    from medqwen.train.sft import build_trainer, peak_memory_gb
+    from medqwen.train.common import peak_memory_gb
+    from medqwen.train.sft import build_trainer
 
     from medqwen.train.fast_path import CUDA_ONLY
 

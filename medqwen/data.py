@@ -36,7 +36,7 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import escape_control_tokens, find_control_token, load_tokenizer, render
-from medqwen.config import DataConfig
+from medqwen.data_config import DataConfig
 from medqwen.configlib import REPO_ROOT, config_to_dict, format_config
 from medqwen.reporting import markdown_table, pyplot, run_meta, save_figure
 

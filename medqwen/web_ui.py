@@ -19,7 +19,9 @@ import threading
 from typing import Any, Callable, Iterator
 
 from medqwen.agent.agent import AgentServerError, ask, build_agent, served_models
-from medqwen.config import AgentConfig, RagConfig, WebConfig
+from medqwen.agent.config import AgentConfig
+from medqwen.rag.config import RagConfig
+from medqwen.web_config import WebConfig
 from medqwen.configlib import resolve_config
 from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, OpenAIAnswerer, build_messages

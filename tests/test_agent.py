@@ -16,7 +16,7 @@ from langchain_core.tools import StructuredTool
 
 from medqwen.agent.agent import (AgentServerError, DEFAULT_SYSTEM_PROMPT, ask, build_agent, build_tools, check_server,
                            final_answer, openai_tool_schemas)
-from medqwen.config import AgentConfig
+from medqwen.agent.config import AgentConfig
 from medqwen.configlib import resolve_config
 from medqwen.serving import free_port
 

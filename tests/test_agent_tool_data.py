@@ -8,7 +8,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
-from medqwen.config import ToolDataConfig
+from medqwen.agent.config import ToolDataConfig
 from medqwen.agent.tool_data import make_heldout_arithmetic, make_tool_conversations
 from medqwen.agent.tools import calculate, get_current_time
 

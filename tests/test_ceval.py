@@ -73,7 +73,8 @@ def test_malformed_csv_gets_a_clear_error(tmp_path, body, message):
 
 
 def test_help_lists_every_flag():
-    from medqwen.config import CevalConfig, PerfCevalConfig
+    from medqwen.exams.config import CevalConfig
+    from medqwen.perf.config import PerfCevalConfig
     from medqwen.configlib import build_parser
 
     assert "--prompt_style" in build_parser(CevalConfig).format_help()
@@ -238,7 +239,7 @@ def make_lora_run(base_dir: Path, run_dir: Path) -> Path:
 
 def test_benchmark_script_lora_compare_and_submission(tiny_model_dir, tmp_path, capsys):
     import benchmark_ceval
-    from medqwen.config import CevalConfig
+    from medqwen.exams.config import CevalConfig
     from medqwen.runs import RunNotFoundError
 
     common = {"model": str(tiny_model_dir), "k_shot": 2, "limit": 6, "device": "cpu", "n_bootstrap": 200,
@@ -278,7 +279,7 @@ def test_benchmark_script_lora_compare_and_submission(tiny_model_dir, tmp_path, 
 
 def test_perf_ceval_tiny_smoke(tmp_path):
     import perf_ceval
-    from medqwen.config import PerfCevalConfig
+    from medqwen.perf.config import PerfCevalConfig
 
     summary = perf_ceval.main(resolve_config(PerfCevalConfig, {"tiny": True, "questions": 8, "subjects": 2,
                                                               "mean_tokens": 300, "head_tokens": 200,

@@ -10,7 +10,7 @@ import pytest
 
 from medqwen.exams.runner import (Prediction, Question, build_prompt, extract_answer, extract_answers, option_order_report,
                            rotate, run_benchmark, score_questions)
-from medqwen.config import CevalConfig
+from medqwen.exams.config import CevalConfig
 from medqwen.configlib import resolve_config
 from medqwen.exams import expand_subjects, get_exam
 from medqwen.exams.base import ExamDataError, Skipped
@@ -213,7 +213,7 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
 
 def test_perf_pooled_set_uses_every_exams_prompt_and_times_the_rotations(tmp_path):
     import perf_ceval
-    from medqwen.config import PerfCevalConfig
+    from medqwen.perf.config import PerfCevalConfig
 
     cfg = resolve_config(PerfCevalConfig, {"tiny": True, "pooled": True, "questions": 24, "paths": ["reuse"],
                                            "permute_options": "cyclic", "output_dir": str(tmp_path)})

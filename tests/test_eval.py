@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqwen.config import EvalConfig
+from medqwen.evaluate.config import EvalConfig
 from medqwen.configlib import UserError, spread_values
 from medqwen.evaluate.metrics import corpus_bleu, names_assistant, rouge_l, sentence_bleu, zh_tokens
 from medqwen.evaluate.run import EvalDataError, cli, load_heldout, run_eval

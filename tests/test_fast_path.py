@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from medqwen.config import TrainConfig
+from medqwen.train.config import TrainConfig
 from medqwen.kernels.fused_lora import LoraLinearFunction, _fused_lora_forward, decoder_layers, fuse_lora, set_recompute_layers
 from medqwen.kernels.packed_attention import VARLEN, register_attention
 from medqwen.modeling import random_qwen3

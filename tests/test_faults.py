@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
@@ -174,7 +174,7 @@ def test_model_server_killed_mid_stream_the_session_goes_on(server_process, monk
     import agent as agent_script
 
     from medqwen.agent.agent import build_agent
-    from medqwen.config import AgentConfig
+    from medqwen.agent.config import AgentConfig
 
     dying, healthy = server_process("FakeOpenAI"), server_process("FakeOpenAI")
     slow = AgentConfig(base_url=dying.url + "/v1", served_model="slow_stream", timeout_s=10)

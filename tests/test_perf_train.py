@@ -227,7 +227,7 @@ def test_profiled_step_ends_before_the_final_checkpoint(tiny_model_dir, tmp_path
     to the host) once showed up in it as thousands of device-to-host copies a step does not make."""
     from datasets import Dataset
 
-    from medqwen.config import TrainConfig
+    from medqwen.train.config import TrainConfig
     from medqwen.perf import time_trainer
     from medqwen.train.sft import build_trainer
     from tests.test_fast_path import conversations

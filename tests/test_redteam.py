@@ -24,7 +24,9 @@ from langchain_core.tools import StructuredTool
 
 from medqwen.agent.agent import AgentServerError, ask, build_agent, check_server
 from medqwen.chat import escape_control_tokens, find_control_token
-from medqwen.config import AgentConfig, DataConfig, RagConfig
+from medqwen.agent.config import AgentConfig
+from medqwen.data_config import DataConfig
+from medqwen.rag.config import RagConfig
 from medqwen.configlib import format_config, save_config
 from medqwen.data import DataError, prepare
 from medqwen.rag.answer import SOURCES_BEGIN, SOURCES_END, build_messages, check_query, format_sources

@@ -156,7 +156,7 @@ def test_tokenize_agent_tools_and_tool_round_equals_our_template(server, tiny_mo
     """The agent's tool schemas and a tool-call round reach the model as our template renders them, which is
     what the tool-use training data is rendered with."""
     from medqwen.agent.agent import build_tools, openai_tool_schemas
-    from medqwen.config import AgentConfig
+    from medqwen.agent.config import AgentConfig
 
     tools = openai_tool_schemas(build_tools(AgentConfig()))
     tokenizer = load_tokenizer(tiny_model_dir)

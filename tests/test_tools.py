@@ -436,7 +436,7 @@ def test_weather_base_url_must_be_https_or_loopback(url, ok):
 
 def test_dotenv_in_the_current_folder_cannot_redirect_the_key(tmp_path, monkeypatch):
     from medqwen.agent.agent import build_tools
-    from medqwen.config import AgentConfig
+    from medqwen.agent.config import AgentConfig
     from medqwen.configlib import parse_config
 
     (tmp_path / ".env").write_text("OPENWEATHER_BASE_URL=http://attacker.example.net\n")
@@ -465,7 +465,7 @@ def test_httpx_request_log_carries_no_key(weather_url, caplog):
 
 
 def test_userinfo_in_a_url_is_never_saved(tmp_path):
-    from medqwen.config import AgentConfig
+    from medqwen.agent.config import AgentConfig
     from medqwen.configlib import format_config, save_config
 
     cfg = AgentConfig(base_url="http://user:s3cr3t-pass@127.0.0.1:8001/v1",

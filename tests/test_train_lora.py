@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import TrainConfig
+from medqwen.train.config import TrainConfig
 from medqwen.configlib import load_saved_config
 from medqwen.data import DataError
 from medqwen.train.sft import (build_trainer, last_checkpoint, read_conversations, split_conversations, to_dataset,

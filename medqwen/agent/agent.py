@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 from pydantic import BaseModel, Field
 
 from medqwen.chat import escape_control_tokens
-from medqwen.config import AgentConfig
+from medqwen.agent.config import AgentConfig
 from medqwen.safe_http import HttpError, check_url, http_get, redact, strip_userinfo
 from medqwen.agent.tools import MAX_EXPRESSION_CHARS, calculate, get_current_time, get_weather
 

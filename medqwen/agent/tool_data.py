@@ -18,7 +18,7 @@ import random
 from typing import Any
 
 from medqwen.agent.agent import DEFAULT_SYSTEM_PROMPT, build_tools, openai_tool_schemas
-from medqwen.config import AgentConfig
+from medqwen.agent.config import AgentConfig
 from medqwen.agent.tools import CITIES, calculate, format_current, format_forecast, get_current_time
 
 

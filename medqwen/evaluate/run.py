@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from medqwen.exams.backends import HFBackend
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
-from medqwen.config import EvalConfig
+from medqwen.evaluate.config import EvalConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
 from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from medqwen.config import TrainConfig
+from medqwen.train.config import TrainConfig
 from medqwen.configlib import REPO_ROOT, resolve_config
 
 # Named recipes: TrainConfig overrides on top of the defaults (the original recipe); "config" names a preset YAML.

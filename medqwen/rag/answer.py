@@ -12,7 +12,7 @@ import contextlib
 from typing import Iterator
 
 from medqwen.chat import escape_control_tokens, load_tokenizer
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 from medqwen.configlib import resolve_config
 from medqwen.safe_http import redact, strip_userinfo
 from medqwen.modeling import load_model

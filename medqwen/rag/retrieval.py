@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 
 _NOT_A_WORD = re.compile(r"[\W_]+")
 _HAN_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 from medqwen.rag.documents import SUPPORTED_SUFFIXES, Chunk, DocumentError, file_chunks
 from medqwen.rag.embeddings import MedqwenEmbedding, vector_space
 

@@ -24,17 +24,31 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
-from medqwen.exams.runner import LEADING_ANSWER  # the benchmark's "answer letter first" pattern
-from medqwen.exams.runner import Question, extract_answer, extract_cot_answer, render_prompt
 from medqwen.chat import load_tokenizer
-from medqwen.config import GrpoConfig
+from medqwen.train.config import GrpoConfig
 from medqwen.configlib import save_config
 from medqwen.distributed import is_main_process, on_gpu, process_state
-from medqwen.train.mcq import read_mcq_file
+from medqwen.exams.runner import (
+    LEADING_ANSWER,  # the benchmark's "answer letter first" pattern
+    Question,
+    extract_answer,
+    extract_cot_answer,
+    render_prompt,
+)
 from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
-from medqwen.train.sft import (last_checkpoint, load_base_model, lora_config, peak_memory_gb, resolve_resume,
-                              save_adapter_atomic, trainer_arguments, use_run_logging, with_atomic_checkpoints)
+from medqwen.train.common import (
+    last_checkpoint,
+    load_base_model,
+    lora_config,
+    peak_memory_gb,
+    resolve_resume,
+    save_adapter_atomic,
+    trainer_arguments,
+    use_run_logging,
+    with_atomic_checkpoints,
+)
+from medqwen.train.mcq import read_mcq_file
 
 
 def completion_text(completion: Any) -> str:
