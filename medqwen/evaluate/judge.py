@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from medqwen.configlib import REPO_ROOT
+from medqwen.configlib import REPO_ROOT, UserError
 
 CRITERIA = ("relevance", "correctness", "safety")
 SCORE_RANGE = (1, 5)
 DEFAULT_RUBRIC = "eval/judge_rubric.md"
 
 
-class EndpointUnavailableError(RuntimeError):
+class EndpointUnavailableError(UserError, RuntimeError):
     """An OpenAI-compatible endpoint (judge or generation) that cannot be reached or rejects our key."""
 
 

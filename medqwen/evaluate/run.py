@@ -21,20 +21,19 @@ import json
 import math
 import sys
 import time
-import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from medqwen.exams.backends import HFBackend
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
-from medqwen.evaluate.config import EvalConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
+from medqwen.evaluate.config import EvalConfig
+from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
 from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
 from medqwen.evaluate.report import compare_runs, load_run, metric_rows, write_report
+from medqwen.exams.backends import HFBackend
 from medqwen.jsonl import write_jsonl
-from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
 from medqwen.modeling import load_model
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import resolve_model
@@ -43,7 +42,7 @@ from medqwen.train.sft import read_conversations, split_conversations
 Message = dict[str, Any]
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError):
     """Held-out data that is missing or malformed."""
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from medqwen.chat import escape_control_tokens
+from medqwen.configlib import UserError
 
 # Option letters: exams have 4 (C-Eval, CMMLU) or 5 (CMExam) options; nothing below assumes a count.
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 
 
-class ExamDataError(ValueError):
+class ExamDataError(UserError):
     """An exam file that is missing or does not have its published layout; the message names file and line."""
 
 

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from medqwen.configlib import UserError
 from medqwen.exams.base import LETTERS, ExamDataError, Question
 from medqwen.exams.ceval import CHOICES, read_csv_split
 from medqwen.exams.cmmlu import HEADER as CMMLU_HEADER
@@ -30,7 +31,7 @@ from medqwen.exams.cmmlu import read_cmmlu_csv as read_cmmlu_exam_csv
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 
 
-class McqDataError(ValueError):
+class McqDataError(UserError):
     """A multiple-choice file or line that cannot give a verifiable reward; the message names file and line."""
 
 
