@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from medqwen.configlib import DEFAULT_TEMPLATE, REPO_ROOT
-from medqwen.modeling import check_model_dir
 
 Message = dict[str, Any]
 
@@ -34,7 +33,6 @@ def load_tokenizer(model_path: str | Path, chat_template: str | Path | None = DE
     """AutoTokenizer for a model folder with our chat template installed and a pad token set."""
     from transformers import AutoTokenizer
 
-    check_model_dir(model_path)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     if chat_template is not None:
         tokenizer.chat_template = load_chat_template(chat_template)

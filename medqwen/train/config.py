@@ -53,7 +53,7 @@ class FastPathFields:
 
     fast_path: str = _f("auto", "How a step is computed (never which step: the same conversations, order and loss "
                                 "normalisation): auto (on a CUDA GPU the fastest settings that fit its memory, "
-                                "else off), off (the original implementation: exactly the fields given), or a "
+                                "else off), off (the plain path: exactly the fields given), or a "
                                 "named set: speed (H200), 80gb, 24gb; medqwen.train.fast_path.FAST_PATHS. A named set "
                                 "overrides the fields below and makes each micro-batch the process's whole share "
                                 "of the step.", choices=["auto", "off", "speed", "80gb", "24gb"])
