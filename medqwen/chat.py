@@ -9,16 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medqwen.configlib import DEFAULT_TEMPLATE, REPO_ROOT
+from medqwen.configlib import DEFAULT_TEMPLATE, repo_path
 
 Message = dict[str, Any]
 
 
 def template_path(path: str | Path = DEFAULT_TEMPLATE) -> Path:
     """Resolve a template path relative to the working directory, then to the repository root."""
-    path = Path(path)
-    if not path.is_absolute() and not path.is_file():
-        path = REPO_ROOT / path
+    path = repo_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"chat template {path} not found (the repository ships {DEFAULT_TEMPLATE})")
     return path
