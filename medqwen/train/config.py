@@ -49,7 +49,8 @@ class TrainerFields(LoraFields, RunFields, ModelFields):
 
 @dataclass
 class FastPathFields:
-    """The LoRA trainer's fast path (medqwen/train/fast_path.py: which settings; medqwen/kernels/fused_lora.py: the kernels)."""
+    """The LoRA trainer's fast path (medqwen/train/fast_path.py: which settings; medqwen/kernels/fused_lora.py: the
+    kernels)."""
 
     fast_path: str = _f("auto", "How a step is computed (never which step: the same conversations, order and loss "
                                 "normalisation): auto (on a CUDA GPU the fastest settings that fit its memory, "
