@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medqwen.configlib import DEFAULT_TEMPLATE, DeviceFields, _f, like
-from medqwen.train.config import KERNELS_HELP
+from medqwen.exams.config import CevalConfig
 
 
 @dataclass
@@ -156,7 +156,7 @@ class PerfCevalConfig(BenchmarkFields, DeviceFields):
     batch_size: int = _f(256, "Questions per forward pass (our paths; the plain path was fastest at 64).")
     compile: bool = _f(False, "torch.compile each decoder layer for the plain and reuse paths (compiled during "
                               "their untimed warm-up call).")
-    kernels: str = _f("auto", KERNELS_HELP, choices=["auto", "liger", "none"])
+    kernels: str = like(CevalConfig, "kernels")
     profile: bool = _f(False, "After timing, score one subject's questions again per timed plain/reuse path under "
                               "torch.profiler (not timed) and write its kernel table to profile_<path>.txt.")
     original_questions: int = _f(64, "Questions timed for the original loop (its per-question time is "

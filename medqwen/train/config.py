@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from medqwen.configlib import ModelFields, RunFields, SamplingFields, ThinkingFields, _f, like
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-KERNELS_HELP = ("hf: auto (on CUDA, Liger's fused RMSNorm/RoPE/SwiGLU Triton kernels when liger-kernel is "
-                "installed and --compile is off; else none), liger, or none (transformers' own ops).")
 
 
 
