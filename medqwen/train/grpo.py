@@ -35,7 +35,7 @@ from medqwen.exams.runner import (
     render_prompt,
 )
 from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
-from medqwen.runs import check_adapter, check_model, resolve_model, saved_base_model
+from medqwen.runs import check_adapter, resolve_model, saved_base_model
 from medqwen.train.common import (
     last_checkpoint,
     load_base_model,
@@ -246,7 +246,6 @@ def window_mean(values: list[float], first: bool, k: int) -> float | None:
 
 def train_grpo(cfg: GrpoConfig) -> dict[str, Any]:
     """Read questions, render prompts, train, save the adapter atomically, write reward_curve.png and metrics.json."""
-    check_model(cfg.model)  # fail before anything is written
     cfg = replace(cfg, model=resolve_model(cfg.model, cfg.init_adapter).model)  # the base, checked
     out = Path(cfg.output_dir)
     procs = process_state()
