@@ -25,7 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from medqwen.callbacks import LogLineCallback
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer
 from medqwen.configlib import save_config
 from medqwen.distributed import on_gpu, process_state
@@ -34,10 +33,10 @@ from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
 from medqwen.train.dpo_config import DpoConfig
 from medqwen.train.preference_data import read_pairs
-# Shared with SFT; private to medqwen.training for now (to move to the shared training module).
-from medqwen.training import (last_checkpoint, load_base_model, lora_config, peak_memory_gb, resolve_resume,
-                              save_adapter_atomic, split_conversations, trainer_arguments, use_run_logging,
-                              with_atomic_checkpoints)
+from medqwen.train.callbacks import LogLineCallback
+from medqwen.train.common import (last_checkpoint, load_base_model, lora_config, peak_memory_gb, resolve_resume,
+                                  save_adapter_atomic, trainer_arguments, use_run_logging, with_atomic_checkpoints)
+from medqwen.train.sft import split_conversations  # a seeded hold-out of any list: SFT's split, the same way
 
 REFERENCE_ADAPTER = "ref"  # the name TRL's DPOTrainer gives its frozen copy of a pre-trained adapter
 
@@ -217,8 +216,8 @@ def build_dpo_trainer(cfg: DpoConfig, train_dataset, eval_dataset=None, model=No
 
 def apply_kernels(trainer, cfg: DpoConfig) -> dict:
     """SFT's fused LoRA layers and compiled decoder layers, where asked (padding-free batches: see docs/training.md)."""
-    from medqwen.fast_lora import compile_layers, fuse_lora
-    from medqwen.fast_path import set_compiler_settings
+    from medqwen.kernels.fused_lora import compile_layers, fuse_lora
+    from medqwen.train.fast_path import set_compiler_settings
 
     applied: dict[str, Any] = {}
     if cfg.fused_lora:  # its forward falls back to PEFT's when adapters are disabled: the reference pass stays exact

@@ -1,12 +1,13 @@
 """The configs of preference training: DpoConfig (trainer/train_dpo.py) and PreferenceDataConfig
-(data/prepare_preference.py), built from the shared field groups of medqwen/config.py."""
+(data/prepare_preference.py), built from the shared field groups of medqwen/configlib.py and
+medqwen/train/config.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medqwen.config import DEFAULT_TEMPLATE, FastPathFields, ModelFields, RunFields, TrainerFields
-from medqwen.configlib import _f, like
+from medqwen.configlib import DEFAULT_TEMPLATE, ModelFields, RunFields, _f, like
+from medqwen.train.config import FastPathFields, TrainerFields
 
 # DPO losses of TRL's DPOTrainer offered here (trl.DPOConfig.loss_type), and ORPO (no reference model).
 DPO_LOSSES = ["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero"]
