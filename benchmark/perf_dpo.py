@@ -29,9 +29,9 @@ def run_one(pcfg: PerfDpoConfig, name: str) -> dict:
 
     from medqwen.chat import load_tokenizer
     from medqwen.perf import benchmark_model, benchmark_tokenizer_dir, time_trainer
+    from medqwen.train.common import peak_memory_gb
     from medqwen.train.dpo import build_dpo_trainer
     from medqwen.train.dpo_config import DpoConfig
-    from medqwen.train.common import peak_memory_gb
 
     cuda = torch.cuda.is_available()
     if cuda and name in MEMORY_CAPS_GIB:  # before anything is allocated: the cap holds for the whole run

@@ -31,11 +31,20 @@ from medqwen.distributed import on_gpu, process_state
 from medqwen.jsonl import write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
+from medqwen.train.callbacks import LogLineCallback
+from medqwen.train.common import (
+    last_checkpoint,
+    load_base_model,
+    lora_config,
+    peak_memory_gb,
+    resolve_resume,
+    save_adapter_atomic,
+    trainer_arguments,
+    use_run_logging,
+    with_atomic_checkpoints,
+)
 from medqwen.train.dpo_config import DpoConfig
 from medqwen.train.preference_data import read_pairs
-from medqwen.train.callbacks import LogLineCallback
-from medqwen.train.common import (last_checkpoint, load_base_model, lora_config, peak_memory_gb, resolve_resume,
-                                  save_adapter_atomic, trainer_arguments, use_run_logging, with_atomic_checkpoints)
 from medqwen.train.sft import split_conversations  # a seeded hold-out of any list: SFT's split, the same way
 
 REFERENCE_ADAPTER = "ref"  # the name TRL's DPOTrainer gives its frozen copy of a pre-trained adapter
@@ -95,7 +104,6 @@ def orpo_log_odds(chosen_mean_logps, rejected_mean_logps):
 
 def preference_trainer_class():
     """TRL's DPOTrainer, taking our tokenized rows as they are, with ORPO as one more loss."""
-    import torch
     import torch.nn.functional as F
     from trl import DPOTrainer
 

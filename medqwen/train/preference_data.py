@@ -34,9 +34,23 @@ import yaml
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer
 from medqwen.configlib import config_to_dict, format_config
-from medqwen.data import (INVALID_REASONS, DataError, InputSpec, RecordError, _resolve, _text, as_text, check_text,
-                          default_tokenizer_dir, from_messages, iter_records, output_paths, parse_inputs, percentiles,
-                          validate)
+from medqwen.data import (
+    INVALID_REASONS,
+    DataError,
+    InputSpec,
+    RecordError,
+    _resolve,
+    _text,
+    as_text,
+    check_text,
+    default_tokenizer_dir,
+    from_messages,
+    iter_records,
+    output_paths,
+    parse_inputs,
+    percentiles,
+    validate,
+)
 from medqwen.reporting import markdown_table, run_meta
 from medqwen.train.dpo_config import PreferenceDataConfig
 
