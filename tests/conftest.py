@@ -9,7 +9,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO / "model" / "smollm2-135m-instruct"
 BUNDLED_E5 = REPO / "model" / "multilingual-e5-small"
-QWEN_REFERENCE = REPO.parent / "shared" / "reference" / "qwen3"
+QWEN_REFERENCE = REPO / "tests" / "fixtures" / "qwen3"  # the real tokenizer and official templates (Apache-2.0)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,6 +98,7 @@ def server(adapter_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qwen_reference_dir() -> Path:
-    if not (QWEN_REFERENCE / "vocab.json").is_file():
-        pytest.skip(f"Qwen3 reference files not found at {QWEN_REFERENCE}")
+    if not (QWEN_REFERENCE / "vocab.json").is_file():  # shipped with the repository: missing means a broken clone
+        pytest.fail(f"Qwen3 tokenizer files missing from {QWEN_REFERENCE}: restore them with "
+                    f"`git checkout -- {QWEN_REFERENCE}`")
     return QWEN_REFERENCE
