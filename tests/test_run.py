@@ -29,7 +29,7 @@ def test_interactive_session_keeps_history_and_exits(tiny_model_dir, monkeypatch
 
     sys.path.insert(0, str(REPO))
     import run
-    from medqwen.config import ChatConfig
+    from medqwen.chat_config import ChatConfig
     from medqwen.configlib import parse_config
 
     seen, replies, real_stream_reply = [], [], run.stream_reply

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import RagConfig, WebConfig
+from medqwen.rag.config import RagConfig
+from medqwen.web_config import WebConfig
 from medqwen.serving import free_port
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -232,8 +233,8 @@ def test_rag_shows_sources_from_the_store(page, shot):
 def test_compare_streams_two_models_side_by_side(page, base_url, shot):
     from selenium.webdriver.common.by import By
 
-    from medqwen.agent import served_models
-    from medqwen.config import AgentConfig
+    from medqwen.agent.agent import served_models
+    from medqwen.agent.config import AgentConfig
 
     open_tab(page, "Compare")
     left = page.find_element(By.CSS_SELECTOR, "#compare-left-model input").get_attribute("value")

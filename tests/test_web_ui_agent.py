@@ -1,16 +1,16 @@
 """medqwen/web_ui.py's agent events as the page draws them: no browser, no server (so not marked slow)."""
 
-from medqwen.config import WebConfig
+from medqwen.web_config import WebConfig
 
 
 def test_a_tool_call_with_wrong_argument_types_shows_a_tool_error_box():
-    """The agent loop of medqwen.agent with a model that sends `expression` as a list: the error goes back to the
+    """The agent loop of medqwen.agent.agent with a model that sends `expression` as a list: the error goes back to the
     model and the page draws it as a tool-error box; the loop then finishes."""
     from langchain_core.language_models import BaseChatModel
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
     from langchain_core.messages import AIMessage
 
-    from medqwen.agent import build_agent
+    from medqwen.agent.agent import build_agent
     from medqwen.web_ui import Backend, run_agent, tool_boxes
 
     class ToolModel(GenericFakeChatModel):
