@@ -24,8 +24,9 @@ exits 1 when a difference is above the tolerance.
 import sys
 from pathlib import Path
 
+from medqwen.cli import run_script
+from medqwen.configlib import save_config
 from medqwen.perf.config import DataParallelCheckConfig
-from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process, is_sharded, parallel_mode, run_launched
 
 
@@ -110,7 +111,6 @@ def main(ccfg: DataParallelCheckConfig) -> int:
     tolerance = ccfg.tolerance or (1e-2 if gpu else 1e-4)
     out = Path(ccfg.output_dir)
     save_config(ccfg, out / "config.yaml", extra={"tolerance_used": tolerance})
-    print("check_data_parallel config:\n" + format_config(ccfg), flush=True)
     results = {}
     for role, launcher in (("single", "single"), ("repeat", "single"), ("parallel", ccfg.launcher)):
         print(f"{role} run ({launcher}) ...", flush=True)
@@ -152,4 +152,4 @@ def main(ccfg: DataParallelCheckConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(DataParallelCheckConfig)))
+    run_script(DataParallelCheckConfig, main, echo=lambda ccfg: not ccfg.run_role)  # the runs it launches stay quiet

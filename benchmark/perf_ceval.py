@@ -24,8 +24,9 @@ import numpy as np
 
 from medqwen.exams.backends import HFBackend, encode_pair
 from medqwen.exams.runner import Question, build_prompt, extract_answer, rotate
+from medqwen.cli import run_script
 from medqwen.perf.config import PerfCevalConfig
-from medqwen.configlib import REPO_ROOT, config_to_dict, format_config, parse_config, save_config
+from medqwen.configlib import REPO_ROOT, config_to_dict, save_config
 from medqwen.exams import expand_subjects, get_exam, split_key
 from medqwen.exams.base import LETTERS
 from medqwen.exams.ceval import GROUPS, SUBJECTS, load_questions
@@ -162,7 +163,6 @@ def main(cfg: PerfCevalConfig) -> dict:
         cfg.shape, cfg.questions, cfg.original_questions, cfg.batch_size = "tiny", min(cfg.questions, 24), 4, 8
     out_dir = Path(cfg.output_dir)
     save_config(cfg, out_dir / "config.yaml")
-    print(format_config(cfg), flush=True)
     tokenizer = AutoTokenizer.from_pretrained(pick_tokenizer(cfg))
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     if cfg.pooled:
@@ -286,4 +286,4 @@ def main(cfg: PerfCevalConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(PerfCevalConfig))
+    run_script(PerfCevalConfig, main)

@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from medqwen.cli import run_script
 from medqwen.perf.config import PerfGrpoConfig
 from medqwen.train.config import GrpoConfig
-from medqwen.configlib import REPO_ROOT, format_config, parse_config, resolve_config, save_config
+from medqwen.configlib import REPO_ROOT, resolve_config, save_config
 from medqwen.perf.isolate import print_result, run_variant
 from medqwen.reporting import markdown_table, write_metrics
 
@@ -168,7 +169,6 @@ def main(pcfg: PerfGrpoConfig) -> list[dict]:
         return []
     out = Path(pcfg.output_dir)
     save_config(pcfg, out / "config.yaml")
-    print("perf_grpo config:\n" + format_config(pcfg), flush=True)
     for spec in pcfg.variants:
         variant_config(pcfg, spec, {})  # a typo fails here, before a process starts
     peak = pcfg.peak_tflops or matmul_peak_tflops()
@@ -185,4 +185,4 @@ def main(pcfg: PerfGrpoConfig) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse_config(PerfGrpoConfig))
+    run_script(PerfGrpoConfig, main, echo=lambda pcfg: not pcfg.run_one)  # the variants' processes stay quiet

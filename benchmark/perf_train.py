@@ -34,8 +34,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from medqwen.cli import run_script
 from medqwen.perf.config import PerfTrainConfig
-from medqwen.configlib import format_config, parse_config, save_config
+from medqwen.configlib import save_config
 from medqwen.distributed import is_main_process
 from medqwen.perf.isolate import print_result, run_variant
 
@@ -166,7 +167,6 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
         return []
     out = Path(pcfg.output_dir)
     save_config(pcfg, out / "config.yaml")
-    print("perf_train config:\n" + format_config(pcfg), flush=True)
     peak = pcfg.peak_tflops or matmul_peak_tflops()
     print(f"bf16 matmul peak: {peak:.0f} TFLOP/s" if peak else "no GPU: MFU not computed", flush=True)
     results = []
@@ -189,4 +189,4 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse_config(PerfTrainConfig))
+    run_script(PerfTrainConfig, main, echo=lambda pcfg: not pcfg.run_one)  # the variants' processes stay quiet
