@@ -17,11 +17,11 @@ from tqdm import tqdm
 
 from medqwen.agent.agent import ask, build_agent, check_server, final_answer
 from medqwen.agent.config import AgentEvalConfig
+from medqwen.agent.tools import evaluate
 from medqwen.cli import run_script
 from medqwen.configlib import save_config
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
-from medqwen.agent.tools import evaluate
 
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 

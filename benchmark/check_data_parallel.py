@@ -26,8 +26,8 @@ from pathlib import Path
 
 from medqwen.cli import run_script
 from medqwen.configlib import save_config
-from medqwen.perf.config import DataParallelCheckConfig
 from medqwen.distributed import is_main_process, is_sharded, parallel_mode, run_launched
+from medqwen.perf.config import DataParallelCheckConfig
 
 
 def lora_weights(model) -> dict:

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medqwen.exams.backends import HFBackend, encode_pair
-from medqwen.exams.runner import Question, build_prompt, extract_answer, rotate
 from medqwen.cli import run_script
-from medqwen.perf.config import PerfCevalConfig
 from medqwen.configlib import REPO_ROOT, config_to_dict, save_config
 from medqwen.exams import expand_subjects, get_exam, split_key
+from medqwen.exams.backends import HFBackend, encode_pair
 from medqwen.exams.base import LETTERS
 from medqwen.exams.ceval import GROUPS, SUBJECTS, load_questions
+from medqwen.exams.runner import Question, build_prompt, extract_answer, rotate
+from medqwen.perf.config import PerfCevalConfig
 from medqwen.reporting import markdown_table, write_metrics
 
 

@@ -15,9 +15,9 @@ from collections import Counter
 
 from medqwen.cli import run_script
 from medqwen.configlib import UserError
+from medqwen.reporting import markdown_table
 from medqwen.train.config import McqConvertConfig
 from medqwen.train.mcq import read_mcq_file, write_mcq_jsonl
-from medqwen.reporting import markdown_table
 
 
 def main(cfg: McqConvertConfig) -> list:

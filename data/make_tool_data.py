@@ -18,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 from medqwen.agent.config import ToolDataConfig
+from medqwen.agent.tool_data import make_heldout_arithmetic, make_tool_conversations
 from medqwen.cli import run_script
 from medqwen.configlib import save_config
-from medqwen.reporting import markdown_table
 from medqwen.jsonl import write_jsonl
-from medqwen.agent.tool_data import make_heldout_arithmetic, make_tool_conversations
+from medqwen.reporting import markdown_table
 
 
 def main(cfg: ToolDataConfig) -> dict:
