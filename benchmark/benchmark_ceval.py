@@ -27,12 +27,27 @@ import json
 import sys
 from pathlib import Path
 
-from medqwen.exams.runner import compare_runs, expand_subjects, option_order_table, results_table, run_benchmark
-from medqwen.exams.runner import submission, summarize, write_predictions
-from medqwen.exams.config import CevalConfig
-from medqwen.configlib import (UserError, config_to_dict, format_config, parse_config, run_main, save_config,
-                               spread_values)
+from medqwen.configlib import (
+    UserError,
+    config_to_dict,
+    format_config,
+    parse_config,
+    run_main,
+    save_config,
+    spread_values,
+)
 from medqwen.exams import is_group
+from medqwen.exams.config import CevalConfig
+from medqwen.exams.runner import (
+    compare_runs,
+    expand_subjects,
+    option_order_table,
+    results_table,
+    run_benchmark,
+    submission,
+    summarize,
+    write_predictions,
+)
 from medqwen.reporting import write_metrics
 from medqwen.runs import DEFAULT_MODEL, resolve_model
 
@@ -88,8 +103,9 @@ def main(cfg: CevalConfig) -> dict:
     dirs = {"ceval": cfg.data_dir, "cmmlu": cfg.cmmlu_dir, "cmexam": cfg.cmexam_dir}
     predictions, timing = run_benchmark(backend, dirs, cfg.subjects, cfg.split, cfg.k_shot, cfg.limit,
                                         permute=cfg.permute_options, skip_missing=cfg.skip_missing,
-                                        skip_invalid=cfg.skip_invalid, style=cfg.prompt_style, scoring=cfg.scoring, cot=cfg.cot, chat=cfg.chat,
-                                        max_new_tokens=max_new_tokens, enable_thinking=cfg.enable_thinking)
+                                        skip_invalid=cfg.skip_invalid, style=cfg.prompt_style, scoring=cfg.scoring,
+                                        cot=cfg.cot, chat=cfg.chat, max_new_tokens=max_new_tokens,
+                                        enable_thinking=cfg.enable_thinking)
     write_predictions(predictions, out_dir / "predictions.jsonl")
     summary = summarize(predictions, cfg.n_bootstrap, cfg.seed)
     summary.update(model_type=cfg.model_type, model=model, adapter=adapter, split=cfg.split, k_shot=cfg.k_shot,

@@ -32,6 +32,15 @@ from medqwen.safe_http import strip_userinfo
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"
 
+
+def repo_path(path: str | Path) -> Path:
+    """A path as given when it exists (or is absolute), else the same relative path under the repository root: the
+    shipped files (template, rubric, samples) are found whichever folder a script runs from."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
+        return path
+    return REPO_ROOT / path
+
 C = TypeVar("C")
 
 

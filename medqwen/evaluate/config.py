@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medqwen.configlib import DeviceFields, ModelChoiceFields, ModelFields, RunFields, ServerFields, ThinkingFields, _f, like
+from medqwen.configlib import (
+    DeviceFields,
+    ModelChoiceFields,
+    ModelFields,
+    RunFields,
+    ServerFields,
+    ThinkingFields,
+    _f,
+    like,
+)
 
 
 @dataclass

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medqwen.configlib import DeviceFields, ModelFields, ServerFields, ThinkingFields, _f, like
-from medqwen.train.config import KERNELS_HELP
+
+KERNELS_HELP = ("hf: auto (on CUDA, Liger's fused RMSNorm/RoPE/SwiGLU Triton kernels when liger-kernel is "
+                "installed and --compile is off; else none), liger, or none (transformers' own ops).")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Registered with transformers as `attn_implementation="varlen"` (`register_attention()`), it serves two callers:
 
     training   TRL's padding-free collator packs conversations into one row and adds `cu_seq_lens_q` (their
-               boundaries); each conversation gets causal attention over itself (medqwen.kernels.fused_lora, the trainer).
+               boundaries); each conversation gets causal attention over itself (medqwen.kernels.fused_lora, the
+               trainer).
     scoring    C-Eval questions of one subject share their five-shot head. The head runs once; its keys/values
                are attached to the attention modules (`SharedPrefix`), and each packed question attends to the
                head and causally to itself (medqwen.exams.backends.HFBackend). Positions continue after the head.

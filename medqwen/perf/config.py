@@ -5,7 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medqwen.configlib import DEFAULT_TEMPLATE, DeviceFields, _f, like
-from medqwen.train.config import KERNELS_HELP
+from medqwen.exams.config import CevalConfig
+
+
+@dataclass
+class BenchmarkFields:
+    """What the speed benchmarks share: a random model of a real shape, the tokenizer that sets the lengths, the
+    synthetic length distribution, the seed and the output folder."""
+
+    shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
+    tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, short sequences.")
+    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
+                                     "model/smollm2-135m-instruct).")
+    output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
+    seed: int = _f(0, "Seed of lengths, content and model init.")
+
+
+@dataclass
+class LengthFields:
+    """Synthetic conversation lengths."""
+
+    median_len: int = _f(280, "Synthetic lengths: median of the lognormal (tokens).")
+    max_seq_len: int = _f(1024, "Longest sequence (tokens); synthetic lengths are capped here.")
 
 
 @dataclass
@@ -24,13 +45,14 @@ class LengthHistogramConfig:
 
 
 @dataclass
-class PerfTrainConfig:
+class PerfTrainConfig(LengthFields, BenchmarkFields):
     """benchmark/perf_train.py: time the trainer's real train step for named recipes on a random model of a
-    real shape; real tok/s, padded tok/s, MFU, peak memory, ratio to the original recipe."""
+    real shape; real tok/s, padded tok/s, MFU, peak memory, ratio to the plain path."""
 
-    shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
-    tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, sequences of median 40, at most 128 "
-                           "tokens, optimizer steps of 8 conversations (4 x 2).")
+    tiny: bool = like(BenchmarkFields, "tiny", help="CPU smoke run: tiny shape, bundled tokenizer, sequences of "
+                                                    "median 40, at most 128 tokens, optimizer steps of 8 "
+                                                    "conversations (4 x 2).")
+
     variants: list[str] = _f(["original", "packed", "packed+liger", "fused", "fused+varlen", "speed", "24gb"],
                              "Recipes to time (medqwen.perf.VARIANTS; 'name:field=value:...' overrides fields), "
                              "comma-separated or repeated; each runs in its own process.")
@@ -38,8 +60,6 @@ class PerfTrainConfig:
                                    "table's 'steps = original's', loss and 'vs original' columns (e.g. "
                                    "original:per_device_train_batch_size=8:gradient_accumulation_steps=8 with "
                                    "--shape tiny, which otherwise splits steps 4 x 2).")
-    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
-                                     "model/smollm2-135m-instruct).")
     data: str | None = _f(None, "Conversation JSONL for a real length distribution (None: synthetic lognormal).")
     lengths: str = _f("lognormal", "Length distribution of the synthetic conversations: lognormal (median "
                                    "--median_len, capped at --max_seq_len) or real (drawn from the medical data's "
@@ -49,14 +69,11 @@ class PerfTrainConfig:
                                     "(torch.cuda.set_per_process_memory_fraction), e.g. 24 to prove a 24 GB "
                                     "setting fits (0: no cap).", at_least=0)
     conversations: int = _f(0, "Conversations to train on (0: enough for all steps).")
-    median_len: int = _f(280, "Synthetic lengths: median of the lognormal (tokens).")
-    max_seq_len: int = _f(1024, "Longest sequence (tokens); synthetic lengths are capped here.")
     warmup_steps: int = _f(2, "Optimizer steps run before timing (compilation, allocator warm-up).")
     steps: int = _f(3, "Timed optimizer steps per variant (median step time is reported).")
     variant_timeout_s: int = _f(420, "A variant still running after this many seconds is stopped.")
     profile: bool = _f(False, "Run one more optimizer step per variant under torch.profiler (not timed) and write "
                               "its kernel table to profile_<variant>.txt.")
-    peak_tflops: float | None = _f(None, "bf16 matmul peak for MFU (None: measured here on 8192^3 products).")
     launchers: list[str] = _f(["single"], "How each variant runs, comma-separated: single (one process, one GPU), "
                                           "ddp, fsdp (accelerate launch with configs/accelerate/<name>_2gpu.yaml "
                                           "and --processes processes, one per GPU; CPU processes over gloo without "
@@ -64,39 +81,36 @@ class PerfTrainConfig:
                               choices=["single", "ddp", "fsdp"])
     processes: int = _f(2, "Processes (GPUs) of the ddp and fsdp launchers; each runs the variant's per-device "
                            "batch, so the global batch grows with them.")
-    output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
-    seed: int = _f(0, "Seed of lengths, content and model init.")
+    peak_tflops: float | None = _f(None, "bf16 matmul peak for MFU (None: measured here on 8192^3 products).")
     run_one: str | None = _f(None, "Internal: time only this variant in this process and print its JSON.")
 
 
 @dataclass
-class PerfGrpoConfig:
+class PerfGrpoConfig(BenchmarkFields):
     """benchmark/perf_grpo.py: time one GRPO optimizer step of a preset on a random model of a real shape, split
     into rollouts, log-prob passes and policy training, for each way of generating the rollouts."""
 
     preset: str = _f("configs/qwen3-4b/grpo_2x24gb.yaml", "GRPO preset whose per-GPU step is timed (one process "
                                                           "runs one GPU's share: per-device batch x accumulation).")
-    shape: str = like(PerfTrainConfig, "shape")
     tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, steps of 2 prompts x 4 completions of at "
                            "most 8 tokens.")
-    variants: list[str] = _f(["plain:gradient_checkpointing=true", "compiled", "graph"], "Rollout engines to time (--rollouts of train_grpo.py: plain is "
-                                                    "TRL's default, compiled transformers' compiled decode step, graph "
-                                                    "each decode step one CUDA graph; 'name:field=value:...' overrides preset fields), "
-                                                    "comma-separated or repeated; each runs in its own process.")
-    tokenizer: str | None = like(PerfTrainConfig, "tokenizer")
+    variants: list[str] = _f(["plain:gradient_checkpointing=true", "compiled", "graph"],
+                             "Rollout engines to time (--rollouts of train_grpo.py: plain is TRL's default, compiled "
+                             "transformers' compiled decode step, graph each decode step one CUDA graph; "
+                             "'name:field=value:...' overrides preset fields), comma-separated or repeated; each runs "
+                             "in its own process.")
     memory_cap_gib: float = like(PerfTrainConfig, "memory_cap_gib")
-    warmup_steps: int = _f(1, "Optimizer steps run before timing (the decode step is compiled and recorded in the first).",
-                           at_least=0)
+    warmup_steps: int = _f(1, "Optimizer steps run before timing (the decode step is compiled and recorded in the "
+                              "first).", at_least=0)
     steps: int = _f(3, "Timed optimizer steps per variant (medians are reported).", at_least=1)
     variant_timeout_s: int = like(PerfTrainConfig, "variant_timeout_s", 540)
     peak_tflops: float | None = like(PerfTrainConfig, "peak_tflops")
-    output_dir: str = _f("out/perf-grpo", "Where results.json, results.md, config.yaml and metrics.json go.")
-    seed: int = like(PerfTrainConfig, "seed")
+    output_dir: str = like(BenchmarkFields, "output_dir", "out/perf-grpo")
     run_one: str | None = like(PerfTrainConfig, "run_one")
 
 
 @dataclass
-class DataParallelCheckConfig:
+class DataParallelCheckConfig(LengthFields, BenchmarkFields):
     """benchmark/check_data_parallel.py: train N steps on several processes (DDP or FSDP) and on one process with
     the same global batch; the per-step losses and the adapter's update must agree."""
 
@@ -112,27 +126,20 @@ class DataParallelCheckConfig:
     tolerance: float = _f(0.0, "Largest relative difference of a step's loss that passes, and of the adapter "
                                "update unless twice the single run's repeat is larger (0: 1e-4 in fp32 on CPU; "
                                "1e-2 in bf16 on GPU, where FSDP returns the loss in bf16, 3 significant digits).")
-    shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
     tiny: bool = _f(False, "CPU run: tiny shape, bundled tokenizer, sequences of median 40, at most 128 tokens, "
                            "recipe 'packed'.")
-    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
-                                     "model/smollm2-135m-instruct).")
-    median_len: int = _f(280, "Synthetic lengths: median of the lognormal (tokens).")
-    max_seq_len: int = _f(1024, "Longest sequence (tokens).")
     timeout_s: int = _f(600, "Each run still going after this many seconds is stopped.")
-    output_dir: str = _f("out/check-data-parallel", "Where results.md, metrics.json, config.yaml and each run's "
-                                                   "log go.")
-    seed: int = _f(0, "Seed of lengths, content, model init and data order.")
+    output_dir: str = like(BenchmarkFields, "output_dir", "out/check-data-parallel",
+                           help="Where results.md, metrics.json, config.yaml and each run's log go.")
     run_role: str | None = _f(None, "Internal: run one side (single, its repeat, or parallel) in this process.",
                               choices=["single", "repeat", "parallel"])
 
 
 @dataclass
-class PerfCevalConfig(DeviceFields):
+class PerfCevalConfig(BenchmarkFields, DeviceFields):
     """benchmark/perf_ceval.py: questions/s of C-Eval loglik scoring (plain batched, shared-prefix KV reuse) vs
     the original one-question-at-a-time generate-and-extract loop, on a random model of a real shape."""
 
-    shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
     tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, a few short questions.")
     tokenizer: str | None = _f(None, "Tokenizer that sets the lengths (None: model/qwen, else model/qwen3-tokenizer, "
                                      "else ../shared/reference/qwen3; --tiny: model/smollm2-135m-instruct).")
@@ -149,7 +156,7 @@ class PerfCevalConfig(DeviceFields):
     batch_size: int = _f(256, "Questions per forward pass (our paths; the plain path was fastest at 64).")
     compile: bool = _f(False, "torch.compile each decoder layer for the plain and reuse paths (compiled during "
                               "their untimed warm-up call).")
-    kernels: str = _f("auto", KERNELS_HELP, choices=["auto", "liger", "none"])
+    kernels: str = like(CevalConfig, "kernels")
     profile: bool = _f(False, "After timing, score one subject's questions again per timed plain/reuse path under "
                               "torch.profiler (not timed) and write its kernel table to profile_<path>.txt.")
     original_questions: int = _f(64, "Questions timed for the original loop (its per-question time is "
@@ -157,5 +164,5 @@ class PerfCevalConfig(DeviceFields):
     original_max_new_tokens: int = _f(16, "Tokens the original loop generates per question before extraction.")
     paths: list[str] = _f(["plain", "reuse", "original"], "Paths to time: plain, reuse, original (comma-separated "
                                                            "or repeated).")
-    output_dir: str = _f("out/perf_ceval", "Where results.md, config.yaml and metrics.json go.")
-    seed: int = _f(0, "Seed of lengths, content and model init.")
+    output_dir: str = like(BenchmarkFields, "output_dir", "out/perf_ceval", help="Where results.md, config.yaml "
+                                                                                  "and metrics.json go.")

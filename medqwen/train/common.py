@@ -9,9 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medqwen.train.config import TrainConfig, TrainerFields
 from medqwen.distributed import on_gpu
-from medqwen.modeling import check_model_dir
+from medqwen.train.config import TrainConfig, TrainerFields
 
 CHECKPOINT_PREFIX = "checkpoint"
 STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place (atomic on one filesystem)
@@ -22,7 +21,6 @@ def load_base_model(cfg: TrainConfig, packing: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
-    check_model_dir(cfg.model)
     dtype = torch.bfloat16 if on_gpu() and cfg.bf16 else torch.float32
     from medqwen.kernels.packed_attention import VARLEN, register_attention
     from medqwen.train.fast_path import attention_implementation

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from medqwen.configlib import ModelFields, RunFields, SamplingFields, ThinkingFields, _f, like
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-KERNELS_HELP = ("hf: auto (on CUDA, Liger's fused RMSNorm/RoPE/SwiGLU Triton kernels when liger-kernel is "
-                "installed and --compile is off; else none), liger, or none (transformers' own ops).")
 
 
 
@@ -49,11 +47,12 @@ class TrainerFields(LoraFields, RunFields, ModelFields):
 
 @dataclass
 class FastPathFields:
-    """The LoRA trainer's fast path (medqwen/train/fast_path.py: which settings; medqwen/kernels/fused_lora.py: the kernels)."""
+    """The LoRA trainer's fast path (medqwen/train/fast_path.py: which settings; medqwen/kernels/fused_lora.py: the
+    kernels)."""
 
     fast_path: str = _f("auto", "How a step is computed (never which step: the same conversations, order and loss "
                                 "normalisation): auto (on a CUDA GPU the fastest settings that fit its memory, "
-                                "else off), off (the original implementation: exactly the fields given), or a "
+                                "else off), off (the plain path: exactly the fields given), or a "
                                 "named set: speed (H200), 80gb, 24gb; medqwen.train.fast_path.FAST_PATHS. A named set "
                                 "overrides the fields below and makes each micro-batch the process's whole share "
                                 "of the step.", choices=["auto", "off", "speed", "80gb", "24gb"])

@@ -68,7 +68,7 @@ def choose_fast_path(requested: str, cuda: bool, gpu_gib: float | None, varlen: 
     parts off on CPU; on a GPU missing a kernel it falls back to off.
     """
     if requested == "off":
-        return "off", "--fast_path off: the original implementation"
+        return "off", "--fast_path off: the plain path"
     if requested != "auto" and requested not in FAST_PATHS:
         raise ValueError(f"--fast_path {requested!r}: choose auto, off or one of {sorted(FAST_PATHS)}")
     if not cuda:
@@ -109,7 +109,7 @@ def resolve_fast_path(cfg, support: dict | None = None):
     `support`: kernel_support() of this machine (measured if None), optionally with "gpu_gib" (the GPU's total
     memory; read from the device if absent)."""
     if cfg.fast_path == "off":
-        return cfg, "--fast_path off: the original implementation"
+        return cfg, "--fast_path off: the plain path"
     support = support if support is not None else kernel_support()
     gpu_gib = support.get("gpu_gib")
     if support["cuda"] and gpu_gib is None:

@@ -25,7 +25,6 @@ from typing import Any, Sequence
 from transformers import TrainerCallback
 
 from medqwen.chat import load_tokenizer
-from medqwen.train.config import GrpoConfig
 from medqwen.configlib import save_config
 from medqwen.distributed import is_main_process, on_gpu, process_state
 from medqwen.exams.runner import (
@@ -48,6 +47,7 @@ from medqwen.train.common import (
     use_run_logging,
     with_atomic_checkpoints,
 )
+from medqwen.train.config import GrpoConfig
 from medqwen.train.mcq import read_mcq_file
 
 

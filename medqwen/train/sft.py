@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from medqwen.chat import load_tokenizer
-from medqwen.data_config import DataConfig
-from medqwen.train.config import TrainConfig
 from medqwen.configlib import save_config
 from medqwen.data import DataError, InputSpec, load_file
+from medqwen.data_config import DataConfig
 from medqwen.distributed import on_gpu, process_state
 from medqwen.jsonl import write_jsonl
-from medqwen.modeling import check_model_dir
 from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
+from medqwen.runs import check_model
 from medqwen.train.common import (
     last_checkpoint,
     load_base_model,
@@ -37,6 +36,7 @@ from medqwen.train.common import (
     use_run_logging,
     with_atomic_checkpoints,
 )
+from medqwen.train.config import TrainConfig
 
 # ----------------------------------------------------------------------------------------------------------
 # Data
@@ -199,7 +199,7 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Split, train (or resume), save the adapter atomically, write loss_curve.png and metrics.json."""
-    check_model_dir(cfg.model)  # fail before anything is written
+    check_model(cfg.model)  # fail before anything is written
     out = Path(cfg.output_dir)
     procs = process_state()
     main_process = procs.is_main_process
