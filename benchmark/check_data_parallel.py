@@ -89,7 +89,8 @@ def compare(single: dict, parallel: dict) -> dict:
     steps = [{"step": i + 1, "loss_single": a, "loss_parallel": b, "relative_difference": abs(a - b) / abs(a)}
              for i, (a, b) in enumerate(zip(single["losses"], parallel["losses"]))]
     return {"steps": steps, "initial_max_abs_difference": start_gap,
-            "parallel_mode": parallel["distributed_type"] + (", weights sharded" if parallel["weights_sharded"] else ""),
+            "parallel_mode": (parallel["distributed_type"]
+                              + (", weights sharded" if parallel["weights_sharded"] else "")),
             "update_norm": update_1.norm().item(),
             "update_relative_difference": ((update_p - update_1).norm() / update_1.norm()).item(),
             "loss_change": (single["losses"][-1] - single["losses"][0]) / single["losses"][0],

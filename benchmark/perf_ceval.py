@@ -241,8 +241,8 @@ def main(cfg: PerfCevalConfig) -> dict:
         rot_seqs, rot_owner = sets["cyclic option order"]
         backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, reuse_prefix=True, compile=cfg.compile,
                             kernels=cfg.kernels)
-        rot_groups = [g for g in ([i for i in range(len(rot_seqs)) if rot_owner[i] == s] for s in sorted(set(rot_owner)))
-                      if g]
+        rot_groups = [g for g in ([i for i in range(len(rot_seqs)) if rot_owner[i] == s]
+                                  for s in sorted(set(rot_owner))) if g]
 
         def run_rotations():
             for g in rot_groups:
@@ -259,7 +259,8 @@ def main(cfg: PerfCevalConfig) -> dict:
     rows = [[r["path"], r["kernels"] + (", compiled" if r["compiled"] else ""), len(seqs),
              f"{r['seconds_all']:.2f}" + (" (extrapolated)" if r["extrapolated"] else ""),
              "-" if r["warmup_seconds"] is None else f"{r['warmup_seconds']:.1f}",
-             r["questions_per_s"], r.get("tokens", n_tokens) / r["seconds_all"], f"{base / r['seconds_all']:.1f}x" if base else "-"]
+             r["questions_per_s"], r.get("tokens", n_tokens) / r["seconds_all"],
+             f"{base / r['seconds_all']:.1f}x" if base else "-"]
             for r in results]
     table = markdown_table(rows, ["path", "kernels", "questions", "seconds", "warm-up s (untimed)", "questions/s",
                                   "prompt tok/s", "vs original"])

@@ -31,7 +31,8 @@ from medqwen.exams import get_exam
 from medqwen.exams.base import ExamDataError, Skipped
 from medqwen.exams.ceval import SPLIT_COLUMNS
 
-DEFAULT_DIRS = {"ceval": "data/benchmark/ceval-exam", "cmmlu": "data/benchmark/cmmlu", "cmexam": "data/benchmark/cmexam"}
+DEFAULT_DIRS = {"ceval": "data/benchmark/ceval-exam", "cmmlu": "data/benchmark/cmmlu",
+                "cmexam": "data/benchmark/cmexam"}
 HUB = {"ceval": "ceval/ceval-exam", "cmmlu": "haonan-li/cmmlu"}
 
 
