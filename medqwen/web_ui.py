@@ -19,6 +19,7 @@ import threading
 from typing import Any, Callable, Iterator
 
 from medqwen.agent import AgentServerError, ask, build_agent, served_models
+from medqwen.client import server_label
 from medqwen.config import AgentConfig, RagConfig, WebConfig
 from medqwen.configlib import resolve_config
 from medqwen.rag import Retriever, StoreError, open_client, open_collection
@@ -37,7 +38,7 @@ class WebError(RuntimeError):
 
 
 def server_down_message(cfg: WebConfig) -> str:
-    return f"The model server is down: nothing answers at {cfg.base_url}. {START_HINT}"
+    return f"The model server is down: nothing answers at {server_label(cfg.base_url)}. {START_HINT}"
 
 
 def list_models(cfg: WebConfig) -> list[str]:
@@ -106,6 +107,17 @@ NOTICE = "Notice: "
 def note(text: str) -> dict:
     """A message in the conversation that is not model text (errors, warnings); never sent back to the model."""
     return {"role": "assistant", "content": NOTICE + text}
+
+
+def end_with_notice(history: list[dict], text: str) -> None:
+    """Close a streamed answer with a notice: a partial reply stays visible, followed by the notice that says it
+    is incomplete (a cut answer never looks complete); an empty placeholder is replaced by the notice."""
+    if history and history[-1].get("role") == "assistant" and _content_text(history[-1].get("content")).strip():
+        history.append(note(f"the answer above is incomplete: {text}"))
+    elif history and history[-1].get("role") == "assistant":
+        history[-1] = note(text)
+    else:
+        history.append(note(text))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -217,7 +229,7 @@ def build_app(cfg: WebConfig):
             return (f"**Server down.** {err}", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
         base, adapter = default_models(cfg, served)
         pick = adapter if adapter in served or not served else served[0]
-        text = f"**Server up.** {cfg.base_url} serves: " + ", ".join(f"`{m}`" for m in served)
+        text = f"**Server up.** {server_label(cfg.base_url)} serves: " + ", ".join(f"`{m}`" for m in served)
         if cfg.served_model not in served:
             text += (f". The adapter `{cfg.served_model}` is not among them: serve it with "
                      f"`ADAPTER_PATH=<run folder> bash agent/serve_vllm.sh`.")
@@ -249,7 +261,7 @@ def build_app(cfg: WebConfig):
                 history[-1] = {"role": "assistant", "content": reply}
                 yield history, gr.update()
         except WebError as err:
-            history[-1] = note(str(err))
+            end_with_notice(history, str(err))
             yield history, gr.update()
 
     # -- agent
@@ -303,7 +315,7 @@ def build_app(cfg: WebConfig):
                 history[-1] = {"role": "assistant", "content": reply}
                 yield history, rows, gr.update()
         except WebError as err:
-            history[-1] = note(str(err))
+            end_with_notice(history, str(err))
             yield history, rows, gr.update()
 
     # -- compare
@@ -320,8 +332,10 @@ def build_app(cfg: WebConfig):
         yield left, right, ""
         for index, update in _merge_streams([lambda m=m, r=r: stream_reply(cfg, m, r)
                                              for (_, m), r in zip(sides, requests)]):
-            sides[index][0][-1] = note(update.args[0]) if isinstance(update, WebError) else \
-                {"role": "assistant", "content": update}
+            if isinstance(update, WebError):
+                end_with_notice(sides[index][0], update.args[0])
+            else:
+                sides[index][0][-1] = {"role": "assistant", "content": update}
             yield left, right, gr.update()
 
     with gr.Blocks(title="medqwen assistant") as app:
