@@ -180,6 +180,7 @@ def check_values(cfg: Any) -> None:
 # Parsing
 
 MAX_YAML_BYTES = 1_000_000  # a config is a few kilobytes
+MAX_YAML_DEPTH = 50
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -203,7 +204,17 @@ def load_yaml(path: str | os.PathLike) -> Any:
     path = Path(path)
     if path.stat().st_size > MAX_YAML_BYTES:
         raise ValueError(f"{path} is larger than {MAX_YAML_BYTES:,} bytes; a config file is a few kilobytes")
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 -- a SafeLoader
+    text = path.read_text(encoding="utf-8")
+    depth = deepest = 0
+    for ch in text:  # brackets counted without reading quotes: a config never nests 50 levels, even by accident
+        depth += (ch in "[{") - (ch in "]}")
+        deepest = max(deepest, depth)
+    if deepest > MAX_YAML_DEPTH:
+        raise ValueError(f"{path} nests brackets more than {MAX_YAML_DEPTH} levels deep; a config is flat")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 -- a SafeLoader
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply for a config file") from None
 
 
 # Variables that choose where requests (and the keys sent with them) go. A `.env` in the working folder may be

@@ -435,3 +435,75 @@ def test_judge_check_names_the_url_without_its_userinfo():
     with pytest.raises(EndpointUnavailableError) as info:
         judge.check_reachable()
     assert KEY not in str(info.value) and "127.0.0.1:9" in str(info.value)
+
+
+def test_weather_text_is_redacted_before_it_is_clipped():
+    """A city name that echoes the key across the 80-character clip: at 10514c8 the clip came first and left
+    the key's first part in the tool result. Mutation: clip() the name before public_text()."""
+    from medqwen.tools import get_weather
+
+    name = "x" * 75 + KEY
+
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = json.dumps({"name": name, "weather": [{"description": "晴"}], "wind": {"speed": 1},
+                               "main": {"temp": 20, "feels_like": 20, "humidity": 50}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serve(Echo) as base:
+        out = get_weather("北京", api_key=KEY, base_url=base, timeout_s=10)
+    assert "晴" in out and KEY[:5] not in out, out
+
+
+@pytest.mark.parametrize("model,notice", [("die_mid_stream", "incomplete"), ("cut_stream", "incomplete"),
+                                          ("html", "Notice: "), ("empty_choices", "Notice: ")])
+def test_web_chat_never_shows_a_cut_or_empty_reply_as_complete(model, notice, monkeypatch):
+    """The Chat tab's handler, called directly. At 10514c8 a reply cut by a dying server was shown as complete and
+    an HTML reply as an empty answer, with no notice. Mutation: stream_chat without its finish_reason check."""
+    from tests.fake_servers import FakeOpenAI
+
+    with serve(FakeOpenAI) as base:
+        chat = _web_handler(f"{base}/v1", "chat", monkeypatch)
+        history = list(chat("你好", [], model))[-1][0]
+    shown = [m["content"] for m in history if m["role"] == "assistant"]
+    assert shown and notice in shown[-1], shown
+    if model == "die_mid_stream":
+        assert shown[0] == "half an ans"  # the partial text stays, marked as such
+
+
+def test_the_base_model_is_served_under_a_name_not_a_path(tmp_path):
+    """agent/serve_vllm.sh with a stand-in vLLM: the base model gets its folder's name. At 10514c8 no
+    --served-model-name was passed, so clients (and the web page) saw the folder's full path."""
+    import os
+
+    import sys
+
+    from medqwen.serving import free_port
+    from tests.test_serve import FAKE_VLLM, SERVE_SCRIPT, _kill_all, _start_until_ready
+
+    package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(FAKE_VLLM)
+    model = tmp_path / "home" / "someone" / "Qwen3-4B"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    record = tmp_path / "argv.json"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'fake'}{os.pathsep}{PACKAGE.parent}",
+           "VLLM_PYTHON": sys.executable, "FAKE_VLLM_OUT": str(record), "MODEL_PATH": str(model),
+           "ADAPTER_PATH": "none", "VLLM_BASE_URL": f"http://localhost:{free_port(8300, 8399)}/v1", "GPUS": "0"}
+    proc, output = _start_until_ready(env, PACKAGE.parent)
+    try:
+        argv = json.loads(record.read_text())["argv"]
+    finally:
+        _kill_all(json.loads(record.read_text())["pid"] if record.exists() else proc.pid, proc.pid)
+        proc.wait(timeout=30)
+    assert argv[argv.index("--served-model-name") + 1] == "Qwen3-4B", argv
+    assert 'model "Qwen3-4B"' in output and "someone" not in output.split("ready at")[-1], output
