@@ -481,11 +481,10 @@ def test_the_base_model_is_served_under_a_name_not_a_path(tmp_path):
     """agent/serve_vllm.sh with a stand-in vLLM: the base model gets its folder's name. At 10514c8 no
     --served-model-name was passed, so clients (and the web page) saw the folder's full path."""
     import os
-
     import sys
 
     from medqwen.serving import free_port
-    from tests.test_serve import FAKE_VLLM, SERVE_SCRIPT, _kill_all, _start_until_ready
+    from tests.test_serve import FAKE_VLLM, _kill_all, _start_until_ready
 
     package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
     package.mkdir(parents=True)
