@@ -158,7 +158,8 @@ def _tool_settings_middleware(cfg: AgentConfig):
             try:
                 result = handler(request)
             except Exception as err:  # noqa: BLE001 -- the model reads the error and may retry; the agent lives on
-                return error(request, escape_control_tokens(f"Error: {type(err).__name__}: {public_text(err, limit=500)}"))
+                text = f"Error: {type(err).__name__}: {public_text(err, limit=500)}"
+                return error(request, escape_control_tokens(text))
             if isinstance(result, ToolMessage) and isinstance(result.content, str):
                 result.content = escape_control_tokens(result.content)
             return result

@@ -212,7 +212,8 @@ def _render(tree, rng) -> str:
 
 
 def _trees():
-    decimals = st.builds(lambda n, places: Fraction(n, 10 ** places), st.integers(0, 5000), st.sampled_from([0, 0, 1, 2]))
+    decimals = st.builds(lambda n, places: Fraction(n, 10 ** places), st.integers(0, 5000),
+                         st.sampled_from([0, 0, 1, 2]))
     leaf = decimals.map(lambda v: ("num", v))
     exponent = st.integers(-3, 4).map(lambda k: ("num", Fraction(k)) if k >= 0 else ("neg", ("num", Fraction(-k))))
 
