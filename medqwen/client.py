@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from medqwen.chat import escape_control_tokens
-from medqwen.http import public_text, public_url
+from medqwen.safe_http import public_text, public_url
 
 KEY_PLACEHOLDER = "EMPTY"  # local servers (vLLM) accept any key; the OpenAI client insists on a non-empty one
 ROLES = ("system", "user", "assistant", "tool", "developer")

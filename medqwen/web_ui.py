@@ -4,7 +4,7 @@
     app.launch(server_name=cfg.host, server_port=cfg.port)
 
 Everything talks to the OpenAI-compatible server of agent/serve_vllm.sh (the base model and, with
-`--lora-modules`, the adapter as `lora-adapter`). Agent mode is medqwen.agent (the same tools and middleware as
+`--lora-modules`, the adapter as `lora-adapter`). Agent mode is medqwen.agent.agent (the same tools and middleware as
 agent/agent.py); RAG mode is medqwen.rag (the store, retrieval and prompt of agent/rag_query.py). The API key stays
 in this process: the page only ever receives model text, tool calls and passages.
 """
@@ -18,12 +18,14 @@ import queue
 import threading
 from typing import Any, Callable, Iterator
 
-from medqwen.agent import AgentServerError, ask, build_agent, served_models
+from medqwen.agent.agent import AgentServerError, ask, build_agent, served_models
+from medqwen.agent.config import AgentConfig
 from medqwen.client import server_label
-from medqwen.config import AgentConfig, RagConfig, WebConfig
 from medqwen.configlib import resolve_config
 from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, OpenAIAnswerer, build_messages
+from medqwen.rag.config import RagConfig
+from medqwen.web_config import WebConfig
 
 START_HINT = "Start it with `make web` (server and page) or `bash agent/serve_vllm.sh`, then press Check server."
 DISCLAIMER = ("**Note:** this assistant gives general health information for learning and research. It is no "
@@ -121,7 +123,7 @@ def end_with_notice(history: list[dict], text: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Agent mode: medqwen.agent.ask in a worker thread; its messages become tool boxes.
+# Agent mode: medqwen.agent.agent.ask in a worker thread; its messages become tool boxes.
 
 
 def tool_boxes(message: Any) -> list[dict]:

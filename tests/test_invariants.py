@@ -184,14 +184,14 @@ def _errors(fn):
 
 
 def drive_judge(base):
-    from medqwen.judge import make_judge
+    from medqwen.evaluate.judge import make_judge
 
     judge = make_judge(base, "ok", api_key=KEY, max_retries=0)
     return json.dumps([judge.grade(HOSTILE, HOSTILE, HOSTILE), _errors(judge.check_reachable)], ensure_ascii=False)
 
 
 def drive_generate_openai(base):
-    from medqwen.evaluation import generate_openai
+    from medqwen.evaluate.run import generate_openai
 
     prompt = [{"role": "system", "content": HOSTILE}, {"role": "user", "content": HOSTILE},
               {"role": "assistant", "content": HOSTILE}, {"role": "user", "content": HOSTILE}]
@@ -201,8 +201,8 @@ def drive_generate_openai(base):
 
 
 def _answerer(base):
-    from medqwen.config import RagConfig
     from medqwen.rag.answer import OpenAIAnswerer
+    from medqwen.rag.config import RagConfig
 
     return OpenAIAnswerer(RagConfig(base_url=base, api_key=KEY, served_model="ok", timeout_s=10))
 
@@ -220,7 +220,7 @@ def drive_rag_stream(base):
 
 
 def _web_handler(base, name, monkeypatch):
-    from medqwen.config import WebConfig
+    from medqwen.web_config import WebConfig
     from medqwen.web_ui import Backend, build_app
 
     class Retriever:
@@ -259,8 +259,8 @@ def drive_web_status(base, monkeypatch):
 def drive_agent(base):
     from langchain_core.messages import AIMessage, HumanMessage
 
-    from medqwen.agent import ask, build_agent
-    from medqwen.config import AgentConfig
+    from medqwen.agent.agent import ask, build_agent
+    from medqwen.agent.config import AgentConfig
 
     cfg = AgentConfig(base_url=base, served_model="ok", api_key=KEY, timeout_s=10)
     history = [HumanMessage(HOSTILE), AIMessage(HOSTILE)]
@@ -268,15 +268,15 @@ def drive_agent(base):
 
 
 def drive_served_models(base):
-    from medqwen.agent import served_models
-    from medqwen.config import AgentConfig
+    from medqwen.agent.agent import served_models
+    from medqwen.agent.config import AgentConfig
 
     return _errors(lambda: served_models(AgentConfig(base_url=base.replace("/echo/", "/echoall/"), api_key=KEY)))
 
 
 def drive_exam_backend(base):
-    from medqwen.backends import OpenAIBackend
     from medqwen.exams import get_exam
+    from medqwen.exams.backends import OpenAIBackend
     from medqwen.exams.base import Question
 
     q = Question(subject=HOSTILE, split="val", id="1", question=HOSTILE, options=(HOSTILE, "b", "c", "d"), answer="A")
@@ -285,28 +285,28 @@ def drive_exam_backend(base):
 
 
 def drive_weather(base):
-    from medqwen.tools import get_weather
+    from medqwen.agent.tools import get_weather
 
     return get_weather(HOSTILE[:90], api_key=KEY, base_url=base.replace("/v1", "/echoall"), timeout_s=5)
 
 
 # path found in the package -> the driver that exercises it
 DRIVERS = {
-    "medqwen.judge:Judge.__post_init__": drive_judge, "medqwen.judge:Judge.grade": drive_judge,
-    "medqwen.judge:check_endpoint": drive_judge,
-    "medqwen.evaluation:generate_openai": drive_generate_openai,
-    "medqwen.evaluation:generate_openai.one": drive_generate_openai,
+    "medqwen.evaluate.judge:Judge.__post_init__": drive_judge, "medqwen.evaluate.judge:Judge.grade": drive_judge,
+    "medqwen.evaluate.judge:check_endpoint": drive_judge,
+    "medqwen.evaluate.run:generate_openai": drive_generate_openai,
+    "medqwen.evaluate.run:generate_openai.one": drive_generate_openai,
     "medqwen.rag.answer:OpenAIAnswerer.__init__": drive_rag_answer, "medqwen.rag.answer:OpenAIAnswerer.__call__":
         drive_rag_answer, "medqwen.rag.answer:OpenAIAnswerer.stream": drive_rag_stream,
     "medqwen.rag.answer:OpenAIAnswerer._server_errors": drive_rag_stream,
     "medqwen.web_ui:stream_reply": drive_web_chat, "medqwen.web_ui:build_app.chat": drive_web_chat,
     "medqwen.web_ui:build_app.compare": drive_web_compare, "medqwen.web_ui:build_app.rag_turn": drive_web_rag,
     "medqwen.web_ui:build_app.status": drive_web_status,
-    "medqwen.agent:build_agent": drive_agent, "medqwen.agent:ask": drive_agent,
-    "medqwen.agent:served_models": drive_served_models, "medqwen.agent:server_url": drive_served_models,
-    "medqwen.backends:OpenAIBackend.__init__": drive_exam_backend, "medqwen.backends:OpenAIBackend._post":
+    "medqwen.agent.agent:build_agent": drive_agent, "medqwen.agent.agent:ask": drive_agent,
+    "medqwen.agent.agent:served_models": drive_served_models, "medqwen.agent.agent:server_url": drive_served_models,
+    "medqwen.exams.backends:OpenAIBackend.__init__": drive_exam_backend, "medqwen.exams.backends:OpenAIBackend._post":
         drive_exam_backend,
-    "medqwen.tools:get_weather": drive_weather, "medqwen.http:http_get": drive_weather,
+    "medqwen.agent.tools:get_weather": drive_weather, "medqwen.safe_http:http_get": drive_weather,
 }
 
 
@@ -315,7 +315,8 @@ def test_every_sending_or_error_writing_path_has_a_driver():
     senders, error_writers = scan_package()
     missing = sorted((senders | error_writers) - set(DRIVERS))
     assert not missing, f"paths with no hostile-input driver in tests/test_invariants.py: {missing}"
-    assert {"medqwen.judge:Judge.grade", "medqwen.agent:build_agent"} <= senders, "the scan no longer sees senders"
+    assert {"medqwen.evaluate.judge:Judge.grade", "medqwen.agent.agent:build_agent"} <= senders, \
+        "the scan no longer sees senders"
 
 
 NEEDS_PATCH = {drive_web_chat, drive_web_compare, drive_web_rag, drive_web_status}
@@ -359,8 +360,8 @@ ALIAS_BOMB = ("seed: [&a [lol, lol, lol, lol, lol, lol, lol, lol, lol], "
 def test_yaml_bombs_end_fast_small_and_with_a_short_message(tmp_path, text):
     """The 10514c8 loader expands the alias bomb and formats it with repr (1 GB, 351 MB of text).
     Mutation: yaml.safe_load in place of load_yaml, or {value!r} in _convert."""
-    from medqwen.config import TrainConfig
     from medqwen.configlib import resolve_config
+    from medqwen.train.config import TrainConfig
 
     path = tmp_path / "bomb.yaml"
     path.write_text(text)
@@ -376,8 +377,8 @@ def test_yaml_bombs_end_fast_small_and_with_a_short_message(tmp_path, text):
 
 def test_a_huge_config_value_is_shown_clipped(tmp_path):
     """Mutation: {value!r} in _convert: the whole list comes back in the message."""
-    from medqwen.config import TrainConfig
     from medqwen.configlib import resolve_config
+    from medqwen.train.config import TrainConfig
 
     path = tmp_path / "big.yaml"
     path.write_text("seed: [" + ", ".join(["12345"] * 20000) + "]\n")
@@ -388,9 +389,9 @@ def test_a_huge_config_value_is_shown_clipped(tmp_path):
 
 def test_deep_json_from_a_server_is_an_error_not_a_crash(url):
     """Deeply nested JSON under the size cap raised RecursionError out of get_weather and the /models check."""
-    from medqwen.agent import AgentServerError, served_models
-    from medqwen.config import AgentConfig
-    from medqwen.tools import get_weather
+    from medqwen.agent.agent import AgentServerError, served_models
+    from medqwen.agent.config import AgentConfig
+    from medqwen.agent.tools import get_weather
 
     class Deep(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -411,7 +412,7 @@ def test_deep_json_from_a_server_is_an_error_not_a_crash(url):
 
 def test_redaction_happens_before_clipping():
     """A key that straddles the clip point must not leave its first half behind. Mutation: clip, then redact."""
-    from medqwen.http import public_text
+    from medqwen.safe_http import public_text
 
     text = "x" * 290 + KEY + "y" * 100
     shown = public_text(text, [KEY], limit=300)
@@ -420,7 +421,7 @@ def test_redaction_happens_before_clipping():
 
 def test_judge_header_echo_in_a_json_error_never_reaches_predictions(url):
     """The high-severity row: a verdict written to predictions.jsonl held `Bearer <key>` at 10514c8."""
-    from medqwen.judge import make_judge
+    from medqwen.evaluate.judge import make_judge
 
     verdict = make_judge(f"{url}/echo/v1", "ok", api_key=KEY, max_retries=0).grade("q", "r", "a")
     assert verdict["error"] == "http_500" and "headers" in verdict["detail"]
@@ -428,7 +429,7 @@ def test_judge_header_echo_in_a_json_error_never_reaches_predictions(url):
 
 
 def test_judge_check_names_the_url_without_its_userinfo():
-    from medqwen.judge import EndpointUnavailableError, make_judge
+    from medqwen.evaluate.judge import EndpointUnavailableError, make_judge
 
     judge = make_judge(f"http://judge:{KEY}@127.0.0.1:9/v1", "ok", max_retries=0, timeout_s=2)
     with pytest.raises(EndpointUnavailableError) as info:
@@ -439,7 +440,7 @@ def test_judge_check_names_the_url_without_its_userinfo():
 def test_weather_text_is_redacted_before_it_is_clipped():
     """A city name that echoes the key across the 80-character clip: at 10514c8 the clip came first and left
     the key's first part in the tool result. Mutation: clip() the name before public_text()."""
-    from medqwen.tools import get_weather
+    from medqwen.agent.tools import get_weather
 
     name = "x" * 75 + KEY
 

@@ -3,22 +3,22 @@
 import ast
 import builtins
 import contextlib
-import functools
 import datetime as dt
+import functools
 import json
 import math
 import threading
 import time
 from fractions import Fraction
-from unittest import mock
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest import mock
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medqwen.tools import calculate, evaluate, get_current_time, get_weather, lookup_city
+from medqwen.agent.tools import calculate, get_current_time, get_weather, lookup_city
 
 # ----------------------------------------------------------------------------------------------------------
 # Calculator
@@ -499,7 +499,7 @@ def test_connection_cut_mid_body_is_an_error_text(hostile_url):
     ("ftp://127.0.0.1", False), ("not a url", False), ("http://127.0.0.1:port", False),
 ])
 def test_weather_base_url_must_be_https_or_loopback(url, ok):
-    from medqwen.http import HttpError, check_url
+    from medqwen.safe_http import HttpError, check_url
 
     if ok:
         assert check_url(url) == url
@@ -515,8 +515,8 @@ def test_dotenv_in_the_current_folder_cannot_redirect_the_key(tmp_path, monkeypa
     """A `.env` in the working folder (someone else's folder) names an attacker's host for both the weather
     service and the model server while the user's keys are in the environment: no request may go there, over
     https either. At 10514c8 the https URL was taken and the key sent to it."""
-    from medqwen.agent import build_tools, served_models
-    from medqwen.config import AgentConfig
+    from medqwen.agent.agent import build_tools, served_models
+    from medqwen.agent.config import AgentConfig
     from medqwen.configlib import parse_config
 
     attacker = f"{scheme}://attacker.example.net"
@@ -559,7 +559,7 @@ def test_httpx_request_log_carries_no_key(weather_url, caplog):
 
 
 def test_userinfo_in_a_url_is_never_saved(tmp_path):
-    from medqwen.config import AgentConfig
+    from medqwen.agent.config import AgentConfig
     from medqwen.configlib import format_config, save_config
 
     cfg = AgentConfig(base_url="http://user:s3cr3t-pass@127.0.0.1:8001/v1",
