@@ -204,9 +204,10 @@ def _render(tree, rng) -> str:
         return body + rng.choice(["%", "％"])
     a, b = tree[1], tree[2]
     a_text = _render(a, rng) if a[0] in ("num", "pct") else f"{left}{_render(a, rng)}{right}"
-    if kind == "**" and b[0] == "num" and rng.random() < 0.4 and not a_text.endswith(("%", "％")):
-        return f"{left}{a_text}{str(b[1].numerator).translate(SUPERSCRIPT)}{right}"
     bare_negative = b[0] == "neg" and b[1][0] == "num"
+    if kind == "**" and (b[0] == "num" or bare_negative) and rng.random() < 0.4 and not a_text.endswith(("%", "％")):
+        exponent = -b[1][1] if bare_negative else b[1]
+        return f"{left}{a_text}{str(exponent.numerator).translate(SUPERSCRIPT)}{right}"
     b_text = _render(b, rng) if b[0] in ("num", "pct") or bare_negative else f"{left}{_render(b, rng)}{right}"
     return f"{left}{a_text} {rng.choice(SPELLINGS[kind])} {b_text}{right}"
 
