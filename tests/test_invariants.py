@@ -180,7 +180,7 @@ def _errors(fn):
     try:
         return repr(fn())
     except Exception as err:  # noqa: BLE001 -- the message is what leaves the module
-        return f"{type(err).__name__}: {err}"
+        return f"raised {type(err).__name__}: {err}"
 
 
 def drive_judge(base):
@@ -333,6 +333,7 @@ def test_hostile_input_is_escaped_and_errors_hold_no_key(url, name, driver, monk
     shown = run(f"{url}/v1")
     leaked = sent_control_tokens()
     assert not leaked, f"{name}: control tokens reached the server: {leaked[:2]}"
+    assert "raised " not in shown, f"{name}: failed against a good server: {shown[:300]}"
     shown += run(f"{url}/echo/v1")
     assert KEY not in shown and KEY[-12:] not in shown, f"{name}: the key came back out: {shown[:500]}"
 

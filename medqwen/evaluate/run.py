@@ -31,7 +31,7 @@ from medqwen.client import create_chat, describe_error, escape_value, openai_cli
 from medqwen.configlib import UserError, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
 from medqwen.evaluate.config import EvalConfig
-from medqwen.evaluate.judge import CRITERIA, check_endpoint, make_judge, summarize_judgements
+from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
 from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
 from medqwen.evaluate.report import compare_runs, load_run, metric_rows, write_report
 from medqwen.exams.backends import HFBackend
