@@ -334,8 +334,10 @@ def test_hostile_input_is_escaped_and_errors_hold_no_key(url, name, driver, monk
     leaked = sent_control_tokens()
     assert not leaked, f"{name}: control tokens reached the server: {leaked[:2]}"
     assert "raised " not in shown, f"{name}: failed against a good server: {shown[:300]}"
-    shown += run(f"{url}/echo/v1")
+    shown = run(f"{url}/echo/v1")
     assert KEY not in shown and KEY[-12:] not in shown, f"{name}: the key came back out: {shown[:500]}"
+    bugs = ("raised NameError", "raised TypeError", "raised AttributeError", "raised UnboundLocalError")
+    assert not any(bug in shown for bug in bugs), f"{name}: its error path is broken: {shown[:300]}"
 
 
 def test_rag_fence_cannot_be_closed_by_a_document():
