@@ -493,10 +493,13 @@ def validate(messages: list[dict]) -> None:
 
 
 def _strings(value: Any) -> Iterator[str]:
+    """Every string in a record: values and dict keys (tool-call arguments and tool schemas are rendered with
+    their keys, so a key can carry a control token as well as a value)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
-        for v in value.values():
+        for k, v in value.items():
+            yield from _strings(k)
             yield from _strings(v)
     elif isinstance(value, list):
         for v in value:
@@ -521,10 +524,11 @@ def find_placeholder(value: Any) -> str | None:
 
 
 def _map_strings(value: Any, fn) -> Any:
+    """`value` with `fn` applied to every string in it, dict keys included."""
     if isinstance(value, str):
         return fn(value)
     if isinstance(value, dict):
-        return {k: _map_strings(v, fn) for k, v in value.items()}
+        return {_map_strings(k, fn): _map_strings(v, fn) for k, v in value.items()}
     if isinstance(value, list):
         return [_map_strings(v, fn) for v in value]
     return value

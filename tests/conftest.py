@@ -138,10 +138,10 @@ def redteam_figures() -> tuple[str, str]:
     """The figures line, and why the run fails ('' when it does not)."""
     tally, promised = _REDTEAM["module"].TALLY, _REDTEAM["module"].PROMISED_CASES
     line = (f"redteam: cases {tally['cases']}, secrets leaked {tally['leaked']}, crashes {tally['crashes']}, "
-            f"valid rows lost {tally['valid_rows_lost']}")
+            f"wrong numbers {tally['wrong_numbers']}, valid rows lost {tally['valid_rows_lost']}")
     whole_file = not _REDTEAM["named"] and not _REDTEAM["deselected"] and _REDTEAM["finished"] == _REDTEAM["selected"]
-    if tally["leaked"] or tally["crashes"] or tally["valid_rows_lost"]:
-        return line, "a secret leaked, a case crashed or a valid row was lost"
+    if tally["leaked"] or tally["crashes"] or tally["wrong_numbers"] or tally["valid_rows_lost"]:
+        return line, "a secret leaked, a case crashed, a number was wrong or a valid row was lost"
     if whole_file and _REDTEAM["skipped"]:
         return line, f"{_REDTEAM['skipped']} red-team tests skipped: a skipped attack is not a defended one"
     if whole_file and tally["cases"] < promised:

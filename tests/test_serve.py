@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -74,7 +75,7 @@ def test_served_adapter_logprobs_match_hf_peft(server, tiny_model_dir, adapter_d
     assert worst < 1e-3, f"served vs HF+PEFT logprobs differ by up to {worst:.2e}"
 
     # The adapter must matter, or the comparison above would pass with the adapter ignored.
-    base_served, _ = _logprobs_served(server, str(tiny_model_dir), prompt_ids, max_tokens=1)
+    base_served, _ = _logprobs_served(server, Path(tiny_model_dir).name, prompt_ids, max_tokens=1)  # served name
     shift = max(abs(a - b) for a, b in zip(base_served, served[:len(base_served)]))
     assert shift > 0.05, f"the adapter changes logprobs by only {shift:.2e}"
 
@@ -96,7 +97,7 @@ def test_base_and_adapter_requests_in_one_batch_answer_as_alone(server, tiny_mod
     tokenizer = load_tokenizer(tiny_model_dir)
     prompt_ids = tokenizer(render(tokenizer, CONVERSATION, add_generation_prompt=True),
                            add_special_tokens=False)["input_ids"]
-    models = [str(tiny_model_dir), "lora-adapter"]
+    models = [Path(tiny_model_dir).name, "lora-adapter"]  # the base is served under its folder's name
     alone = {model: _greedy_served(server, model, prompt_ids) for model in models}
     assert alone[models[0]] != alone[models[1]], "base and adapter answer alike: the check below would prove nothing"
     asked = models * 4

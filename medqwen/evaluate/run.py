@@ -27,10 +27,11 @@ from typing import Any, Sequence
 
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
 from medqwen.cli import run_script
+from medqwen.client import create_chat, describe_error, escape_value, openai_client, server_label
 from medqwen.configlib import UserError, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
 from medqwen.evaluate.config import EvalConfig
-from medqwen.evaluate.judge import CRITERIA, check_endpoint, make_judge, summarize_judgements
+from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
 from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
 from medqwen.evaluate.report import compare_runs, load_run, metric_rows, write_report
 from medqwen.exams.backends import HFBackend
@@ -151,17 +152,21 @@ def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max
                     api_key: str | None = None, timeout_s: float = 120.0, concurrency: int = 8,
                     desc: str = "generate", tools: list[list[dict] | None] | None = None) -> list[str]:
     """Greedy replies from an OpenAI-compatible server (vLLM batches the concurrent requests)."""
-    from openai import OpenAI
     from tqdm.auto import tqdm
 
-    client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=2)
-    check_endpoint(client, base_url, what="generation", key_hint="--api_key / $OPENAI_API_KEY")
+    client = openai_client(base_url, api_key, timeout_s=timeout_s, max_retries=2)
+    check_endpoint(client, base_url, what="generation", key_hint="--api_key / $OPENAI_API_KEY", secrets=[api_key])
 
     def one(messages: list[Message], tool_list: list[dict] | None) -> str:
-        extra = {"tools": tool_list} if tool_list else {}
-        reply = client.chat.completions.create(model=model, messages=messages, temperature=0.0,
-                                               max_tokens=max_new_tokens, **extra)
-        return (reply.choices[0].message.content or "").strip()
+        extra = {"tools": escape_value(tool_list)} if tool_list else {}
+        try:
+            reply = create_chat(client, model=model, messages=messages, temperature=0.0, max_tokens=max_new_tokens,
+                                **extra)
+            return (reply.choices[0].message.content or "").strip()
+        except Exception as err:  # noqa: BLE001 -- the message (redacted) says what failed, never the key
+            kind, detail = describe_error(err, [api_key])
+            raise EndpointUnavailableError(f"generation endpoint {server_label(base_url)} failed ({kind}): "
+                                           f"{detail}") from None
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         return list(tqdm(pool.map(one, prompts, tools or [None] * len(prompts)), total=len(prompts), desc=desc,

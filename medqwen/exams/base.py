@@ -68,10 +68,10 @@ def rotate(q: Question, r: int) -> Question:
 
 
 def escaped(q: Question) -> Question:
-    """The question with control tokens in its text, options and explanation neutralised: exam files are
-    untrusted text, and a `<|im_start|>` inside a question must not open a turn once templated."""
+    """The question with control tokens in its subject, text, options and explanation neutralised: exam files
+    are untrusted text, and a `<|im_start|>` inside a question must not open a turn once templated."""
     esc = escape_control_tokens
-    return replace(q, question=esc(q.question), options=tuple(esc(o) for o in q.options),
+    return replace(q, subject=esc(q.subject), question=esc(q.question), options=tuple(esc(o) for o in q.options),
                    explanation=esc(q.explanation) if q.explanation else q.explanation)
 
 
