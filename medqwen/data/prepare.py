@@ -144,9 +144,9 @@ def load_file(spec: InputSpec, cfg: DataConfig) -> FileResult:
             if result.format == "cmedqa_answer":
                 questions = _cmedqa_questions(spec.path, cfg.encoding) if questions is None else questions
                 record["question"] = questions.get(record.get("question_id"))
-            result.read += 1
             conversation, escaped = check_text(convert_record(record, result.format, identity, cfg.system_prompt),
                                                cfg.control_tokens)
+            result.read += 1
             result.conversations.append(conversation)
             result.escaped += escaped
         except RecordError as err:
