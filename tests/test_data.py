@@ -1,6 +1,8 @@
 """Data preparation: every input format converts, bad input is located (path:line) or skipped and counted,
 identity placeholders are filled, duplicates and over-long conversations are dropped, outputs are written."""
 
+import csv
+import io
 import itertools
 import json
 import re
@@ -369,13 +371,38 @@ def test_a_stray_quote_in_a_department_csv_loses_no_valid_row(tmp_path):
     assert f"{path}:5:" in detail["examples"]["malformed_csv"][0]
 
 
+def _alone(line: str) -> list[str]:
+    """How csv.reader reads one line on its own (the oracle for "this line is a valid row by itself")."""
+    return next(csv.reader(io.StringIO(line, newline="")))
+
+
 def test_two_stray_quotes_that_pair_up_lose_only_their_own_lines(tmp_path):
+    """Line 2 opens a quote that closes in line 6's second column, a row of the wrong width for csv.reader: only
+    the opening line is lost. Line 6 ('内科,t6,q6",a6': a quote inside a field is a character) is a valid row by
+    itself for csv.reader and is kept, and so is every line between (the 10514c8 reader dropped line 6 too)."""
     rows = [f'内科,t{i},q{i},a{i}\n' for i in range(10)]
-    rows[2], rows[6] = '内科,"t2,q2,a2\n', '内科,t6",q6,a6\n'
+    rows[2], rows[6] = '内科,"t2,q2,a2\n', '内科,t6,q6",a6\n'
     path = tmp_path / "dept.csv"
-    path.write_text("department,title,ask,answer\n" + "".join(rows), encoding="utf-8")
+    text = "department,title,ask,answer\n" + "".join(rows)
+    path.write_text(text, encoding="utf-8")
+    whole = list(csv.reader(io.StringIO(text, newline="")))
+    assert any(len(row) != 4 for row in whole)  # csv.reader cannot read lines 2-6 as one row: a stray quote
+    valid_alone = [r for r in rows if len(_alone(r)) == 4 and r != rows[2]]
     stats, out = run(tmp_path, [path], skip_invalid=True, shuffle=False)
-    assert stats["detail"][0]["kept"] == 8 and stats["detail"][0]["invalid"] == {"malformed_csv": 2}
+    assert [c["conversations"][1]["content"] for c in out] == [_alone(r)[3] for r in valid_alone]
+    assert stats["detail"][0]["kept"] == 9 and stats["detail"][0]["invalid"] == {"malformed_csv": 1}
+
+
+def test_a_stray_quote_that_closes_into_a_row_is_read_as_csv_reader_reads_it(tmp_path):
+    """A quoted answer spanning lines that each hold the header's number of commas (a dosage list) is one row
+    for csv.reader, so it is one conversation, and none of its inner lines becomes a conversation of its own."""
+    text = ('department,title,ask,answer\n内科,dose,how much?,"Take:\n1,2,3,4 mg\n5,6,7,8 mg\nwith food"\n'
+            '内科,t,q,a\n')
+    path = tmp_path / "dept.csv"
+    path.write_text(text, encoding="utf-8")
+    expected = [row[3] for row in list(csv.reader(io.StringIO(text, newline="")))[1:]]
+    stats, out = run(tmp_path, [path], shuffle=False)
+    assert [c["conversations"][1]["content"] for c in out] == expected and stats["detail"][0]["invalid"] == {}
 
 
 def test_a_quoted_field_may_still_span_lines(tmp_path):

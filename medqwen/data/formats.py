@@ -306,7 +306,7 @@ def from_alpaca(record: dict) -> list[dict]:
 def _one_text(record: dict, key: str) -> str:
     """A QA field; Huatuo-26M's encyclopedia files hold lists (several phrasings of one question): the first."""
     value = record.get(key)
-    while isinstance(value, list) and value:
+    while key in ("questions", "answers") and isinstance(value, list) and value:
         value = value[0]
     return _text({key: value}, key)
 
