@@ -98,9 +98,9 @@ def _lower_keys(value: Any) -> Any:
 def _lookup(record: dict, path: str) -> Any:
     value: Any = record
     for part in path.lower().split("."):
-        if not isinstance(value, dict) or part not in value:
+        if not isinstance(value, dict):
             return None
-        value = value[part]
+        value = next((v for k, v in value.items() if isinstance(k, str) and k.lower() == part), None)
     return value
 
 
