@@ -151,8 +151,6 @@ BAD_CASES = {
                     "turn_order", "system message may only come first"),
     "ends_with_user": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("A"), user("Q2"))), 2, "turn_order",
                        "must end with an assistant reply"),
-    "empty_content": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("  "))), 2, "empty_content",
-                      "empty content in turn 2"),
     "bad_tool_call": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("", tool_calls=[
         {"type": "function", "function": {"name": "calc", "arguments": "{not json"}}]),
         {"role": "tool", "content": "1"}, assistant("A"))), 2, "tool_call", "arguments are not valid JSON"),
@@ -181,6 +179,18 @@ def test_bad_input_error_names_file_and_line(tmp_path, case):
     assert str(info.value).startswith(f"{path}:{line}: "), str(info.value)
     assert info.value.reason == reason and text in str(info.value), str(info.value)
     assert not (tmp_path / "out" / "merged.jsonl").exists()  # nothing half-written
+
+
+def test_records_without_text_are_skipped_and_counted_with_the_defaults(tmp_path):
+    """A well-formed record whose question or answer is empty has nothing to fix: counted, not fatal (real corpora
+    hold a few; at 10514c8 one stopped the whole run). JSON in ordinary text ('}}') is text, not a placeholder."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl(GOOD, conv(user("Q"), assistant("  ")), conv(user('调用 {"a": {"b": 1}}'), assistant("好"))),
+                    encoding="utf-8")
+    stats, out = run(tmp_path, [path], shuffle=False)
+    assert stats["detail"][0]["invalid"] == {"empty_content": 1} and len(out) == 2
+    assert "tmp" in stats["detail"][0]["examples"]["empty_content"][0] and "empty content in turn 2" in \
+        stats["detail"][0]["examples"]["empty_content"][0]
 
 
 def test_identity_typo_placeholder_is_an_error(tmp_path):

@@ -366,8 +366,12 @@ def test_malformed_jsonl_loses_no_valid_row(tmp_path, fmt, i, bad):
     TALLY["valid_rows_lost"] += max(0, 4 - kept)
     _count("lost", kept == 4)
     assert kept == 4 and stats["summary"]["read"] in (5, 4 + bad.count("\n") + 1)
-    with pytest.raises(DataError, match=f"{path}:3:"):  # without --skip_invalid: stopped, located
-        prepare(replace(cfg, skip_invalid=False), verbose=False)
+    try:  # without --skip_invalid: stopped, located; a record without text is counted, never kept
+        strict = prepare(replace(cfg, skip_invalid=False), verbose=False)
+    except DataError as err:
+        assert str(err).startswith(f"{path}:3:")
+    else:
+        assert strict["summary"]["kept"] == 4 and strict["detail"][0]["invalid"] == {"empty_content": 1}
 
 
 CSV_BAD = ['内科,"标题,问题,回答', '内科,标题,问题', '内科,标题,问题,回答,多余', '内科,"a""b,c,d',

@@ -23,7 +23,9 @@ QA_KEYS = [("问", "答"), ("问题", "回答"), ("question", "answer"), ("quest
            ("query", "answer"), ("question", "response"), ("prompt", "response"), ("prompt", "completion"),
            ("input", "output")]
 TURN_LIST_KEYS = ("conversations", "messages", "conversation")  # DISC-Med-SFT names its list `conversation`
-PLACEHOLDER = re.compile(r"\{\{|\}\}")
+PLACEHOLDER = re.compile(r"\{\{|\}\}")  # in identity files, any brace pair left after filling is a typo
+# elsewhere only a named placeholder is: JSON in ordinary text (a tool call's arguments) ends in '}}'
+NAMED_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
 # C0 control characters other than tab, newline and carriage return: a NUL in training text is corruption
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # ChatMed's published test examples wrap the question in its prompt: "<s>问：\n...\n答：\n"
@@ -314,9 +316,12 @@ def _one_text(record: dict, key: str) -> str:
 def from_qa(record: dict) -> list[dict]:
     pair = qa_pair(record)
     if pair is None:
-        present = [k for q, a in QA_KEYS for k in (q, a) if k in record]
-        raise RecordError("missing_field", f"missing question/answer fields: this file's first record used a "
-                                           f"question/answer pair, this one has only {present or sorted(record)[:8]}")
+        half = next(((q, a) for q, a in QA_KEYS if q in record or a in record), None)
+        if half is None:
+            raise RecordError("missing_field", f"missing question/answer fields (a pair of {QA_KEYS}); this record "
+                                               f"has {sorted(record)[:8]}")
+        missing, present = (half[1], half[0]) if half[0] in record else half
+        raise RecordError("missing_field", f"missing field '{missing}' (the pair of '{present}')")
     question = _one_text(record, pair[0])
     wrapped = CHATMED_PROMPT.match(question)
     return [{"role": "user", "content": wrapped.group(1) if wrapped else question},
@@ -407,9 +412,10 @@ def _fill(value: Any, mapping: dict[str, str]) -> Any:
     return value
 
 
-def find_placeholder(value: Any) -> str | None:
-    """The first string containing '{{' or '}}', or None."""
-    return next((s for s in _strings(value) if PLACEHOLDER.search(s)), None)
+def find_placeholder(value: Any, strict: bool = True) -> str | None:
+    """The first string containing '{{' or '}}' (strict) or a `{{NAME}}`-like placeholder, or None."""
+    pattern = PLACEHOLDER if strict else NAMED_PLACEHOLDER
+    return next((s for s in _strings(value) if pattern.search(s)), None)
 
 
 def _map_strings(value: Any, fn) -> Any:
@@ -457,7 +463,7 @@ def convert_record(record: dict, fmt: str, identity: dict[str, str] | None = Non
         out["tools"] = tools
     if identity is not None:
         out = _fill(out, identity)
-    leftover = find_placeholder(out)
+    leftover = find_placeholder(out, strict=identity is not None)
     if leftover is not None:
         match = re.search(r"\{\{[^{}]*\}\}|\{\{|\}\}", leftover).group(0)
         hint = "only {{NAME}} and {{AUTHOR}} are filled" if identity is not None else \

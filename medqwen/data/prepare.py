@@ -43,6 +43,9 @@ IDENTITY_PROBES = [
 INVALID_REASONS = ("encoding", "invalid_json", "unknown_format", "missing_field", "unknown_role", "turn_order",
                    "empty_content", "tool_call", "placeholder", "control_token", "bad_value", "malformed_csv")
 DROP_REASONS = ("duplicate", "sampled_out", "too_long")
+# Well-formed records without question or answer text: skipped and counted with the defaults (there is nothing
+# to fix in the file; public corpora hold a few), while malformed ones stop the run unless --skip_invalid.
+WITHOUT_TEXT = ("empty_content",)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def load_file(spec: InputSpec, cfg: DataConfig) -> FileResult:
         except RecordError as err:
             result.read += 1
             located = DataError(spec.path, line, err.reason, err.detail)
-            if not cfg.skip_invalid:
+            if not cfg.skip_invalid and err.reason not in WITHOUT_TEXT:
                 raise located from None
             first_error = first_error or located
             result.drop(err.reason, str(located))
@@ -323,7 +326,7 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(merged)
     for conversation in merged:  # last line of defence: no placeholder reaches training data
-        leftover = find_placeholder(conversation)
+        leftover = find_placeholder(conversation, strict=False)
         if leftover is not None:
             raise RuntimeError(f"placeholder survived into the output: {leftover[:80]!r}")
     # The sidecars are written only after the output, each atomically: a failed run leaves the previous

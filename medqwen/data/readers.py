@@ -174,7 +174,8 @@ def iter_json_values(text: str, bad: set[int], encoding: str, path: Path, pos: i
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
             # Inside a broken array we cannot find the next element reliably: stop here, with the location.
-            raise DataError(path, err.lineno, "invalid_json", f"invalid JSON: {err.msg} (column {err.colno})")
+            raise DataError(path, err.lineno, "invalid_json",
+                            f"invalid JSON{' array' if array else ''}: {err.msg} (column {err.colno})")
         spanned = set(range(start, start + text.count("\n", pos, end) + 1)) & bad
         if spanned:
             yield start, encoding_error(encoding, start, spanned)
