@@ -149,12 +149,12 @@ BAD_CASES = {
                                                      assistant("B"))), 2, "turn_order", "expected user"),
     "late_system": (".jsonl", jsonl(GOOD, conv(user("Q"), {"role": "system", "content": "S"}, assistant("A"))), 2,
                     "turn_order", "system message may only come first"),
-    "ends_with_user": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("A"), user("Q2"))), 2, "turn_order",
+    "ends_with_user": (".jsonl", jsonl(GOOD, conv({"role": "system", "content": "S"}, user("Q"))), 2, "turn_order",
                        "must end with an assistant reply"),
     "bad_tool_call": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("", tool_calls=[
         {"type": "function", "function": {"name": "calc", "arguments": "{not json"}}]),
         {"role": "tool", "content": "1"}, assistant("A"))), 2, "tool_call", "arguments are not valid JSON"),
-    "unknown_format": (".jsonl", jsonl({"text": "hello"}), 1, "unknown_format", "cannot tell the format"),
+    "unknown_format": (".jsonl", jsonl({"text": "hello"}), 1, "unknown_format", "cannot tell the layout"),
     "placeholder_in_medical_data": (".jsonl", jsonl(GOOD, conv(user("Who are you?"), assistant("I am {{NAME}}."))),
                                     2, "placeholder", "pass identity files with --identity"),
     "json_array_bad_element": (".json", '[\n  {"问": "a", "答": "b"},\n  {"问": "c"}\n]\n', 3, "missing_field",
@@ -191,6 +191,15 @@ def test_records_without_text_are_skipped_and_counted_with_the_defaults(tmp_path
     assert stats["detail"][0]["invalid"] == {"empty_content": 1} and len(out) == 2
     assert "tmp" in stats["detail"][0]["examples"]["empty_content"][0] and "empty content in turn 2" in \
         stats["detail"][0]["examples"]["empty_content"][0]
+
+
+def test_an_unanswered_last_user_turn_is_cut_and_the_answered_turns_kept(tmp_path):
+    """A chat log that ends with the user's unanswered "继续" (MedicalGPT's ShareGPT sample has one) keeps its
+    answered turns and counts the cut (at 10514c8 the whole conversation stopped the run)."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl(conv(user("Q"), assistant("A"), user("继续"))), encoding="utf-8")
+    stats, out = run(tmp_path, [path])
+    assert out == [conv(user("Q"), assistant("A"))] and stats["detail"][0]["unanswered_turns_trimmed"] == 1
 
 
 def test_identity_typo_placeholder_is_an_error(tmp_path):

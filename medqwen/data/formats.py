@@ -449,11 +449,20 @@ def check_text(out: dict, control_tokens: str = "escape") -> tuple[dict, bool]:
 
 
 def convert_record(record: dict, fmt: str, identity: dict[str, str] | None = None,
-                   system_prompt: str | None = None) -> dict:
-    """One input record -> {"conversations": [...], "tools"?: [...]}, validated; raises RecordError."""
+                   system_prompt: str | None = None, notes: dict[str, int] | None = None) -> dict:
+    """One input record -> {"conversations": [...], "tools"?: [...]}, validated; raises RecordError.
+
+    User turns left unanswered at the end (a chat log's last "继续") are cut, the answered turns before them kept,
+    and counted in `notes["unanswered_turns_trimmed"]`."""
     messages = CONVERTERS[fmt](record)
     for m in messages:
         m["content"] = m["content"].strip()
+    trimmed = 0
+    while len(messages) > 1 and messages[-1]["role"] == "user" and any(m["role"] == "assistant" for m in messages):
+        messages.pop()
+        trimmed += 1
+    if trimmed and notes is not None:
+        notes["unanswered_turns_trimmed"] = notes.get("unanswered_turns_trimmed", 0) + trimmed
     if system_prompt and messages and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     validate(messages)

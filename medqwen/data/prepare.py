@@ -66,6 +66,7 @@ class FileResult:
     encoding: str | None = None
     read: int = 0
     escaped: int = 0  # kept records whose text spelled a control token, now escaped
+    notes: dict[str, int] = field(default_factory=dict)  # repairs made to kept records (unanswered turns cut)
     conversations: list[dict] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -147,8 +148,8 @@ def load_file(spec: InputSpec, cfg: DataConfig) -> FileResult:
             if result.format == "cmedqa_answer":
                 questions = _cmedqa_questions(spec.path, cfg.encoding) if questions is None else questions
                 record["question"] = questions.get(record.get("question_id"))
-            conversation, escaped = check_text(convert_record(record, result.format, identity, cfg.system_prompt),
-                                               cfg.control_tokens)
+            converted = convert_record(record, result.format, identity, cfg.system_prompt, result.notes)
+            conversation, escaped = check_text(converted, cfg.control_tokens)
             result.read += 1
             result.conversations.append(conversation)
             result.escaped += escaped
@@ -281,7 +282,7 @@ def build_stats(results: list[FileResult], written: int, cfg: DataConfig, tokeni
                        "invalid": {k: v for k, v in r.dropped.items() if k in INVALID_REASONS},
                        **{k: r.dropped[k] for k in DROP_REASONS},
                        "kept": len(r.conversations), "written": len(r.conversations) * r.spec.repeat,
-                       "control_tokens_escaped": r.escaped,
+                       "control_tokens_escaped": r.escaped, **r.notes,
                        "token_length": percentiles(r.lengths), "examples": r.examples})
     dropped = sum((r.dropped for r in results), Counter())
     summary = {"output": cfg.output, "files": len(results), "read": sum(r.read for r in results),
