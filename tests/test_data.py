@@ -149,8 +149,9 @@ BAD_CASES = {
                                                      assistant("B"))), 2, "turn_order", "expected user"),
     "late_system": (".jsonl", jsonl(GOOD, conv(user("Q"), {"role": "system", "content": "S"}, assistant("A"))), 2,
                     "turn_order", "system message may only come first"),
-    "ends_with_user": (".jsonl", jsonl(GOOD, conv({"role": "system", "content": "S"}, user("Q"))), 2, "turn_order",
-                       "must end with an assistant reply"),
+    "ends_with_a_tool_call": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("", tool_calls=[
+        {"type": "function", "function": {"name": "calc", "arguments": "{}"}}]))), 2, "turn_order",
+        "must end with an assistant reply"),
     "bad_tool_call": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("", tool_calls=[
         {"type": "function", "function": {"name": "calc", "arguments": "{not json"}}]),
         {"role": "tool", "content": "1"}, assistant("A"))), 2, "tool_call", "arguments are not valid JSON"),
@@ -185,10 +186,10 @@ def test_records_without_text_are_skipped_and_counted_with_the_defaults(tmp_path
     """A well-formed record whose question or answer is empty has nothing to fix: counted, not fatal (real corpora
     hold a few; at 10514c8 one stopped the whole run). JSON in ordinary text ('}}') is text, not a placeholder."""
     path = tmp_path / "d.jsonl"
-    path.write_text(jsonl(GOOD, conv(user("Q"), assistant("  ")), conv(user('调用 {"a": {"b": 1}}'), assistant("好"))),
-                    encoding="utf-8")
+    path.write_text(jsonl(GOOD, conv(user("Q"), assistant("  ")), conv(user('调用 {"a": {"b": 1}}'), assistant("好")),
+                          conv(user("最好的建议？"))), encoding="utf-8")
     stats, out = run(tmp_path, [path], shuffle=False)
-    assert stats["detail"][0]["invalid"] == {"empty_content": 1} and len(out) == 2
+    assert stats["detail"][0]["invalid"] == {"empty_content": 1, "no_answer": 1} and len(out) == 2
     assert "tmp" in stats["detail"][0]["examples"]["empty_content"][0] and "empty content in turn 2" in \
         stats["detail"][0]["examples"]["empty_content"][0]
 

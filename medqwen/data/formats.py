@@ -385,6 +385,8 @@ def validate(messages: list[dict]) -> None:
             expected = "tool" if m.get("tool_calls") else "user"
         else:
             expected = "tool"  # more tool results, or the assistant's answer
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RecordError("no_answer", "no assistant reply: nothing to learn from this record")
     if messages[-1]["role"] != "assistant" or messages[-1].get("tool_calls"):
         raise RecordError("turn_order", "the conversation must end with an assistant reply")
 

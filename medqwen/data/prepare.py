@@ -41,11 +41,11 @@ IDENTITY_PROBES = [
 
 # Reasons a record is dropped; stats count by these names.
 INVALID_REASONS = ("encoding", "invalid_json", "unknown_format", "missing_field", "unknown_role", "turn_order",
-                   "empty_content", "tool_call", "placeholder", "control_token", "bad_value", "malformed_csv")
+                   "empty_content", "tool_call", "placeholder", "control_token", "bad_value", "malformed_csv", "no_answer")
 DROP_REASONS = ("duplicate", "sampled_out", "too_long")
 # Well-formed records without question or answer text: skipped and counted with the defaults (there is nothing
 # to fix in the file; public corpora hold a few), while malformed ones stop the run unless --skip_invalid.
-WITHOUT_TEXT = ("empty_content",)
+WITHOUT_TEXT = ("empty_content", "no_answer")
 
 
 # ----------------------------------------------------------------------------------------------------------
