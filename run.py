@@ -11,9 +11,9 @@ import sys
 from threading import Thread
 
 from medqwen.chat import escape_control_tokens, load_tokenizer
-from medqwen.config import ChatConfig
-from medqwen.configlib import UserError, format_config, parse_config, run_main
-from medqwen.modeling import ModelNotFoundError, load_model
+from medqwen.chat_config import ChatConfig
+from medqwen.configlib import format_config, parse_config, run_main
+from medqwen.modeling import load_model
 from medqwen.repl import HELP, repl
 from medqwen.runs import resolve_model
 
@@ -46,11 +46,8 @@ def stream_reply(model, tokenizer, messages, cfg: ChatConfig) -> str:
 
 def main(cfg: ChatConfig) -> None:
     choice = resolve_model(cfg.model, cfg.adapter, cfg.model_type)
-    try:
-        tokenizer = load_tokenizer(choice.model, cfg.chat_template)
-        model = load_model(choice.model, adapter=choice.adapter)
-    except ModelNotFoundError as err:
-        raise UserError(str(err)) from None
+    tokenizer = load_tokenizer(choice.model, cfg.chat_template)
+    model = load_model(choice.model, adapter=choice.adapter)
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt is not None:
         stream_reply(model, tokenizer, system + [{"role": "user", "content": escape_control_tokens(cfg.prompt)}],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import DataConfig
+from medqwen.data_config import DataConfig
 from medqwen.data import DataError, prepare
 
 LAYOUTS = Path(__file__).parent / "fixtures" / "data" / "layouts"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medqwen.config import DataConfig
+from medqwen.data_config import DataConfig
 from medqwen.data import QA_KEYS, iter_records, prepare
 
 HEADER = ["department", "title", "ask", "answer"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from medqwen.decode import STOP_CHECK_EVERY, GraphSampler
+from medqwen.kernels.decode import STOP_CHECK_EVERY, GraphSampler
 
 
 def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer, render
-from medqwen.config import DataConfig
+from medqwen.data_config import DataConfig
 from medqwen.configlib import REPO_ROOT, config_to_dict, format_config
 from medqwen.data.formats import (PLACEHOLDER, check_text, convert_record, dedup_key, detect_format, find_placeholder,
                                   layout_help, normalise, parse_mapping)

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from medqwen.configlib import UserError
+
 CSV_SUFFIXES = (".csv", ".tsv")
 DATA_SUFFIXES = (".jsonl", ".json") + CSV_SUFFIXES
 MAX_CSV_RECORD_LINES = 1000  # a quoted CSV field still open after this many lines is taken for a stray quote
@@ -30,7 +32,7 @@ class RecordError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input, located: the message reads `path:line: what is wrong`."""
 
     def __init__(self, path: str | Path, line: int, reason: str, detail: str):

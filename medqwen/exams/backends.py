@@ -72,7 +72,7 @@ class HFBackend:
         if self.kernels == "liger":
             use_liger_kernels(base)
         if compile:  # torch.compile each decoder layer (fuses norms, RoPE, SwiGLU; the first calls compile)
-            from medqwen.fast_lora import compile_layers
+            from medqwen.kernels.fused_lora import compile_layers
 
             compile_layers(self.decoder)
 
@@ -104,7 +104,7 @@ class HFBackend:
 
         With `reuse_prefix`, the longest prefix all sequences share (the k-shot head of a subject) is run once;
         the rest of each sequence is packed, without padding, into one row per batch whose attention reads the
-        head's keys/values (medqwen.packed_attention) instead of recomputing them.
+        head's keys/values (medqwen.kernels.packed_attention) instead of recomputing them.
         """
         import torch
 
@@ -146,7 +146,7 @@ class HFBackend:
         """The head's keys/values in every layer, from one forward pass."""
         import torch
 
-        from medqwen.packed_attention import SharedPrefix
+        from medqwen.kernels.packed_attention import SharedPrefix
 
         # Eager even with compiled layers: it runs once per subject, and filling a cache guards on each layer's
         # index, so compiling it would recompile per layer until Dynamo's limit and then leave the packed
@@ -159,7 +159,7 @@ class HFBackend:
         """Final hidden state at each suffix's last token; the suffixes go in one row after the shared head."""
         import torch
 
-        from medqwen.packed_attention import VARLEN, register_attention
+        from medqwen.kernels.packed_attention import VARLEN, register_attention
 
         lengths = [len(s) for s in suffixes]
         ids = torch.tensor([[t for s in suffixes for t in s]], device=self.device)
