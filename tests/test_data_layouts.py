@@ -50,8 +50,10 @@ def test_published_layout_converts_with_the_defaults(tmp_path, name, fmt, encodi
 
 
 def test_toyhom_quote_inside_a_field_is_a_character(tmp_path):
+    """The corpus's quirk (its 内科 sample's line 5159): one quote inside an unquoted field, a character for
+    csv.reader; the 10514c8 reader stopped there ("unbalanced quote")."""
     stats, out = run(tmp_path, [LAYOUTS / "toyhom_department.csv"])
-    assert [c[0]["content"] for c in out][1:] == ['乙肝表面抗原阳性\n报告写着"阳性"，需要治疗吗？', "胃胀\n饭后胃胀，\r\n偶尔反酸"]
+    assert [c[0]["content"] for c in out][1:] == ['乙肝表面抗原阳性\n报告写着小三阳"阳性，需要治疗吗？', "胃胀\n饭后胃胀，\r\n偶尔反酸"]
 
 
 def test_cmedqa2_answers_are_joined_with_their_questions(tmp_path):
