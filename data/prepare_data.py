@@ -16,9 +16,9 @@ Writes the output JSONL and, beside it, <stem>.stats.json (counts in/out/dropped
 length percentiles), <stem>.length_hist.png and <stem>.config.yaml; prints a Markdown summary.
 """
 
-from medqwen.data_config import DataConfig
 from medqwen.configlib import UserError, parse_config, run_main
 from medqwen.data import DataError, prepare
+from medqwen.data_config import DataConfig
 
 
 def main(cfg: DataConfig) -> dict:

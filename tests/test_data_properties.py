@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medqwen.data_config import DataConfig
 from medqwen.data import QA_KEYS, iter_records, prepare
+from medqwen.data_config import DataConfig
 
 HEADER = ["department", "title", "ask", "answer"]
 # Chinese and English text with every character CSV treats specially

@@ -177,7 +177,6 @@ def test_model_server_killed_mid_stream_the_session_goes_on(server_process, monk
 
     sys.path.insert(0, str(REPO / "agent"))
     import agent as agent_script
-
     from medqwen.agent.agent import build_agent
     from medqwen.agent.config import AgentConfig
 

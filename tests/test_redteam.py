@@ -26,16 +26,16 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import StructuredTool
 
 from medqwen.agent.agent import AgentServerError, ask, build_agent, check_server
-from medqwen.chat import escape_control_tokens, find_control_token
 from medqwen.agent.config import AgentConfig
-from medqwen.data_config import DataConfig
-from medqwen.rag.config import RagConfig
+from medqwen.agent.tools import calculate, get_current_time, get_weather
+from medqwen.chat import escape_control_tokens, find_control_token
 from medqwen.configlib import format_config, save_config
 from medqwen.data import DataError, prepare
+from medqwen.data_config import DataConfig
 from medqwen.rag.answer import SOURCES_BEGIN, SOURCES_END, build_messages, check_query, format_sources
 from medqwen.rag.chunking import chunk_text, normalize_text
+from medqwen.rag.config import RagConfig
 from medqwen.rag.retrieval import Hit
-from medqwen.agent.tools import calculate, get_current_time, get_weather
 from tests.fake_servers import FakeOpenAI, serve
 from tests.test_agent import ScriptedModel, _call
 from tests.test_tools import HostileWeather, gzip_bomb
@@ -377,8 +377,8 @@ def test_malformed_jsonl_loses_no_valid_row(tmp_path, fmt, i, bad):
 
 
 CSV_BAD = ['内科,"标题,问题,回答', '内科,标题,问题', '内科,标题,问题,回答,多余', '内科,"a""b,c,d',
-           '内科,标题",问题,回答', '"', '""""', ',,,', '内科,\x00,问题,回答', '内科,"t\n' * 3, '内科,"标题",问题,"回答"',
-           '内科,标题,问题,"回答\n第二行"', '\ufeff内科,标题,问题,回答']
+           '内科,标题",问题,回答', '"', '""""', ',,,', '内科,\x00,问题,回答', '内科,"t\n' * 3,
+           '内科,"标题",问题,"回答"', '内科,标题,问题,"回答\n第二行"', '\ufeff内科,标题,问题,回答']
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 

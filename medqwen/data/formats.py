@@ -339,8 +339,8 @@ def from_huatuo(record: dict) -> list[dict]:
     turns = record.get("data")
     if not isinstance(turns, list):
         raise RecordError("missing_field", "missing list field 'data'")
-    return [{"role": ("user", "assistant")[i % 2], "content": re.sub(r"^\s*[问答][：:]", "", as_text(text, f"data[{i}]"))}
-            for i, text in enumerate(turns)]
+    return [{"role": ("user", "assistant")[i % 2],
+             "content": re.sub(r"^\s*[问答][：:]", "", as_text(text, f"data[{i}]"))} for i, text in enumerate(turns)]
 
 
 def from_department_csv(record: dict) -> list[dict]:

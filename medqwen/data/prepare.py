@@ -17,11 +17,20 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer, render
-from medqwen.data_config import DataConfig
 from medqwen.configlib import REPO_ROOT, config_to_dict, format_config
-from medqwen.data.formats import (PLACEHOLDER, check_text, convert_record, dedup_key, detect_format, find_placeholder,
-                                  layout_help, normalise, parse_mapping)
+from medqwen.data.formats import (
+    PLACEHOLDER,
+    check_text,
+    convert_record,
+    dedup_key,
+    detect_format,
+    find_placeholder,
+    layout_help,
+    normalise,
+    parse_mapping,
+)
 from medqwen.data.readers import DATA_SUFFIXES, DataError, RecordError, iter_records
+from medqwen.data_config import DataConfig
 from medqwen.reporting import markdown_table, pyplot, run_meta, save_figure
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),
@@ -41,7 +50,8 @@ IDENTITY_PROBES = [
 
 # Reasons a record is dropped; stats count by these names.
 INVALID_REASONS = ("encoding", "invalid_json", "unknown_format", "missing_field", "unknown_role", "turn_order",
-                   "empty_content", "tool_call", "placeholder", "control_token", "bad_value", "malformed_csv", "no_answer")
+                   "empty_content", "tool_call", "placeholder", "control_token", "bad_value", "malformed_csv",
+                   "no_answer")
 DROP_REASONS = ("duplicate", "sampled_out", "too_long")
 # Well-formed records without question or answer text: skipped and counted with the defaults (there is nothing
 # to fix in the file; public corpora hold a few), while malformed ones stop the run unless --skip_invalid.
