@@ -91,3 +91,17 @@ def test_columns_and_roles_mappings(tmp_path):
     assert out == [qa("头晕", "先量血压")]
     stats, out = run(tmp_path, [nested], columns="question=case.text,answer=reply.text")  # dotted paths
     assert out == [qa("头晕", "先量血压")]
+
+
+def test_pretty_printed_records_and_a_file_that_is_not_json(tmp_path):
+    """Pretty-printed objects one after another read as JSON does; a file with no JSON record at all is one
+    message for the file, not one invalid_json count per line (at 10514c8: 3 records counted invalid, 0 kept)."""
+    pretty = tmp_path / "pretty.jsonl"
+    records = [{"Question": "头痛怎么办？", "Answer": "休息，必要时就医。"}, {"问": "发烧？", "答": "多喝水。"}]
+    pretty.write_text("".join(json.dumps(r, ensure_ascii=False, indent=2) + "\n" for r in records), encoding="utf-8")
+    stats, out = run(tmp_path, [pretty])
+    assert out == [qa("头痛怎么办？", "休息，必要时就医。"), qa("发烧？", "多喝水。")]
+    text = tmp_path / "notes.jsonl"
+    text.write_text("头痛怎么办\n休息\n就医\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"notes.jsonl:1: no record of this file could be read"):
+        run(tmp_path, [text], skip_invalid=True)
