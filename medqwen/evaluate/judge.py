@@ -110,7 +110,7 @@ def make_judge(base_url: str, model: str | None, rubric_path: str | Path = DEFAU
                api_key: str | None = None, timeout_s: float = 60.0, max_retries: int = 2) -> Judge:
     """A Judge with the API key taken from the argument or $JUDGE_API_KEY (read now, never saved)."""
     if not model:
-        raise ValueError("--judge_model is required with --judge_base_url (the model name the endpoint serves)")
+        raise UserError("--judge_model is required with --judge_base_url (the model name the endpoint serves)")
     return Judge(base_url=base_url.rstrip("/"), model=model, rubric=load_rubric(rubric_path),
                  api_key=api_key or os.environ.get("JUDGE_API_KEY"), timeout_s=timeout_s, max_retries=max_retries)
 

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
-from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config, spread_values
+from medqwen.cli import run_script
+from medqwen.configlib import UserError, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
 from medqwen.evaluate.config import EvalConfig
-from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
+from medqwen.evaluate.judge import CRITERIA, check_endpoint, make_judge, summarize_judgements
 from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
 from medqwen.evaluate.report import compare_runs, load_run, metric_rows, write_report
 from medqwen.exams.backends import HFBackend
@@ -288,21 +289,21 @@ def summarize(examples: list[dict], probes: list[dict], losses: list[tuple[float
 def cli(model_type: str = "base") -> None:
     """What eval/eval_{base,lora,grpo}.py run: EvalConfig from env/YAML/flags, the script's model type unless
     --model_type (or YAML) sets one, then main."""
-    cfg = parse_config(EvalConfig, argv=spread_values(sys.argv[1:]))
-    if cfg.model_type is None:  # the script's own model type; an adapter given to eval_base.py means a LoRA run
-        cfg = dataclasses.replace(cfg, model_type="lora" if cfg.adapter and model_type == "base" else model_type)
-    run_main(lambda: main(cfg))
+
+    def own_model_type(cfg: EvalConfig) -> EvalConfig:
+        if cfg.model_type is not None:
+            return cfg
+        # an adapter given to eval_base.py means a LoRA run
+        return dataclasses.replace(cfg, model_type="lora" if cfg.adapter and model_type == "base" else model_type)
+
+    run_script(EvalConfig, main, argv=spread_values(sys.argv[1:]), prepare=own_model_type)
 
 
 def main(cfg: EvalConfig) -> None:
     """Entry point shared by the three eval scripts: a run, or --compare of finished runs."""
-    print("config:\n" + format_config(cfg), file=sys.stderr)
-    try:
-        if cfg.compare:
-            out = Path(cfg.output_dir or "out/eval/compare")
-            print(compare_runs(cfg.compare, out, cfg.report_samples, cfg.seed))
-            print(f"\nwrote {out}/ (report.md, report.html, compare.png)", file=sys.stderr)
-            return
-        run_eval(cfg)
-    except (FileNotFoundError, EndpointUnavailableError, ValueError) as err:  # bad input: data, model, endpoint
-        raise UserError(str(err)) from None  # the messages name the file/line/URL and say what to do
+    if cfg.compare:
+        out = Path(cfg.output_dir or "out/eval/compare")
+        print(compare_runs(cfg.compare, out, cfg.report_samples, cfg.seed))
+        print(f"\nwrote {out}/ (report.md, report.html, compare.png)", file=sys.stderr)
+        return
+    run_eval(cfg)
