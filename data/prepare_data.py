@@ -31,8 +31,7 @@ def cli() -> None:
     try:
         main(cfg)
     except DataError as err:
-        if err.reason in ("unknown_format", "invalid_json") and "no record" in err.detail or \
-                err.reason == "unknown_format":  # a whole-file problem: skipping records would not help
+        if err.reason == "unknown_format" or err.detail.startswith("no record"):  # skipping would not help
             raise UserError(str(err)) from None
         raise UserError(f"{err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
                         f"by reason (nothing valid is dropped).") from None
