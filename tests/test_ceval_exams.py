@@ -264,14 +264,23 @@ def test_perf_pooled_set_uses_every_exams_prompt_and_times_the_rotations(tmp_pat
 
 
 def test_save_figure_writes_atomically_and_closes(tmp_path):
+    import os
+
     from medqwen.reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    path = save_figure(fig, tmp_path / "sub" / "plot.png")
+    umask = os.umask(0o022)  # a common umask, under which mkstemp's private 0o600 differs from an output's 0o644
+    try:
+        path = save_figure(fig, tmp_path / "sub" / "plot.png")
+        ordinary = path.with_name("ordinary.png")  # an output written the usual way: open() under the umask
+        ordinary.write_bytes(b"")
+    finally:
+        os.umask(umask)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not plt.fignum_exists(fig.number)
-    assert path.stat().st_mode & 0o044  # readable by others, as other outputs (not mkstemp's private mode)
+    assert oct(path.stat().st_mode & 0o777) == oct(ordinary.stat().st_mode & 0o777) == "0o644"
+    ordinary.unlink()
     fig, ax = plt.subplots()
     with pytest.raises(ValueError):
         save_figure(fig, tmp_path / "plot.unknownformat")

