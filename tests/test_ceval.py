@@ -62,7 +62,7 @@ def test_shipped_sample_reads_with_newlines_inside_quotes():
     ("id,question,A,B,C,D\n0,q,a,b,c,d\n", "does not match the released layout"),
     ("id,question,A,B,C,D,answer\n0,q,a,b,c,d,E\n", "answer must be one of"),
     ("id,question,A,B,C,D,answer\n0,q,a,b,c,d,A\n1,q,a,b,c\n", r"val\.csv:3: 5 fields"),
-    ("id,question,A,B,C,D,answer\n0,q,,b,c,d,A\n", "empty or missing 'A'"),
+    ("id,question,A,B,C,D,answer\n0,,a,b,c,d,A\n", "empty or missing 'question'"),  # a blank option is graded
     ("", "empty file"),
 ])
 def test_malformed_csv_gets_a_clear_error(tmp_path, body, message):

@@ -74,7 +74,6 @@ CMMLU_HEADER = ",Question,A,B,C,D,Answer\n"
 @pytest.mark.parametrize("body, message", [
     (CMMLU_HEADER + "0,q,a,b,c,d,A\n1,q,a,b,c,A\n", r"x\.csv:3: 6 fields, expected 7"),
     (CMMLU_HEADER + "0,q,a,b,c,d,E\n", r"x\.csv:2: answer must be one of A/B/C/D"),
-    (CMMLU_HEADER + "0,q,a,,c,d,A\n", r"x\.csv:2: empty option B"),
     ("Question,A,B,C,D,Answer\n", "not CMMLU's"),
 ])
 def test_malformed_cmmlu_rows_stop_with_file_and_line(tmp_path, body, message):
@@ -85,7 +84,6 @@ def test_malformed_cmmlu_rows_stop_with_file_and_line(tmp_path, body, message):
 
 @pytest.mark.parametrize("options, answer, message", [
     ("A 甲\nB 乙", "C", "answer must be letters of A/B"),
-    ("A 甲\nB \nC 丙", "A", "empty option B"),
     ("A 甲\nC 丙", "A", "option line 'C 丙'"),
     ("A 甲\nB 乙\nC 丙\nD 丁\nE 戊\nF 己", "A", "at most E"),
 ])
@@ -100,6 +98,34 @@ def test_malformed_cmexam_rows_stop_with_file_and_line(tmp_path, options, answer
     skipped = Skipped(skip=True)  # --skip_invalid: the bad row is counted, the good one kept
     assert [q.options for q in read_cmexam_csv(tmp_path / "test.csv", skipped=skipped)] == [("甲", "乙")]
     assert len(skipped) == 1 and "test.csv:" in skipped.rows[0]
+
+
+def test_exam_rows_without_an_answer_are_skipped_and_counted_per_subject(tmp_path, tiny_backend):
+    """The CMExam release has rows whose answer is blank or `nan` (the official code skips them: `if
+    pd.isna(answer)`); with the defaults they are skipped and counted per subject, never fatal. A blank option,
+    five options and a multi-answer row are graded. At 10514c8 the first `nan` stopped the run."""
+    import csv
+
+    rows = [["Question", "Options", "Answer", "Explanation"], ["甲题", "A 甲\nB 乙", "B", ""],
+            ["乙题", "A 甲\nB 乙", "nan", ""], ["丙题", "A 甲\nB \nC 丙", "C", ""], ["丁题", "A 甲\nB 乙", "", ""],
+            ["戊题", "A 1\nB 2\nC 3\nD 4\nE 5", "E", ""], ["己题", "A 1\nB 2\nC 3", "AB", ""]]
+    for split in ("val", "test"):
+        with (tmp_path / f"{split}.csv").open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerows(rows)
+    skipped = Skipped()  # the defaults: --skip_invalid off
+    questions = read_cmexam_csv(tmp_path / "test.csv", skipped=skipped)
+    assert [q.question for q in questions] == ["甲题", "丙题", "戊题", "己题"]
+    assert skipped.ungraded == {"unanswered": 2} and len(skipped) == 0
+    assert questions[1].options == ("甲", "", "丙")
+    preds, facts = run_benchmark(tiny_backend, {"cmexam": tmp_path}, ["cmexam"], k_shot=0)
+    assert facts["ungraded_rows"] == {"cmexam/physician": {"unanswered": 2}}
+    assert len([p for p in preds if not p.multi]) == 3
+    from medqwen.exams.runner import results_table, summarize
+
+    table = results_table({**summarize(preds), **facts})
+    assert "skipped: no answer" in table and "| CMExam | physician | 3 |" in table
+    line = next(t for t in table.splitlines() if "| physician |" in t)
+    assert line.rstrip(" |").endswith("2")
 
 
 def test_rotation_moves_answers_with_their_options_and_multi_answers_are_sets():

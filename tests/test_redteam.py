@@ -13,8 +13,11 @@ and the session fails on any leak, crash or loss, or when the whole file ran few
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import replace
@@ -401,30 +404,56 @@ def test_malformed_jsonl_loses_no_valid_row(tmp_path, fmt, i, bad):
     TALLY["valid_rows_lost"] += max(0, 4 - kept)
     _count("lost", kept == 4)
     assert kept == 4 and stats["summary"]["read"] in (5, 4 + bad.count("\n") + 1)
-    with pytest.raises(DataError, match=f"{path}:3:"):  # without --skip_invalid: stopped, located
-        prepare(replace(cfg, skip_invalid=False), verbose=False)
+    try:  # without --skip_invalid: stopped, located; a record without text is counted, never kept
+        strict = prepare(replace(cfg, skip_invalid=False), verbose=False)
+    except DataError as err:
+        assert str(err).startswith(f"{path}:3:")
+    else:
+        assert strict["summary"]["kept"] == 4 and strict["detail"][0]["invalid"] == {"empty_content": 1}
 
 
 CSV_BAD = ['内科,"标题,问题,回答', '内科,标题,问题', '内科,标题,问题,回答,多余', '内科,"a""b,c,d',
-           '内科,标题",问题,回答', '"', '""""', ',,,', '内科,\x00,问题,回答', '内科,"t\n' * 3]
+           '内科,标题",问题,回答', '"', '""""', ',,,', '内科,\x00,问题,回答', '内科,"t\n' * 3,
+           '内科,"标题",问题,"回答"', '内科,标题,问题,"回答\n第二行"', '\ufeff内科,标题,问题,回答']
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _csv_oracle(text: str, bad: str) -> bool:
+    """Whether csv.reader reads the inserted line(s) as one valid row: the whole file reads as the six good rows
+    plus one more of four columns, holding text in question and answer and no control character."""
+    rows = list(csv.reader(io.StringIO(text, newline="")))[1:]
+    rows = [r for r in rows if r]
+    if len(rows) != 7 or any(len(r) != 4 for r in rows):
+        return False
+    extra = rows[3]
+    return bool(extra[3].strip() and (extra[1].strip() or extra[2].strip())) and not CONTROL.search("".join(extra))
 
 
 @pytest.mark.parametrize("bad", CSV_BAD)
-@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030"])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gb18030", "utf-16"])
 def test_malformed_csv_loses_no_valid_row(tmp_path, bad, encoding):
+    """Judged by csv.reader: every valid row is kept, the inserted line(s) are kept exactly when csv.reader reads
+    them as a valid row, and otherwise counted as invalid (never dropped unseen)."""
     rows = [f"内科,标题{n},问题{n},回答{n}" for n in range(6)]
     text = "department,title,ask,answer\n" + "\n".join(rows[:3] + [bad] + rows[3:]) + "\n"
     path = tmp_path / "dept.csv"
     path.write_bytes(text.encode(encoding))
     cfg = DataConfig(input=[str(path)], output=str(tmp_path / "o.jsonl"), tokenizer="none", skip_invalid=True,
-                     shuffle=False)
+                     shuffle=False, dedup=False)
     stats = _run("crashes", prepare, cfg, verbose=False)
     out = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
-    questions = [c["conversations"][0]["content"] for c in out]
-    kept = sum(f"标题{n}\n问题{n}" in questions for n in range(6))
+    answers = [c["conversations"][1]["content"] for c in out]
+    kept = sum(f"回答{n}" in answers for n in range(6))
     TALLY["valid_rows_lost"] += 6 - kept
-    _count("lost", kept == 6)
-    assert kept == 6, (stats["detail"][0]["invalid"], questions)
+    valid = _csv_oracle(text, bad)
+    _count("lost", kept == 6 and (len(out) == 7) == valid)
+    assert kept == 6, (stats["detail"][0]["invalid"], answers)
+    (detail,) = stats["detail"]
+    if valid:
+        assert len(out) == 7 and detail["invalid"] == {}, detail["invalid"]
+    else:
+        assert len(out) == 6 and sum(detail["invalid"].values()) >= 1, detail["invalid"]
+        assert detail["read"] == 6 + sum(detail["invalid"].values())
 
 
 @pytest.mark.parametrize("payload", [p for p in INJECTIONS if "}}" not in p])  # "}}" is a placeholder error
