@@ -21,8 +21,8 @@ from medqwen.perf.config import LengthHistogramConfig
 
 def main(cfg: LengthHistogramConfig) -> dict:
     from medqwen.chat import load_tokenizer
+    from medqwen.data.conversations import read_conversations
     from medqwen.perf.data import conversation_token_counts
-    from medqwen.train.sft import read_conversations
 
     tokenizer = load_tokenizer(cfg.tokenizer, cfg.chat_template)
     conversations = [c["conversations"] for c in read_conversations(cfg.data)]

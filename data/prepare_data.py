@@ -18,7 +18,7 @@ length percentiles), <stem>.length_hist.png and <stem>.config.yaml; prints a Mar
 
 from medqwen.configlib import UserError, parse_config, run_main
 from medqwen.data import DataError, prepare
-from medqwen.data_config import DataConfig
+from medqwen.data.config import DataConfig
 
 
 def main(cfg: DataConfig) -> dict:

@@ -16,7 +16,7 @@ import yaml
 
 from medqwen.configlib import REPO_ROOT
 from medqwen.data import IDENTITY_PROBES, DataError, convert_record, detect_format, iter_records, prepare
-from medqwen.data_config import DataConfig
+from medqwen.data.config import DataConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 IDENTITY_FILE = REPO_ROOT / "data" / "lora_identity.jsonl"

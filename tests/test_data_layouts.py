@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medqwen.data import DataError, prepare
-from medqwen.data_config import DataConfig
+from medqwen.data.config import DataConfig
 
 LAYOUTS = Path(__file__).parent / "fixtures" / "data" / "layouts"
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medqwen.data import QA_KEYS, iter_records, prepare
-from medqwen.data_config import DataConfig
+from medqwen.data.config import DataConfig
 
 HEADER = ["department", "title", "ask", "answer"]
 # Chinese and English text with every character CSV treats specially

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqwen.evaluate.config import EvalConfig
 from medqwen.configlib import UserError, spread_values
+from medqwen.evaluate.config import EvalConfig
 from medqwen.evaluate.metrics import corpus_bleu, names_assistant, rouge_l, sentence_bleu, zh_tokens
 from medqwen.evaluate.run import EvalDataError, cli, load_heldout, run_eval
 
@@ -84,7 +84,7 @@ def test_compare_flag_takes_several_folders():
 
 
 def test_heldout_uses_the_trainers_saved_split_else_the_same_seeded_split(tmp_path):
-    from medqwen.train.sft import split_conversations
+    from medqwen.data.conversations import split_conversations
 
     def messages(rows):  # the trainer's reader returns records {"conversations": [...], "tools"?: [...]}
         return [r["conversations"] if isinstance(r, dict) else r for r in rows]

@@ -35,7 +35,7 @@ from medqwen.agent.tools import calculate, get_current_time, get_weather
 from medqwen.chat import escape_control_tokens, find_control_token
 from medqwen.configlib import format_config, save_config
 from medqwen.data import DataError, prepare
-from medqwen.data_config import DataConfig
+from medqwen.data.config import DataConfig
 from medqwen.rag.answer import SOURCES_BEGIN, SOURCES_END, build_messages, check_query, format_sources
 from medqwen.rag.chunking import chunk_text, normalize_text
 from medqwen.rag.config import RagConfig

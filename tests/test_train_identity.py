@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.data_config import DataConfig
+from medqwen.data.config import DataConfig
 from medqwen.train.config import TrainConfig
 from medqwen.data import IDENTITY_PROBES, InputSpec, load_file
 from medqwen.evaluate.metrics import names_assistant

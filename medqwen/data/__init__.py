@@ -3,6 +3,8 @@
     readers.py   bytes -> text (UTF-8, UTF-8-BOM, GB18030, UTF-16) -> records of JSON Lines, JSON and CSV
     formats.py   one record of any layout -> validated OpenAI-shaped messages; --columns/--roles mappings
     prepare.py   the pipeline behind data/prepare_data.py: validate, de-duplicate, filter, merge, write, report
+    conversations.py  prepared conversations read back and split into train/held-out (trainer, evaluator)
+    config.py    DataConfig (data/prepare_data.py's flags)
 """
 
 from medqwen.data.formats import (
@@ -53,3 +55,4 @@ __all__ = ["CSV_SUFFIXES", "DATA_SUFFIXES", "DROP_REASONS", "IDENTITY_PROBES", "
            "dedup_key", "detect_encoding", "detect_format", "find_placeholder", "iter_csv", "iter_records",
            "load_file", "normalise", "output_paths", "parse_inputs", "parse_mapping", "prepare", "read_lines",
            "remove_stale_temporaries", "summary_table", "validate"]
+from medqwen.data.conversations import read_conversations, split_conversations

@@ -17,7 +17,8 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer, render
-from medqwen.configlib import REPO_ROOT, config_to_dict, format_config
+from medqwen.configlib import config_to_dict, format_config, repo_path
+from medqwen.data.config import DataConfig
 from medqwen.data.formats import (
     PLACEHOLDER,
     check_text,
@@ -30,7 +31,6 @@ from medqwen.data.formats import (
     parse_mapping,
 )
 from medqwen.data.readers import DATA_SUFFIXES, DataError, RecordError, iter_records
-from medqwen.data_config import DataConfig
 from medqwen.reporting import markdown_table, pyplot, run_meta, save_figure
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),
@@ -88,14 +88,6 @@ class FileResult:
             self.examples[reason].append(message)
 
 
-def _resolve(path: str | Path) -> Path:
-    """A path as given, else relative to the repository root (scripts may run from anywhere)."""
-    path = Path(path)
-    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
-        return REPO_ROOT / path
-    return path
-
-
 def parse_inputs(inputs: list[str], identity: bool = False, default_repeat: int = 1) -> list[InputSpec]:
     """'path' or 'path:N' (upsample N times); a folder expands to its JSONL/JSON/CSV files, recursively, sorted."""
     specs = []
@@ -104,7 +96,7 @@ def parse_inputs(inputs: list[str], identity: bool = False, default_repeat: int 
         path, repeat = (head, int(tail)) if sep and tail.isdigit() else (text, default_repeat)
         if repeat < 1:
             raise ValueError(f"{text}: the upsampling factor after ':' must be >= 1")
-        resolved = _resolve(path)
+        resolved = repo_path(path)
         if resolved.is_dir():
             files = sorted(p for p in resolved.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
             if not files:
@@ -185,8 +177,8 @@ def load_file(spec: InputSpec, cfg: DataConfig) -> FileResult:
 def default_tokenizer_dir() -> Path | None:
     """model/qwen when present, else the bundled SmolLM2, else None (no length statistics)."""
     for folder in ("model/qwen", "model/smollm2-135m-instruct"):
-        if (_resolve(folder) / "config.json").is_file():
-            return _resolve(folder)
+        if (repo_path(folder) / "config.json").is_file():
+            return repo_path(folder)
     return None
 
 
@@ -326,7 +318,7 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
     if cfg.dedup:
         deduplicate(results)
     sample(results, cfg.max_per_input, cfg.seed)
-    tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), _resolve(cfg.tokenizer))
+    tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), repo_path(cfg.tokenizer))
     if tokenizer_dir is not None:
         filter_lengths(results, load_tokenizer(tokenizer_dir, chat_template=cfg.chat_template), cfg.max_seq_len)
     elif cfg.max_seq_len > 0 and verbose:

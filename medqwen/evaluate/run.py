@@ -30,6 +30,7 @@ from medqwen.cli import run_script
 from medqwen.client import create_chat, describe_error, escape_value, openai_client, server_label
 from medqwen.configlib import UserError, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
+from medqwen.data.conversations import read_conversations, split_conversations
 from medqwen.evaluate.config import EvalConfig
 from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
 from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
@@ -39,7 +40,6 @@ from medqwen.jsonl import write_jsonl
 from medqwen.modeling import load_model
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import resolve_model
-from medqwen.train.sft import read_conversations, split_conversations
 
 Message = dict[str, Any]
 
