@@ -58,8 +58,14 @@ $(SERVE_VENV)/.installed: $(SERVE_REQUIREMENTS)
 demo: setup setup-serve
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-test: setup-dev setup-serve
-	$(PY) -m pytest -q
+# Style is checked by a tool before the tests run (rules in pyproject.toml); `$(VENV)/bin/ruff check --fix .` fixes
+# import order, the rest is by hand.
+.PHONY: lint
+lint: setup-dev
+	$(VENV)/bin/ruff check .
+
+test: setup-dev setup-serve lint
+	$(PY) -m pytest -q --durations=25
 
 # The web page (agent/web_ui.py) on http://127.0.0.1:7860: reuses a server on port 8001, else starts one with the
 # demo adapter (out/demo/lora; `bash scripts/demo.sh data train` makes it), and stops that one when the page stops.

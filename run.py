@@ -11,15 +11,15 @@ import sys
 from threading import Thread
 
 from medqwen.chat import escape_control_tokens, load_tokenizer
-from medqwen.config import ChatConfig
-from medqwen.configlib import UserError, format_config, parse_config, run_main
-from medqwen.modeling import ModelNotFoundError, load_model
+from medqwen.chat_config import ChatConfig
+from medqwen.configlib import format_config, parse_config, run_main
+from medqwen.modeling import load_model
 from medqwen.repl import HELP, repl
 from medqwen.runs import resolve_model
 
 
 def stream_reply(generator, tokenizer, messages, cfg: ChatConfig) -> str:
-    """Generate one assistant reply for `messages` with a medqwen.decode.OnePromptGenerator, printing tokens as
+    """Generate one assistant reply for `messages` with a medqwen.kernels.decode.OnePromptGenerator, printing tokens as
     they arrive."""
     import torch
     from transformers import GenerationConfig, TextIteratorStreamer
@@ -46,12 +46,9 @@ def stream_reply(generator, tokenizer, messages, cfg: ChatConfig) -> str:
 
 def main(cfg: ChatConfig) -> None:
     choice = resolve_model(cfg.model, cfg.adapter, cfg.model_type)
-    try:
-        tokenizer = load_tokenizer(choice.model, cfg.chat_template)
-        model = load_model(choice.model, adapter=choice.adapter)
-    except ModelNotFoundError as err:
-        raise UserError(str(err)) from None
-    from medqwen.decode import OnePromptGenerator  # torch: not needed for --help
+    tokenizer = load_tokenizer(choice.model, cfg.chat_template)
+    model = load_model(choice.model, adapter=choice.adapter)
+    from medqwen.kernels.decode import OnePromptGenerator  # torch: not needed for --help
 
     generator = OnePromptGenerator(model, "run.py")
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []

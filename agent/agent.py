@@ -11,10 +11,10 @@ Server URL and model name come from VLLM_BASE_URL and MODEL_NAME (or .env, or --
 
 import sys
 
-from medqwen.agent import AgentServerError, ask, build_agent, check_server
-from medqwen.config import AgentConfig
+from medqwen.agent.agent import AgentServerError, ask, build_agent, check_server
+from medqwen.agent.config import AgentConfig
 from medqwen.configlib import parse_config
-from medqwen.http import strip_userinfo
+from medqwen.safe_http import strip_userinfo
 from medqwen.repl import HELP, repl
 
 

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.rag import StoreError, index_paths, open_client, open_collection
 from medqwen.rag.documents import SUPPORTED_SUFFIXES

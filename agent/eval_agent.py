@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medqwen.agent import AgentServerError, ask, build_agent, check_server, final_answer
-from medqwen.config import AgentEvalConfig
+from medqwen.agent.agent import AgentServerError, ask, build_agent, check_server, final_answer
+from medqwen.agent.config import AgentEvalConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
-from medqwen.tools import evaluate
+from medqwen.agent.tools import evaluate
 
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 

@@ -12,7 +12,7 @@ Build the store first with agent/embedding.py (same --persist_dir / --collection
 import sys
 import time
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 from medqwen.configlib import format_config, parse_config
 from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, QueryError, build_messages, check_query, format_sources, make_answerer

@@ -11,7 +11,7 @@ Server URL and adapter name come from VLLM_BASE_URL and MODEL_NAME (or .env, or 
 
 import sys
 
-from medqwen.config import WebConfig
+from medqwen.web_config import WebConfig
 from medqwen.configlib import format_config, parse_config
 from medqwen.web_ui import launch
 

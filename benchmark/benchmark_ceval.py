@@ -27,12 +27,27 @@ import json
 import sys
 from pathlib import Path
 
-from medqwen.ceval import compare_runs, expand_subjects, option_order_table, results_table, run_benchmark
-from medqwen.ceval import submission, summarize, write_predictions
-from medqwen.config import CevalConfig
-from medqwen.configlib import (UserError, config_to_dict, format_config, parse_config, run_main, save_config,
-                               spread_values)
+from medqwen.configlib import (
+    UserError,
+    config_to_dict,
+    format_config,
+    parse_config,
+    run_main,
+    save_config,
+    spread_values,
+)
 from medqwen.exams import is_group
+from medqwen.exams.config import CevalConfig
+from medqwen.exams.runner import (
+    compare_runs,
+    expand_subjects,
+    option_order_table,
+    results_table,
+    run_benchmark,
+    submission,
+    summarize,
+    write_predictions,
+)
 from medqwen.reporting import write_metrics
 from medqwen.runs import DEFAULT_MODEL, resolve_model
 
@@ -45,7 +60,7 @@ def subject_tag(subjects: list[str]) -> str:
 
 def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
     """The scoring backend the config asks for."""
-    from medqwen.backends import HFBackend, OpenAIBackend, VLLMBackend
+    from medqwen.exams.backends import HFBackend, OpenAIBackend, VLLMBackend
 
     if cfg.backend == "hf":
         return HFBackend.from_pretrained(model, adapter, chat_template=cfg.chat_template, device=cfg.device,
@@ -88,8 +103,9 @@ def main(cfg: CevalConfig) -> dict:
     dirs = {"ceval": cfg.data_dir, "cmmlu": cfg.cmmlu_dir, "cmexam": cfg.cmexam_dir}
     predictions, timing = run_benchmark(backend, dirs, cfg.subjects, cfg.split, cfg.k_shot, cfg.limit,
                                         permute=cfg.permute_options, skip_missing=cfg.skip_missing,
-                                        skip_invalid=cfg.skip_invalid, style=cfg.prompt_style, scoring=cfg.scoring, cot=cfg.cot, chat=cfg.chat,
-                                        max_new_tokens=max_new_tokens, enable_thinking=cfg.enable_thinking)
+                                        skip_invalid=cfg.skip_invalid, style=cfg.prompt_style, scoring=cfg.scoring,
+                                        cot=cfg.cot, chat=cfg.chat, max_new_tokens=max_new_tokens,
+                                        enable_thinking=cfg.enable_thinking)
     write_predictions(predictions, out_dir / "predictions.jsonl")
     summary = summarize(predictions, cfg.n_bootstrap, cfg.seed)
     summary.update(model_type=cfg.model_type, model=model, adapter=adapter, split=cfg.split, k_shot=cfg.k_shot,

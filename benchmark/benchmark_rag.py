@@ -16,7 +16,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from medqwen.config import RagBenchConfig
+from medqwen.rag.config import RagBenchConfig
 from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.jsonl import write_jsonl
 from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection

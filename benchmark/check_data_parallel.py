@@ -2,7 +2,7 @@
 update of one process that takes the same global batch.
 
 Both runs train the same random model (same seed) on the same conversations with our trainer
-(medqwen.training.build_trainer). The single process accumulates `gradient_accumulation_steps x processes`
+(medqwen.train.sft.build_trainer). The single process accumulates `gradient_accumulation_steps x processes`
 micro-batches per step; each of the P processes accumulates `gradient_accumulation_steps`, and the Trainer deals
 them the same micro-batches between them. LoRA dropout is 0 in both (its masks depend on the process count).
 Compared: the loss logged at every step (the mean over the global batch) and the adapter's update after the last
@@ -24,7 +24,7 @@ exits 1 when a difference is above the tolerance.
 import sys
 from pathlib import Path
 
-from medqwen.config import DataParallelCheckConfig
+from medqwen.perf.config import DataParallelCheckConfig
 from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process, is_sharded, parallel_mode, run_launched
 
@@ -48,7 +48,7 @@ def run_role(ccfg: DataParallelCheckConfig, role: str) -> None:
 
     from medqwen.chat import load_tokenizer
     from medqwen.perf import benchmark_conversations, benchmark_model, benchmark_tokenizer_dir, variant_config
-    from medqwen.training import build_trainer
+    from medqwen.train.sft import build_trainer
 
     tok_dir = benchmark_tokenizer_dir(ccfg.tokenizer, ccfg.shape)
     tokenizer = load_tokenizer(tok_dir)

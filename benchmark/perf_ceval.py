@@ -3,7 +3,7 @@
     original  one question at a time: greedy generate, then extract the letter (how many C-Eval scripts work)
     plain     HFBackend loglik, length-sorted batches, A/B/C/D read at the last position of one forward pass
     reuse     each subject's shared five-shot head run once; its questions packed without padding into one row
-              per batch, attending to the head's KV cache (medqwen.packed_attention)
+              per batch, attending to the head's KV cache (medqwen.kernels.packed_attention)
 
     python benchmark/perf_ceval.py                 # GPU: random Qwen3-4B shape, 1,346 questions, Qwen3 tokenizer
     python benchmark/perf_ceval.py --tiny          # CPU smoke run (tiny model, bundled tokenizer, 24 questions)
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medqwen.backends import HFBackend, encode_pair
-from medqwen.ceval import Question, build_prompt, extract_answer, rotate
-from medqwen.config import PerfCevalConfig
+from medqwen.exams.backends import HFBackend, encode_pair
+from medqwen.exams.runner import Question, build_prompt, extract_answer, rotate
+from medqwen.perf.config import PerfCevalConfig
 from medqwen.configlib import REPO_ROOT, config_to_dict, format_config, parse_config, save_config
 from medqwen.exams import expand_subjects, get_exam, split_key
 from medqwen.exams.base import LETTERS

@@ -4,7 +4,7 @@ A randomly initialised model of a real shape (speed and memory do not depend on 
 rendered from the shipped conversations (everything before the last assistant reply, our chat template, the real
 tokenizer), greedy, --max_new_tokens each, as open-ended evaluation does. One process times, on one model:
 transformers' generate in the evaluation's batches (base, then with a random LoRA adapter, unmerged, as PEFT
-loads it); the decode engine (medqwen.decode.DecodeEngine: prompts sorted and batched, each decode step one CUDA
+loads it); the decode engine (medqwen.kernels.decode.DecodeEngine: prompts sorted and batched, each decode step one CUDA
 graph) at several batch sizes, base and with the adapter merged; and GRPO-shaped sampled rollouts (the adapter
 unmerged, as training keeps it). Each row reports tok/s, ms per decode step, the decode limit (every weight and
 the KV cache at the mean context read once per step, at the copy bandwidth measured in the same process) and the
@@ -26,7 +26,8 @@ import statistics
 import time
 from pathlib import Path
 
-from medqwen.config import LORA_TARGETS, PerfGenerateConfig
+from medqwen.perf.config import PerfGenerateConfig
+from medqwen.train.config import LORA_TARGETS
 from medqwen.configlib import REPO_ROOT, format_config, parse_config, save_config
 from medqwen.reporting import markdown_table, write_metrics
 
@@ -133,7 +134,7 @@ def main(cfg: PerfGenerateConfig) -> list[dict]:
     from transformers import GenerationConfig
 
     from medqwen.chat import load_tokenizer
-    from medqwen.decode import DecodeEngine, GraphSampler, merge_lora_for_decoding
+    from medqwen.kernels.decode import DecodeEngine, GraphSampler, merge_lora_for_decoding
     from medqwen.perf.data import benchmark_model, benchmark_tokenizer_dir
     from medqwen.perf.flops import memory_bandwidth_gbs
 

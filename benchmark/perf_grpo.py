@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from medqwen.config import GrpoConfig, PerfGrpoConfig
+from medqwen.perf.config import PerfGrpoConfig
+from medqwen.train.config import GrpoConfig
 from medqwen.configlib import REPO_ROOT, format_config, parse_config, resolve_config, save_config
 from medqwen.perf.isolate import print_result, run_variant
 from medqwen.reporting import markdown_table, write_metrics
@@ -50,12 +51,12 @@ def run_one(pcfg: PerfGrpoConfig, spec: str) -> dict:
     import torch
 
     from medqwen.chat import load_tokenizer
-    from medqwen.grpo import build_grpo_trainer, mcq_dataset
-    from medqwen.mcq import read_mcq_file
+    from medqwen.train.grpo import build_grpo_trainer, mcq_dataset
+    from medqwen.train.mcq import read_mcq_file
     from medqwen.perf import (benchmark_model, benchmark_tokenizer_dir, decode_bytes_per_step, forward_flops,
                               lora_train_flops, memory_bandwidth_gbs)
     from medqwen.perf.grpo import GrpoStepTimer
-    from medqwen.training import peak_memory_gb
+    from medqwen.train.common import peak_memory_gb
 
     cuda = torch.cuda.is_available()
     if cuda and pcfg.memory_cap_gib > 0:  # before anything is allocated: the cap holds for the whole run

@@ -1,4 +1,4 @@
-"""Training speed: time our trainer's real train step (medqwen.training.build_trainer) for named recipes.
+"""Training speed: time our trainer's real train step (medqwen.train.sft.build_trainer) for named recipes.
 
 A randomly initialised model of a real shape (speed and memory do not depend on weight values) trains LoRA on
 conversations of a realistic length distribution; every variant runs in its own process (an OOM ends only
@@ -34,7 +34,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from medqwen.config import PerfTrainConfig
+from medqwen.perf.config import PerfTrainConfig
 from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.distributed import is_main_process
 from medqwen.perf.isolate import print_result, run_variant
@@ -50,9 +50,10 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     from medqwen.perf import (benchmark_conversations, benchmark_model, benchmark_tokenizer_dir, length_summary,
                               lora_train_flops, merge_process_steps, step_fingerprint, time_trainer,
                               variant_config)
-    from medqwen.training import build_trainer, peak_memory_gb
+    from medqwen.train.common import peak_memory_gb
+    from medqwen.train.sft import build_trainer
 
-    from medqwen.fast_path import CUDA_ONLY
+    from medqwen.train.fast_path import CUDA_ONLY
 
     cuda = torch.cuda.is_available()
     processes = world_size()
@@ -68,7 +69,7 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     if pcfg.shape == "tiny":  # CPU smoke run: steps of 8 conversations (4 x 2) instead of 64 (8 x 8)
         base.update(per_device_train_batch_size=4, gradient_accumulation_steps=2)
     cfg = variant_config(spec, base)
-    from medqwen.fast_path import FAST_PATHS
+    from medqwen.train.fast_path import FAST_PATHS
 
     # The step's composition does not depend on kernels: without CUDA a variant runs without its CUDA-only parts
     # (a fast path's are already off after resolve_fast_path) and says so.

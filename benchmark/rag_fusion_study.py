@@ -67,7 +67,7 @@ def slug(name: str) -> str:
 
 def embed(args) -> None:
     """Embeddings of chunks and questions with the default embedding (the store's: prefixes, engine, precision)."""
-    from medqwen.config import RagConfig
+    from medqwen.rag.config import RagConfig
     from medqwen.rag import make_embedding
 
     embedding = make_embedding(RagConfig(embedding_device=args.device))
@@ -85,7 +85,7 @@ def embed(args) -> None:
 def corpus_results(folder: Path, k: int = 5) -> tuple[dict, dict]:
     """R@5 per kind of bm25, dense, every fixed setting and every adaptive (threshold, share) on one corpus; and
     the corpus's BM25 reference confidence with the share of questions adaptive fusion found BM25 sure of."""
-    from medqwen.config import RagConfig
+    from medqwen.rag.config import RagConfig
     from medqwen.rag.retrieval import (Bm25Index, adaptive_choice, bm25_confidence, bm25_tokens, fuse_scores,
                                        lexical_query, recall_mrr, reference_confidence, top_rows)
 
@@ -153,7 +153,7 @@ def choose(per_corpus: dict, corpora: list[str], names: list[str]) -> str:
 
 
 def study(args) -> None:
-    from medqwen.config import RagConfig
+    from medqwen.rag.config import RagConfig
     from medqwen.reporting import markdown_table, write_metrics
 
     cfg = RagConfig()

@@ -13,10 +13,10 @@ Writes <output> and prints a table of questions per subject and answer letter.
 
 from collections import Counter
 
-from medqwen.config import McqConvertConfig
+from medqwen.train.config import McqConvertConfig
 from medqwen.configlib import UserError, parse_config, run_main
 from medqwen.exams.base import ExamDataError
-from medqwen.mcq import McqDataError, read_mcq_file, write_mcq_jsonl
+from medqwen.train.mcq import McqDataError, read_mcq_file, write_mcq_jsonl
 from medqwen.reporting import markdown_table
 
 

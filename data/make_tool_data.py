@@ -17,11 +17,11 @@ OpenAI message shape the agent sends to vLLM, so training renders exactly the pr
 from collections import Counter
 from pathlib import Path
 
-from medqwen.config import ToolDataConfig
+from medqwen.agent.config import ToolDataConfig
 from medqwen.configlib import format_config, parse_config, save_config
 from medqwen.reporting import markdown_table
 from medqwen.jsonl import write_jsonl
-from medqwen.tool_data import make_heldout_arithmetic, make_tool_conversations
+from medqwen.agent.tool_data import make_heldout_arithmetic, make_tool_conversations
 
 
 def main(cfg: ToolDataConfig) -> dict:

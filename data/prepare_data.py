@@ -16,7 +16,7 @@ Writes the output JSONL and, beside it, <stem>.stats.json (counts in/out/dropped
 length percentiles), <stem>.length_hist.png and <stem>.config.yaml; prints a Markdown summary.
 """
 
-from medqwen.config import DataConfig
+from medqwen.data_config import DataConfig
 from medqwen.configlib import UserError, parse_config, run_main
 from medqwen.data import DataError, prepare
 

@@ -5,10 +5,10 @@
     python eval/eval_base.py --judge_base_url http://localhost:8002/v1 --judge_model qwen-judge
     python eval/eval_base.py --compare out/eval/base out/eval/lora out/eval/grpo   # side by side
 
-One entry point for the three (medqwen.evaluation.cli); this one defaults to --model_type base.
+One entry point for the three (medqwen.evaluate.run.cli); this one defaults to --model_type base.
 """
 
-from medqwen.evaluation import cli
+from medqwen.evaluate.run import cli
 
 if __name__ == "__main__":
     cli("base")

@@ -5,10 +5,10 @@
     python eval/eval_grpo.py --compare out/eval/base out/eval/lora out/eval/grpo
 
 The held-out questions default to the SFT run's validation split, so all three evaluations answer the same ones.
-One entry point for the three (medqwen.evaluation.cli); this one defaults to --model_type grpo.
+One entry point for the three (medqwen.evaluate.run.cli); this one defaults to --model_type grpo.
 """
 
-from medqwen.evaluation import cli
+from medqwen.evaluate.run import cli
 
 if __name__ == "__main__":
     cli("grpo")

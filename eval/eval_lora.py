@@ -5,10 +5,10 @@
     python eval/eval_lora.py --backend openai --served_model lora-adapter   # answers from `bash agent/serve_vllm.sh`
     python eval/eval_lora.py --compare out/eval/base out/eval/lora         # side by side
 
-One entry point for the three (medqwen.evaluation.cli); this one defaults to --model_type lora.
+One entry point for the three (medqwen.evaluate.run.cli); this one defaults to --model_type lora.
 """
 
-from medqwen.evaluation import cli
+from medqwen.evaluate.run import cli
 
 if __name__ == "__main__":
     cli("lora")

@@ -9,17 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medqwen.configlib import DEFAULT_TEMPLATE, REPO_ROOT
-from medqwen.modeling import check_model_dir
+from medqwen.configlib import DEFAULT_TEMPLATE, repo_path
 
 Message = dict[str, Any]
 
 
 def template_path(path: str | Path = DEFAULT_TEMPLATE) -> Path:
     """Resolve a template path relative to the working directory, then to the repository root."""
-    path = Path(path)
-    if not path.is_absolute() and not path.is_file():
-        path = REPO_ROOT / path
+    path = repo_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"chat template {path} not found (the repository ships {DEFAULT_TEMPLATE})")
     return path
@@ -34,7 +31,6 @@ def load_tokenizer(model_path: str | Path, chat_template: str | Path | None = DE
     """AutoTokenizer for a model folder with our chat template installed and a pad token set."""
     from transformers import AutoTokenizer
 
-    check_model_dir(model_path)
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     if chat_template is not None:
         tokenizer.chat_template = load_chat_template(chat_template)

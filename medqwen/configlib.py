@@ -1,7 +1,7 @@
 """The config machinery every stage uses: dataclass defaults < environment (.env too) < --config YAML < CLI flags.
 
-A stage config (medqwen/config.py) is a dataclass whose fields are made with `_f`: the field's metadata carries its
-`help` (with units), the environment variable(s) that may set it (`env`: the first one set wins), whether it is a
+A stage config (in its area's config.py, e.g. medqwen/train/config.py, built from the shared field groups at the
+end of this file) is a dataclass whose fields are made with `_f`: the field's metadata carries its `help` (with units), the environment variable(s) that may set it (`env`: the first one set wins), whether it is a
 secret (`secret`: read at call time, never saved), its `choices`, its range (`at_least`/`above`/`at_most`/`below`)
 and older names still accepted on the command line and in YAML (`aliases`).
 
@@ -21,16 +21,25 @@ import os
 import sys
 import types
 import typing
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
-from medqwen.http import strip_userinfo
+from medqwen.safe_http import strip_userinfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"
+
+
+def repo_path(path: str | Path) -> Path:
+    """A path as given when it exists (or is absolute), else the same relative path under the repository root: the
+    shipped files (template, rubric, samples) are found whichever folder a script runs from."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists() or not (REPO_ROOT / path).exists():
+        return path
+    return REPO_ROOT / path
 
 C = TypeVar("C")
 
@@ -359,3 +368,68 @@ def load_saved_config(path: str | os.PathLike) -> dict[str, Any]:
 def format_config(cfg: Any) -> str:
     """The resolved config, one `field: value` per line, for printing at start."""
     return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(cfg).items())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared field groups: each field defined once; a stage that needs another default uses `like`.
+
+MODEL_ALIASES = ["model_name_or_path", "base_model", "local_model"]
+
+
+@dataclass
+class ModelFields:
+    """A model folder and the chat template that renders its conversations."""
+
+    model: str = _f("model/qwen", "Base or merged model folder (HF format) or hub id.", aliases=MODEL_ALIASES)
+    chat_template: str = _f(DEFAULT_TEMPLATE, "Jinja chat template file used to render conversations.")
+
+
+@dataclass
+class ModelChoiceFields(ModelFields):
+    """Which weights to load (medqwen/runs.py resolves them): a model folder, a run's adapter on its base, or a
+    default run folder by type."""
+
+    model: str | None = like(ModelFields, "model", None, help="Base or merged model folder (HF format) or hub id "
+                                                              "(None: model/qwen, or with --adapter the base named "
+                                                              "in the run's config.yaml).")
+    adapter: str | None = _f(None, "LoRA/GRPO run folder (a trainer output_dir) applied on the base model (None: "
+                                   "none, or the default folder of --model_type).")
+    model_type: str | None = _f(None, "Shorthand for the default folders: base (model/qwen), lora "
+                                      "(out/qwen3-4b-lora-medical), grpo (out/qwen3-4b-grpo-medical), merged "
+                                      "(out/qwen3-4b-lora-medical-merged) (None: lora with --adapter, else base).",
+                                choices=["base", "lora", "grpo", "merged"])
+
+
+@dataclass
+class ThinkingFields:
+    enable_thinking: bool | None = _f(None, "Hybrid Qwen3 models only: false appends an empty think block.")
+
+
+@dataclass
+class DeviceFields:
+    device: str | None = _f(None, "torch device (None: cuda if available, else cpu).")
+    dtype: str | None = _f(None, "torch dtype (None: bfloat16 on cuda, float32 on cpu).")
+
+
+@dataclass
+class SamplingFields:
+    temperature: float = _f(0.7, "Sampling temperature; 0 means greedy decoding.", at_least=0)
+    top_p: float = _f(0.8, "Nucleus sampling probability mass.", above=0, at_most=1)
+
+
+@dataclass
+class ServerFields:
+    """An OpenAI-compatible server (the vLLM one agent/serve_vllm.sh starts)."""
+
+    base_url: str = _f("http://localhost:8001/v1", "OpenAI-compatible server URL.", env="VLLM_BASE_URL")
+    served_model: str = _f("lora-adapter", "Model name on that server (the LoRA adapter's name on our vLLM server).",
+                           env="MODEL_NAME")
+    api_key: str | None = _f(None, "Server API key (vLLM needs one only when started with --api-key).",
+                             env=["VLLM_API_KEY", "OPENAI_API_KEY"], secret=True)
+    timeout_s: float = _f(120.0, "Timeout of one model request (seconds).", above=0)
+
+
+@dataclass
+class RunFields:
+    output_dir: str = _f("out/run", "Run folder: config.yaml, metrics.json and the stage's outputs.")
+    seed: int = _f(42, "Random seed.")

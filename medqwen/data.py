@@ -36,8 +36,8 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import escape_control_tokens, find_control_token, load_tokenizer, render
-from medqwen.config import DataConfig
-from medqwen.configlib import REPO_ROOT, config_to_dict, format_config
+from medqwen.data_config import DataConfig
+from medqwen.configlib import UserError, REPO_ROOT, config_to_dict, format_config
 from medqwen.reporting import markdown_table, pyplot, run_meta, save_figure
 
 # Held-out identity probes (5 English, 5 Chinese). None occurs in data/lora_identity.jsonl (a test checks),
@@ -81,7 +81,7 @@ class RecordError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input, located: the message reads `path:line: what is wrong`."""
 
     def __init__(self, path: str | Path, line: int, reason: str, detail: str):

@@ -1,36 +1,9 @@
-"""Load models the same way everywhere: local folder (or hub id), optional LoRA adapter, right device/dtype."""
+"""Load models the same way everywhere: local folder (or hub id), optional LoRA adapter, right device/dtype; random
+Qwen3 models of real shapes for tests and benchmarks. Which folder to load is medqwen.runs' question."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-QWEN_DOWNLOAD_HINT = (
-    "Download the base model first, e.g.\n"
-    "  huggingface-cli download Qwen/Qwen3-4B-Instruct-2507 --local-dir model/qwen\n"
-    "or point the model flag (--model) at the bundled demo model\n"
-    "  model/smollm2-135m-instruct (created by `make setup`)."
-)
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model folder that does not exist or holds no model."""
-
-
-def looks_like_hub_id(path: str | Path) -> bool:
-    """`org/name` that is not an existing path: let transformers resolve it from the hub (users with access)."""
-    text = str(path)
-    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "model/", "out/"))
-
-
-def check_model_dir(path: str | Path) -> None:
-    """Raise a clear error when a local model folder is missing or empty."""
-    if looks_like_hub_id(path):
-        return
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ModelNotFoundError(f"model folder '{folder}' does not exist.\n{QWEN_DOWNLOAD_HINT}")
-    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
-        raise ModelNotFoundError(f"'{folder}' holds no config.json: not a model folder.\n{QWEN_DOWNLOAD_HINT}")
 
 
 def pick_device_dtype(device: str | None = None, dtype: str | None = None):
@@ -45,16 +18,16 @@ def pick_device_dtype(device: str | None = None, dtype: str | None = None):
 
 def load_model(path: str | Path, adapter: str | Path | None = None, device: str | None = None,
                dtype: str | None = None, merge: bool = False):
-    """A causal LM in eval mode, with a PEFT adapter applied (and optionally merged) when given."""
+    """A causal LM in eval mode, with a PEFT adapter applied (and optionally merged) when given.
+
+    The folders are checked once, where the model choice is resolved (medqwen.runs.resolve_model)."""
     from transformers import AutoModelForCausalLM
 
-    check_model_dir(path)
     torch_device, torch_dtype = pick_device_dtype(device, dtype)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     if adapter:
         from peft import PeftModel
 
-        check_model_dir(adapter)
         model = PeftModel.from_pretrained(model, str(adapter))
         if merge:
             model = model.merge_and_unload()

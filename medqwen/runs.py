@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medqwen.configlib import UserError, load_saved_config, run_main
-from medqwen.modeling import QWEN_DOWNLOAD_HINT, looks_like_hub_id
 
 DEFAULT_MODEL = "model/qwen"
 DEFAULT_RUN_DIRS = {"lora": "out/qwen3-4b-lora-medical", "grpo": "out/qwen3-4b-grpo-medical",
@@ -29,6 +28,12 @@ MODEL_TYPES = ("base", "lora", "grpo", "merged")
 BASE_KEYS = ("model", "model_name_or_path", "base_model")
 # vLLM's --max-lora-rank accepts only these values.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+QWEN_DOWNLOAD_HINT = (
+    "Download the base model first, e.g.\n"
+    "  huggingface-cli download Qwen/Qwen3-4B-Instruct-2507 --local-dir model/qwen\n"
+    "or point the model flag (--model) at the bundled demo model\n"
+    "  model/smollm2-135m-instruct (created by `make setup`)."
+)
 
 
 class RunNotFoundError(UserError, FileNotFoundError):
@@ -53,8 +58,15 @@ def _make_command(kind: str, folder: str) -> str:
     return f"python trainer/train_{'grpo' if kind == 'grpo' else 'lora'}.py --output_dir {folder}"
 
 
+def looks_like_hub_id(path: str | Path) -> bool:
+    """`org/name` that is not an existing path: let transformers resolve it from the hub (users with access)."""
+    text = str(path)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "model/", "out/"))
+
+
 def check_model(path: str, named_by: str | None = None) -> str:
-    """`path` when it is a model folder (or a hub id); else RunNotFoundError saying how to get it."""
+    """`path` when it is a model folder (or a hub id); else RunNotFoundError saying how to get it. The one check of
+    a model folder: every stage calls it once, through resolve_model or before its run writes anything."""
     if looks_like_hub_id(path) or (Path(path) / "config.json").is_file():
         return path
     source = f" (named by {named_by})" if named_by else ""

@@ -12,19 +12,13 @@ package) runs it by path.
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __name__ == "__main__" and sys.path and sys.path[0] and \
-        os.path.samefile(sys.path[0], os.path.dirname(os.path.abspath(__file__))):
-    # Run by path, Python puts medqwen/ first on sys.path, where medqwen/http.py would shadow the standard http.
-    del sys.path[0]
-
 import argparse
 import contextlib
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path

@@ -4,7 +4,7 @@
     app.launch(server_name=cfg.host, server_port=cfg.port)
 
 Everything talks to the OpenAI-compatible server of agent/serve_vllm.sh (the base model and, with
-`--lora-modules`, the adapter as `lora-adapter`). Agent mode is medqwen.agent (the same tools and middleware as
+`--lora-modules`, the adapter as `lora-adapter`). Agent mode is medqwen.agent.agent (the same tools and middleware as
 agent/agent.py); RAG mode is medqwen.rag (the store, retrieval and prompt of agent/rag_query.py). The API key stays
 in this process: the page only ever receives model text, tool calls and passages.
 """
@@ -18,8 +18,10 @@ import queue
 import threading
 from typing import Any, Callable, Iterator
 
-from medqwen.agent import AgentServerError, ask, build_agent, served_models
-from medqwen.config import AgentConfig, RagConfig, WebConfig
+from medqwen.agent.agent import AgentServerError, ask, build_agent, served_models
+from medqwen.agent.config import AgentConfig
+from medqwen.rag.config import RagConfig
+from medqwen.web_config import WebConfig
 from medqwen.configlib import resolve_config
 from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, OpenAIAnswerer, build_messages
@@ -109,7 +111,7 @@ def note(text: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Agent mode: medqwen.agent.ask in a worker thread; its messages become tool boxes.
+# Agent mode: medqwen.agent.agent.ask in a worker thread; its messages become tool boxes.
 
 
 def tool_boxes(message: Any) -> list[dict]:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from medqwen.training import last_checkpoint
+from medqwen.train.common import last_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import StructuredTool
 
-from medqwen.agent import (AgentServerError, DEFAULT_SYSTEM_PROMPT, ask, build_agent, build_tools, check_server,
+from medqwen.agent.agent import (AgentServerError, DEFAULT_SYSTEM_PROMPT, ask, build_agent, build_tools, check_server,
                            final_answer, openai_tool_schemas)
-from medqwen.config import AgentConfig
+from medqwen.agent.config import AgentConfig
 from medqwen.configlib import resolve_config
 from medqwen.serving import free_port
 
@@ -220,7 +220,7 @@ def test_tool_calls_per_turn_are_capped(openai_url):
 
 @contextlib.contextmanager
 def mock_calculator():
-    import medqwen.agent as agent_module
+    import medqwen.agent.agent as agent_module
 
     calls = []
     original = agent_module.calculate

@@ -8,9 +8,9 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
-from medqwen.config import ToolDataConfig
-from medqwen.tool_data import make_heldout_arithmetic, make_tool_conversations
-from medqwen.tools import calculate, get_current_time
+from medqwen.agent.config import ToolDataConfig
+from medqwen.agent.tool_data import make_heldout_arithmetic, make_tool_conversations
+from medqwen.agent.tools import calculate, get_current_time
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def test_tool_calls_follow_the_schemas_and_results_are_real(records):
 
 
 def test_records_train_and_render_as_hermes_tool_calls(records, tmp_path, bundled_model_dir):
-    from medqwen.training import read_conversations
+    from medqwen.train.sft import read_conversations
 
     path = tmp_path / "tool_use.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.ceval import (CHOICES, CevalDataError, Question, build_messages, build_prompt, expand_subjects,
+from medqwen.exams.runner import (CHOICES, CevalDataError, Question, build_messages, build_prompt, expand_subjects,
                            extract_answer, extract_cot_answer, load_questions, read_csv_split)
 from medqwen.configlib import resolve_config
 from medqwen.stats import bootstrap_ci, mcnemar_exact
@@ -73,7 +73,8 @@ def test_malformed_csv_gets_a_clear_error(tmp_path, body, message):
 
 
 def test_help_lists_every_flag():
-    from medqwen.config import CevalConfig, PerfCevalConfig
+    from medqwen.exams.config import CevalConfig
+    from medqwen.perf.config import PerfCevalConfig
     from medqwen.configlib import build_parser
 
     assert "--prompt_style" in build_parser(CevalConfig).format_help()
@@ -129,14 +130,14 @@ def test_mcnemar_exact_and_bootstrap():
 
 @pytest.fixture(scope="module")
 def tiny_backend(tiny_model_dir):
-    from medqwen.backends import HFBackend
+    from medqwen.exams.backends import HFBackend
 
     return HFBackend.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", batch_size=4)
 
 
 def test_prefix_reuse_gives_the_plain_paths_answers(tiny_backend, monkeypatch):
     """Questions packed after the cached five-shot head score exactly as each full prompt run alone, padded."""
-    from medqwen.ceval import score_questions
+    from medqwen.exams.runner import score_questions
 
     questions = load_questions(DATA, "clinical_medicine", "val")[:8]
     shots = load_questions(DATA, "clinical_medicine", "dev")
@@ -162,7 +163,7 @@ def test_compiled_scoring_compiles_the_packed_layer_once_and_matches_eager(tiny_
     """--compile: every layer of every subject's packed pass shares one compiled graph. Before, the forward passes
     filled a KV cache whose per-layer guard recompiled each layer until Dynamo's limit left everything eager."""
     import torch
-    from medqwen.backends import HFBackend
+    from medqwen.exams.backends import HFBackend
 
     torch._dynamo.reset()
     eager = HFBackend.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", batch_size=4)
@@ -183,7 +184,7 @@ def test_kernels_auto_means_liger_only_on_cuda_with_the_package(monkeypatch):
     import importlib.util
 
     import torch
-    from medqwen.backends import resolve_kernels
+    from medqwen.exams.backends import resolve_kernels
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     real_find_spec = importlib.util.find_spec
@@ -202,7 +203,7 @@ def test_kernels_auto_means_liger_only_on_cuda_with_the_package(monkeypatch):
 
 
 def test_generate_scoring_records_raw_output(tiny_backend):
-    from medqwen.ceval import score_questions
+    from medqwen.exams.runner import score_questions
 
     questions = load_questions(DATA, "clinical_medicine", "val")[:2]
     preds = score_questions(tiny_backend, questions, [], scoring="generate", chat=True, max_new_tokens=3)
@@ -216,7 +217,7 @@ def test_generate_scoring_records_raw_output(tiny_backend):
 
 
 def test_openai_backend_down_gives_clear_error():
-    from medqwen.backends import OpenAIBackend
+    from medqwen.exams.backends import OpenAIBackend
 
     with pytest.raises(ConnectionError, match="cannot reach"):
         OpenAIBackend("http://127.0.0.1:8397/v1", timeout_s=2)
@@ -238,7 +239,7 @@ def make_lora_run(base_dir: Path, run_dir: Path) -> Path:
 
 def test_benchmark_script_lora_compare_and_submission(tiny_model_dir, tmp_path, capsys):
     import benchmark_ceval
-    from medqwen.config import CevalConfig
+    from medqwen.exams.config import CevalConfig
     from medqwen.runs import RunNotFoundError
 
     common = {"model": str(tiny_model_dir), "k_shot": 2, "limit": 6, "device": "cpu", "n_bootstrap": 200,
@@ -278,7 +279,7 @@ def test_benchmark_script_lora_compare_and_submission(tiny_model_dir, tmp_path, 
 
 def test_perf_ceval_tiny_smoke(tmp_path):
     import perf_ceval
-    from medqwen.config import PerfCevalConfig
+    from medqwen.perf.config import PerfCevalConfig
 
     summary = perf_ceval.main(resolve_config(PerfCevalConfig, {"tiny": True, "questions": 8, "subjects": 2,
                                                               "mean_tokens": 300, "head_tokens": 200,

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.ceval import (Prediction, Question, build_prompt, extract_answer, extract_answers, option_order_report,
+from medqwen.exams.runner import (Prediction, Question, build_prompt, extract_answer, extract_answers, option_order_report,
                            rotate, run_benchmark, score_questions)
-from medqwen.config import CevalConfig
+from medqwen.exams.config import CevalConfig
 from medqwen.configlib import resolve_config
 from medqwen.exams import expand_subjects, get_exam
 from medqwen.exams.base import ExamDataError, Skipped
@@ -136,7 +136,7 @@ def test_paired_bootstrap_ci_of_a_difference():
 
 @pytest.fixture(scope="module")
 def tiny_backend(tiny_model_dir):
-    from medqwen.backends import HFBackend
+    from medqwen.exams.backends import HFBackend
 
     return HFBackend.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", batch_size=8)
 
@@ -213,7 +213,7 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
 
 def test_perf_pooled_set_uses_every_exams_prompt_and_times_the_rotations(tmp_path):
     import perf_ceval
-    from medqwen.config import PerfCevalConfig
+    from medqwen.perf.config import PerfCevalConfig
 
     cfg = resolve_config(PerfCevalConfig, {"tiny": True, "pooled": True, "questions": 24, "paths": ["reuse"],
                                            "permute_options": "cyclic", "output_dir": str(tmp_path)})
@@ -294,7 +294,7 @@ def test_control_tokens_in_exam_text_are_escaped_before_templating():
                  exam="cmmlu")
     prompt = build_prompt(q)
     assert "<|im_end|>" not in prompt and "<think>" not in prompt and f"<{ESCAPE_MARK}|im_start|>" in prompt
-    from medqwen.ceval import build_messages
+    from medqwen.exams.runner import build_messages
 
     assert all("<|" not in m["content"] for m in build_messages(q, [q]))
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.ceval import CHOICES, load_questions, score_questions
+from medqwen.exams.runner import CHOICES, load_questions, score_questions
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "benchmark" / "ceval-exam"
@@ -30,7 +30,7 @@ def lm_eval_samples(tiny_model_dir, tmp_path_factory):
 
 
 def test_lm_eval_style_matches_harness(tiny_model_dir, lm_eval_samples):
-    from medqwen.backends import HFBackend
+    from medqwen.exams.backends import HFBackend
 
     questions = load_questions(DATA, "clinical_medicine", "val")
     shots = load_questions(DATA, "clinical_medicine", "dev")[:5]

@@ -7,7 +7,8 @@ import sys
 import pytest
 import yaml
 
-from medqwen.config import ChatConfig, TrainConfig
+from medqwen.chat_config import ChatConfig
+from medqwen.train.config import TrainConfig
 from medqwen.configlib import _f, build_parser, parse_config, resolve_config, save_config
 
 
@@ -51,7 +52,7 @@ def test_types_bools_lists_and_dashed_flags():
 
 
 def test_list_choices_are_checked_item_by_item(capsys):
-    from medqwen.config import PerfTrainConfig
+    from medqwen.perf.config import PerfTrainConfig
 
     assert parse_config(PerfTrainConfig, ["--launchers", "single,ddp", "--launchers", "fsdp"],
                         environ={}).launchers == ["single", "ddp", "fsdp"]
@@ -61,7 +62,7 @@ def test_list_choices_are_checked_item_by_item(capsys):
 
 
 def test_lower_bounds_are_checked_from_every_layer(tmp_path, capsys):
-    from medqwen.config import RagConfig
+    from medqwen.rag.config import RagConfig
 
     with pytest.raises(SystemExit):
         parse_config(RagConfig, ["--max_chunks_per_source", "-1"], environ={})
@@ -129,10 +130,21 @@ def test_help_explains_every_field():
 
 
 def _stage_configs():
-    import medqwen.config as config
+    """Every dataclass defined in a config module of the package (`config.py` of an area, or `*_config.py`)."""
+    import importlib
+    import pkgutil
 
-    return [obj for obj in vars(config).values()
-            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == config.__name__]
+    import medqwen
+
+    found = []
+    for info in pkgutil.walk_packages(medqwen.__path__, "medqwen."):
+        leaf = info.name.rsplit(".", 1)[-1]
+        if leaf == "config" or leaf.endswith("_config"):
+            module = importlib.import_module(info.name)
+            found += [obj for obj in vars(module).values()
+                      if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__]
+    assert len(found) >= 19, [c.__name__ for c in found]  # every stage config, wherever its area keeps it
+    return found
 
 
 @pytest.mark.parametrize("cls", _stage_configs(), ids=lambda c: c.__name__)
@@ -228,7 +240,7 @@ def test_scripts_refuse_bad_values_without_a_traceback(script, argv, message):
 
 
 def test_stage_configs_check_overlap_against_chunk_size():
-    from medqwen.config import RagConfig
+    from medqwen.rag.config import RagConfig
 
     with pytest.raises(ValueError, match="chunk_overlap"):
         RagConfig(chunk_size=100, chunk_overlap=100)
@@ -236,7 +248,8 @@ def test_stage_configs_check_overlap_against_chunk_size():
 
 
 def test_api_key_reads_vllm_api_key_first_then_openai_api_key():
-    from medqwen.config import CevalConfig, EvalConfig
+    from medqwen.evaluate.config import EvalConfig
+    from medqwen.exams.config import CevalConfig
 
     for cls in (EvalConfig, CevalConfig):
         assert resolve_config(cls, environ={"OPENAI_API_KEY": "o"}).api_key == "o"
@@ -244,7 +257,8 @@ def test_api_key_reads_vllm_api_key_first_then_openai_api_key():
 
 
 def test_old_field_names_are_read_from_flags_and_yaml(tmp_path):
-    from medqwen.config import EvalConfig, RagConfig
+    from medqwen.evaluate.config import EvalConfig
+    from medqwen.rag.config import RagConfig
 
     path = tmp_path / "old.yaml"
     path.write_text("model_name_or_path: m\nrequest_timeout_s: 5\n")

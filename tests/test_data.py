@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqwen.config import DataConfig
+from medqwen.data_config import DataConfig
 from medqwen.configlib import REPO_ROOT
 from medqwen.data import IDENTITY_PROBES, DataError, convert_record, detect_format, iter_records, prepare
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from medqwen.decode import STOP_CHECK_EVERY, GraphSampler
+from medqwen.kernels.decode import STOP_CHECK_EVERY, GraphSampler
 
 
 def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +126,7 @@ def test_engine_greedy_tokens_equal_generate(tiny_model_dir, adapter_dir, with_a
     an adapter, generate runs PEFT's unmerged layers and the engine the merged weights."""
     from peft import PeftModel
 
-    from medqwen.decode import DecodeEngine
+    from medqwen.kernels.decode import DecodeEngine
 
     model = lively(tiny_model_dir)
     if with_adapter:
@@ -146,7 +146,7 @@ def test_engine_greedy_tokens_equal_generate(tiny_model_dir, adapter_dir, with_a
 
 
 def test_engine_batches_by_tokens_longest_first():
-    from medqwen.decode import DecodeEngine
+    from medqwen.kernels.decode import DecodeEngine
 
     engine = DecodeEngine.__new__(DecodeEngine)
     engine.max_batch_tokens, engine.max_rows, engine.max_extra_pad = 1000, 4, 50
@@ -173,7 +173,7 @@ class Collect:
 
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_engine_streams_what_generate_streams(tiny_model_dir, do_sample):
-    from medqwen.decode import DecodeEngine
+    from medqwen.kernels.decode import DecodeEngine
 
     tiny = lively(tiny_model_dir)
     config = greedy_config(tiny, max_new_tokens=30)
@@ -191,7 +191,7 @@ def test_engine_streams_what_generate_streams(tiny_model_dir, do_sample):
 
 
 def test_one_prompt_generator_keeps_generate_on_cpu(tiny_model_dir, capsys):
-    from medqwen.decode import OnePromptGenerator
+    from medqwen.kernels.decode import OnePromptGenerator
 
     tiny = lively(tiny_model_dir)
     config = greedy_config(tiny)
@@ -204,7 +204,7 @@ def test_one_prompt_generator_keeps_generate_on_cpu(tiny_model_dir, capsys):
 
 
 def test_hf_backend_generates_the_same_text_on_the_engine(tiny_model_dir, capsys):
-    from medqwen.backends import HFBackend
+    from medqwen.exams.backends import HFBackend
     from medqwen.chat import load_tokenizer
 
     model = lively(tiny_model_dir)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqwen.config import EvalConfig
+from medqwen.evaluate.config import EvalConfig
 from medqwen.configlib import UserError, spread_values
-from medqwen.eval_metrics import corpus_bleu, names_assistant, rouge_l, sentence_bleu, zh_tokens
-from medqwen.evaluation import EvalDataError, cli, load_heldout, run_eval
+from medqwen.evaluate.metrics import corpus_bleu, names_assistant, rouge_l, sentence_bleu, zh_tokens
+from medqwen.evaluate.run import EvalDataError, cli, load_heldout, run_eval
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def test_compare_flag_takes_several_folders():
 
 
 def test_heldout_uses_the_trainers_saved_split_else_the_same_seeded_split(tmp_path):
-    from medqwen.training import split_conversations
+    from medqwen.train.sft import split_conversations
 
     def messages(rows):  # the trainer's reader returns records {"conversations": [...], "tools"?: [...]}
         return [r["conversations"] if isinstance(r, dict) else r for r in rows]
@@ -125,7 +125,7 @@ def test_reference_loss_counts_assistant_tokens_only_and_ignores_padding(tiny):
     import torch
 
     from medqwen.chat import encode_with_assistant_mask
-    from medqwen.evaluation import reference_loss
+    from medqwen.evaluate.run import reference_loss
 
     model, tokenizer = tiny
     convs = [CONVERSATIONS[0], CONVERSATIONS[-1], CONVERSATIONS[5]]
@@ -140,7 +140,7 @@ def test_reference_loss_counts_assistant_tokens_only_and_ignores_padding(tiny):
 
 
 def test_batched_greedy_generation_equals_one_at_a_time(tiny):
-    from medqwen.evaluation import generate_hf
+    from medqwen.evaluate.run import generate_hf
     from medqwen.modeling import random_qwen3
 
     _, tokenizer = tiny
@@ -215,7 +215,7 @@ def test_base_and_lora_end_to_end_then_compare(tiny_model_dir, tmp_path, capsys,
 
 
 def test_script_errors_name_what_is_missing(tiny_model_dir, tmp_path):
-    from medqwen.evaluation import main
+    from medqwen.evaluate.run import main
 
     cases = [
         (EvalConfig(model=str(tmp_path / "no-model"), split_run=None), "no-model' does not exist"),

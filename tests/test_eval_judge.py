@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from medqwen.judge import (CRITERIA, EndpointUnavailableError, JudgeParseError, make_judge, parse_judge_reply,
+from medqwen.evaluate.judge import (CRITERIA, EndpointUnavailableError, JudgeParseError, make_judge, parse_judge_reply,
                            summarize_judgements)
 
 PORTS = range(8400, 8500)
@@ -154,9 +154,9 @@ def test_judge_endpoint_down_is_a_clear_error_naming_the_url():
 
 def test_eval_run_with_judge_end_to_end(server, tiny_model_dir, tmp_path, monkeypatch):
     """The judge's verdicts land in predictions.jsonl and metrics.json; its key never lands on disk."""
-    from medqwen.config import EvalConfig
+    from medqwen.evaluate.config import EvalConfig
     from medqwen.configlib import UserError
-    from medqwen.evaluation import main, run_eval
+    from medqwen.evaluate.run import main, run_eval
     from tests.test_eval import CONVERSATIONS, write_jsonl
 
     monkeypatch.setenv("JUDGE_API_KEY", "sk-test-secret")
@@ -182,10 +182,10 @@ def test_eval_run_with_judge_end_to_end(server, tiny_model_dir, tmp_path, monkey
 
 def test_answers_from_an_openai_compatible_server(server, tmp_path):
     """--backend openai: answers come from chat completions (here: the question echoed); no model is loaded."""
-    from medqwen.config import EvalConfig
+    from medqwen.evaluate.config import EvalConfig
     from medqwen.data import IDENTITY_PROBES
-    from medqwen.eval_metrics import rouge_l
-    from medqwen.evaluation import run_eval
+    from medqwen.evaluate.metrics import rouge_l
+    from medqwen.evaluate.run import run_eval
     from tests.test_eval import CONVERSATIONS, write_jsonl
 
     data = write_jsonl(tmp_path / "d.jsonl", CONVERSATIONS)

@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from medqwen.config import TrainConfig
-from medqwen.fast_lora import LoraLinearFunction, _fused_lora_forward, decoder_layers, fuse_lora, set_recompute_layers
-from medqwen.packed_attention import VARLEN, register_attention
+from medqwen.train.config import TrainConfig
+from medqwen.kernels.fused_lora import LoraLinearFunction, _fused_lora_forward, decoder_layers, fuse_lora, set_recompute_layers
+from medqwen.kernels.packed_attention import VARLEN, register_attention
 from medqwen.modeling import random_qwen3
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -172,7 +172,7 @@ def conversations(n: int):
 def train_adapter(tiny_model_dir, tmp_path, **overrides):
     from datasets import Dataset
 
-    from medqwen.training import build_trainer
+    from medqwen.train.sft import build_trainer
 
     settings = dict(model=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=3,
                     per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3,
@@ -208,7 +208,7 @@ def test_activation_memory_budget_reaches_the_compiler(tiny_model_dir, tmp_path)
     import torch._functorch.config as functorch_config
     from datasets import Dataset
 
-    from medqwen.training import build_trainer
+    from medqwen.train.sft import build_trainer
 
     cfg = TrainConfig(model=str(tiny_model_dir), output_dir=str(tmp_path), report_to="none",
                       eval_ratio=0.0, compile_layers=True, activation_memory_budget=0.3)
@@ -266,8 +266,8 @@ def run_recipe(tiny_model_dir, tmp_path, data, **overrides):
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from medqwen.fast_path import resolve_fast_path
-    from medqwen.training import build_trainer
+    from medqwen.train.fast_path import resolve_fast_path
+    from medqwen.train.sft import build_trainer
 
     settings = dict(model=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=3,
                     per_device_train_batch_size=4, gradient_accumulation_steps=3, learning_rate=1e-3,
@@ -302,7 +302,7 @@ def test_fast_path_keeps_the_recipe_on_spread_lengths(tiny_model_dir, tmp_path):
     loss (normalised over the step's assistant tokens) and the same adapter after 3 steps (fp32; tolerance
     rel 1e-4 on the logged losses, which are rounded to 4 digits, and rtol 1e-3 / atol 1e-5 on the weights).
     Also with a token budget that splits each micro-batch into several forwards."""
-    from medqwen.fast_path import FORWARD_CHUNKS, PaddingFreeCollator, split_by_tokens
+    from medqwen.train.fast_path import FORWARD_CHUNKS, PaddingFreeCollator, split_by_tokens
 
     data = spread_conversations(40)
     _, steps_o, losses_o, weights_o, _ = run_recipe(tiny_model_dir, tmp_path / "original", data)
@@ -330,7 +330,7 @@ def test_fast_path_keeps_the_recipe_on_spread_lengths(tiny_model_dir, tmp_path):
 def test_fast_path_choice_by_machine():
     """auto: the largest fast path that fits the GPU; off on CPU, on small cards and without a kernel (with a
     message saying what is missing); a named path as asked (CUDA-only parts off on CPU); off is off."""
-    from medqwen.fast_path import choose_fast_path
+    from medqwen.train.fast_path import choose_fast_path
 
     assert choose_fast_path("auto", True, 139.8, True, True)[0] == "speed"
     assert choose_fast_path("auto", True, 79.2, True, True)[0] == "80gb"
@@ -351,7 +351,7 @@ def test_fast_path_choice_by_machine():
 
 
 def test_off_keeps_the_original_fields_and_cpu_auto_changes_nothing():
-    from medqwen.fast_path import resolve_fast_path
+    from medqwen.train.fast_path import resolve_fast_path
 
     cfg = TrainConfig()
     assert resolve_fast_path(cfg, {"cuda": False, "varlen": True, "triton": True})[0] == replace(cfg, fast_path="off")
@@ -370,7 +370,7 @@ def test_padding_free_collator_builds_trls_batch(with_labels):
 
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from medqwen.fast_path import FORWARD_CHUNKS, PaddingFreeCollator, split_by_tokens
+    from medqwen.train.fast_path import FORWARD_CHUNKS, PaddingFreeCollator, split_by_tokens
 
     rng = random.Random(0)
     examples = []
@@ -424,7 +424,7 @@ def test_padding_free_rows_skip_mask_building(monkeypatch):
     import transformers.masking_utils as masking
     from peft import LoraConfig, get_peft_model
 
-    from medqwen.packed_attention import skip_mask_building
+    from medqwen.kernels.packed_attention import skip_mask_building
 
     register_attention()
     model = random_qwen3("tiny", vocab_size=300, seed=1)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
@@ -173,8 +173,8 @@ def test_model_server_killed_mid_stream_the_session_goes_on(server_process, monk
     sys.path.insert(0, str(REPO / "agent"))
     import agent as agent_script
 
-    from medqwen.agent import build_agent
-    from medqwen.config import AgentConfig
+    from medqwen.agent.agent import build_agent
+    from medqwen.agent.config import AgentConfig
 
     dying, healthy = server_process("FakeOpenAI"), server_process("FakeOpenAI")
     slow = AgentConfig(base_url=dying.url + "/v1", served_model="slow_stream", timeout_s=10)
@@ -201,7 +201,7 @@ def test_model_server_killed_mid_stream_the_session_goes_on(server_process, monk
 
 
 def test_weather_service_killed_mid_body(server_process):
-    from medqwen.tools import get_weather
+    from medqwen.agent.tools import get_weather
 
     server = server_process("HostileWeather")
     import threading

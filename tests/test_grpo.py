@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqwen.ceval import Question, load_questions, render_prompt
-from medqwen.config import GrpoConfig, McqConvertConfig
+from medqwen.exams.runner import Question, load_questions, render_prompt
+from medqwen.train.config import GrpoConfig, McqConvertConfig
 from medqwen.configlib import parse_config
-from medqwen.grpo import answer_format_score, correct_reward, format_reward, grpo_args, mcq_dataset
-from medqwen.mcq import McqDataError, read_mcq_file
+from medqwen.train.grpo import answer_format_score, correct_reward, format_reward, grpo_args, mcq_dataset
+from medqwen.train.mcq import McqDataError, read_mcq_file
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "grpo_mcq_sample.jsonl"
@@ -187,7 +187,7 @@ def test_config_flags_and_cpu_args():
 
 
 def test_rollout_engine_choice():
-    from medqwen.rollouts import choose_rollouts
+    from medqwen.train.rollouts import choose_rollouts
 
     assert choose_rollouts("auto", use_vllm=False, cuda=True)[0] == "graph"
     assert choose_rollouts("auto", use_vllm=False, cuda=False)[0] == "plain"
@@ -206,8 +206,8 @@ def test_compiled_rollouts_sample_what_trls_default_samples(tiny_model_dir, tmp_
     from transformers import AutoModelForCausalLM
 
     from medqwen.chat import load_tokenizer
-    from medqwen.grpo import build_grpo_trainer
-    from medqwen.rollouts import PROMPT_BUCKET
+    from medqwen.train.grpo import build_grpo_trainer
+    from medqwen.train.rollouts import PROMPT_BUCKET
 
     tokenizer = load_tokenizer(tiny_model_dir)
     questions = read_mcq_file(SAMPLE)[:3]
@@ -340,9 +340,9 @@ def test_smollm2_mean_reward_rises(bundled_model_dir, tmp_path):
     reward 0.175 0.175 0.150 0.425, format 0.250 0.250 0.750 0.875, correct 0.125 0.125 0.000 0.250:
     the model learns to open its reply with the option letter; 32 samples say little about correctness.
     """
-    from medqwen.config import GrpoConfig
+    from medqwen.train.config import GrpoConfig
     from medqwen.configlib import REPO_ROOT, resolve_config
-    from medqwen.grpo import train_grpo
+    from medqwen.train.grpo import train_grpo
 
     cfg = resolve_config(GrpoConfig, cli={"config": str(REPO_ROOT / "configs/smollm2/grpo_cpu_demo.yaml"),
                                           "model": str(bundled_model_dir), "max_steps": "4",

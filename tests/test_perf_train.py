@@ -227,9 +227,9 @@ def test_profiled_step_ends_before_the_final_checkpoint(tiny_model_dir, tmp_path
     to the host) once showed up in it as thousands of device-to-host copies a step does not make."""
     from datasets import Dataset
 
-    from medqwen.config import TrainConfig
+    from medqwen.train.config import TrainConfig
     from medqwen.perf import time_trainer
-    from medqwen.training import build_trainer
+    from medqwen.train.sft import build_trainer
     from tests.test_fast_path import conversations
 
     cfg = TrainConfig(model=str(tiny_model_dir), output_dir=str(tmp_path), per_device_train_batch_size=2,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
 from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
 from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
@@ -181,7 +181,7 @@ def test_store_persists_across_processes(store):
     cfg, _, _ = store
     # A fresh interpreter reopens the collection: Chroma rebuilds our embedding function from its saved config
     # because importing medqwen.rag registers it.
-    code = ("import sys; from medqwen.config import RagConfig; from medqwen.rag import *; "
+    code = ("import sys; from medqwen.rag.config import RagConfig; from medqwen.rag import *; "
             f"cfg = RagConfig(persist_dir={cfg.persist_dir!r}, collection='test'); "
             "col = open_collection(open_client(cfg), cfg); "
             "print(col.configuration['embedding_function'].name(), col.count(), "
@@ -243,7 +243,7 @@ def test_question_words_do_not_steer_bm25(tmp_path):
 def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "benchmark"))
     import benchmark_rag
-    from medqwen.config import RagBenchConfig
+    from medqwen.rag.config import RagBenchConfig
 
     docs = tmp_path / "docs"
     write_corpus(docs)

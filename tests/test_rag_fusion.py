@@ -67,7 +67,7 @@ def test_card_corpora_are_reproducible_and_their_gold_ids_exist(tmp_path):
 
 
 def test_retriever_zmax_fusion_scores_every_candidate(tmp_path):
-    from medqwen.config import RagConfig
+    from medqwen.rag.config import RagConfig
     from medqwen.rag import Retriever, index_paths, open_client, open_collection
     from tests.test_rag import write_corpus
 
@@ -93,7 +93,7 @@ def test_retriever_zmax_fusion_scores_every_candidate(tmp_path):
 def test_benchmark_flags_a_default_beaten_by_a_single_retriever(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "benchmark"))
     import benchmark_rag
-    from medqwen.config import RagBenchConfig
+    from medqwen.rag.config import RagBenchConfig
     from tests.test_rag import write_corpus
 
     write_corpus(tmp_path / "docs")
@@ -159,7 +159,7 @@ def test_bm25_confidence_is_the_z_score_of_its_best_candidate():
 def test_adaptive_fusion_lets_a_sure_bm25_lead_and_dense_lead_otherwise(tmp_path):
     from dataclasses import replace
 
-    from medqwen.config import RagConfig
+    from medqwen.rag.config import RagConfig
     from medqwen.rag import Retriever, index_paths, open_client, open_collection
 
     docs = tmp_path / "docs"

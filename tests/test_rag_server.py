@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
 from medqwen.serving import free_port
 

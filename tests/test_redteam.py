@@ -22,15 +22,17 @@ import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import StructuredTool
 
-from medqwen.agent import AgentServerError, ask, build_agent, check_server
+from medqwen.agent.agent import AgentServerError, ask, build_agent, check_server
 from medqwen.chat import escape_control_tokens, find_control_token
-from medqwen.config import AgentConfig, DataConfig, RagConfig
+from medqwen.agent.config import AgentConfig
+from medqwen.data_config import DataConfig
+from medqwen.rag.config import RagConfig
 from medqwen.configlib import format_config, save_config
 from medqwen.data import DataError, prepare
 from medqwen.rag.answer import SOURCES_BEGIN, SOURCES_END, build_messages, check_query, format_sources
 from medqwen.rag.chunking import chunk_text, normalize_text
 from medqwen.rag.retrieval import Hit
-from medqwen.tools import calculate, get_current_time, get_weather
+from medqwen.agent.tools import calculate, get_current_time, get_weather
 from tests.fake_servers import FakeOpenAI, serve
 from tests.test_agent import ScriptedModel, _call
 from tests.test_tools import HostileWeather, gzip_bomb

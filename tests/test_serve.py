@@ -14,7 +14,7 @@ import pytest
 
 from medqwen.chat import load_tokenizer, render
 from medqwen.serving import SERVE_SCRIPT
-from medqwen.tools import calculate
+from medqwen.agent.tools import calculate
 
 REPO = SERVE_SCRIPT.parent.parent
 
@@ -113,8 +113,8 @@ def test_ceval_through_the_server_scores_like_hf_peft(server, tiny_model_dir, ad
     the same four option log-likelihoods per question and the same answers, Chinese five-shot prompts included."""
     import numpy as np
 
-    from medqwen.backends import HFBackend, OpenAIBackend
-    from medqwen.ceval import CHOICES, load_questions, score_questions
+    from medqwen.exams.backends import HFBackend, OpenAIBackend
+    from medqwen.exams.runner import CHOICES, load_questions, score_questions
 
     data = REPO / "data" / "benchmark" / "ceval-exam"
     questions = load_questions(data, "clinical_medicine", "val")[:6]
@@ -155,8 +155,8 @@ def test_tokenize_conversation_equals_our_template(server, tiny_model_dir, add_g
 def test_tokenize_agent_tools_and_tool_round_equals_our_template(server, tiny_model_dir):
     """The agent's tool schemas and a tool-call round reach the model as our template renders them, which is
     what the tool-use training data is rendered with."""
-    from medqwen.agent import build_tools, openai_tool_schemas
-    from medqwen.config import AgentConfig
+    from medqwen.agent.agent import build_tools, openai_tool_schemas
+    from medqwen.agent.config import AgentConfig
 
     tools = openai_tool_schemas(build_tools(AgentConfig()))
     tokenizer = load_tokenizer(tiny_model_dir)

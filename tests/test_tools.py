@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medqwen.tools import calculate, evaluate, get_current_time, get_weather, lookup_city
+from medqwen.agent.tools import calculate, evaluate, get_current_time, get_weather, lookup_city
 
 # ----------------------------------------------------------------------------------------------------------
 # Calculator
@@ -423,7 +423,7 @@ def test_connection_cut_mid_body_is_an_error_text(hostile_url):
     ("ftp://127.0.0.1", False), ("not a url", False), ("http://127.0.0.1:port", False),
 ])
 def test_weather_base_url_must_be_https_or_loopback(url, ok):
-    from medqwen.http import HttpError, check_url
+    from medqwen.safe_http import HttpError, check_url
 
     if ok:
         assert check_url(url) == url
@@ -435,8 +435,8 @@ def test_weather_base_url_must_be_https_or_loopback(url, ok):
 
 
 def test_dotenv_in_the_current_folder_cannot_redirect_the_key(tmp_path, monkeypatch):
-    from medqwen.agent import build_tools
-    from medqwen.config import AgentConfig
+    from medqwen.agent.agent import build_tools
+    from medqwen.agent.config import AgentConfig
     from medqwen.configlib import parse_config
 
     (tmp_path / ".env").write_text("OPENWEATHER_BASE_URL=http://attacker.example.net\n")
@@ -465,7 +465,7 @@ def test_httpx_request_log_carries_no_key(weather_url, caplog):
 
 
 def test_userinfo_in_a_url_is_never_saved(tmp_path):
-    from medqwen.config import AgentConfig
+    from medqwen.agent.config import AgentConfig
     from medqwen.configlib import format_config, save_config
 
     cfg = AgentConfig(base_url="http://user:s3cr3t-pass@127.0.0.1:8001/v1",

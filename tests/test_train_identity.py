@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import DataConfig, TrainConfig
+from medqwen.data_config import DataConfig
+from medqwen.train.config import TrainConfig
 from medqwen.data import IDENTITY_PROBES, InputSpec, load_file
-from medqwen.eval_metrics import names_assistant
-from medqwen.evaluation import generate_hf
+from medqwen.evaluate.metrics import names_assistant
+from medqwen.evaluate.run import generate_hf
 from medqwen.jsonl import write_jsonl
-from medqwen.training import train
+from medqwen.train.sft import train
 
 REPO = Path(__file__).resolve().parent.parent
 # An author that does not contain the name, so a reply naming only the author is not counted as a hit.

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import TrainConfig
 from medqwen.configlib import load_saved_config
 from medqwen.data import DataError
-from medqwen.training import (build_trainer, last_checkpoint, read_conversations, split_conversations, to_dataset,
-                              train)
+from medqwen.train.config import TrainConfig
+from medqwen.train.sft import build_trainer, last_checkpoint, read_conversations, split_conversations, to_dataset, train
 from tests.kill import kill_after_first_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +90,7 @@ def test_reads_messages_alias_and_names_bad_line(tmp_path):
 
 def test_help_lists_every_flag_and_missing_inputs_fail_before_writing(tmp_path):
     from medqwen.configlib import build_parser
-    from medqwen.modeling import ModelNotFoundError
+    from medqwen.runs import RunNotFoundError
 
     text = build_parser(TrainConfig).format_help()
     for flag in ("--model_name_or_path", "--data_path", "--output_dir", "--num_train_epochs", "--max_steps",
@@ -99,7 +98,7 @@ def test_help_lists_every_flag_and_missing_inputs_fail_before_writing(tmp_path):
                  "--lora_alpha", "--lora_dropout", "--max_seq_len", "--packing", "--report_to",
                  "--resume_from_checkpoint"):
         assert flag in text, flag
-    with pytest.raises(ModelNotFoundError, match="does not exist"):
+    with pytest.raises(RunNotFoundError, match="does not exist"):
         train(TrainConfig(model=str(tmp_path / "no-model"), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 

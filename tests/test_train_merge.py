@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medqwen.config import MergeConfig, TrainConfig
+from medqwen.train.config import MergeConfig, TrainConfig
 from medqwen.configlib import save_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "trainer"))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.config import RagConfig, WebConfig
+from medqwen.rag.config import RagConfig
+from medqwen.web_config import WebConfig
 from medqwen.serving import free_port
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -232,8 +233,8 @@ def test_rag_shows_sources_from_the_store(page, shot):
 def test_compare_streams_two_models_side_by_side(page, base_url, shot):
     from selenium.webdriver.common.by import By
 
-    from medqwen.agent import served_models
-    from medqwen.config import AgentConfig
+    from medqwen.agent.agent import served_models
+    from medqwen.agent.config import AgentConfig
 
     open_tab(page, "Compare")
     left = page.find_element(By.CSS_SELECTOR, "#compare-left-model input").get_attribute("value")
@@ -287,13 +288,13 @@ def test_server_down_says_so_with_the_command(browser, store, shot):
 
 
 def test_a_tool_call_with_wrong_argument_types_shows_a_tool_error_box():
-    """The agent loop of medqwen.agent with a model that sends `expression` as a list: the error goes back to the
+    """The agent loop of medqwen.agent.agent with a model that sends `expression` as a list: the error goes back to the
     model and the page draws it as a tool-error box; the loop then finishes."""
     from langchain_core.language_models import BaseChatModel
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
     from langchain_core.messages import AIMessage
 
-    from medqwen.agent import build_agent
+    from medqwen.agent.agent import build_agent
     from medqwen.web_ui import run_agent, tool_boxes
 
     class ToolModel(GenericFakeChatModel):

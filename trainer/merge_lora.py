@@ -9,9 +9,9 @@ base model's dtype (--dtype to change it), with the tokenizer and our chat templ
 what was merged.
 """
 
-from medqwen.config import MergeConfig
+from medqwen.train.config import MergeConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main
-from medqwen.training import merge_adapter
+from medqwen.train.merge import merge_adapter
 
 
 def main(cfg: MergeConfig):

@@ -25,12 +25,12 @@ model is the base model that eval_grpo.py and benchmark_ceval.py load), checkpoi
 (TensorBoard), reward_curve.png and metrics.json.
 """
 
-from medqwen.config import GrpoConfig
+from medqwen.train.config import GrpoConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.distributed import is_main_process
 from medqwen.exams.base import ExamDataError
-from medqwen.grpo import train_grpo
-from medqwen.mcq import McqDataError
+from medqwen.train.grpo import train_grpo
+from medqwen.train.mcq import McqDataError
 
 
 def main(cfg: GrpoConfig) -> dict:

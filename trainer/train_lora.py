@@ -20,11 +20,11 @@ The run folder gets the adapter (+ tokenizer and chat template), config.yaml (wr
 split/{train,eval}.jsonl, checkpoint-N/, logs/ (TensorBoard), loss_curve.png and metrics.json.
 """
 
-from medqwen.config import TrainConfig
+from medqwen.train.config import TrainConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.data import DataError
 from medqwen.distributed import is_main_process
-from medqwen.training import train
+from medqwen.train.sft import train
 
 
 def main(cfg: TrainConfig) -> dict:

@@ -4,6 +4,10 @@
     cmmlu    CMMLU (exams/cmmlu.py)       67 subjects, 4 options     cmmlu/anatomy
     cmexam   CMExam (exams/cmexam.py)     one subject, up to 5       cmexam/physician (or just cmexam)
 
+Beside them: base.py (the Question and Exam base), runner.py (what every exam shares: prompts, answer extraction,
+scoring, statistics, reports, the forgetting check) and backends.py (where the model runs: HF, vLLM offline, an
+OpenAI-compatible server).
+
 Subject groups (what `--subjects` accepts besides subject names):
 
     medical   C-Eval clinical_medicine, basic_medicine, physician, veterinary_medicine + CMMLU's nine medical

@@ -1,7 +1,7 @@
 """What every exam shares: the question record, option letters, the few-shot prompt shape, CSV row checking.
 
 An exam subclasses `Exam` with its instruction line, its question format and its CSV reader; prompts, scoring,
-statistics and reports are the same code for every exam (medqwen.ceval).
+statistics and reports are the same code for every exam (medqwen.exams.runner).
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from medqwen.chat import escape_control_tokens
+from medqwen.configlib import UserError
 
 # Option letters: exams have 4 (C-Eval, CMMLU) or 5 (CMExam) options; nothing below assumes a count.
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 
 
-class ExamDataError(ValueError):
+class ExamDataError(UserError):
     """An exam file that is missing or does not have its published layout; the message names file and line."""
 
 

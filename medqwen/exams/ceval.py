@@ -130,7 +130,7 @@ def read_hf_split(folder: str | Path, subject: str, split: str) -> list[Question
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Prompt: C-Eval's own (medqwen.ceval dispatches each question to its exam's).
+# Prompt: C-Eval's own (medqwen.exams.runner dispatches each question to its exam's).
 
 STYLES = ("official", "lm-eval")
 

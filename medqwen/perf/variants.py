@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from medqwen.config import TrainConfig
+from medqwen.train.config import TrainConfig
 from medqwen.configlib import REPO_ROOT, resolve_config
 
 # Named recipes: TrainConfig overrides on top of the defaults (the original recipe); "config" names a preset YAML.
@@ -41,8 +41,8 @@ VARIANTS: dict[str, dict] = {
 
 def variant_config(spec: str, base: dict, support: dict | None = None):
     """TrainConfig of a variant spec (`name` or `name:field=value:field=value`) on top of `base` overrides, with
-    its fast path resolved for this machine (`support`: medqwen.fast_path.kernel_support(), measured if None)."""
-    from medqwen.fast_path import resolve_fast_path
+    its fast path resolved for this machine (`support`: medqwen.train.fast_path.kernel_support(), measured if None)."""
+    from medqwen.train.fast_path import resolve_fast_path
 
     name, _, extra = spec.partition(":")
     if name not in VARIANTS:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medqwen.configlib import UserError
 from medqwen.jsonl import iter_jsonl_objects
 from medqwen.rag.chunking import chunk_text, normalize_text
 
@@ -22,7 +23,7 @@ TITLE_KEYS = ("title", "question", "问", "name", "heading")
 ID_KEYS = ("id", "_id", "doc_id")
 
 
-class DocumentError(ValueError):
+class DocumentError(UserError):
     """A file that cannot be read (bad encoding, malformed line); the message says what to do."""
 
 

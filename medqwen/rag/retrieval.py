@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medqwen.config import RagConfig
+from medqwen.rag.config import RagConfig
 
 _NOT_A_WORD = re.compile(r"[\W_]+")
 _HAN_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
@@ -41,8 +41,8 @@ BM25_TOKENIZERS = ("char", "jieba", "jieba+char")
 # Words that frame a question but name nothing: interrogatives, sentence-final particles and the commonest modern
 # function characters. Classical text hardly uses the modern ones, so BM25 would give them a high idf and rank any
 # passage that happens to use them (a preface, a commentary) above the one the question describes.
-QUERY_STOPWORDS = re.compile(r"为什么|为何|什么|哪些|哪个|哪种|哪一|哪里|哪儿|哪|如何|怎么样|怎么|怎样|是否|是不是|有没有|"
-                             r"多少|请问|吗|呢|吧|啊|的|了|这|那|们")
+QUERY_STOPWORDS = re.compile(r"为什么|为何|什么|哪些|哪个|哪种|哪一|哪里|哪儿|哪|如何|怎么样|怎么|怎样|"
+                             r"是否|是不是|有没有|多少|请问|吗|呢|吧|啊|的|了|这|那|们")
 
 
 def char_ngrams(text: str) -> list[str]:
@@ -330,7 +330,8 @@ class Retriever:
             cos = dict(zip(rankings["dense"], dense_cos))
             missing = [c for c in candidates if c not in cos]
             cos.update(zip(missing, self.cosines(vector, missing)))
-            scores = fuse_scores(np.array([bm25[self.row[c]] for c in candidates]), np.array([cos[c] for c in candidates]),
+            scores = fuse_scores(np.array([bm25[self.row[c]] for c in candidates]),
+                                 np.array([cos[c] for c in candidates]),
                                  rankings["bm25"], rankings["dense"], candidates, fusion, weights["bm25"],
                                  weights["dense"], cfg.rrf_k)
             order = np.argsort(-scores, kind="stable")

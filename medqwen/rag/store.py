@@ -20,12 +20,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from medqwen.config import RagConfig
+from medqwen.configlib import UserError
+from medqwen.rag.config import RagConfig
 from medqwen.rag.documents import SUPPORTED_SUFFIXES, Chunk, DocumentError, file_chunks
 from medqwen.rag.embeddings import MedqwenEmbedding, vector_space
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The store is missing, empty, unreachable or was built differently; the message says what to do."""
 
 

@@ -63,7 +63,7 @@ class HFBackend:
     def __init__(self, model, tokenizer, batch_size: int = 16, reuse_prefix: bool = True,
                  min_prefix_tokens: int = 16, progress: bool = False, compile: bool = False, kernels: str = "none",
                  decode_engine: bool | None = None):
-        """`decode_engine`: generate with medqwen.decode.DecodeEngine (None: on a CUDA GPU; it merges a LoRA
+        """`decode_engine`: generate with medqwen.kernels.decode.DecodeEngine (None: on a CUDA GPU; it merges a LoRA
         adapter into the weights, which leaves scoring the same up to rounding)."""
         self.model, self.tokenizer = model, tokenizer
         self.decode_engine = decode_engine
@@ -77,7 +77,7 @@ class HFBackend:
         if self.kernels == "liger":
             use_liger_kernels(base)
         if compile:  # torch.compile each decoder layer (fuses norms, RoPE, SwiGLU; the first calls compile)
-            from medqwen.fast_lora import compile_layers
+            from medqwen.kernels.fused_lora import compile_layers
 
             compile_layers(self.decoder)
 
@@ -109,7 +109,7 @@ class HFBackend:
 
         With `reuse_prefix`, the longest prefix all sequences share (the k-shot head of a subject) is run once;
         the rest of each sequence is packed, without padding, into one row per batch whose attention reads the
-        head's keys/values (medqwen.packed_attention) instead of recomputing them.
+        head's keys/values (medqwen.kernels.packed_attention) instead of recomputing them.
         """
         import torch
 
@@ -151,7 +151,7 @@ class HFBackend:
         """The head's keys/values in every layer, from one forward pass."""
         import torch
 
-        from medqwen.packed_attention import SharedPrefix
+        from medqwen.kernels.packed_attention import SharedPrefix
 
         # Eager even with compiled layers: it runs once per subject, and filling a cache guards on each layer's
         # index, so compiling it would recompile per layer until Dynamo's limit and then leave the packed
@@ -164,7 +164,7 @@ class HFBackend:
         """Final hidden state at each suffix's last token; the suffixes go in one row after the shared head."""
         import torch
 
-        from medqwen.packed_attention import VARLEN, register_attention
+        from medqwen.kernels.packed_attention import VARLEN, register_attention
 
         lengths = [len(s) for s in suffixes]
         ids = torch.tensor([[t for s in suffixes for t in s]], device=self.device)
@@ -198,7 +198,7 @@ class HFBackend:
         """Whether generate runs on the decode engine; says which path once, on stderr."""
         import sys
 
-        from medqwen.decode import DecodeEngine, use_engine
+        from medqwen.kernels.decode import DecodeEngine, use_engine
 
         if self._engine is None and (self.decode_engine or (self.decode_engine is None and use_engine(self.model))):
             self._engine = DecodeEngine(self.model)

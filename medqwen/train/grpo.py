@@ -1,7 +1,7 @@
 """GRPO on multiple-choice questions with verifiable rewards (TRL GRPOTrainer + LoRA).
 
-A prompt is the benchmark's zero-shot chat prompt (`medqwen.ceval.render_prompt`) and a reply is read with the
-benchmark's parser (`medqwen.ceval.extract_answer`), so the option GRPO rewards is the option benchmark_ceval.py
+A prompt is the benchmark's zero-shot chat prompt (`medqwen.exams.runner.render_prompt`) and a reply is read with the
+benchmark's parser (`medqwen.exams.runner.extract_answer`), so the option GRPO rewards is the option benchmark_ceval.py
 counts. Two rewards, summed with weights:
 
     correct_reward  1 when the parsed option is the answer, else 0
@@ -24,17 +24,31 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
-from medqwen.ceval import LEADING_ANSWER  # the benchmark's "answer letter first" pattern
-from medqwen.ceval import Question, extract_answer, extract_cot_answer, render_prompt
 from medqwen.chat import load_tokenizer
-from medqwen.config import GrpoConfig
 from medqwen.configlib import save_config
 from medqwen.distributed import is_main_process, on_gpu, process_state
-from medqwen.mcq import read_mcq_file
+from medqwen.exams.runner import (
+    LEADING_ANSWER,  # the benchmark's "answer letter first" pattern
+    Question,
+    extract_answer,
+    extract_cot_answer,
+    render_prompt,
+)
 from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
-from medqwen.training import (last_checkpoint, load_base_model, lora_config, peak_memory_gb, resolve_resume,
-                              save_adapter_atomic, trainer_arguments, use_run_logging, with_atomic_checkpoints)
+from medqwen.train.common import (
+    last_checkpoint,
+    load_base_model,
+    lora_config,
+    peak_memory_gb,
+    resolve_resume,
+    save_adapter_atomic,
+    trainer_arguments,
+    use_run_logging,
+    with_atomic_checkpoints,
+)
+from medqwen.train.config import GrpoConfig
+from medqwen.train.mcq import read_mcq_file
 
 
 def completion_text(completion: Any) -> str:
@@ -164,7 +178,7 @@ def build_grpo_trainer(cfg: GrpoConfig, train_dataset, model=None, tokenizer=Non
     """The GRPOTrainer (LoRA via PEFT) for a config and an mcq_dataset; `model`/`tokenizer` may be given."""
     from trl import GRPOTrainer
 
-    from medqwen.rollouts import CompiledRolloutTrainer, GraphRolloutTrainer, choose_rollouts
+    from medqwen.train.rollouts import CompiledRolloutTrainer, GraphRolloutTrainer, choose_rollouts
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model, cfg.chat_template)
     if model is None:

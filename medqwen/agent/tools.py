@@ -1,7 +1,7 @@
 """The agent's tools as plain, tested functions: a safe calculator, OpenWeatherMap weather, the current time.
 
 Every tool returns a string, also on failure ("Error: ..."), so a bad call goes back to the model as a message
-it can read and correct, and never crashes the agent. `medqwen/agent.py` wraps these as LangChain tools.
+it can read and correct, and never crashes the agent. `medqwen/agent/agent.py` wraps these as LangChain tools.
 
     calculate("(12 + 8) * 3")                         # '60'
     get_weather("北京", when="明天", api_key=...)       # tomorrow's forecast, in Chinese
@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from medqwen.http import HttpError, check_url, http_get, redact
+from medqwen.safe_http import HttpError, check_url, http_get, redact
 
 
 MAX_EXPRESSION_CHARS = 300

@@ -2,7 +2,7 @@
 
 Each conversation is the OpenAI message shape the agent produces at serving time: system prompt, user question,
 an assistant turn with `tool_calls`, the `tool` result, and the final answer; the record's `tools` are the
-schemas the agent sends (medqwen.agent.openai_tool_schemas), so training renders exactly the served prompt
+schemas the agent sends (medqwen.agent.agent.openai_tool_schemas), so training renders exactly the served prompt
 (the hermes `<tool_call>` format comes from the chat template). Tool results are computed by the real tools:
 the calculator's values and the time tool's text are exact; weather values are synthetic (no network), formatted
 by the weather tool's own formatter. A share of questions needs no tool.
@@ -17,9 +17,9 @@ import datetime as dt
 import random
 from typing import Any
 
-from medqwen.agent import DEFAULT_SYSTEM_PROMPT, build_tools, openai_tool_schemas
-from medqwen.config import AgentConfig
-from medqwen.tools import CITIES, calculate, format_current, format_forecast, get_current_time
+from medqwen.agent.agent import DEFAULT_SYSTEM_PROMPT, build_tools, openai_tool_schemas
+from medqwen.agent.config import AgentConfig
+from medqwen.agent.tools import CITIES, calculate, format_current, format_forecast, get_current_time
 
 
 ARITHMETIC_QUESTIONS = {
@@ -37,8 +37,10 @@ WORD_PROBLEMS = {
         ("I bought {a} notebooks at {b} dollars each. How much did I spend?", "{a} * {b}", "You spent {r} dollars."),
         ("A bottle holds {a} ml. How many ml are in {b} bottles?", "{a} * {b}", "{b} bottles hold {r} ml."),
         ("I had {a} dollars and spent {b}. How much is left?", "{a} - {b}", "You have {r} dollars left."),
-        ("Split {a} dollars evenly among {b} people. How much does each get?", "{a} / {b}", "Each person gets {r} dollars."),
-        ("A patient takes {a} mg a day for {b} days. What is the total dose?", "{a} * {b}", "The total dose is {r} mg."),
+        ("Split {a} dollars evenly among {b} people. How much does each get?", "{a} / {b}",
+         "Each person gets {r} dollars."),
+        ("A patient takes {a} mg a day for {b} days. What is the total dose?", "{a} * {b}",
+         "The total dose is {r} mg."),
     ],
     "zh": [
         ("每盒药有 {a} 片，{b} 盒一共多少片？", "{a} * {b}", "一共 {r} 片。"),
@@ -172,7 +174,8 @@ def time_example(rng: random.Random, lang: str) -> dict:
     date, clock, weekday = result.split(" ")[:3]
     weekday = weekday.split("/")[0 if lang == "en" else 1]
     question = rng.choice(TIME_QUESTIONS[lang]).format(c=city)
-    answer = TIME_ANSWERS[lang].format(c=city, t=clock[:5], d=f"{weekday}, {date}" if lang == "en" else f"{date} {weekday}")
+    day = f"{weekday}, {date}" if lang == "en" else f"{date} {weekday}"
+    answer = TIME_ANSWERS[lang].format(c=city, t=clock[:5], d=day)
     return {"turns": _tool_turns(question, "get_current_time", {"timezone": city}, result, answer)}
 
 

@@ -1,5 +1,5 @@
 """The tool-calling agent: LangChain 1.x `create_agent` over an OpenAI-compatible server (vLLM), with the tools
-of medqwen/tools.py.
+of medqwen/agent/tools.py.
 
     cfg = AgentConfig(base_url="http://localhost:8001/v1", model="lora-adapter")
     check_server(cfg)                                   # clear error when the server is down
@@ -19,17 +19,18 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, Field
 
+from medqwen.agent.config import AgentConfig
+from medqwen.agent.tools import MAX_EXPRESSION_CHARS, calculate, get_current_time, get_weather
 from medqwen.chat import escape_control_tokens
-from medqwen.config import AgentConfig
-from medqwen.http import HttpError, check_url, http_get, redact, strip_userinfo
-from medqwen.tools import MAX_EXPRESSION_CHARS, calculate, get_current_time, get_weather
+from medqwen.configlib import UserError
+from medqwen.safe_http import HttpError, check_url, http_get, redact, strip_userinfo
 
 DEFAULT_SYSTEM_PROMPT = ("You are a helpful assistant. When a question needs arithmetic, the weather or the current "
                          "time, call the matching tool and answer from its result; otherwise answer directly. "
                          "Reply in the language of the question.")
 
 
-class AgentServerError(RuntimeError):
+class AgentServerError(UserError, RuntimeError):
     """The model server is unreachable, too slow, or does not serve the configured model."""
 
 

@@ -1,7 +1,7 @@
 """GRPO rollouts without vLLM: each decode step one CUDA graph (graph, the GPU default), or transformers' generate with
 a static KV cache and its compiled decode step (compiled).
 
-`GraphRolloutTrainer` answers TRL's generate call with medqwen.decode.GraphSampler: the same samples as generate
+`GraphRolloutTrainer` answers TRL's generate call with medqwen.kernels.decode.GraphSampler: the same samples as generate
 (the tests compare them token for token on CPU), each decode step after the first few a CUDA graph replay of a
 compiled forward with grouped-query attention read in place, sampling included.
 
@@ -89,7 +89,7 @@ class GraphRolloutTrainer(GRPOTrainer):
         self._cannot_graph: str | None = None  # why TRL's generate answers instead (the config is fixed per run)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
-        from medqwen.decode import GraphSampler
+        from medqwen.kernels.decode import GraphSampler
 
         model = self.accelerator.unwrap_model(self.model_wrapped)  # the module TRL's generate call goes to
         if self._sampler is None:

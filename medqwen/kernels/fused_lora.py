@@ -2,7 +2,7 @@
 
 Each piece computes the same function as the plain PEFT/transformers path (tests/test_fast_path.py checks the
 losses and the adapter after optimizer steps on CPU). Which of them a run uses, and the process-wide torch
-settings they need, are decided in medqwen.fast_path; benchmark/PERF.md records what each one bought on a GPU.
+settings they need, are decided in medqwen.train.fast_path; benchmark/PERF.md records what each one bought on a GPU.
 
     fuse_lora(model)          LoRA forward/backward as one autograd function (no fp32 copies of the input, scale
                               and add folded into one addmm, kept in place when compiled: addmm_)

@@ -2,7 +2,7 @@
 scoring, statistics, reports and the forgetting check, done the way the exams' papers and lm-evaluation-harness do.
 
     from medqwen.exams.ceval import load_questions
-    from medqwen.ceval import build_prompt, score_questions
+    from medqwen.exams.runner import build_prompt, score_questions
     questions = load_questions("data/benchmark/ceval-exam", "clinical_medicine", "val")
     shots = load_questions("data/benchmark/ceval-exam", "clinical_medicine", "dev")[:5]
     prompt = build_prompt(questions[0], shots, style="official")  # the C-Eval paper's answer-only prompt
@@ -11,7 +11,7 @@ Prompt styles are the exam's (C-Eval: `official`, the paper's, and `lm-eval`, lm
 `ceval-valid`; see medqwen/exams/ceval.py). Two scorings:
   loglik    log P(letter | prompt) for A/B/C/D; the argmax is the answer (what both reference harnesses do).
   generate  greedy decoding, then answer extraction (CoT uses the official C-Eval extraction rules).
-Backends live in `medqwen.backends` (HF transformers, vLLM offline, any OpenAI-compatible server).
+Backends live in `medqwen.exams.backends` (HF transformers, vLLM offline, any OpenAI-compatible server).
 Questions carry their exam (`Question.exam`); prompts dispatch to that exam's format, and nothing assumes four
 options. `run_benchmark(..., permute="cyclic")` also scores every question under each cyclic rotation of its
 options (the option-order check); multi-answer items (CMExam) are generated and matched as an exact set.

@@ -2,7 +2,7 @@
 
 Every reader returns `medqwen.exams.base.Question`, so GRPO prompts are rendered and parsed by the benchmark's code.
 
-    from medqwen.mcq import read_mcq_file, write_mcq_jsonl
+    from medqwen.train.mcq import read_mcq_file, write_mcq_jsonl
     questions = read_mcq_file("data/grpo_mcq_sample.jsonl")            # MCQ JSONL
     questions = read_mcq_file("ceval-exam/val/clinical_medicine_val.csv")  # C-Eval CSV (dev/val: has answers)
     questions = read_mcq_file("cmmlu/dev/clinical_knowledge.csv")      # CMMLU CSV (",Question,A,B,C,D,Answer")
@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from medqwen.configlib import UserError
 from medqwen.exams.base import LETTERS, ExamDataError, Question
 from medqwen.exams.ceval import CHOICES, read_csv_split
 from medqwen.exams.cmmlu import HEADER as CMMLU_HEADER
@@ -30,7 +31,7 @@ from medqwen.exams.cmmlu import read_cmmlu_csv as read_cmmlu_exam_csv
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 
 
-class McqDataError(ValueError):
+class McqDataError(UserError):
     """A multiple-choice file or line that cannot give a verifiable reward; the message names file and line."""
 
 

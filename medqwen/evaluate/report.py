@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqwen.configlib import load_saved_config
-from medqwen.eval_metrics import mean_ci, names_assistant, rouge_l
+from medqwen.evaluate.metrics import mean_ci, names_assistant, rouge_l
 from medqwen.jsonl import iter_jsonl_objects
 from medqwen.reporting import markdown_table, pyplot, save_figure
 from medqwen.stats import mcnemar_exact

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from medqwen.configlib import REPO_ROOT
+from medqwen.configlib import UserError, repo_path
 
 CRITERIA = ("relevance", "correctness", "safety")
 SCORE_RANGE = (1, 5)
 DEFAULT_RUBRIC = "eval/judge_rubric.md"
 
 
-class EndpointUnavailableError(RuntimeError):
+class EndpointUnavailableError(UserError, RuntimeError):
     """An OpenAI-compatible endpoint (judge or generation) that cannot be reached or rejects our key."""
 
 
@@ -100,9 +100,7 @@ def check_endpoint(client, base_url: str, what: str, key_hint: str) -> None:
 
 def load_rubric(path: str | Path = DEFAULT_RUBRIC) -> str:
     """The rubric text (relative paths: working directory first, then the repository root)."""
-    path = Path(path)
-    if not path.is_absolute() and not path.is_file():
-        path = REPO_ROOT / path
+    path = repo_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"judge rubric {path} not found (the repository ships {DEFAULT_RUBRIC})")
     return path.read_text(encoding="utf-8")

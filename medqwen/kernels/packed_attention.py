@@ -3,10 +3,11 @@
 Registered with transformers as `attn_implementation="varlen"` (`register_attention()`), it serves two callers:
 
     training   TRL's padding-free collator packs conversations into one row and adds `cu_seq_lens_q` (their
-               boundaries); each conversation gets causal attention over itself (medqwen.fast_lora, the trainer).
+               boundaries); each conversation gets causal attention over itself (medqwen.kernels.fused_lora, the
+               trainer).
     scoring    C-Eval questions of one subject share their five-shot head. The head runs once; its keys/values
                are attached to the attention modules (`SharedPrefix`), and each packed question attends to the
-               head and causally to itself (medqwen.backends.HFBackend). Positions continue after the head.
+               head and causally to itself (medqwen.exams.backends.HFBackend). Positions continue after the head.
 
 On CUDA in fp16/bf16 both are one FlashAttention varlen call (torch.nn.attention.varlen); elsewhere a loop of SDPA
 calls per sequence computes the same thing, which is what the CPU tests check against the plain model.

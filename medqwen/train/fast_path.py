@@ -9,24 +9,25 @@ and the loss is still normalised over the step's assistant tokens (transformers'
     max_tokens_per_forward  a micro-batch longer than this runs as several forward/backward passes, split at
                             conversation boundaries (bounds memory whatever the lengths; the gradient is the sum)
     fused_lora, attn_implementation=varlen, compile_layers, activation_memory_budget, lora_keep_dropped_inputs
-                            the kernels (medqwen.fast_lora, medqwen.packed_attention)
+                            the kernels (medqwen.kernels.fused_lora, medqwen.kernels.packed_attention)
 
     cfg, why = resolve_fast_path(cfg)       # TrainConfig.fast_path: auto | off | speed | 80gb | 24gb
-    apply_fast_path(trainer, cfg)           # called by medqwen.training.build_trainer
+    apply_fast_path(trainer, cfg)           # called by medqwen.train.sft.build_trainer
 
 benchmark/PERF.md records what each setting bought on a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from medqwen.fast_lora import compile_layers, fuse_lora, set_recompute_layers
-from medqwen.packed_attention import VARLEN, _VARLEN_ATTN, register_attention, skip_mask_building
+from medqwen.kernels.fused_lora import compile_layers, fuse_lora, set_recompute_layers
+from medqwen.kernels.packed_attention import _VARLEN_ATTN, VARLEN, register_attention, skip_mask_building
 
 LORA_SHARED_INPUTS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 
@@ -67,7 +68,7 @@ def choose_fast_path(requested: str, cuda: bool, gpu_gib: float | None, varlen: 
     parts off on CPU; on a GPU missing a kernel it falls back to off.
     """
     if requested == "off":
-        return "off", "--fast_path off: the original implementation"
+        return "off", "--fast_path off: the plain path"
     if requested != "auto" and requested not in FAST_PATHS:
         raise ValueError(f"--fast_path {requested!r}: choose auto, off or one of {sorted(FAST_PATHS)}")
     if not cuda:
@@ -108,7 +109,7 @@ def resolve_fast_path(cfg, support: dict | None = None):
     `support`: kernel_support() of this machine (measured if None), optionally with "gpu_gib" (the GPU's total
     memory; read from the device if absent)."""
     if cfg.fast_path == "off":
-        return cfg, "--fast_path off: the original implementation"
+        return cfg, "--fast_path off: the plain path"
     support = support if support is not None else kernel_support()
     gpu_gib = support.get("gpu_gib")
     if support["cuda"] and gpu_gib is None:
@@ -203,7 +204,7 @@ def _padding_free_batch(input_ids, labels, positions, starts) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Applying the kernels to a trainer (process-wide torch settings live here, the kernels in medqwen.fast_lora)
+# Applying the kernels to a trainer (process-wide torch settings live here, the kernels in medqwen.kernels.fused_lora)
 
 
 def attention_implementation(attn_implementation: str | None, packed_rows: bool = False) -> str | None:
@@ -297,3 +298,116 @@ def apply_fast_path(trainer, cfg) -> dict:
                                                                    "fused_linear_cross_entropy")}
             applied["liger_kernel_config"] = trainer.args.liger_kernel_config
     return applied
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fast path's trainer code
+
+
+def fast_path_trainer(trainer_cls):
+    """`trainer_cls` with the fast path's trainer behaviour: micro-batches split into forwards by token count
+    (FORWARD_CHUNKS) and training metrics read once per logging step (when `deferred_metrics` is set)."""
+    return with_deferred_metrics(with_forward_chunks(trainer_cls))
+
+
+def with_forward_chunks(trainer_cls):
+    """A subclass of a transformers/TRL trainer that runs a micro-batch carrying FORWARD_CHUNKS (see
+    medqwen.train.fast_path.PaddingFreeCollator) as one forward/backward per chunk.
+
+    Each chunk's loss is normalised by the whole optimizer step's assistant-token count (`num_items_in_batch`,
+    counted by the Trainer on the full micro-batch), so the summed gradients and the reported loss are those of
+    the micro-batch in one pass. Under DDP only the last chunk's backward all-reduces.
+    """
+    class ChunkedTrainer(trainer_cls):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            chunks = inputs.pop(FORWARD_CHUNKS, None)
+            if not chunks:
+                return super().training_step(model, inputs, num_items_in_batch)
+            total = None
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                    loss = super().training_step(model, chunk, num_items_in_batch)
+                total = loss if total is None else total + loss
+            return total
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            inputs.pop(FORWARD_CHUNKS, None)  # no gradients kept: the whole micro-batch in one pass
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+    ChunkedTrainer.__name__ = ChunkedTrainer.__qualname__ = f"Chunked{trainer_cls.__name__}"
+    return ChunkedTrainer
+
+
+def with_deferred_metrics(trainer_cls):
+    """A subclass of TRL's SFTTrainer that, when `deferred_metrics` is set, keeps its training metrics (entropy,
+    token accuracy, tokens seen) on the device and reads them once per logging step.
+
+    TRL gathers them across processes and reads them with `.item()` after every forward. Each read makes the host
+    wait for the GPU; and under DDP, where a micro-batch split into forwards by token count gives processes
+    different numbers of forwards, those per-forward gathers paired the wrong collectives and training hung.
+    Here one reduction per logging step covers everything since the last (each process has trained as many
+    micro-batches). The logged values are TRL's: per micro-batch (all processes and forwards of it together) the
+    mean entropy and accuracy over its assistant tokens, averaged over the logging window; tokens seen, all
+    processes. Evaluation, and losses other than TRL's plain one (a custom loss, label smoothing, DFT, MoE aux
+    loss, sequence parallelism), keep TRL's own code.
+    """
+
+    class DeferredMetricsTrainer(trainer_cls):
+        deferred_metrics = False
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # per micro-batch since the last log: [entropy sum, top-1 hits, assistant tokens, tokens]
+            self._metric_rows = []
+            self._micro_batch_row = None  # the micro-batch being trained: the sums over its forwards so far
+
+        def _plain_loss(self) -> bool:
+            parallelism = getattr(self.accelerator, "parallelism_config", None)
+            return (self.compute_loss_func is None and self.label_smoother is None
+                    and getattr(self.args, "loss_type", "nll") == "nll" and not self.aux_loss_enabled
+                    and not (parallelism is not None and getattr(parallelism, "sp_enabled", False)))
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self._micro_batch_row is not None:
+                self._metric_rows.append(self._micro_batch_row)
+                self._micro_batch_row = None
+            return loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not (self.deferred_metrics and self.model.training and self._plain_loss()):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # TRL's loss, as its compute_loss computes it: log-probabilities from its fused LM head, summed over
+            # the assistant tokens and divided by the step's assistant-token count
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True)
+            num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = (-outputs.log_probs).sum() / torch.as_tensor(num_tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            if "attention_mask" in inputs:
+                seen = inputs["attention_mask"].sum()
+            else:  # padding-free: every position is a token
+                seen = torch.full((), inputs["position_ids"].size(1), device=loss.device)
+            row = torch.stack([outputs.entropy.detach().sum().float(), outputs.is_top1.sum().float(),
+                               outputs.label_mask.sum().float(), seen.float()])
+            self._micro_batch_row = row if self._micro_batch_row is None else self._micro_batch_row + row
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            if self._metric_rows and self.model.training:
+                rows = torch.stack(self._metric_rows)
+                self._metric_rows = []
+                if self.accelerator.num_processes > 1:  # every process logs at the same step, after as many rows
+                    rows = self.accelerator.reduce(rows, reduction="sum")
+                metrics = self._metrics["train"]
+                for entropy, hits, valid, seen in rows.tolist():  # the one read of the logging window
+                    metrics["entropy"].append(entropy / valid if valid > 0 else 0.0)
+                    metrics["mean_token_accuracy"].append(hits / valid if valid > 0 else 0.0)
+                    self._total_train_tokens += int(seen) // self._tp_size
+                metrics["num_tokens"] = [self._total_train_tokens]
+            super().log(logs, start_time)
+
+    DeferredMetricsTrainer.__name__ = DeferredMetricsTrainer.__qualname__ = f"DeferredMetrics{trainer_cls.__name__}"
+    return DeferredMetricsTrainer

@@ -9,8 +9,8 @@ default --model_type). For each run it measures, on the held-out split of the co
   LLM judge (optional)          relevance / correctness / safety 1-5 from any OpenAI-compatible endpoint
 
 and writes `config.yaml`, `predictions.jsonl`, `metrics.json`, `report.md` and `report.html` to
-`out/eval/<name>/`. The metrics live in medqwen/eval_metrics.py, the reports and `--compare` (several runs side by
-side: table, report, bar chart) in medqwen/eval_report.py.
+`out/eval/<name>/`. The metrics live in medqwen/evaluate/metrics.py, the reports and `--compare` (several runs side by
+side: table, report, bar chart) in medqwen/evaluate/report.py.
 """
 
 from __future__ import annotations
@@ -21,29 +21,28 @@ import json
 import math
 import sys
 import time
-import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from medqwen.backends import HFBackend
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
-from medqwen.config import EvalConfig
 from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
-from medqwen.eval_metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
-from medqwen.eval_report import compare_runs, load_run, metric_rows, write_report
+from medqwen.evaluate.config import EvalConfig
+from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
+from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
+from medqwen.evaluate.report import compare_runs, load_run, metric_rows, write_report
+from medqwen.exams.backends import HFBackend
 from medqwen.jsonl import write_jsonl
-from medqwen.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
 from medqwen.modeling import load_model
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import resolve_model
-from medqwen.training import read_conversations, split_conversations
+from medqwen.train.sft import read_conversations, split_conversations
 
 Message = dict[str, Any]
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError):
     """Held-out data that is missing or malformed."""
 
 
