@@ -26,10 +26,10 @@ import statistics
 import time
 from pathlib import Path
 
-from medqwen.perf.config import PerfGenerateConfig
-from medqwen.train.config import LORA_TARGETS
 from medqwen.configlib import REPO_ROOT, format_config, parse_config, save_config
+from medqwen.perf.config import PerfGenerateConfig
 from medqwen.reporting import markdown_table, write_metrics
+from medqwen.train.config import LORA_TARGETS
 
 TINY = {"shape": "tiny", "max_new_tokens": 8, "rows": [2, 4], "engine_batches": 1, "hf_batch_size": 2,
         "rollout_rows": 4, "rollout_tokens": 8, "heldout": 100, "compiled": False}

@@ -204,8 +204,8 @@ def test_one_prompt_generator_keeps_generate_on_cpu(tiny_model_dir, capsys):
 
 
 def test_hf_backend_generates_the_same_text_on_the_engine(tiny_model_dir, capsys):
-    from medqwen.exams.backends import HFBackend
     from medqwen.chat import load_tokenizer
+    from medqwen.exams.backends import HFBackend
 
     model = lively(tiny_model_dir)
     tokenizer = load_tokenizer(tiny_model_dir)

@@ -26,8 +26,15 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from transformers import (AttentionInterface, LogitsProcessorList, MinPLogitsWarper, StaticCache, TemperatureLogitsWarper,
-                          TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (
+    AttentionInterface,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    StaticCache,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 # One host sync per this many tokens to learn whether every row has finished: a finished batch decodes at most
 # this many pad tokens more (cut off afterwards), an unfinished one never waits on the host.
