@@ -1,12 +1,13 @@
 """Retrieval benchmark: recall@1/5/10 and MRR@10 of BM25, dense and hybrid retrieval on a gold question set, per
 question kind, with query latency and indexing throughput.
 
-    python benchmark/benchmark_rag.py                       # six classical books, data/rag_gold_tcm.jsonl
-    python benchmark/benchmark_rag.py --limit 10 --throughput_chunks 0          # smoke run
+    python benchmark/benchmark_rag.py             # the shipped disease cards and their gold questions
+    python benchmark/benchmark_rag.py --limit 10 --throughput_chunks 0 --latency_docs 0          # smoke run
     python benchmark/benchmark_rag.py --input my_docs/ --gold my_gold.jsonl --persist_dir out/bench_mine
-    # modern patient questions -> their doctors' answers (each answer a document):
-    python benchmark/benchmark_rag.py --output_dir out/benchmark/rag_qa \
-        --qa_pairs ../shared/data/medical_dialogue/medicalgpt_medical_sft_1K.sharegpt.jsonl
+    # the six classical books (docs/rag.md says where to get them) with their gold set:
+    python benchmark/benchmark_rag.py --input tcm_books/ --gold data/rag_gold_tcm.jsonl --persist_dir out/bench_tcm
+    # patient questions -> their doctors' answers (each answer a document; ShareGPT lines or 问/答 keys):
+    python benchmark/benchmark_rag.py --output_dir out/benchmark/rag_qa --qa_pairs my_dialogues.sharegpt.jsonl
 
 The corpus is indexed into --persist_dir first (idempotent: a second run embeds nothing), so the first run on a
 CPU takes a while. Writes <output_dir>/config.yaml, metrics.json, questions.jsonl and recall_by_kind.png.

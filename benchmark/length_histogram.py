@@ -15,8 +15,8 @@ Only the histogram is committed, never the data.
 import json
 from pathlib import Path
 
+from medqwen.cli import run_script
 from medqwen.perf.config import LengthHistogramConfig
-from medqwen.configlib import parse_config
 
 
 def main(cfg: LengthHistogramConfig) -> dict:
@@ -43,4 +43,4 @@ def main(cfg: LengthHistogramConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(LengthHistogramConfig))
+    run_script(LengthHistogramConfig, main)

@@ -27,11 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from medqwen.cli import run_script
+from medqwen.configlib import REPO_ROOT, resolve_config, save_config
 from medqwen.perf.config import PerfGrpoConfig
-from medqwen.train.config import GrpoConfig
-from medqwen.configlib import REPO_ROOT, format_config, parse_config, resolve_config, save_config
 from medqwen.perf.isolate import print_result, run_variant
 from medqwen.reporting import markdown_table, write_metrics
+from medqwen.train.config import GrpoConfig
 
 # The tiny CPU run: steps of 2 prompts x 4 completions of 8 tokens, so a step takes seconds.
 TINY = {"num_generations": 4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
@@ -51,12 +52,18 @@ def run_one(pcfg: PerfGrpoConfig, spec: str) -> dict:
     import torch
 
     from medqwen.chat import load_tokenizer
-    from medqwen.train.grpo import build_grpo_trainer, mcq_dataset
-    from medqwen.train.mcq import read_mcq_file
-    from medqwen.perf import (benchmark_model, benchmark_tokenizer_dir, decode_bytes_per_step, forward_flops,
-                              lora_train_flops, memory_bandwidth_gbs)
+    from medqwen.perf import (
+        benchmark_model,
+        benchmark_tokenizer_dir,
+        decode_bytes_per_step,
+        forward_flops,
+        lora_train_flops,
+        memory_bandwidth_gbs,
+    )
     from medqwen.perf.grpo import GrpoStepTimer
     from medqwen.train.common import peak_memory_gb
+    from medqwen.train.grpo import build_grpo_trainer, mcq_dataset
+    from medqwen.train.mcq import read_mcq_file
 
     cuda = torch.cuda.is_available()
     if cuda and pcfg.memory_cap_gib > 0:  # before anything is allocated: the cap holds for the whole run
@@ -168,7 +175,6 @@ def main(pcfg: PerfGrpoConfig) -> list[dict]:
         return []
     out = Path(pcfg.output_dir)
     save_config(pcfg, out / "config.yaml")
-    print("perf_grpo config:\n" + format_config(pcfg), flush=True)
     for spec in pcfg.variants:
         variant_config(pcfg, spec, {})  # a typo fails here, before a process starts
     peak = pcfg.peak_tflops or matmul_peak_tflops()
@@ -185,4 +191,4 @@ def main(pcfg: PerfGrpoConfig) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse_config(PerfGrpoConfig))
+    run_script(PerfGrpoConfig, main, echo=lambda pcfg: not pcfg.run_one)  # the variants' processes stay quiet

@@ -16,9 +16,9 @@ Writes the output JSONL and, beside it, <stem>.stats.json (counts in/out/dropped
 length percentiles), <stem>.length_hist.png and <stem>.config.yaml; prints a Markdown summary.
 """
 
-from medqwen.data_config import DataConfig
 from medqwen.configlib import UserError, parse_config, run_main
 from medqwen.data import DataError, prepare
+from medqwen.data_config import DataConfig
 
 
 def main(cfg: DataConfig) -> dict:
@@ -31,6 +31,8 @@ def cli() -> None:
     try:
         main(cfg)
     except DataError as err:
+        if err.reason == "unknown_format" or err.detail.startswith("no record"):  # skipping would not help
+            raise UserError(str(err)) from None
         raise UserError(f"{err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
                         f"by reason (nothing valid is dropped).") from None
     except (OSError, ValueError) as err:  # a missing input, --output on a folder, ...: the user's to fix

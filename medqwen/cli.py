@@ -40,13 +40,20 @@ def fail(message: str) -> NoReturn:
 
 
 def run_script(cls: type[C], main: Callable[[C], Any], *, argv: Sequence[str] | None = None,
-               description: str | None = None, echo: bool = True) -> NoReturn:
-    """Parse `cls` from the command line, echo it, run `main(cfg)` and exit with its status."""
+               description: str | None = None, echo: bool | Callable[[C], bool] = True,
+               prepare: Callable[[C], C] | None = None) -> NoReturn:
+    """Parse `cls` from the command line, echo it, run `main(cfg)` and exit with its status.
+
+    `prepare(cfg)` fills in what follows from the script itself (the eval scripts' own model type) before the echo,
+    so the echo shows what runs; `echo` may be a test of the config (a benchmark's child processes stay quiet).
+    """
     try:
         cfg = parse_config(cls, argv, description)
+        if prepare is not None:
+            cfg = prepare(cfg)
     except USER_ERRORS as err:  # a bad --config file or value
         fail(str(err))
-    if echo:
+    if echo(cfg) if callable(echo) else echo:
         echo_config(cfg)
     try:
         status = main(cfg)

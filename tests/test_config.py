@@ -90,16 +90,23 @@ def test_bad_cli_values_exit_with_clear_message(argv, message, capsys):
 
 
 def test_bad_yaml_is_reported_with_file_and_field(tmp_path):
+    import re
+
     bad = tmp_path / "bad.yaml"
+    where = re.escape(str(bad))
     bad.write_text("epochs: 2\nlearning_rat: 1\n")
-    with pytest.raises(ValueError, match="unknown field.*learning_rat"):
+    with pytest.raises(ValueError, match=rf"^--config {where}: unknown field\(s\) \['learning_rat'\]"):
+        resolve_config(DemoConfig, cli={"config": str(bad)})
+    bad.write_text("learning_rate: 0.0001\nepochs: two\n")
+    with pytest.raises(ValueError, match=rf"^{where}:epochs: expected int, got 'two'"):
         resolve_config(DemoConfig, cli={"config": str(bad)})
     bad.write_text("epochs: [unclosed\n")
-    with pytest.raises(ValueError, match="invalid YAML"):
+    with pytest.raises(ValueError, match=rf"^--config {where}: invalid YAML"):
         resolve_config(DemoConfig, cli={"config": str(bad)})
-    with pytest.raises(ValueError, match="no such file"):
+    missing = re.escape(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match=rf"^--config {missing}: no such file"):
         resolve_config(DemoConfig, cli={"config": str(tmp_path / "missing.yaml")})
-    with pytest.raises(ValueError, match=r"\$MODEL_NAME|epochs"):
+    with pytest.raises(ValueError, match=r"^--epochs: expected int, got 'x'"):
         resolve_config(DemoConfig, environ={}, cli={"epochs": "x"})
 
 

@@ -205,8 +205,12 @@ def test_base_and_lora_end_to_end_then_compare(tiny_model_dir, tmp_path, capsys,
 
     monkeypatch.setattr(sys, "argv", ["eval_base.py", "--compare", str(tmp_path / "eval" / "base"), str(lora_dir),
                                       "--report_samples", "2", "--output_dir", str(tmp_path / "cmp")])
-    cli("base")  # what the scripts run; `--compare A B` takes several folders
-    table = capsys.readouterr().out
+    with pytest.raises(SystemExit) as ended:
+        cli("base")  # what the scripts run; `--compare A B` takes several folders
+    assert ended.value.code == 0
+    captured = capsys.readouterr()
+    table = captured.out
+    assert captured.err.startswith("eval_base config:\n") and "model_type: base" in captured.err
     assert table.splitlines()[0] == "| metric | base | lora |"
     assert "| Δ loss/token vs base | - | " in table and "| identity vs base: McNemar p | - | " in table
     report = (tmp_path / "cmp" / "report.md").read_text(encoding="utf-8")

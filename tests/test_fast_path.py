@@ -240,6 +240,10 @@ def test_compiled_layers_draw_the_eager_dropout_masks(tiny_model_dir, tmp_path):
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=1e-5, msg=name)
+    # dropout really acts: without it the same steps train another adapter (else both paths could ignore it)
+    no_dropout_loss, no_dropout = train_adapter(tiny_model_dir, tmp_path / "no-dropout", packing=True, lora_dropout=0.0)
+    assert no_dropout_loss != pytest.approx(eager_loss, rel=1e-4)
+    assert max((no_dropout[n] - eager[n]).abs().max() for n in eager) > 1e-3
 
 
 def spread_conversations(n: int, seed: int = 0):

@@ -293,7 +293,7 @@ def test_missing_and_empty_store_messages(tmp_path, capsys):
     assert "not available" in make_search_tool(replace(cfg, collection="nope")).invoke({"query": "人参"})
 
 
-def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir):
+def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir, adapter_dir):
     cfg, collection, _ = store
     sys.path.insert(0, str(REPO / "agent"))
     import rag_query
@@ -313,8 +313,25 @@ def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir):
         OpenAIAnswerer(down)(messages)
     assert rag_query.main(replace(down, query="人参")) == 1  # the sources are printed, then the clear error
     assert "cannot reach the model server" in capsys.readouterr().err
-    local = LocalAnswerer(replace(cfg, model=str(tiny_model_dir), max_new_tokens=4, temperature=0))
-    assert isinstance(local(messages), str)
+    # with the adapter: the bare tiny model's greedy reply is newlines only, which strip to the empty string
+    local = LocalAnswerer(replace(cfg, model=str(tiny_model_dir), adapter=str(adapter_dir), max_new_tokens=4,
+                                  temperature=0))
+    assert local(messages) == greedy_reply(local.model, local.tokenizer, messages, 4) != ""
+
+
+def greedy_reply(model, tokenizer, messages, max_new_tokens: int) -> str:
+    """Oracle for a greedy reply: argmax of a full forward pass per token, no generate(), no cache."""
+    import torch
+
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token == tokenizer.convert_tokens_to_ids("<|im_end|>"):
+                break
+            new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 def test_agent_gets_the_tool_only_when_a_store_exists(store, tmp_path):
@@ -330,14 +347,19 @@ def test_agent_gets_the_tool_only_when_a_store_exists(store, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
     """A tiny random BERT with a character vocabulary: a sentence-transformers encoder and a cross-encoder."""
+    import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     chars = sorted(set("桂枝汤治发热汗出恶风麻黄恶寒无汗而喘人参大补元气黄芪补气固表，。？：query passage"))
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars))
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    # from_pretrained: BertTokenizerFast(vocab_file=...) builds a 5-token tokenizer that reads every character as [UNK]
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder))
+    assert len(tokenizer) == len(chars) + 5
+    # initializer_range 1 (not 0.02): a reranker whose scores differ by more than rounding, so its order shows
     config = BertConfig(vocab_size=len(chars) + 5, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1, initializer_range=1.0)
+    torch.manual_seed(0)
     for sub, model_cls in (("encoder", BertModel), ("reranker", BertForSequenceClassification)):
         model_cls(config).save_pretrained(folder / sub)
         tokenizer.save_pretrained(folder / sub)
@@ -357,7 +379,17 @@ def test_sentence_transformers_backend_and_reranker(tmp_path, tiny_bert_dir):
     assert len(collection.get(include=["embeddings"])["embeddings"][0]) == 32
     hits = Retriever(collection, cfg).search("无汗而喘", k=3)
     assert len(hits) == 3 and all(isinstance(h.score, float) for h in hits)
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)  # reranker order
+    # Oracle: the cross-encoder itself over all 4 chunks (rerank_k covers them): its top 3, with its scores
+    from sentence_transformers import CrossEncoder
+
+    everything = collection.get(include=["documents"])["documents"]
+    judged = CrossEncoder(cfg.reranker).predict([("无汗而喘", doc) for doc in everything])
+    best = sorted(zip(judged.tolist(), everything), reverse=True)[:3]
+    assert min(abs(a - b) for i, a in enumerate(judged) for b in judged[i + 1:]) > 1e-4  # no ties: one right order
+    assert [h.document for h in hits] == [doc for _, doc in best]
+    assert [h.score for h in hits] == pytest.approx([score for score, _ in best], rel=1e-5)
+    unranked = Retriever(collection, replace(cfg, reranker=None)).search("无汗而喘", k=3)
+    assert [h.document for h in unranked] != [h.document for h in hits]  # the reranker changed the order
 
 
 # ---------------------------------------------------------------------------------------------- hostile input
@@ -434,10 +466,11 @@ def test_symlinks_out_of_the_corpus_are_not_indexed(tmp_path):
     assert "book.txt" in found  # a link inside the corpus resolves inside it
 
 
-def test_a_missing_input_creates_no_store(tmp_path, capsys):
+def test_a_missing_input_creates_no_store(tmp_path):
     sys.path.insert(0, str(REPO / "agent"))
     import embedding
 
     cfg = RagConfig(input=[str(tmp_path / "typo")], persist_dir=str(tmp_path / "chroma"), collection="test")
-    assert embedding.main(cfg) == 2
-    assert "no such file or folder" in capsys.readouterr().err and not (tmp_path / "chroma").exists()
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):  # the script: `error: ...`, status 2
+        embedding.main(cfg)
+    assert not (tmp_path / "chroma").exists()

@@ -23,8 +23,10 @@ from typing import Sequence
 import numpy as np
 
 from medqwen.chat import load_tokenizer
+from medqwen.client import auth_headers
 from medqwen.configlib import DEFAULT_TEMPLATE
 from medqwen.modeling import load_model
+from medqwen.safe_http import public_text, public_url
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -354,7 +356,8 @@ class OpenAIBackend:
 
         self.prompts_per_request = max(1, prompts_per_request)
         self.base_url = base_url.rstrip("/")
-        self.client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
+        self.client = httpx.Client(timeout=timeout_s, headers=auth_headers(api_key))
+        self._secrets = [api_key]
         self.tokenizer = tokenizer
         self.model = model or self._first_model()
 
@@ -365,16 +368,22 @@ class OpenAIBackend:
         try:
             resp = self.client.post(url, json=payload) if payload is not None else self.client.get(url)
         except httpx.HTTPError as err:
-            raise ConnectionError(f"cannot reach {url} ({err.__class__.__name__}): start the server "
+            raise ConnectionError(f"cannot reach {public_url(url)} ({err.__class__.__name__}): start the server "
                                   f"(bash agent/serve_vllm.sh) or pass --base_url") from None
-        if resp.status_code != 200:
-            raise RuntimeError(f"{url} answered {resp.status_code}: {resp.text[:500]}")
-        return resp.json()
+        if resp.status_code != 200:  # an error page may echo the request headers: redacted before it is shown
+            raise RuntimeError(f"{public_url(url)} answered {resp.status_code}: "
+                               f"{public_text(resp.text, self._secrets, limit=500)}")
+        try:
+            return resp.json()
+        except ValueError:
+            raise RuntimeError(f"{public_url(url)} sent a reply that is not JSON "
+                               f"({public_text(resp.text, self._secrets, 80)}); is it an OpenAI-compatible server?") \
+                from None
 
     def _first_model(self) -> str:
         models = self._post("/models").get("data", [])
         if not models:
-            raise RuntimeError(f"{self.base_url}/models lists no model; pass --served_model")
+            raise RuntimeError(f"{public_url(self.base_url)}/models lists no model; pass --served_model")
         return models[0]["id"]
 
     def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:

@@ -78,9 +78,11 @@ def load_questions(data_dir: str | Path, subject: str, split: str, skipped: Skip
 
 def _make_question(row: dict[str, Any], subject: str, split: str, where: str) -> Question:
     """Validate one row (any layout) and turn it into a Question."""
-    for col in ("question", *CHOICES):
-        if row.get(col) is None or str(row[col]).strip() == "":
-            raise ExamDataError(f"{where}: empty or missing '{col}'")
+    if row.get("question") is None or str(row["question"]).strip() == "":
+        raise ExamDataError(f"{where}: empty or missing 'question'")
+    for col in CHOICES:  # a blank option is still an option: the item is graded by its letter
+        if col not in row or row[col] is None:
+            raise ExamDataError(f"{where}: missing option column '{col}'")
     answer = check_answer(row.get("answer"), CHOICES, where) if split != "test" else None
     return Question(subject=subject, split=split, id=str(row["id"]).strip(), question=str(row["question"]),
                     options=tuple(str(row[c]) for c in CHOICES), answer=answer,

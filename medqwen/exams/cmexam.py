@@ -3,7 +3,8 @@
     <cmexam_dir>/{val,test}.csv   (the release's data/val.csv, data/test.csv; train.csv is not used)
     columns Question,Options,Answer,Explanation (the release has more, e.g. Medical Discipline: ignored)
     Options  one string of lines `A 选项\nB 选项...` up to E (a literal backslash-n between them is accepted too)
-    Answer   one letter, or several (`ABD`) for the few multi-answer items
+    Answer   one letter, or several (`ABD`) for the few multi-answer items; the release leaves some blank or
+             `nan`: those rows are skipped and counted per subject (the official code's `if pd.isna(answer)`)
 
 Single-answer items are scored like every exam (the next-letter log-likelihood over however many options the
 item has); multi-answer items are generated and matched as an exact set, and reported apart. val supplies the
@@ -36,8 +37,6 @@ def parse_options(text: str, where: str) -> tuple[str, ...]:
         if not m or m.group(1) != LETTERS[i] or i >= MAX_OPTIONS:
             raise ExamDataError(f"{where}: option line {line.strip()!r} is not `{LETTERS[min(i, MAX_OPTIONS - 1)]} "
                                 f"text` (options are lines A to at most E, in order)")
-        if not m.group(2).strip():
-            raise ExamDataError(f"{where}: empty option {m.group(1)}")
         options.append(m.group(2).strip())
     if len(options) < 2:
         raise ExamDataError(f"{where}: fewer than two options in {text!r}")

@@ -261,16 +261,17 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
     predictions: list[Prediction] = []
     missing: list[str] = []
     invalid: dict[str, list[str]] = {}
+    ungraded: dict[str, dict[str, int]] = {}
     start = time.perf_counter()
     for key in expand_subjects(subjects):
         exam_name, subject = split_key(key)
         exam = get_exam(exam_name)
         if exam_name not in dirs:
             raise ValueError(f"no data folder given for {exam.title} (subject {key})")
-        skipped = Skipped(skip_invalid)
+        skipped, shot_skipped = Skipped(skip_invalid), Skipped(skip_invalid)
         try:
             graded = exam.graded_split(split)
-            shot_pool = exam.load(dirs[exam_name], subject, exam.shot_split, skipped) if k_shot else []
+            shot_pool = exam.load(dirs[exam_name], subject, exam.shot_split, shot_skipped) if k_shot else []
             questions = exam.load(dirs[exam_name], subject, graded, skipped)[:limit]
         except ExamDataError as err:
             if not skip_missing or key in named or not str(err).startswith("no "):
@@ -278,6 +279,11 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
             missing.append(key)
             print(f"{key}: skipped, no data ({err})", flush=True)
             continue
+        if skipped.ungraded:  # rows of the scored split without an answer: skipped and counted, never fatal
+            ungraded[key] = dict(skipped.ungraded)
+            print(f"{key}: {len(skipped.ungraded_rows)} rows without an answer skipped and counted "
+                  f"({skipped.ungraded}); first: {skipped.ungraded_rows[0]}", flush=True)
+        skipped.rows += shot_skipped.rows
         if skipped.rows:
             invalid[key] = skipped.rows
             print(f"{key}: {len(skipped)} malformed rows skipped (--skip_invalid); first: {skipped.rows[0]}",
@@ -296,7 +302,8 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
               + (f" ({len(questions)} prompts with every option order)" if permute == "cyclic" else ""), flush=True)
     seconds = time.perf_counter() - start
     return predictions, {"seconds": seconds, "questions_per_s": len(predictions) / max(seconds, 1e-9),
-                         "missing_subjects": missing, "skipped_rows": {k: len(v) for k, v in invalid.items()}}
+                         "missing_subjects": missing, "skipped_rows": {k: len(v) for k, v in invalid.items()},
+                         "ungraded_rows": ungraded}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -421,10 +428,13 @@ def _ci(b: dict[str, Any]) -> str:
 def results_table(summary: dict[str, Any]) -> str:
     """Markdown table: one row per subject, one per exam (several subjects), a pooled row (several rows), and
     multi-answer rows; the first column names the exam."""
-    def row(exam: str, name: str, b: dict[str, Any]) -> list[Any]:
-        return [get_exam(exam).title, name, b["n"], b.get("accuracy", "-"), _ci(b), b["n_unparsed"]]
+    ungraded = {k: sum(v.values()) for k, v in (summary.get("ungraded_rows") or {}).items()}
 
-    rows = [row(*split_key(k), b) for k, b in summary["per_subject"].items()]
+    def row(exam: str, name: str, b: dict[str, Any], key: str | None = None) -> list[Any]:
+        cells = [get_exam(exam).title, name, b["n"], b.get("accuracy", "-"), _ci(b), b["n_unparsed"]]
+        return cells + ([ungraded.get(key, 0) if key else ""] if ungraded else [])
+
+    rows = [row(*split_key(k), b, key=k) for k, b in summary["per_subject"].items()]
     per_exam = summary.get("per_exam", {})
     for exam, b in per_exam.items():
         if len(per_exam) > 1 and sum(split_key(k)[0] == exam for k in summary["per_subject"]) > 1:
@@ -437,7 +447,8 @@ def results_table(summary: dict[str, Any]) -> str:
         rows.append(["all" if len(per_exam) > 1 or "per_group" in summary else pooled[0], *pooled[1:]])
     for exam, b in summary.get("multi_answer", {}).items():
         rows.append(row(exam, "multi-answer (exact set, generated; not in the rows above)", b))
-    return markdown_table(rows, ["exam", "subject", "n", "accuracy", "95% CI", "unparsed"])
+    return markdown_table(rows, ["exam", "subject", "n", "accuracy", "95% CI", "unparsed"]
+                          + (["skipped: no answer"] if ungraded else []))
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: int = 1000,

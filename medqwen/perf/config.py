@@ -39,8 +39,7 @@ class LengthHistogramConfig:
     chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template (with generation markers) used for training.")
     max_seq_len: int = _f(1024, "Lengths are capped here, as training truncates (tokens).", at_least=1)
     output: str = _f("benchmark/data/medical_lengths.json", "Where the histogram goes.")
-    note: str = _f("1,000 ShareGPT + 87 QA conversations of ../shared/data/medical_dialogue and the identity data "
-                   "(x3), prepared by data/prepare_data.py --tokenizer ../shared/reference/qwen3; "
+    note: str = _f("conversations prepared by data/prepare_data.py (docs/data.md), measured by "
                    "benchmark/length_histogram.py", "How the data was made, stored in the file.")
 
 

@@ -101,14 +101,17 @@ class RagConfig(ServerFields, ModelFields):
 class RagBenchConfig(RagConfig):
     """benchmark/benchmark_rag.py: recall@k / MRR@10 of bm25, dense and hybrid retrieval on a gold set."""
 
-    input: list[str] = _f(["../shared/data/rag_corpus/tcm_books"], "Corpus files or folders to index (repeatable).")
+    input: list[str] = _f(["data/rag_cards/disease_cards"], "Corpus files or folders to index (repeatable; the "
+                                                             "default is shipped: team-written disease cards).")
     persist_dir: str = _f("out/benchmark/rag/chroma", "Chroma folder of the benchmark store (reused when "
                                                         "unchanged: indexing is idempotent).")
     collection: str = _f("rag_benchmark", "Chroma collection of the benchmark store.")
     prune_unlisted: bool = _f(True, "Delete chunks of files not under --input: the benchmark store holds exactly "
                                     "its corpus (the --qa_pairs corpus is written under --output_dir, so another "
                                     "output folder would otherwise add a second copy of it).")
-    gold: str = _f("data/rag_gold_tcm.jsonl", "Gold JSONL: {id, kind, question, gold_ids: [source_id, ...]}.")
+    gold: str = _f("data/rag_cards/disease_cards_gold.jsonl", "Gold JSONL: {id, kind, question, gold_ids: "
+                                                              "[source_id, ...]} (data/rag_gold_tcm.jsonl: the six "
+                                                              "classical books' questions).")
     output_dir: str = _f("out/benchmark/rag", "Where metrics.json, config.yaml and per-question ranks go.")
     methods: list[str] = _f(["bm25", "dense", "hybrid"], "Retrieval methods compared (hybrid uses the weights "
                                                          "above).")

@@ -19,7 +19,7 @@ from typing import Any
 
 from medqwen.chat import load_tokenizer
 from medqwen.configlib import save_config
-from medqwen.data import InputSpec, load_file
+from medqwen.data import DataError, InputSpec, load_file
 from medqwen.data_config import DataConfig
 from medqwen.distributed import on_gpu, process_state
 from medqwen.jsonl import write_jsonl
@@ -54,7 +54,7 @@ def read_conversations(path: str | Path) -> list[dict]:
                                 f"  python data/prepare_data.py --output {path}")
     conversations = load_file(InputSpec(path), DataConfig()).conversations
     if not conversations:
-        raise ValueError(f"{path}: no conversations found")
+        raise DataError(f"{path}: no conversations found")
     return conversations
 
 
@@ -86,7 +86,7 @@ def split_conversations(conversations: list, eval_ratio: float, seed: int) -> tu
     random.Random(seed).shuffle(order)
     n_eval = 0 if eval_ratio <= 0 else max(1, round(len(order) * eval_ratio))
     if n_eval >= len(order):
-        raise ValueError(f"eval_ratio {eval_ratio} leaves no training data ({len(order)} conversations)")
+        raise DataError(f"eval_ratio {eval_ratio} leaves no training data ({len(order)} conversations)")
     return [conversations[i] for i in order[n_eval:]], [conversations[i] for i in order[:n_eval]]
 
 
