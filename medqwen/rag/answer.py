@@ -136,22 +136,24 @@ class LocalAnswerer:
     """A local HF model (+ optional LoRA adapter), greedy when temperature is 0, with our chat template."""
 
     def __init__(self, cfg: RagConfig):
+        from medqwen.kernels.decode import OnePromptGenerator
+
         self.cfg = cfg
         self.model = load_model(cfg.model, adapter=cfg.adapter)
         self.tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template)
+        self.generator = OnePromptGenerator(self.model, "rag answer")  # the decode engine on a GPU
 
     def __call__(self, messages: list[dict]) -> str:
-        import torch
+        from transformers import GenerationConfig
 
         cfg, tok = self.cfg, self.tokenizer
-        inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True).to(self.model.device)
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                      return_dict=True)["input_ids"]
         sampling = {"do_sample": True, "temperature": cfg.temperature} if cfg.temperature > 0 else \
             {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **sampling)
-        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        config = GenerationConfig(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **sampling)
+        return tok.decode(self.generator.generate(list(ids), config), skip_special_tokens=True).strip()
 
 
 def make_answerer(cfg: RagConfig):
