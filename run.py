@@ -7,12 +7,11 @@
 Interactive commands: /reset clears the history; exit, quit, /exit or Ctrl-D quits (medqwen/repl.py).
 """
 
-import sys
 from threading import Thread
 
 from medqwen.chat import escape_control_tokens, load_tokenizer
 from medqwen.chat_config import ChatConfig
-from medqwen.configlib import format_config, parse_config, run_main
+from medqwen.cli import run_script
 from medqwen.modeling import load_model
 from medqwen.repl import HELP, repl
 from medqwen.runs import resolve_model
@@ -68,11 +67,5 @@ def main(cfg: ChatConfig) -> None:
     repl(reply, on_reset=lambda: history.__setitem__(slice(len(system), None), []))
 
 
-def cli() -> None:
-    config = parse_config(ChatConfig)
-    print("config:\n" + format_config(config), file=sys.stderr)
-    main(config)
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(ChatConfig, main)

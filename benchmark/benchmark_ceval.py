@@ -27,12 +27,9 @@ import json
 import sys
 from pathlib import Path
 
+from medqwen.cli import run_script
 from medqwen.configlib import (
-    UserError,
     config_to_dict,
-    format_config,
-    parse_config,
-    run_main,
     save_config,
     spread_values,
 )
@@ -96,7 +93,7 @@ def main(cfg: CevalConfig) -> dict:
         model, adapter = choice.model, choice.adapter
     save_config(cfg, out_dir / "config.yaml", extra={"resolved_model": model, "resolved_adapter": adapter})
     print(f"{', '.join(cfg.subjects)} {cfg.split}, {cfg.k_shot}-shot, {cfg.prompt_style} prompt, {cfg.scoring}: {model}"
-          f"{' + ' + adapter if adapter else ''} -> {out_dir}\n{format_config(cfg)}", flush=True)
+          f"{' + ' + adapter if adapter else ''} -> {out_dir}", flush=True)
 
     backend = make_backend(cfg, model, adapter)
     max_new_tokens = cfg.max_new_tokens or (512 if cfg.cot else 16)
@@ -129,12 +126,6 @@ def main(cfg: CevalConfig) -> dict:
     return summary
 
 
-def cli() -> None:
-    try:
-        main(parse_config(CevalConfig, argv=spread_values(sys.argv[1:])))  # `--compare a b c` as argparse wants it
-    except (FileNotFoundError, ValueError, ConnectionError) as err:  # bad data / folders / server: say what to do
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    # `--compare a b c` as argparse wants it
+    run_script(CevalConfig, main, argv=spread_values(sys.argv[1:]))

@@ -5,7 +5,8 @@ mistake the user can fix into `error: <message>` and exit status 2 (the status a
         run_script(TrainConfig, main)      # main(cfg) -> None, an exit status, or a summary (status 0)
 
 A user's mistake is a `UserError` (every error class a user can fix subclasses it: bad data, a missing run, a
-store or server that cannot be reached) or a missing file; anything else is a bug and keeps its traceback.
+store or server that cannot be reached), a missing file or a refused connection; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Callable, NoReturn, Sequence, TypeVar
 from medqwen.configlib import UserError, format_config, parse_config
 
 C = TypeVar("C")
-USER_ERRORS = (UserError, FileNotFoundError)
+# ConnectionError: a server that is down (the message says how to start it).
+USER_ERRORS = (UserError, FileNotFoundError, ConnectionError)
 
 
 def is_first_process() -> bool:

@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from medqwen.chat import escape_control_tokens
+from medqwen.configlib import UserError
 from medqwen.safe_http import public_text, public_url
 
 KEY_PLACEHOLDER = "EMPTY"  # local servers (vLLM) accept any key; the OpenAI client insists on a non-empty one
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
-class ServerReplyError(RuntimeError):
+class ServerReplyError(UserError, RuntimeError):
     """A reply that is not a complete OpenAI chat completion (cut stream, HTML page, no choices)."""
 
 

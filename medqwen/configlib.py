@@ -1,15 +1,16 @@
 """The config machinery every stage uses: dataclass defaults < environment (.env too) < --config YAML < CLI flags.
 
 A stage config (in its area's config.py, e.g. medqwen/train/config.py, built from the shared field groups at the
-end of this file) is a dataclass whose fields are made with `_f`: the field's metadata carries its `help` (with units), the environment variable(s) that may set it (`env`: the first one set wins), whether it is a
-secret (`secret`: read at call time, never saved), its `choices`, its range (`at_least`/`above`/`at_most`/`below`)
+end of this file) is a dataclass whose fields are made with `_f`: the field's metadata carries its `help` (with
+units), the environment variable(s) that may set it (`env`: the first one set wins), whether it is a secret
+(`secret`: read at call time, never saved), its `choices`, its range (`at_least`/`above`/`at_most`/`below`)
 and older names still accepted on the command line and in YAML (`aliases`).
 
     cfg = parse_config(TrainConfig)            # in a script's main()
     save_config(cfg, out_dir / "config.yaml")  # next to every output, secrets left out
 
-Scripts wrap their main with `run_main(main)`: a `UserError` (or a config error) prints `error: <message>` on
-stderr and exits with status 2, the status argparse uses for a bad flag.
+Scripts run through medqwen/cli.py's `run_script(Config, main)`: a `UserError` (or a config error) prints
+`error: <message>` on stderr and exits with status 2, the status argparse uses for a bad flag.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import yaml
 
@@ -46,15 +47,6 @@ C = TypeVar("C")
 
 class UserError(ValueError):
     """A mistake the user can fix (a missing file, a bad value): shown as `error: <message>`, exit status 2."""
-
-
-def run_main(main: Callable[[], Any]) -> None:
-    """Run a script's main; a UserError ends it with `error: <message>` on stderr and exit status 2."""
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _f(default: Any, help: str, *, env: str | Sequence[str] | None = None, secret: bool = False,

@@ -17,7 +17,7 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer, render
-from medqwen.configlib import config_to_dict, format_config, repo_path
+from medqwen.configlib import UserError, config_to_dict, repo_path
 from medqwen.data.config import DataConfig
 from medqwen.data.formats import (
     PLACEHOLDER,
@@ -95,7 +95,7 @@ def parse_inputs(inputs: list[str], identity: bool = False, default_repeat: int 
         head, sep, tail = text.rpartition(":")
         path, repeat = (head, int(tail)) if sep and tail.isdigit() else (text, default_repeat)
         if repeat < 1:
-            raise ValueError(f"{text}: the upsampling factor after ':' must be >= 1")
+            raise UserError(f"{text}: the upsampling factor after ':' must be >= 1")
         resolved = repo_path(path)
         if resolved.is_dir():
             files = sorted(p for p in resolved.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
@@ -122,6 +122,10 @@ def _cmedqa_questions(answer_file: Path, encoding: str) -> dict[str, str]:
                     if isinstance(r, dict) and "question_id" in r and "content" in r}
     raise FileNotFoundError(f"{answer_file}: a cMedQA answer file needs question.csv beside it (the questions are "
                             "joined in by question_id)")
+
+
+SKIP_HINT = ("Fix that record, or pass --skip_invalid to skip invalid records and count them by reason (nothing "
+             "valid is dropped).")
 
 
 def load_file(spec: InputSpec, cfg: DataConfig) -> FileResult:
@@ -159,7 +163,7 @@ def load_file(spec: InputSpec, cfg: DataConfig) -> FileResult:
             result.read += 1
             located = DataError(spec.path, line, err.reason, err.detail)
             if not cfg.skip_invalid and err.reason not in WITHOUT_TEXT:
-                raise located from None
+                raise DataError(spec.path, line, err.reason, f"{err.detail}\n{SKIP_HINT}") from None
             first_error = first_error or located
             result.drop(err.reason, str(located))
     if result.read and not result.conversations and set(result.dropped) <= {"invalid_json", "encoding"}:
@@ -300,18 +304,15 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
     """Run the whole preparation; returns the stats that are also written to `<output stem>.stats.json`."""
     specs = parse_inputs(cfg.input) + parse_inputs(cfg.identity, identity=True, default_repeat=cfg.identity_upsample)
     if not specs:
-        raise ValueError("nothing to prepare: give --input FILE (repeatable) and/or --identity FILE")
+        raise UserError("nothing to prepare: give --input FILE (repeatable) and/or --identity FILE")
     paths = output_paths(cfg.output)
     if any(s.path.resolve() == paths["output"].resolve() for s in specs):
-        raise ValueError(f"--output {cfg.output} is also an input; write to a new file")
+        raise UserError(f"--output {cfg.output} is also an input; write to a new file")
     for value in (cfg.name, cfg.author):
         if PLACEHOLDER.search(value):
-            raise ValueError(f"--name/--author must not contain '{{{{' or '}}}}': {value!r}")
+            raise UserError(f"--name/--author must not contain '{{{{' or '}}}}': {value!r}")
     if paths["output"].is_dir():
-        raise ValueError(f"--output {cfg.output} is a folder; give a file name, e.g. {paths['output'] / 'data.jsonl'}")
-    if verbose:
-        print(f"preparing data with\n{format_config(cfg)}", file=sys.stderr)
-
+        raise UserError(f"--output {cfg.output} is a folder; give a file name, e.g. {paths['output'] / 'data.jsonl'}")
     remove_stale_temporaries(paths)
     # Read and validate everything before writing anything, so a bad file never leaves a half-written output.
     results = [load_file(spec, cfg) for spec in specs]

@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from medqwen.chat import load_tokenizer
-from medqwen.client import auth_headers
-from medqwen.configlib import DEFAULT_TEMPLATE
+from medqwen.client import ServerReplyError, auth_headers
+from medqwen.configlib import DEFAULT_TEMPLATE, UserError
 from medqwen.modeling import load_model
 from medqwen.safe_http import public_text, public_url
 
@@ -265,7 +265,7 @@ def resolve_kernels(kernels: str, device, compile: bool = False) -> str:
     import importlib.util
 
     if kernels not in KERNELS:
-        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+        raise UserError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
     if kernels == "auto":
         usable = device.type == "cuda" and not compile and importlib.util.find_spec("liger_kernel") is not None
         return "liger" if usable else "none"
@@ -371,19 +371,19 @@ class OpenAIBackend:
             raise ConnectionError(f"cannot reach {public_url(url)} ({err.__class__.__name__}): start the server "
                                   f"(bash agent/serve_vllm.sh) or pass --base_url") from None
         if resp.status_code != 200:  # an error page may echo the request headers: redacted before it is shown
-            raise RuntimeError(f"{public_url(url)} answered {resp.status_code}: "
+            raise ServerReplyError(f"{public_url(url)} answered {resp.status_code}: "
                                f"{public_text(resp.text, self._secrets, limit=500)}")
         try:
             return resp.json()
         except ValueError:
-            raise RuntimeError(f"{public_url(url)} sent a reply that is not JSON "
+            raise ServerReplyError(f"{public_url(url)} sent a reply that is not JSON "
                                f"({public_text(resp.text, self._secrets, 80)}); is it an OpenAI-compatible server?") \
                 from None
 
     def _first_model(self) -> str:
         models = self._post("/models").get("data", [])
         if not models:
-            raise RuntimeError(f"{public_url(self.base_url)}/models lists no model; pass --served_model")
+            raise ServerReplyError(f"{public_url(self.base_url)}/models lists no model; pass --served_model")
         return models[0]["id"]
 
     def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:

@@ -170,7 +170,7 @@ class Exam:
         if not self.answered_test:
             return split
         if split != "val":
-            raise ValueError(f"{self.title}'s scored split is `test` (answers public): run it with --split val "
+            raise UserError(f"{self.title}'s scored split is `test` (answers public): run it with --split val "
                              "(graded); --split test is C-Eval's answer-less submission split")
         return "test"
 
@@ -185,7 +185,7 @@ class Exam:
 
     def check_style(self, style: str) -> None:
         if style not in self.styles:
-            raise ValueError(f"prompt style {style!r} is not defined for {self.title} (has: {', '.join(self.styles)})")
+            raise UserError(f"prompt style {style!r} is not defined for {self.title} (has: {', '.join(self.styles)})")
 
     # -- prompt hooks ------------------------------------------------------------------------------------
     def instruction(self, q: Question, style: str) -> str:
@@ -199,7 +199,7 @@ class Exam:
 
     def answer_text(self, q: Question, style: str = "official", cot: bool = False) -> str:
         if cot:
-            raise ValueError(f"chain of thought is defined for C-Eval only, not {self.title}")
+            raise UserError(f"chain of thought is defined for C-Eval only, not {self.title}")
         return self.continuation(q.answer or "", style)
 
     def cot_cue(self, cot: bool) -> str:

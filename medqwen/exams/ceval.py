@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medqwen.configlib import UserError
 from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records
 
 CHOICES = LETTERS[:4]  # C-Eval's (and CMMLU's) four option letters
@@ -158,7 +159,7 @@ class CevalExam(Exam):
             return f"以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n"
         if style == "lm-eval":
             return f"以下是中国关于{name}的单项选择题，请选出其中的正确答案。\n\n"
-        raise ValueError(f"unknown prompt style {style!r}; choose from {STYLES}")
+        raise UserError(f"unknown prompt style {style!r}; choose from {STYLES}")
 
     def format_question(self, q: Question, style: str = "official", cot: bool = False) -> str:
         """The question, its options and `答案：` (the CoT cue follows it in CoT mode)."""

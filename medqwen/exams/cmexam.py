@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from medqwen.configlib import UserError
 from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records
 
 REQUIRED = ["Question", "Options", "Answer", "Explanation"]
@@ -65,7 +66,7 @@ class CmexamExam(Exam):
 
     def format_question(self, q: Question, style: str = "official", cot: bool = False) -> str:
         if cot:
-            raise ValueError("chain of thought is defined for C-Eval only, not CMExam")
+            raise UserError("chain of thought is defined for C-Eval only, not CMExam")
         return "题目：" + q.question + "".join(f"\n{c}. {o}" for c, o in zip(q.letters, q.options)) + "\n答案是："
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medqwen.configlib import UserError
 from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records
 
 # subject -> Chinese name, as in CMMLU's src/categories.py (name_en2zh); the name goes into the instruction.
@@ -69,7 +70,7 @@ class CmmluExam(Exam):
 
     def format_question(self, q: Question, style: str = "official", cot: bool = False) -> str:
         if cot:
-            raise ValueError("chain of thought is defined for C-Eval only, not CMMLU")
+            raise UserError("chain of thought is defined for C-Eval only, not CMMLU")
         return "题目：" + q.question + "".join(f"\n{c}. {o}" for c, o in zip(q.letters, q.options)) + "\n答案是："
 
 

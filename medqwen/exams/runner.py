@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medqwen.chat import render
+from medqwen.configlib import UserError
 from medqwen.exams import CROSS_GROUPS, EXAM_NAMES, expand_subjects, get_exam, is_group, split_key
 from medqwen.exams.base import LETTERS, ExamDataError, Question, Skipped, qualified, rotate
 from medqwen.exams.ceval import CHOICES, GROUPS, SUBJECTS, load_questions, read_csv_split
@@ -170,7 +171,7 @@ def render_prompt(q: Question, shots: Sequence[Question], style: str, cot: bool,
     if not chat:
         return build_prompt(q, shots, style, cot)
     if tokenizer is None:
-        raise ValueError("chat prompting needs a tokenizer with a chat template (a local --model folder)")
+        raise UserError("chat prompting needs a tokenizer with a chat template (a local --model folder)")
 
     text = render(tokenizer, build_messages(q, shots, style, cot), add_generation_prompt=True,
                   enable_thinking=enable_thinking)
@@ -202,7 +203,7 @@ def score_questions(backend, questions: Sequence[Question], shots: Sequence[Ques
     preds: list[Prediction] = []
     if scoring == "loglik":
         if cot:
-            raise ValueError("CoT needs --scoring generate (loglik reads the letter right after the prompt)")
+            raise UserError("CoT needs --scoring generate (loglik reads the letter right after the prompt)")
         letters = LETTERS[: max(len(q.options) for q in questions)]
         exam = get_exam(questions[0].exam)
         # In chat mode the letter is the assistant's first token, with no delimiter in either style.
@@ -220,7 +221,7 @@ def score_questions(backend, questions: Sequence[Question], shots: Sequence[Ques
             preds.append(Prediction(q.subject, q.id, prompt, None, out, pred, q.answer,
                                     None if q.answer is None else pred == q.answer, q.exam, r))
     else:
-        raise ValueError(f"unknown scoring {scoring!r}: loglik or generate")
+        raise UserError(f"unknown scoring {scoring!r}: loglik or generate")
     return preds
 
 
@@ -252,9 +253,9 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
     under every other cyclic rotation of its options (same few-shot head). skip_missing: subjects that came from
     a group and have no data are left out and listed (named subjects always need their data)."""
     if not 0 <= k_shot <= 5:
-        raise ValueError(f"k_shot must be 0-5 (the exams' dev splits have 5 items per subject), got {k_shot}")
+        raise UserError(f"k_shot must be 0-5 (the exams' dev splits have 5 items per subject), got {k_shot}")
     if permute not in ("none", "cyclic"):
-        raise ValueError(f"unknown option permutation {permute!r}: none or cyclic")
+        raise UserError(f"unknown option permutation {permute!r}: none or cyclic")
     dirs = data_dir if isinstance(data_dir, dict) else {"ceval": data_dir}
 
     named = {k for n, group in zip(subjects, is_group(subjects)) if not group for k in expand_subjects([n])}
@@ -267,7 +268,7 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
         exam_name, subject = split_key(key)
         exam = get_exam(exam_name)
         if exam_name not in dirs:
-            raise ValueError(f"no data folder given for {exam.title} (subject {key})")
+            raise UserError(f"no data folder given for {exam.title} (subject {key})")
         skipped, shot_skipped = Skipped(skip_invalid), Skipped(skip_invalid)
         try:
             graded = exam.graded_split(split)
@@ -458,7 +459,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
     check (medical change next to general change, paired bootstrap CIs). Writes compare.md, compare.json,
     compare.png (bars with 95% CIs) and forgetting.png."""
     if len(run_dirs) < 2:
-        raise ValueError("--compare needs at least two run folders")
+        raise UserError("--compare needs at least two run folders")
     runs = []
     for d in run_dirs:
         d = Path(d)
@@ -474,7 +475,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
         runs = [(str(d), d, p) for _, d, p in runs]
     keys = sorted(set.intersection(*(set(p) for _, _, p in runs)))
     if not keys:
-        raise ValueError("the runs share no graded questions (different subjects or the test split?)")
+        raise UserError("the runs share no graded questions (different subjects or the test split?)")
     exams = sorted({k[0] for k in keys}, key=EXAM_NAMES.index)
     scopes = [(get_exam(e).title, [k for k in keys if k[0] == e]) for e in exams] if len(exams) > 1 else []
     as_key = lambda k: k[1] if k[0] == "ceval" else f"{k[0]}/{k[1]}"  # noqa: E731  (exam, subject, id) -> key
