@@ -19,6 +19,7 @@ from medqwen.modeling import load_model
 from medqwen.rag.config import RagConfig
 from medqwen.rag.retrieval import Hit, Retriever
 from medqwen.rag.store import StoreError, open_client, open_collection
+from medqwen.runs import resolve_model
 from medqwen.safe_http import public_text
 
 SYSTEM_PROMPT = ("你是一名中医药知识助手。只根据用户给出的编号资料回答问题，在用到的句子后用 [编号] 标注出处；"
@@ -139,8 +140,9 @@ class LocalAnswerer:
         from medqwen.kernels.decode import OnePromptGenerator
 
         self.cfg = cfg
-        self.model = load_model(cfg.model, adapter=cfg.adapter)
-        self.tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template)
+        choice = resolve_model(cfg.model, cfg.adapter, cfg.model_type)  # an adapter goes on its own run's base
+        self.model = load_model(choice.model, adapter=choice.adapter)
+        self.tokenizer = load_tokenizer(choice.model, chat_template=cfg.chat_template)
         self.generator = OnePromptGenerator(self.model, "rag answer")  # the decode engine on a GPU
 
     def __call__(self, messages: list[dict]) -> str:
