@@ -17,7 +17,7 @@ from medqwen.repl import HELP, repl
 from medqwen.runs import resolve_model
 
 
-def stream_reply(generator, tokenizer, messages, cfg: ChatConfig) -> str:
+def print_streamed_reply(generator, tokenizer, messages, cfg: ChatConfig) -> str:
     """Generate one assistant reply for `messages` with a medqwen.kernels.decode.OnePromptGenerator, printing tokens as
     they arrive."""
     import torch
@@ -52,7 +52,7 @@ def main(cfg: ChatConfig) -> None:
     generator = OnePromptGenerator(model, "run.py")
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt is not None:
-        stream_reply(generator, tokenizer, system + [{"role": "user", "content": escape_control_tokens(cfg.prompt)}],
+        print_streamed_reply(generator, tokenizer, system + [{"role": "user", "content": escape_control_tokens(cfg.prompt)}],
                      cfg)
         return
     print(f"chatting with {choice.label} on {model.device} ({HELP})")
@@ -61,7 +61,7 @@ def main(cfg: ChatConfig) -> None:
     def reply(user: str) -> None:
         print("assistant> ", end="", flush=True)
         turn = {"role": "user", "content": escape_control_tokens(user)}  # typed text cannot forge a turn
-        answer = stream_reply(generator, tokenizer, history + [turn], cfg)
+        answer = print_streamed_reply(generator, tokenizer, history + [turn], cfg)
         history.extend([turn, {"role": "assistant", "content": answer}])
 
     repl(reply, on_reset=lambda: history.__setitem__(slice(len(system), None), []))

@@ -36,13 +36,13 @@ from medqwen.configlib import (
 from medqwen.exams import is_group
 from medqwen.exams.config import CevalConfig
 from medqwen.exams.runner import (
-    compare_runs,
+    compare_exam_runs,
     expand_subjects,
     option_order_table,
     results_table,
     run_benchmark,
     submission,
-    summarize,
+    summarize_predictions,
     write_predictions,
 )
 from medqwen.reporting import write_metrics
@@ -82,7 +82,7 @@ def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
 def main(cfg: CevalConfig) -> dict:
     root = Path("out/benchmark/ceval-exam") / subject_tag(cfg.subjects)
     if cfg.compare:
-        table, result = compare_runs(cfg.compare, cfg.output_dir or root / "compare", cfg.n_bootstrap, cfg.seed)
+        table, result = compare_exam_runs(cfg.compare, cfg.output_dir or root / "compare", cfg.n_bootstrap, cfg.seed)
         print(table)
         return result
     out_dir = Path(cfg.output_dir or root / cfg.model_type)
@@ -104,7 +104,7 @@ def main(cfg: CevalConfig) -> dict:
                                         cot=cfg.cot, chat=cfg.chat, max_new_tokens=max_new_tokens,
                                         enable_thinking=cfg.enable_thinking)
     write_predictions(predictions, out_dir / "predictions.jsonl")
-    summary = summarize(predictions, cfg.n_bootstrap, cfg.seed)
+    summary = summarize_predictions(predictions, cfg.n_bootstrap, cfg.seed)
     summary.update(model_type=cfg.model_type, model=model, adapter=adapter, split=cfg.split, k_shot=cfg.k_shot,
                    prompt_style=cfg.prompt_style, scoring=cfg.scoring, chat=cfg.chat, cot=cfg.cot, **timing)
     if hasattr(backend, "kernels"):

@@ -161,7 +161,7 @@ def main(cfg: PerfGenerateConfig) -> list[dict]:
         results.append(r)
         print(f"{r['name']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in r.items() if k != "name"), flush=True)
-        write_report(results, cfg, bandwidth, out)  # after every row: a killed run keeps its rows
+        write_generate_report(results, cfg, bandwidth, out)  # after every row: a killed run keeps its rows
 
     def engine_row(name: str, rows: int, **engine_kwargs) -> dict:
         engine = DecodeEngine(model, max_batch_tokens=rows * (max(map(len, encoded)) + cfg.max_new_tokens),
@@ -227,7 +227,7 @@ def main(cfg: PerfGenerateConfig) -> list[dict]:
         theirs = answers.get("hf lora" if r["name"].startswith("engine lora") else "hf base")
         if r["name"].startswith("engine") and theirs is not None:
             r["same_as_hf"] = same_share(answers[r["name"]], theirs)
-    write_report(results, cfg, bandwidth, out)
+    write_generate_report(results, cfg, bandwidth, out)
     print((out / "results.md").read_text(encoding="utf-8"))
     return results
 
@@ -248,7 +248,7 @@ def totals(results: list[dict], cfg: PerfGenerateConfig) -> list[str]:
     return lines
 
 
-def write_report(results: list[dict], cfg: PerfGenerateConfig, bandwidth: float | None, out: Path) -> None:
+def write_generate_report(results: list[dict], cfg: PerfGenerateConfig, bandwidth: float | None, out: Path) -> None:
     hf = {r["name"]: r for r in results if r["name"].startswith("hf ")}
     table = []
     for r in results:

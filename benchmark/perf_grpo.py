@@ -39,7 +39,7 @@ TINY = {"num_generations": 4, "per_device_train_batch_size": 4, "gradient_accumu
         "max_completion_length": 8}
 
 
-def variant_config(pcfg: PerfGrpoConfig, spec: str, base: dict) -> GrpoConfig:
+def grpo_variant_config(pcfg: PerfGrpoConfig, spec: str, base: dict) -> GrpoConfig:
     """The GrpoConfig of a variant spec (`plain`, `graph`, `graph:field=value:...`) on the preset."""
     name, _, extra = spec.partition(":")
     overrides = dict(item.partition("=")[::2] for item in filter(None, extra.split(":")))
@@ -73,7 +73,7 @@ def run_one(pcfg: PerfGrpoConfig, spec: str) -> dict:
     tokenizer = load_tokenizer(tok_dir)
     base = {"model": str(tok_dir), "output_dir": tempfile.mkdtemp(prefix="perf-grpo-"), "report_to": "none",
             "save_steps": 10**6, "seed": pcfg.seed, "bf16": cuda, **(TINY if pcfg.shape == "tiny" else {})}
-    cfg = variant_config(pcfg, spec, base)
+    cfg = grpo_variant_config(pcfg, spec, base)
     questions = [q for q in read_mcq_file(REPO_ROOT / cfg.data_path)
                  if not cfg.subjects or q.subject in cfg.subjects]
     dataset = mcq_dataset(questions, tokenizer, cfg.prompt_style, cfg.enable_thinking)
@@ -123,7 +123,7 @@ def run_one(pcfg: PerfGrpoConfig, spec: str) -> dict:
     }
 
 
-def write_report(results: list[dict], peak: float | None, out: Path, seed: int) -> str:
+def write_grpo_report(results: list[dict], peak: float | None, out: Path, seed: int) -> str:
     """The Markdown table (returned and written to results.md), results.json and metrics.json."""
     # every variant of one run shares its memory cap, so the plain row is the baseline under the same cap
     plain = next((r for r in results if r.get("rollouts") == "plain" and "step_s" in r), None)
@@ -176,7 +176,7 @@ def main(pcfg: PerfGrpoConfig) -> list[dict]:
     out = Path(pcfg.output_dir)
     save_config(pcfg, out / "config.yaml")
     for spec in pcfg.variants:
-        variant_config(pcfg, spec, {})  # a typo fails here, before a process starts
+        grpo_variant_config(pcfg, spec, {})  # a typo fails here, before a process starts
     peak = pcfg.peak_tflops or matmul_peak_tflops()
     results = []
     for spec in pcfg.variants:
@@ -185,7 +185,7 @@ def main(pcfg: PerfGrpoConfig) -> list[dict]:
         results.append(row)
         print(f"{spec}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                       for k, v in row.items() if k not in ("steps", "settings")), flush=True)
-        md = write_report(results, peak, out, pcfg.seed)  # after every variant: a killed run keeps its rows
+        md = write_grpo_report(results, peak, out, pcfg.seed)  # after every variant: a killed run keeps its rows
     print(md)
     return results
 

@@ -164,7 +164,7 @@ def run_isolated(pcfg: PerfTrainConfig, spec: str, launcher: str) -> dict:
 
 
 def main(pcfg: PerfTrainConfig) -> list[dict]:
-    from medqwen.perf import matmul_peak_tflops, write_report
+    from medqwen.perf import matmul_peak_tflops, write_perf_report
 
     if pcfg.tiny:
         pcfg.shape, pcfg.max_seq_len, pcfg.median_len = "tiny", 128, 40
@@ -187,7 +187,7 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
             shown = {k: v for k, v in row.items() if k not in ("steps", "lengths")}
             print(f"{spec} on {launcher}: " + json.dumps(shown), flush=True)
             # after every run: a killed benchmark keeps its rows
-            md = write_report(results, peak, out, pcfg.seed, pcfg.baseline)
+            md = write_perf_report(results, peak, out, pcfg.seed, pcfg.baseline)
     print(md)
     cpu_notes = sorted({f"{r['variant']}: {', '.join(r['cuda_only_off'])}" for r in results if r.get("cuda_only_off")})
     if cpu_notes:

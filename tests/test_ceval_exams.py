@@ -120,9 +120,9 @@ def test_exam_rows_without_an_answer_are_skipped_and_counted_per_subject(tmp_pat
     preds, facts = run_benchmark(tiny_backend, {"cmexam": tmp_path}, ["cmexam"], k_shot=0)
     assert facts["ungraded_rows"] == {"cmexam/physician": {"unanswered": 2}}
     assert len([p for p in preds if not p.multi]) == 3
-    from medqwen.exams.runner import results_table, summarize
+    from medqwen.exams.runner import results_table, summarize_predictions
 
-    table = results_table({**summarize(preds), **facts})
+    table = results_table({**summarize_predictions(preds), **facts})
     assert "skipped: no answer" in table and "| CMExam | physician | 3 |" in table
     line = next(t for t in table.splitlines() if "| physician |" in t)
     assert line.rstrip(" |").endswith("2")

@@ -150,7 +150,7 @@ def test_steps_of_several_processes_merge_into_one():
 
 
 def test_report_of_launched_rows_has_scaling_and_flags_unsharded_fsdp(tmp_path):
-    from medqwen.perf import write_report
+    from medqwen.perf import write_perf_report
 
     def row(launcher, processes, tok_s, **extra):
         return {"variant": "24gb", "launcher": launcher, "processes": processes, "real_tok_s": tok_s,
@@ -161,7 +161,7 @@ def test_report_of_launched_rows_has_scaling_and_flags_unsharded_fsdp(tmp_path):
     results = [row("single", 1, 1000.0), row("ddp", 2, 1900.0),
                row("fsdp", 2, 1800.0, weights_sharded=False, distributed_type="MULTI_CPU"),
                {"variant": "speed", "launcher": "fsdp", "processes": 2, "error": "out of memory"}]
-    md = write_report(results, 400.0, tmp_path)
+    md = write_perf_report(results, 400.0, tmp_path)
     lines = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines()[2:6]}
     assert lines["ddp x2"][2:4] == ["1900", "950"] and lines["ddp x2"][-1] == "1.90x"
     assert lines["ddp x2"][7] == "25.0%"  # MFU against two GPUs' peak
@@ -185,7 +185,7 @@ def test_loss_column_flags_a_different_function():
 
 def test_report_compares_with_the_named_baseline(tmp_path):
     """--baseline names the row the others are compared with, overrides included."""
-    from medqwen.perf import write_report
+    from medqwen.perf import write_perf_report
 
     def row(variant, tok_s, fingerprints):
         return {"variant": variant, "launcher": "single", "processes": 1, "real_tok_s": tok_s,
@@ -196,10 +196,10 @@ def test_report_compares_with_the_named_baseline(tmp_path):
     baseline = "original:per_device_train_batch_size=8:gradient_accumulation_steps=8"
     results = [row(baseline, 100.0, ["a", "b"]), row("speed", 250.0, ["a", "b"]), row("packed", 300.0, ["c"])]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
-            for line in write_report(results, None, tmp_path, baseline=baseline).splitlines()[2:5]}
+            for line in write_perf_report(results, None, tmp_path, baseline=baseline).splitlines()[2:5]}
     assert rows["speed"][11:14] == ["yes", "10.8000 → 10.7000", "2.50x"]
     assert rows["packed"][11].startswith("DIFFERENT")
-    assert write_report(results, None, tmp_path).splitlines()[3].split("|")[12].strip() == "n/a"  # no "original"
+    assert write_perf_report(results, None, tmp_path).splitlines()[3].split("|")[12].strip() == "n/a"  # no "original"
 
 
 @pytest.mark.slow

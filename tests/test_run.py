@@ -32,15 +32,15 @@ def test_interactive_session_keeps_history_and_exits(tiny_model_dir, monkeypatch
     from medqwen.chat_config import ChatConfig
     from medqwen.configlib import parse_config
 
-    seen, replies, real_stream_reply = [], [], run.stream_reply
+    seen, replies, real_print_streamed_reply = [], [], run.print_streamed_reply
 
     def recording(model, tokenizer, messages, cfg):
         seen.append([dict(m) for m in messages])
-        replies.append(real_stream_reply(model, tokenizer, messages, cfg))
+        replies.append(real_print_streamed_reply(model, tokenizer, messages, cfg))
         return replies[-1]
 
     lines = iter(["hi", "more", "/reset", "again", "/exit", "never read"])
-    monkeypatch.setattr(run, "stream_reply", recording)
+    monkeypatch.setattr(run, "print_streamed_reply", recording)
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     run.main(parse_config(ChatConfig, ["--model", str(tiny_model_dir), "--max_new_tokens", "4", "--temperature", "0",
                                        "--system", "be brief"], environ={}))

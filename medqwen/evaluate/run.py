@@ -34,7 +34,7 @@ from medqwen.data.conversations import read_conversations, split_conversations
 from medqwen.evaluate.config import EvalConfig
 from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
 from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
-from medqwen.evaluate.report import compare_runs, load_run, metric_rows, write_report
+from medqwen.evaluate.report import compare_eval_runs, load_run, metric_rows, write_eval_report
 from medqwen.exams.backends import HFBackend
 from medqwen.jsonl import write_jsonl
 from medqwen.modeling import load_model
@@ -250,7 +250,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         for example, verdict in zip(examples, judgements):
             example["judge"] = verdict
 
-    summary = summarize(examples, probes, losses, judgements, cfg.seed)
+    summary = summarize_answers(examples, probes, losses, judgements, cfg.seed)
     write_jsonl(({k: v for k, v in row.items() if k != "conversation"} for row in examples + probes),
                 out / "predictions.jsonl")
     meta = {"model": model_label, "base_model": base_model, "backend": cfg.backend, "data_source": source,
@@ -258,13 +258,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             "judge_model": cfg.judge_model if judge else None, "timings_s": timings}
     write_metrics(out, summary, detail={"per_example": "predictions.jsonl"}, meta_extra=meta, seed=cfg.seed)
     run = load_run(out)
-    write_report(out, [run], cfg.report_samples, cfg.seed)
+    write_eval_report(out, [run], cfg.report_samples, cfg.seed)
     print(markdown_table(metric_rows([run]), ["metric", run["name"]]))
     print(f"\nwrote {out}/ (predictions.jsonl, metrics.json, config.yaml, report.md, report.html)", file=sys.stderr)
     return run["metrics"]
 
 
-def summarize(examples: list[dict], probes: list[dict], losses: list[tuple[float, int]] | None,
+def summarize_answers(examples: list[dict], probes: list[dict], losses: list[tuple[float, int]] | None,
               judgements: list[dict] | None, seed: int) -> dict[str, Any]:
     """Headline numbers with 95% bootstrap intervals over questions."""
     summary: dict[str, Any] = {"n": len(examples)}
@@ -308,7 +308,7 @@ def main(cfg: EvalConfig) -> None:
     """Entry point shared by the three eval scripts: a run, or --compare of finished runs."""
     if cfg.compare:
         out = Path(cfg.output_dir or "out/eval/compare")
-        print(compare_runs(cfg.compare, out, cfg.report_samples, cfg.seed))
+        print(compare_eval_runs(cfg.compare, out, cfg.report_samples, cfg.seed))
         print(f"\nwrote {out}/ (report.md, report.html, compare.png)", file=sys.stderr)
         return
     run_eval(cfg)

@@ -320,7 +320,7 @@ def _block(rows: Sequence[Prediction], n_boot: int, seed: int) -> dict[str, Any]
     return out
 
 
-def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def summarize_predictions(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Accuracy, n and a 95% bootstrap CI: pooled over every single-answer question (micro average), per exam
     and per subject (test split: counts only); multi-answer items and the option-order check apart."""
     base = [p for p in predictions if p.rotation == 0 and not p.multi]
@@ -452,7 +452,7 @@ def results_table(summary: dict[str, Any]) -> str:
                           + (["skipped: no answer"] if ungraded else []))
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: int = 1000,
+def compare_exam_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: int = 1000,
                  seed: int = 0) -> tuple[str, dict[str, Any]]:
     """Side-by-side accuracy of several runs on the single-answer questions they share, per exam and pooled,
     each vs the first with McNemar's exact test; with medical and general subjects present, the forgetting
@@ -511,7 +511,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
         plot_forgetting(forgetting, out_dir / "forgetting.png")
     (out_dir / "compare.md").write_text(table + "\n", encoding="utf-8")
     (out_dir / "compare.json").write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-    plot_comparison(detail, out_dir / "compare.png")
+    plot_exam_comparison(detail, out_dir / "compare.png")
     return table, result
 
 
@@ -568,7 +568,7 @@ def plot_forgetting(forgetting: Sequence[dict[str, Any]], path: str | Path) -> P
     return save_figure(fig, path)
 
 
-def plot_comparison(detail: Sequence[dict[str, Any]], path: str | Path) -> Path:
+def plot_exam_comparison(detail: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Bar chart of (pooled) accuracy with 95% bootstrap CI error bars."""
     plt = pyplot()
     acc = [d["accuracy"] for d in detail]
