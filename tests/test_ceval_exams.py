@@ -8,14 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.exams.runner import (Prediction, Question, build_prompt, extract_answer, extract_answers, option_order_report,
-                           rotate, run_benchmark, score_questions)
-from medqwen.exams.config import CevalConfig
 from medqwen.configlib import resolve_config
 from medqwen.exams import expand_subjects, get_exam
 from medqwen.exams.base import ExamDataError, Skipped
 from medqwen.exams.cmexam import read_cmexam_csv
 from medqwen.exams.cmmlu import read_cmmlu_csv
+from medqwen.exams.config import CevalConfig
+from medqwen.exams.runner import (
+    Prediction,
+    Question,
+    build_prompt,
+    extract_answer,
+    extract_answers,
+    option_order_report,
+    rotate,
+    run_benchmark,
+    score_questions,
+)
 from medqwen.stats import paired_bootstrap_diff_ci
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,6 +203,7 @@ def test_rotating_options_rotates_the_scored_loglikelihoods(tiny_backend):
 
 def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tmp_path, capsys):
     import benchmark_ceval
+
     from tests.test_ceval import make_lora_run
 
     common = {"model": str(tiny_model_dir), "k_shot": 2, "limit": 4, "device": "cpu", "n_bootstrap": 200,
@@ -239,6 +249,7 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
 
 def test_perf_pooled_set_uses_every_exams_prompt_and_times_the_rotations(tmp_path):
     import perf_ceval
+
     from medqwen.perf.config import PerfCevalConfig
 
     cfg = resolve_config(PerfCevalConfig, {"tiny": True, "pooled": True, "questions": 24, "paths": ["reuse"],

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from medqwen.chat_config import ChatConfig
-from medqwen.train.config import TrainConfig
 from medqwen.configlib import _f, build_parser, parse_config, resolve_config, save_config
+from medqwen.train.config import TrainConfig
 
 
 @dataclasses.dataclass

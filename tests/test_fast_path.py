@@ -10,10 +10,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from medqwen.train.config import TrainConfig
-from medqwen.kernels.fused_lora import LoraLinearFunction, _fused_lora_forward, decoder_layers, fuse_lora, set_recompute_layers
+from medqwen.kernels.fused_lora import (
+    LoraLinearFunction,
+    _fused_lora_forward,
+    decoder_layers,
+    fuse_lora,
+    set_recompute_layers,
+)
 from medqwen.kernels.packed_attention import VARLEN, register_attention
 from medqwen.modeling import random_qwen3
+from medqwen.train.config import TrainConfig
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

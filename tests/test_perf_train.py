@@ -8,8 +8,14 @@ import sys
 import pytest
 import torch
 
-from medqwen.perf import (StepCounter, lora_train_flops, projection_shapes, synthetic_conversations,
-                          synthetic_lengths, variant_config)
+from medqwen.perf import (
+    StepCounter,
+    lora_train_flops,
+    projection_shapes,
+    synthetic_conversations,
+    synthetic_lengths,
+    variant_config,
+)
 from tests.conftest import REPO
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -227,8 +233,8 @@ def test_profiled_step_ends_before_the_final_checkpoint(tiny_model_dir, tmp_path
     to the host) once showed up in it as thousands of device-to-host copies a step does not make."""
     from datasets import Dataset
 
-    from medqwen.train.config import TrainConfig
     from medqwen.perf import time_trainer
+    from medqwen.train.config import TrainConfig
     from medqwen.train.sft import build_trainer
     from tests.test_fast_path import conversations
 

@@ -11,13 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.rag.config import RagConfig
 from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
 from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
 from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
+from medqwen.rag.config import RagConfig
 from medqwen.rag.documents import DocumentError, file_chunks, read_sections
-from medqwen.rag.retrieval import (Bm25Index, Hit, cap_per_source, char_ngrams, lexical_query, minmax, recall_mrr,
-                                   weighted_rrf)
+from medqwen.rag.retrieval import (
+    Bm25Index,
+    Hit,
+    cap_per_source,
+    char_ngrams,
+    lexical_query,
+    minmax,
+    recall_mrr,
+    weighted_rrf,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -243,6 +251,7 @@ def test_question_words_do_not_steer_bm25(tmp_path):
 def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "benchmark"))
     import benchmark_rag
+
     from medqwen.rag.config import RagBenchConfig
 
     docs = tmp_path / "docs"

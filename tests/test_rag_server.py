@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.rag.config import RagConfig
 from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
+from medqwen.rag.config import RagConfig
 from medqwen.serving import free_port
 
 CHROMA = Path(sys.executable).parent / "chroma"

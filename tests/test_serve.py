@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from medqwen.agent.tools import calculate
 from medqwen.chat import load_tokenizer, render
 from medqwen.serving import SERVE_SCRIPT
-from medqwen.agent.tools import calculate
 
 REPO = SERVE_SCRIPT.parent.parent
 

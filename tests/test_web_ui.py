@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from medqwen.rag.config import RagConfig
-from medqwen.web_config import WebConfig
 from medqwen.serving import free_port
+from medqwen.web_config import WebConfig
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 API_KEY = "sk-web-test-never-on-the-page"
