@@ -173,7 +173,7 @@ def _messages(state) -> list:
 
 
 def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
-    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.served_model (or `llm`) with the default tools + `extra_tools`."""
+    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.served_model (or `llm`), default tools + `extra_tools`."""
     from langchain.agents import create_agent
 
     if llm is None:
@@ -212,7 +212,8 @@ def served_models(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
         raise AgentServerError(
             f"no OpenAI-compatible server answers at VLLM_BASE_URL={url} "
             f"({type(err).__name__}: {public_text(err, [cfg.api_key], 200)}).\n"
-            "Start it with `bash agent/serve_vllm.sh`, or point VLLM_BASE_URL (or --base_url) at your server.") from None
+            "Start it with `bash agent/serve_vllm.sh`, or point VLLM_BASE_URL (or --base_url) at your "
+            "server.") from None
     return served
 
 

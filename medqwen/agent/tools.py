@@ -5,7 +5,8 @@ it can read and correct, and never crashes the agent. `medqwen/agent/agent.py` w
 
     calculate("(12 + 8) * 3")                         # '60'
     get_weather("北京", when="明天", api_key=...)       # tomorrow's forecast, in Chinese
-    get_current_time("New York")                      # '2026-11-29 07:58:03 Sunday/星期日 (America/New_York, UTC-05:00)'
+    get_current_time("New York")
+    # -> '2026-11-29 07:58:03 Sunday/星期日 (America/New_York, UTC-05:00)'
 """
 
 from __future__ import annotations
