@@ -269,11 +269,11 @@ def summarize_answers(examples: list[dict], probes: list[dict], losses: list[tup
     """Headline numbers with 95% bootstrap intervals over questions."""
     summary: dict[str, Any] = {"n": len(examples)}
     if losses is not None:
-        nll, tokens = sum(l for l, _ in losses), sum(t for _, t in losses)
+        nll, tokens = sum(loss for loss, _ in losses), sum(t for _, t in losses)
         summary["ref_loss"] = nll / tokens if tokens else None  # per assistant token, as the trainer reports
         summary["ref_ppl"] = math.exp(summary["ref_loss"]) if tokens else None
         summary["ref_tokens"] = tokens
-        summary["ref_loss_ci95"] = ratio_ci([l for l, _ in losses], [t for _, t in losses], seed=seed)
+        summary["ref_loss_ci95"] = ratio_ci([loss for loss, _ in losses], [t for _, t in losses], seed=seed)
     summary["rouge_l"] = sum(e["rouge_l"] for e in examples) / len(examples)
     summary["rouge_l_ci95"] = mean_ci([e["rouge_l"] for e in examples], seed)
     summary["bleu"] = corpus_bleu([e["prediction"] for e in examples], [e["reference"] for e in examples])
