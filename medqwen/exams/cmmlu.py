@@ -20,7 +20,8 @@ from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, 
 # subject -> Chinese name, as in CMMLU's src/categories.py (name_en2zh); the name goes into the instruction.
 SUBJECTS = {
     "agronomy": "农学", "anatomy": "解剖学", "ancient_chinese": "古汉语", "arts": "艺术学", "astronomy": "天文学",
-    "business_ethics": "商业伦理", "chinese_civil_service_exam": "中国公务员考试", "chinese_driving_rule": "中国驾驶规则",
+    "business_ethics": "商业伦理", "chinese_civil_service_exam": "中国公务员考试",
+    "chinese_driving_rule": "中国驾驶规则",
     "chinese_food_culture": "中国饮食文化", "chinese_foreign_policy": "中国外交政策", "chinese_history": "中国历史",
     "chinese_literature": "中国文学", "chinese_teacher_qualification": "中国教师资格", "clinical_knowledge": "临床知识",
     "college_actuarial_science": "大学精算学", "college_education": "大学教育学",

@@ -389,7 +389,8 @@ def option_order_table(report: dict[str, Any]) -> str:
     table = markdown_table(rows, ["option order", "n", "accuracy", "95% CI"])
     letters = list(report["gold_letter_share"])
     bias = markdown_table([["predicted"] + [report["predicted_letter_share"][c] for c in letters],
-                           ["gold"] + [report["gold_letter_share"][c] for c in letters]], ["share of answers"] + letters)
+                           ["gold"] + [report["gold_letter_share"][c] for c in letters]],
+                          ["share of answers"] + letters)
     return (f"{table}\n\n{bias}\n\nposition bias (total variation between predicted and gold letters): "
             f"{report['position_bias_tv']:.3f}; always answering {report['most_predicted']} (the most predicted "
             f"letter) would score {report['accuracy_always_most_predicted']:.3f}")
