@@ -52,8 +52,8 @@ def main(cfg: ChatConfig) -> None:
     generator = OnePromptGenerator(model, "run.py")
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt is not None:
-        print_streamed_reply(generator, tokenizer, system + [{"role": "user", "content": escape_control_tokens(cfg.prompt)}],
-                     cfg)
+        user = {"role": "user", "content": escape_control_tokens(cfg.prompt)}
+        print_streamed_reply(generator, tokenizer, system + [user], cfg)
         return
     print(f"chatting with {choice.label} on {model.device} ({HELP})")
     history = list(system)

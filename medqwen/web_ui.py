@@ -369,11 +369,12 @@ def build_app(cfg: WebConfig):
                 force = gr.Dropdown([AUTO] + TOOL_NAMES, value=AUTO, label="First turn must call",
                                     elem_id="agent-force")
             agent_state = gr.State([])
-            agent_bot, agent_box, agent_send, agent_stop, agent_clear = conversation("agent", "帮我计算 (12 + 8) * 3")
+            agent_bot, agent_box, agent_send, agent_stop, agent_clear = conversation("agent",
+                                                                                     "帮我计算 (12 + 8) * 3")
         with gr.Tab("RAG", id="rag", elem_id="tab-rag"):
             rag_model = dropdown("Model", "rag-model")
-            rag_bot, rag_box, rag_send, rag_stop, rag_clear = conversation("rag", "发热汗出恶风，脉浮缓，应该用什么方？",
-                                                                           height=320)
+            rag_bot, rag_box, rag_send, rag_stop, rag_clear = conversation("rag", "发热汗出恶风，脉浮缓，"
+                                                                                  "应该用什么方？", height=320)
             rag_sources = gr.Dataframe(headers=SOURCE_COLUMNS, label="Retrieved passages (cited as [n])",
                                        wrap=True, elem_id="rag-sources", interactive=False)
         with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
