@@ -66,7 +66,8 @@ def adapter_dir(tmp_path_factory, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    torch.manual_seed(0)  # lora_A is drawn from the global generator: seed it so the adapter never depends on test order
+    # lora_A is drawn from the global generator: seed it so the adapter never depends on test order
+    torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
