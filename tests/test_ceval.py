@@ -39,12 +39,14 @@ def test_official_prompt_is_the_papers_template():
                 "题干一\nA. a1\nB. b1\nC. c1\nD. d1\n答案：C\n\n"
                 "下列哪项是X\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n答案：")
     assert build_prompt(Q, [SHOT], style="official") == expected
-    assert build_prompt(Q, [], style="official") == expected.replace("题干一\nA. a1\nB. b1\nC. c1\nD. d1\n答案：C\n\n", "")
+    assert build_prompt(Q, [], style="official") == expected.replace("题干一\nA. a1\nB. b1\nC. c1\nD. d1\n"
+                                                                     "答案：C\n\n", "")
 
 
 def test_lm_eval_style_and_cot_rendering():
     lm = build_prompt(Q, [SHOT], style="lm-eval")
-    assert lm.startswith("以下是中国关于临床医学的单项选择题") and "答案： C\n\n下列哪项是X" in lm and lm.endswith("答案：")
+    assert lm.startswith("以下是中国关于临床医学的单项选择题") and "答案： C\n\n下列哪项是X" in lm
+    assert lm.endswith("答案：")
     cot = build_prompt(Q, [SHOT], style="official", cot=True)
     assert "答案：让我们一步一步思考，\n1. 因为……\n2. 所以……\n所以答案是C。\n\n" in cot
     assert cot.endswith("答案：让我们一步一步思考，\n1.")

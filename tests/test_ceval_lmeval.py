@@ -25,7 +25,8 @@ def lm_eval_samples(tiny_model_dir, tmp_path_factory):
     (task_dir / FIXTURE.name).write_text(text.replace("DATA_DIR", str(DATA)), encoding="utf-8")
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={tiny_model_dir},dtype=float32", tasks=["ceval-local_clinical_medicine"],
-        num_fewshot=5, batch_size=8, device="cpu", log_samples=True, task_manager=TaskManager(include_path=str(task_dir)))
+        num_fewshot=5, batch_size=8, device="cpu", log_samples=True,
+        task_manager=TaskManager(include_path=str(task_dir)))
     return sorted(results["samples"]["ceval-local_clinical_medicine"], key=lambda s: s["doc_id"])
 
 
