@@ -123,7 +123,8 @@ def test_dotenv_file_is_read_but_real_env_wins(tmp_path):
     (tmp_path / ".env").write_text("MODEL_NAME=from-dotenv\nVLLM_BASE_URL=http://dotenv:9/v1\n")
     code = ("from medqwen.configlib import parse_config; from tests.test_config import DemoConfig; "
             "c = parse_config(DemoConfig, []); print(c.model_name, c.base_url)")
-    env = {"PATH": "", "VLLM_BASE_URL": "http://real-env:8/v1", "PYTHONPATH": str(__import__('pathlib').Path(__file__).parent.parent)}
+    env = {"PATH": "", "VLLM_BASE_URL": "http://real-env:8/v1",
+           "PYTHONPATH": str(__import__('pathlib').Path(__file__).parent.parent)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["from-dotenv", "http://real-env:8/v1"]

@@ -56,7 +56,8 @@ def run(tmp_path, inputs, identity=(), **overrides):
     ("sharegpt.json", "sharegpt", [{"role": "system", "content": "你是一个谨慎的医疗助手。"},
                                    user("布洛芬一次吃多少？"),
                                    assistant("成人常用剂量请以说明书为准，有胃病或肾病请先咨询医生。")]),
-    ("alpaca.jsonl", "alpaca", [user("解释什么是高血压。"), assistant("高血压是指血压持续高于正常范围，需要医生评估。")]),
+    ("alpaca.jsonl", "alpaca", [user("解释什么是高血压。"),
+                                assistant("高血压是指血压持续高于正常范围，需要医生评估。")]),
     ("qa.jsonl", "qa", [user("感冒需要吃抗生素吗？"), assistant("普通感冒多由病毒引起，一般不需要抗生素。")]),
     ("messages_tools.jsonl", "messages", None),
     ("huatuo.jsonl", "huatuo", [user("孩子咳嗽有痰怎么办？"),
@@ -94,7 +95,8 @@ def test_messages_with_tools_keep_tool_turns(tmp_path):
 def test_alpaca_history_input_and_system(tmp_path):
     _, out = run(tmp_path, [FIXTURES / "alpaca.jsonl"], shuffle=False)
     assert out[1]["conversations"] == [{"role": "system", "content": "你是医疗助手。"}, user("你好"),
-                                       assistant("你好，请问哪里不舒服？"), user("根据症状给出就医建议。\n胸痛、出冷汗。"),
+                                       assistant("你好，请问哪里不舒服？"),
+                                       user("根据症状给出就医建议。\n胸痛、出冷汗。"),
                                        assistant("这可能是急症，请立即拨打120。")]
 
 
@@ -340,7 +342,8 @@ def test_shipped_medical_sample_is_valid_and_varied():
 def test_length_filter_counts_tokens_as_training_sees_them(tmp_path, bundled_model_dir):
     from medqwen.chat import encode_with_assistant_mask, load_tokenizer
 
-    short, long = conv(user("Hi"), assistant("Hello.")), conv(user(" ".join(["Explain."] * 50)), assistant(" ".join(["Sure."] * 50)))
+    short, long = (conv(user("Hi"), assistant("Hello.")),
+                   conv(user(" ".join(["Explain."] * 50)), assistant(" ".join(["Sure."] * 50))))
     a = tmp_path / "a.jsonl"
     a.write_text(jsonl(short, long), encoding="utf-8")
     tokenizer = load_tokenizer(bundled_model_dir)
@@ -359,7 +362,8 @@ def test_cli_merges_inputs_and_writes_every_output(tmp_path, bundled_model_dir, 
     # The script's __main__ block in this process (the subprocess test above covers a fresh interpreter).
     monkeypatch.setattr(sys, "argv", ["prepare_data.py", "--input", str(FIXTURES / "qa.jsonl"),
                                       "--input", str(FIXTURES / "department_gb18030.csv"), "--identity",
-                                      str(IDENTITY_FILE), "--tokenizer", str(bundled_model_dir), "--output", str(output)])
+                                      str(IDENTITY_FILE), "--tokenizer", str(bundled_model_dir),
+                                      "--output", str(output)])
     runpy.run_path(str(REPO_ROOT / "data" / "prepare_data.py"), run_name="__main__")
     stdout = capsys.readouterr().out
     assert len(output.read_text(encoding="utf-8").splitlines()) == 2 + 2 + 92
