@@ -63,7 +63,8 @@ def test_bleu_char_level_known_values():
     assert corpus_bleu(["我今天很累"], ["我今天很好"]) == pytest.approx(100 * 0.2 ** 0.25, abs=1e-6)
     # corpus BLEU pools counts: the two sentences above together
     pooled = (8 / 9 * 6 / 7 * 4 / 5 * 2 / 3) ** 0.25 * math.exp(1 - 10 / 9)  # 9 hypothesis vs 10 reference chars
-    assert corpus_bleu(["今天很好", "我今天很累"], ["我今天很好", "我今天很好"]) == pytest.approx(100 * pooled, abs=1e-6)
+    assert (corpus_bleu(["今天很好", "我今天很累"], ["我今天很好", "我今天很好"])
+            == pytest.approx(100 * pooled, abs=1e-6))
 
 
 def test_names_assistant_ignores_case_and_spaces():

@@ -82,7 +82,8 @@ def test_sigkill_during_prepare_data_keeps_the_previous_output(tmp_path):
 def _corpus(folder: Path, files: int = 8, sections: int = 20) -> None:
     folder.mkdir(parents=True)
     for f in range(files):
-        body = "".join(f"# 第{s}节\n第{f}卷第{s}节：黄芪补气固表，人参大补元气，当归补血活血。\n" for s in range(sections))
+        body = "".join(f"# 第{s}节\n第{f}卷第{s}节：黄芪补气固表，人参大补元气，"
+                       "当归补血活血。\n" for s in range(sections))
         (folder / f"book{f:02d}.md").write_text(body, encoding="utf-8")
 
 

@@ -103,7 +103,8 @@ def test_perf_grpo_tiny_smoke(tmp_path, bundled_model_dir):
         assert 0 < r["mean_completion_tokens"] <= 8
         assert min(r["rollout_s"], r["logprob_s"], r["policy_s"]) > 0
         step = r["steps"][0]
-        assert step["rollout_s"] + step["logprob_s"] + step["score_s"] + step["policy_s"] == pytest.approx(step["seconds"])
+        assert (step["rollout_s"] + step["logprob_s"] + step["score_s"] + step["policy_s"]
+                == pytest.approx(step["seconds"]))
         assert r["decode_limit_tok_s"] is None and r["peak_rss_gib"] > 0  # CPU: no bandwidth, no GPU memory
     table = (out / "results.md").read_text()
     assert "| plain |" in table and "| compiled |" in table and "never stop early" in table

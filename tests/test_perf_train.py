@@ -65,7 +65,8 @@ def test_synthetic_conversations_render_to_the_requested_length(bundled_model_di
 
 def test_step_counter_counts_real_and_padded_tokens_and_conversations():
     padded = {"input_ids": torch.arange(20).view(2, 10), "attention_mask": torch.tensor([[1] * 10, [1] * 4 + [0] * 6])}
-    free = {"input_ids": torch.cat([torch.arange(10), torch.arange(10, 14)])[None], "cu_seq_lens_q": torch.tensor([0, 10, 14])}
+    free = {"input_ids": torch.cat([torch.arange(10), torch.arange(10, 14)])[None],
+            "cu_seq_lens_q": torch.tensor([0, 10, 14])}
     counters = []
     for batch, real, computed in ((padded, 14, 20), (free, 14, 14)):
         counter = StepCounter()
@@ -160,9 +161,9 @@ def test_report_of_launched_rows_has_scaling_and_flags_unsharded_fsdp(tmp_path):
 
     def row(launcher, processes, tok_s, **extra):
         return {"variant": "24gb", "launcher": launcher, "processes": processes, "real_tok_s": tok_s,
-                "median_step_tok_s": tok_s, "computed_tok_s": tok_s, "padding_fraction": 0.0, "tflops": 100.0 * processes,
-                "peak_allocated_gib": 20.0, "peak_reserved_gib": 21.0, "peak_rss_gib": None,
-                "conversations_per_step": 64.0 * processes, **extra}
+                "median_step_tok_s": tok_s, "computed_tok_s": tok_s, "padding_fraction": 0.0,
+                "tflops": 100.0 * processes, "peak_allocated_gib": 20.0, "peak_reserved_gib": 21.0,
+                "peak_rss_gib": None, "conversations_per_step": 64.0 * processes, **extra}
 
     results = [row("single", 1, 1000.0), row("ddp", 2, 1900.0),
                row("fsdp", 2, 1800.0, weights_sharded=False, distributed_type="MULTI_CPU"),
@@ -214,8 +215,8 @@ def test_perf_train_on_two_processes(tmp_path, bundled_model_dir):
     out = tmp_path / "perf"
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(REPO / "benchmark/perf_train.py"), "--tiny", "--output_dir", str(out),
-           "--variants", "packed:per_device_train_batch_size=8:gradient_accumulation_steps=1", "--launchers", "single,ddp",
-           "--warmup_steps", "0", "--steps", "2"]
+           "--variants", "packed:per_device_train_batch_size=8:gradient_accumulation_steps=1",
+           "--launchers", "single,ddp", "--warmup_steps", "0", "--steps", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--baseline 'original' is not among --variants" in proc.stdout  # said, not a silent table of n/a
