@@ -1,6 +1,7 @@
 """RAG: chunking, section ids, idempotent indexing (re-run, changed, removed, unreadable files), persistence across
-processes, empty/missing store messages, retrieval, the agent tool, and generation errors. Real embeddings (the bundled e5-small, int8)
-and a real Chroma PersistentClient; documents are kept short so embedding stays fast on a shared CPU."""
+processes, empty/missing store messages, retrieval, the agent tool, and generation errors. Real embeddings (the
+bundled e5-small, int8) and a real Chroma PersistentClient; documents are kept short so embedding stays fast on a
+shared CPU."""
 
 import json
 import subprocess
@@ -39,7 +40,8 @@ CLASSICAL = ("<篇名>示例本草\r\n书名：示例本草\r\n作者：无名\r
 
 def test_sentences_split_at_chinese_ends_and_keep_closing_quotes():
     text = "太阳之为病，脉浮。头项强痛！何也？“汗出。”恶风；Done. Next"
-    assert split_sentences(text) == ["太阳之为病，脉浮。", "头项强痛！", "何也？", "“汗出。”", "恶风；", "Done.", "Next"]
+    assert split_sentences(text) == ["太阳之为病，脉浮。", "头项强痛！", "何也？", "“汗出。”", "恶风；",
+                                     "Done.", "Next"]
 
 
 def test_chunks_respect_size_pack_whole_sentences_and_overlap():
@@ -259,7 +261,8 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
     gold = tmp_path / "gold.jsonl"
     gold.write_text("\n".join(json.dumps(q, ensure_ascii=False) for q in [
         {"id": "a", "kind": "named", "question": "麻黄汤治什么？", "gold_ids": ["formulas/mahuang"]},
-        {"id": "b", "kind": "descriptive", "question": "发热汗出恶风，脉浮缓，用什么方？", "gold_ids": ["formulas/guizhi"]},
+        {"id": "b", "kind": "descriptive", "question": "发热汗出恶风，脉浮缓，用什么方？",
+         "gold_ids": ["formulas/guizhi"]},
         {"id": "c", "kind": "named", "question": "人参有什么功效？", "gold_ids": ["herbs/人参"]}]), encoding="utf-8")
     cfg = RagBenchConfig(input=[str(docs)], gold=str(gold), persist_dir=str(tmp_path / "chroma"),
                          output_dir=str(tmp_path / "out"), bm25_shares=[], rrf_dense_weights=[0.25],

@@ -134,8 +134,9 @@ CARDS = [("flu", "流行性感冒", "发热、咳嗽、咽痛、肌肉酸痛", "
 
 
 def card_lines() -> str:
-    return "".join(json.dumps({"id": key, "title": name, "text": f"{name}。主要症状：{symptoms}。就诊科室：{department}。"
-                                                                 f"常用药物：{drugs}。"}, ensure_ascii=False) + "\n"
+    return "".join(json.dumps({"id": key, "title": name, "text": f"{name}。主要症状：{symptoms}。"
+                                                                 f"就诊科室：{department}。常用药物：{drugs}。"},
+                              ensure_ascii=False) + "\n"
                    for key, name, symptoms, department, drugs in CARDS)
 
 

@@ -1,4 +1,5 @@
-"""Scale-out: a real `chroma run` server on localhost, indexed and queried through HttpClient (RagConfig.chroma_host)."""
+"""Scale-out: a real `chroma run` server on localhost, indexed and queried through HttpClient
+(RagConfig.chroma_host)."""
 
 import os
 import subprocess
