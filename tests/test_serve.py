@@ -372,7 +372,8 @@ def test_lifecycle_run_stops_the_server_when_it_is_killed(fake_vllm, tmp_path):
         record.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, str(REPO / "medqwen" / "serving.py"), "run", "--adapter", "none",
                                  "--model", env["MODEL_PATH"], "--port", str(port), "--log",
-                                 str(tmp_path / "serve.log"), "--", sys.executable, "-c", "import time; time.sleep(60)"],
+                                 str(tmp_path / "serve.log"), "--", sys.executable, "-c",
+                                 "import time; time.sleep(60)"],
                                 env=env, stdout=subprocess.PIPE, text=True)
         for line in proc.stdout:
             if "serving: ready" in line:

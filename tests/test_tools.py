@@ -46,7 +46,8 @@ REFUSED = [
     ("1 / 0", "division by zero"), ("5 % 0", "division by zero"), ("0 ** -1", "division by zero"),
     ("9 ** 9 ** 9", "too large"), ("10 ** 300", "exceeds"), ("1e308 * 10", "exceeds"),
     ("factorial(1000)", "limited"), ("(-8) ** 0.5", "not a real number"), ("sqrt(-1)", "math error"),
-    ("__import__('os').system('true')", "unsupported syntax"), ("__import__('os')", "unknown function"), ("open('/etc/passwd')", "unknown function"),
+    ("__import__('os').system('true')", "unsupported syntax"), ("__import__('os')", "unknown function"),
+    ("open('/etc/passwd')", "unknown function"),
     ("(1).__class__", "unsupported syntax"), ("[1, 2]", "unsupported syntax"), ("lambda: 1", "unsupported syntax"),
     ("x + 1", "unknown name"), ("True + 1", "unsupported literal"), ("'a' * 3", "unsupported literal"),
     ("1 if 1 else 2", "unsupported syntax"), ("2 < 3", "unsupported syntax"), ("", "empty"),
@@ -152,8 +153,9 @@ def test_calculator_fuzz_hostile(expression):
 # Chinese operator words, superscript exponents, % as percent and as modulo, `a % -b`), and the answer must be
 # the tree's value computed with fractions, or a refusal where that value is undefined or out of range.
 FULLWIDTH = str.maketrans("0123456789.", "０１２３４５６７８９．")
-SPELLINGS = {"+": ["+", "＋", "加", "加上"], "-": ["-", "－", "−", "减", "减去"], "*": ["*", "×", "＊", "·", "乘", "乘以"],
-             "/": ["/", "÷", "／", "除以"], "//": ["//", "／／"], "%": ["%", "％"], "**": ["**", "^", "＊＊"]}
+SPELLINGS = {"+": ["+", "＋", "加", "加上"], "-": ["-", "－", "−", "减", "减去"],
+             "*": ["*", "×", "＊", "·", "乘", "乘以"], "/": ["/", "÷", "／", "除以"], "//": ["//", "／／"],
+             "%": ["%", "％"], "**": ["**", "^", "＊＊"]}
 SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 BOUND = 10 ** 280  # beyond it (up to the calculator's 10**300) either a refusal or the right answer will do
 
