@@ -26,7 +26,8 @@ import statistics
 import time
 from pathlib import Path
 
-from medqwen.configlib import REPO_ROOT, format_config, parse_config, save_config
+from medqwen.cli import run_script
+from medqwen.configlib import REPO_ROOT, save_config
 from medqwen.perf.config import PerfGenerateConfig
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.train.config import LORA_TARGETS
@@ -143,7 +144,6 @@ def main(cfg: PerfGenerateConfig) -> list[dict]:
             setattr(cfg, key, value)
     out = Path(cfg.output_dir)
     save_config(cfg, out / "config.yaml")
-    print("perf_generate config:\n" + format_config(cfg), flush=True)
     tokenizer = load_tokenizer(benchmark_tokenizer_dir(cfg.tokenizer, cfg.shape))
     texts = eval_prompts(tokenizer, cfg.data)
     encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
@@ -277,4 +277,4 @@ def write_generate_report(results: list[dict], cfg: PerfGenerateConfig, bandwidt
 
 
 if __name__ == "__main__":
-    main(parse_config(PerfGenerateConfig))
+    run_script(PerfGenerateConfig, main)

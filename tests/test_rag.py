@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medqwen.configlib import UserError
 from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
 from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
 from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
@@ -284,8 +285,8 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
         summary = json.loads((tmp_path / out / "metrics.json").read_text())["summary"]
         assert (summary["chunks"], summary["recall@5"]) == (2, 1.0)
     pairs.write_text('{"问": "头痛怎么办？", "答": "注意休息。"}\n{"问": "只有问题"}\n', encoding="utf-8")
-    assert benchmark_rag.main(replace(cfg, qa_pairs=str(pairs))) == 2
-    assert "qa.jsonl:2: need a question and an answer" in capsys.readouterr().err
+    with pytest.raises(UserError, match="qa.jsonl:2: need a question and an answer"):
+        benchmark_rag.main(replace(cfg, qa_pairs=str(pairs)))
 
 
 def test_missing_and_empty_store_messages(tmp_path, capsys):
@@ -293,15 +294,15 @@ def test_missing_and_empty_store_messages(tmp_path, capsys):
     import rag_query
 
     cfg = RagConfig(persist_dir=str(tmp_path / "nothing"), query="人参", retrieve_only=True)
-    assert rag_query.main(cfg) == 2
-    assert "no knowledge store at" in capsys.readouterr().err
+    with pytest.raises(StoreError, match="no knowledge store at"):  # run_script: `error: ...`, status 2
+        rag_query.main(cfg)
     with pytest.raises(StoreError, match="agent/embedding.py"):
         open_client(cfg)
 
     empty = replace(cfg, persist_dir=str(tmp_path / "chroma"), collection="empty")
     open_collection(open_client(empty, create=True), empty, create=True)
-    assert rag_query.main(empty) == 2
-    assert "is empty" in capsys.readouterr().err
+    with pytest.raises(UserError, match="is empty"):
+        rag_query.main(empty)
     assert "not available" in make_search_tool(replace(cfg, collection="nope")).invoke({"query": "人参"})
 
 
@@ -443,9 +444,9 @@ def test_query_length_is_limited_everywhere(store, capsys):
     import rag_query
 
     assert rag_query.main(replace(cfg, query="桂枝" * 10_000, retrieve_only=True, max_query_chars=50)) == 1
-    assert rag_query.main(replace(cfg, query="", retrieve_only=True)) == 2
-    assert rag_query.main(replace(cfg, query="   ", retrieve_only=True)) == 2
-    assert "--query is empty" in capsys.readouterr().err
+    for blank in ("", "   "):
+        with pytest.raises(UserError, match="--query is empty"):
+            rag_query.main(replace(cfg, query=blank, retrieve_only=True))
 
 
 @pytest.mark.parametrize("text", [" " * 80_000 + "x", "中" + " " * 80_000 + "\n文", "\t \u3000" * 30_000,
