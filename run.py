@@ -7,33 +7,32 @@
 Interactive commands: /reset clears the history; exit, quit, /exit or Ctrl-D quits (medqwen/repl.py).
 """
 
-import sys
 from threading import Thread
 
 from medqwen.chat import escape_control_tokens, load_tokenizer
 from medqwen.chat_config import ChatConfig
-from medqwen.configlib import format_config, parse_config, run_main
+from medqwen.cli import run_script
 from medqwen.modeling import load_model
 from medqwen.repl import HELP, repl
 from medqwen.runs import resolve_model
 
 
-def stream_reply(model, tokenizer, messages, cfg: ChatConfig) -> str:
-    """Generate one assistant reply for `messages`, printing tokens as they arrive."""
+def print_streamed_reply(generator, tokenizer, messages, cfg: ChatConfig) -> str:
+    """Generate one assistant reply for `messages` with a medqwen.kernels.decode.OnePromptGenerator, printing tokens as
+    they arrive."""
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import GenerationConfig, TextIteratorStreamer
 
     kwargs = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True, **kwargs).to(model.device)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        **kwargs)["input_ids"]
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 \
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     torch.manual_seed(cfg.seed)
-    generation = dict(**inputs, streamer=streamer, max_new_tokens=cfg.max_new_tokens,
-                      eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                      pad_token_id=tokenizer.pad_token_id, **sampling)
-    worker = Thread(target=model.generate, kwargs=generation, daemon=True)
+    config = GenerationConfig(max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), **sampling)
+    worker = Thread(target=generator.generate, args=(list(ids), config, streamer), daemon=True)
     worker.start()
     pieces = []
     for piece in streamer:
@@ -48,10 +47,13 @@ def main(cfg: ChatConfig) -> None:
     choice = resolve_model(cfg.model, cfg.adapter, cfg.model_type)
     tokenizer = load_tokenizer(choice.model, cfg.chat_template)
     model = load_model(choice.model, adapter=choice.adapter)
+    from medqwen.kernels.decode import OnePromptGenerator  # torch: not needed for --help
+
+    generator = OnePromptGenerator(model, "run.py")
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     if cfg.prompt is not None:
-        stream_reply(model, tokenizer, system + [{"role": "user", "content": escape_control_tokens(cfg.prompt)}],
-                     cfg)
+        user = {"role": "user", "content": escape_control_tokens(cfg.prompt)}
+        print_streamed_reply(generator, tokenizer, system + [user], cfg)
         return
     print(f"chatting with {choice.label} on {model.device} ({HELP})")
     history = list(system)
@@ -59,16 +61,11 @@ def main(cfg: ChatConfig) -> None:
     def reply(user: str) -> None:
         print("assistant> ", end="", flush=True)
         turn = {"role": "user", "content": escape_control_tokens(user)}  # typed text cannot forge a turn
-        history.extend([turn, {"role": "assistant", "content": stream_reply(model, tokenizer, history + [turn], cfg)}])
+        answer = print_streamed_reply(generator, tokenizer, history + [turn], cfg)
+        history.extend([turn, {"role": "assistant", "content": answer}])
 
     repl(reply, on_reset=lambda: history.__setitem__(slice(len(system), None), []))
 
 
-def cli() -> None:
-    config = parse_config(ChatConfig)
-    print("config:\n" + format_config(config), file=sys.stderr)
-    main(config)
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(ChatConfig, main)

@@ -9,13 +9,12 @@
 Server URL and model name come from VLLM_BASE_URL and MODEL_NAME (or .env, or --base_url / --model).
 """
 
-import sys
 
 from medqwen.agent.agent import AgentServerError, ask, build_agent, check_server
 from medqwen.agent.config import AgentConfig
-from medqwen.configlib import parse_config
-from medqwen.safe_http import strip_userinfo
+from medqwen.cli import run_script
 from medqwen.repl import HELP, repl
+from medqwen.safe_http import strip_userinfo
 
 
 def chat(agent, cfg: AgentConfig) -> None:
@@ -35,20 +34,15 @@ def chat(agent, cfg: AgentConfig) -> None:
     repl(answer, on_reset=lambda: history.clear())
 
 
-def main(cfg: AgentConfig) -> int:
-    try:
-        check_server(cfg)
-        agent = build_agent(cfg)
-        if cfg.query is None:
-            chat(agent, cfg)
-        else:
-            ask(agent, cfg, [], cfg.query, write=lambda s: print(s, end="", flush=True))
-            print()
-    except AgentServerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+def main(cfg: AgentConfig) -> None:
+    check_server(cfg)
+    agent = build_agent(cfg)
+    if cfg.query is None:
+        chat(agent, cfg)
+    else:
+        ask(agent, cfg, [], cfg.query, write=lambda s: print(s, end="", flush=True))
+        print()
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(AgentConfig)))
+    run_script(AgentConfig, main)

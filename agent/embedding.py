@@ -14,31 +14,23 @@ import json
 import sys
 from pathlib import Path
 
+from medqwen.cli import run_script
+from medqwen.configlib import save_config
+from medqwen.rag import index_paths, open_client, open_collection
 from medqwen.rag.config import RagConfig
-from medqwen.configlib import format_config, parse_config, save_config
-from medqwen.rag import StoreError, index_paths, open_client, open_collection
 from medqwen.rag.documents import SUPPORTED_SUFFIXES
 from medqwen.rag.store import index_lock, iter_files
 from medqwen.reporting import markdown_table
 
 
 def main(cfg: RagConfig) -> int:
-    print("config:\n" + format_config(cfg))
     out_dir = Path(cfg.persist_dir) if not cfg.chroma_host else Path("out/rag")
-    try:
-        if not iter_files(cfg.input):  # before the store is created: a typo must not leave an empty database
-            raise FileNotFoundError(f"no indexable files ({' '.join(SUPPORTED_SUFFIXES)}) under {cfg.input}")
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if not iter_files(cfg.input):  # before the store is created: a typo must not leave an empty database
+        raise FileNotFoundError(f"no indexable files ({' '.join(SUPPORTED_SUFFIXES)}) under {cfg.input}")
     save_config(cfg, out_dir / "index_config.yaml")
-    try:
-        with index_lock(cfg):  # a second indexer on the same folder waits, then finds the work done
-            collection = open_collection(open_client(cfg, create=True), cfg, create=True)
-            stats = index_paths(collection, cfg.input, cfg)
-    except (StoreError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with index_lock(cfg):  # a second indexer on the same folder waits, then finds the work done
+        collection = open_collection(open_client(cfg, create=True), cfg, create=True)
+        stats = index_paths(collection, cfg.input, cfg)
     (out_dir / "index_stats.json").write_text(json.dumps(stats.as_dict(), ensure_ascii=False, indent=2))
     rows = [[k, v] for k, v in stats.as_dict().items() if k != "errors"]
     print(markdown_table(rows, ["index", "value"]))
@@ -48,4 +40,4 @@ def main(cfg: RagConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(RagConfig)))
+    run_script(RagConfig, main)

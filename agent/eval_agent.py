@@ -15,12 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from medqwen.agent.agent import AgentServerError, ask, build_agent, check_server, final_answer
+from medqwen.agent.agent import ask, build_agent, check_server, final_answer
 from medqwen.agent.config import AgentEvalConfig
-from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config
+from medqwen.agent.tools import evaluate
+from medqwen.cli import run_script
+from medqwen.configlib import save_config
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
-from medqwen.agent.tools import evaluate
 
 NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
@@ -55,7 +56,6 @@ def score(item: dict, history: list) -> dict:
 
 
 def main(cfg: AgentEvalConfig) -> dict:
-    print("eval_agent config:\n" + format_config(cfg))
     out = Path(cfg.output_dir)
     save_config(cfg, out / "config.yaml")
     items = [item for _, item in iter_jsonl_objects(cfg.questions)]
@@ -64,10 +64,7 @@ def main(cfg: AgentEvalConfig) -> dict:
     agent = build_agent(cfg)
     rows, start = [], time.perf_counter()
     for item in tqdm(items, desc="questions"):
-        try:
-            history = ask(agent, cfg, [], item["question"], write=lambda s: None)
-        except AgentServerError as err:
-            raise UserError(str(err)) from None
+        history = ask(agent, cfg, [], item["question"], write=lambda s: None)
         rows.append(score(item, history))
     write_jsonl(rows, out / "predictions.jsonl")
 
@@ -91,4 +88,4 @@ def main(cfg: AgentEvalConfig) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_config(AgentEvalConfig, description=__doc__)))
+    run_script(AgentEvalConfig, main, description=__doc__)

@@ -12,10 +12,11 @@ Build the store first with agent/embedding.py (same --persist_dir / --collection
 import sys
 import time
 
-from medqwen.rag.config import RagConfig
-from medqwen.configlib import format_config, parse_config
-from medqwen.rag import Retriever, StoreError, open_client, open_collection
+from medqwen.cli import run_script
+from medqwen.configlib import UserError
+from medqwen.rag import Retriever, open_client, open_collection
 from medqwen.rag.answer import GenerationError, QueryError, build_messages, check_query, format_sources, make_answerer
+from medqwen.rag.config import RagConfig
 from medqwen.repl import HELP, repl
 
 
@@ -49,20 +50,12 @@ def answer_one(question: str, retriever: Retriever, answerer, cfg: RagConfig) ->
 
 
 def main(cfg: RagConfig) -> int:
-    print("config:\n" + format_config(cfg))
     if cfg.query is not None and not cfg.query.strip():
-        print("error: --query is empty; give a question, or leave --query out for the interactive mode",
-              file=sys.stderr)
-        return 2
-    try:
-        retriever = Retriever(open_collection(open_client(cfg), cfg), cfg)
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UserError("--query is empty; give a question, or leave --query out for the interactive mode")
+    retriever = Retriever(open_collection(open_client(cfg), cfg), cfg)
     if len(retriever) == 0:
-        print(f"error: the collection {cfg.collection!r} is empty: index documents with "
-              f"`python agent/embedding.py --input <files or folders>`", file=sys.stderr)
-        return 2
+        raise UserError(f"the collection {cfg.collection!r} is empty: index documents with "
+                        "`python agent/embedding.py --input <files or folders>`")
     print(f"store: {len(retriever)} chunks in {cfg.chroma_host or cfg.persist_dir} / {cfg.collection}")
     answerer = None if cfg.retrieve_only else make_answerer(cfg)
     if cfg.query is not None:
@@ -73,4 +66,4 @@ def main(cfg: RagConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(RagConfig)))
+    run_script(RagConfig, main)

@@ -11,6 +11,8 @@
 #   MODEL_NAME [lora-adapter]         name the adapter is served under (what clients put in "model")
 #   ADAPTER_PATH [out/qwen3-4b-lora-medical]   LoRA adapter folder (a trainer run folder); ADAPTER_PATH=none: base only
 #   MODEL_PATH [the base model named in ADAPTER_PATH's config.yaml, else model/qwen]   base model folder
+#   BASE_MODEL_NAME [MODEL_PATH's folder name, e.g. qwen]   name the base model is served under (never a path:
+#                                     the name is shown to every client and on the web page)
 #   CHAT_TEMPLATE [template/qwen_chat_template.jinja]   the template training used
 #   HOST [127.0.0.1]                  0.0.0.0 accepts other machines (then set VLLM_API_KEY too: vLLM reads it
 #                                     and refuses requests without it; a warning says so when it is missing)
@@ -95,7 +97,13 @@ else
   [ "${#LORA_ARGS[@]}" -eq 0 ] || DEVICE_ARGS+=(--max-loras 2)
 fi
 
-CMD=("$VLLM_PYTHON" -m vllm.entrypoints.openai.api_server --model "$MODEL_PATH" --host "$HOST" --port "$PORT"
+BASE_MODEL_NAME="${BASE_MODEL_NAME:-$(basename "$MODEL_PATH")}"
+[[ "$BASE_MODEL_NAME" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$ ]] ||
+  die "BASE_MODEL_NAME='$BASE_MODEL_NAME' must be a plain name (letters, digits, . _ -), not a path"
+NAME_ARGS=(--served-model-name "$BASE_MODEL_NAME")
+case " ${EXTRA_ARGS:-} " in *" --served-model-name"*) NAME_ARGS=() ;; esac  # EXTRA_ARGS names it itself
+CMD=("$VLLM_PYTHON" -m vllm.entrypoints.openai.api_server --model "$MODEL_PATH" "${NAME_ARGS[@]}"
+     --host "$HOST" --port "$PORT"
      "${LORA_ARGS[@]}" --chat-template "$CHAT_TEMPLATE" --enable-auto-tool-choice --tool-call-parser hermes
      "${DEVICE_ARGS[@]}")
 if [ -n "${EXTRA_ARGS:-}" ]; then
@@ -126,7 +134,7 @@ trap stop_server EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-SERVED="$MODEL_PATH"; [ "$ADAPTER_PATH" = "none" ] || SERVED="$MODEL_NAME"
+SERVED="$BASE_MODEL_NAME"; [ "$ADAPTER_PATH" = "none" ] || SERVED="$MODEL_NAME"
 WAITED="$("$VLLM_PYTHON" "$LIFECYCLE" wait --port "$PORT" --pid "$SERVER_PID" --timeout_s "$START_TIMEOUT_S")" ||
   fail "vLLM did not become ready at http://127.0.0.1:$PORT/health within ${START_TIMEOUT_S}s (its log is above)"
 echo "serve_vllm: ready at $URL (model \"$SERVED\") after ${WAITED}s; Ctrl-C stops it"

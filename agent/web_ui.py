@@ -11,20 +11,18 @@ Server URL and adapter name come from VLLM_BASE_URL and MODEL_NAME (or .env, or 
 
 import sys
 
+from medqwen.cli import run_script
 from medqwen.web_config import WebConfig
-from medqwen.configlib import format_config, parse_config
 from medqwen.web_ui import launch
 
 
-def main(cfg: WebConfig) -> int:
-    print("config:\n" + format_config(cfg))
+def main(cfg: WebConfig) -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {cfg.host} shows the page (and the model server behind it) to other machines; "
               "it has no login.", file=sys.stderr)
     print(f"page: http://{cfg.host}:{cfg.port}  (Ctrl-C stops it)")
     launch(cfg)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(WebConfig)))
+    run_script(WebConfig, main)

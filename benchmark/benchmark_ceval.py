@@ -27,25 +27,22 @@ import json
 import sys
 from pathlib import Path
 
+from medqwen.cli import run_script
 from medqwen.configlib import (
-    UserError,
     config_to_dict,
-    format_config,
-    parse_config,
-    run_main,
     save_config,
     spread_values,
 )
 from medqwen.exams import is_group
 from medqwen.exams.config import CevalConfig
 from medqwen.exams.runner import (
-    compare_runs,
+    compare_exam_runs,
     expand_subjects,
     option_order_table,
     results_table,
     run_benchmark,
     submission,
-    summarize,
+    summarize_predictions,
     write_predictions,
 )
 from medqwen.reporting import write_metrics
@@ -85,7 +82,7 @@ def make_backend(cfg: CevalConfig, model: str, adapter: str | None):
 def main(cfg: CevalConfig) -> dict:
     root = Path("out/benchmark/ceval-exam") / subject_tag(cfg.subjects)
     if cfg.compare:
-        table, result = compare_runs(cfg.compare, cfg.output_dir or root / "compare", cfg.n_bootstrap, cfg.seed)
+        table, result = compare_exam_runs(cfg.compare, cfg.output_dir or root / "compare", cfg.n_bootstrap, cfg.seed)
         print(table)
         return result
     out_dir = Path(cfg.output_dir or root / cfg.model_type)
@@ -96,7 +93,7 @@ def main(cfg: CevalConfig) -> dict:
         model, adapter = choice.model, choice.adapter
     save_config(cfg, out_dir / "config.yaml", extra={"resolved_model": model, "resolved_adapter": adapter})
     print(f"{', '.join(cfg.subjects)} {cfg.split}, {cfg.k_shot}-shot, {cfg.prompt_style} prompt, {cfg.scoring}: {model}"
-          f"{' + ' + adapter if adapter else ''} -> {out_dir}\n{format_config(cfg)}", flush=True)
+          f"{' + ' + adapter if adapter else ''} -> {out_dir}", flush=True)
 
     backend = make_backend(cfg, model, adapter)
     max_new_tokens = cfg.max_new_tokens or (512 if cfg.cot else 16)
@@ -107,7 +104,7 @@ def main(cfg: CevalConfig) -> dict:
                                         cot=cfg.cot, chat=cfg.chat, max_new_tokens=max_new_tokens,
                                         enable_thinking=cfg.enable_thinking)
     write_predictions(predictions, out_dir / "predictions.jsonl")
-    summary = summarize(predictions, cfg.n_bootstrap, cfg.seed)
+    summary = summarize_predictions(predictions, cfg.n_bootstrap, cfg.seed)
     summary.update(model_type=cfg.model_type, model=model, adapter=adapter, split=cfg.split, k_shot=cfg.k_shot,
                    prompt_style=cfg.prompt_style, scoring=cfg.scoring, chat=cfg.chat, cot=cfg.cot, **timing)
     if hasattr(backend, "kernels"):
@@ -129,12 +126,6 @@ def main(cfg: CevalConfig) -> dict:
     return summary
 
 
-def cli() -> None:
-    try:
-        main(parse_config(CevalConfig, argv=spread_values(sys.argv[1:])))  # `--compare a b c` as argparse wants it
-    except (FileNotFoundError, ValueError, ConnectionError) as err:  # bad data / folders / server: say what to do
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    # `--compare a b c` as argparse wants it
+    run_script(CevalConfig, main, argv=spread_values(sys.argv[1:]))

@@ -1,12 +1,13 @@
 """Retrieval benchmark: recall@1/5/10 and MRR@10 of BM25, dense and hybrid retrieval on a gold question set, per
 question kind, with query latency and indexing throughput.
 
-    python benchmark/benchmark_rag.py                       # six classical books, data/rag_gold_tcm.jsonl
-    python benchmark/benchmark_rag.py --limit 10 --throughput_chunks 0          # smoke run
+    python benchmark/benchmark_rag.py             # the shipped disease cards and their gold questions
+    python benchmark/benchmark_rag.py --limit 10 --throughput_chunks 0 --latency_docs 0          # smoke run
     python benchmark/benchmark_rag.py --input my_docs/ --gold my_gold.jsonl --persist_dir out/bench_mine
-    # modern patient questions -> their doctors' answers (each answer a document):
-    python benchmark/benchmark_rag.py --output_dir out/benchmark/rag_qa \
-        --qa_pairs ../shared/data/medical_dialogue/medicalgpt_medical_sft_1K.sharegpt.jsonl
+    # the six classical books (docs/rag.md says where to get them) with their gold set:
+    python benchmark/benchmark_rag.py --input tcm_books/ --gold data/rag_gold_tcm.jsonl --persist_dir out/bench_tcm
+    # patient questions -> their doctors' answers (each answer a document; ShareGPT lines or 问/答 keys):
+    python benchmark/benchmark_rag.py --output_dir out/benchmark/rag_qa --qa_pairs my_dialogues.sharegpt.jsonl
 
 The corpus is indexed into --persist_dir first (idempotent: a second run embeds nothing), so the first run on a
 CPU takes a while. Writes <output_dir>/config.yaml, metrics.json, questions.jsonl and recall_by_kind.png.
@@ -16,12 +17,20 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from medqwen.rag.config import RagBenchConfig
-from medqwen.configlib import format_config, parse_config, save_config
+from medqwen.cli import run_script
+from medqwen.configlib import save_config
 from medqwen.jsonl import write_jsonl
 from medqwen.rag import Retriever, index_paths, make_embedding, open_client, open_collection
+from medqwen.rag.config import RagBenchConfig
 from medqwen.rag.documents import file_chunks
-from medqwen.rag.evaluate import KS, compare_with_best_single, evaluate, load_gold, measure_embedding_throughput, qa_retrieval_set
+from medqwen.rag.evaluate import (
+    KS,
+    compare_with_best_single,
+    evaluate,
+    load_gold,
+    measure_embedding_throughput,
+    qa_retrieval_set,
+)
 from medqwen.rag.store import iter_files
 from medqwen.reporting import markdown_table, write_metrics
 
@@ -71,16 +80,11 @@ def latency_at_scale(client, collection, cfg: RagBenchConfig, gold: list[dict], 
 
 
 def main(cfg: RagBenchConfig) -> int:
-    print("config:\n" + format_config(cfg))
     out = Path(cfg.output_dir)
-    try:
-        if cfg.qa_pairs:  # answers become the corpus (own collection), questions the gold set
-            corpus, gold_path = qa_retrieval_set(cfg.qa_pairs, out / "qa_set")
-            cfg = dataclasses.replace(cfg, input=[str(corpus)], gold=str(gold_path), collection=f"{cfg.collection}_qa")
-        gold = load_gold(cfg.gold)[: cfg.limit]
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if cfg.qa_pairs:  # answers become the corpus (own collection), questions the gold set
+        corpus, gold_path = qa_retrieval_set(cfg.qa_pairs, out / "qa_set")
+        cfg = dataclasses.replace(cfg, input=[str(corpus)], gold=str(gold_path), collection=f"{cfg.collection}_qa")
+    gold = load_gold(cfg.gold)[: cfg.limit]
     save_config(cfg, out / "config.yaml")
 
     client = open_client(cfg, create=True)
@@ -186,4 +190,4 @@ def main(cfg: RagBenchConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(RagBenchConfig)))
+    run_script(RagBenchConfig, main)

@@ -24,9 +24,10 @@ exits 1 when a difference is above the tolerance.
 import sys
 from pathlib import Path
 
-from medqwen.perf.config import DataParallelCheckConfig
-from medqwen.configlib import format_config, parse_config, save_config
+from medqwen.cli import run_script
+from medqwen.configlib import save_config
 from medqwen.distributed import is_main_process, is_sharded, parallel_mode, run_launched
+from medqwen.perf.config import DataParallelCheckConfig
 
 
 def lora_weights(model) -> dict:
@@ -88,7 +89,8 @@ def compare(single: dict, parallel: dict) -> dict:
     steps = [{"step": i + 1, "loss_single": a, "loss_parallel": b, "relative_difference": abs(a - b) / abs(a)}
              for i, (a, b) in enumerate(zip(single["losses"], parallel["losses"]))]
     return {"steps": steps, "initial_max_abs_difference": start_gap,
-            "parallel_mode": parallel["distributed_type"] + (", weights sharded" if parallel["weights_sharded"] else ""),
+            "parallel_mode": (parallel["distributed_type"]
+                              + (", weights sharded" if parallel["weights_sharded"] else "")),
             "update_norm": update_1.norm().item(),
             "update_relative_difference": ((update_p - update_1).norm() / update_1.norm()).item(),
             "loss_change": (single["losses"][-1] - single["losses"][0]) / single["losses"][0],
@@ -110,7 +112,6 @@ def main(ccfg: DataParallelCheckConfig) -> int:
     tolerance = ccfg.tolerance or (1e-2 if gpu else 1e-4)
     out = Path(ccfg.output_dir)
     save_config(ccfg, out / "config.yaml", extra={"tolerance_used": tolerance})
-    print("check_data_parallel config:\n" + format_config(ccfg), flush=True)
     results = {}
     for role, launcher in (("single", "single"), ("repeat", "single"), ("parallel", ccfg.launcher)):
         print(f"{role} run ({launcher}) ...", flush=True)
@@ -152,4 +153,4 @@ def main(ccfg: DataParallelCheckConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_config(DataParallelCheckConfig)))
+    run_script(DataParallelCheckConfig, main, echo=lambda ccfg: not ccfg.run_role)  # the runs it launches stay quiet

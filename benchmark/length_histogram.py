@@ -15,14 +15,14 @@ Only the histogram is committed, never the data.
 import json
 from pathlib import Path
 
+from medqwen.cli import run_script
 from medqwen.perf.config import LengthHistogramConfig
-from medqwen.configlib import parse_config
 
 
 def main(cfg: LengthHistogramConfig) -> dict:
     from medqwen.chat import load_tokenizer
+    from medqwen.data.conversations import read_conversations
     from medqwen.perf.data import conversation_token_counts
-    from medqwen.train.sft import read_conversations
 
     tokenizer = load_tokenizer(cfg.tokenizer, cfg.chat_template)
     conversations = [c["conversations"] for c in read_conversations(cfg.data)]
@@ -43,4 +43,4 @@ def main(cfg: LengthHistogramConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(LengthHistogramConfig))
+    run_script(LengthHistogramConfig, main)

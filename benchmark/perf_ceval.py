@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medqwen.exams.backends import HFBackend, encode_pair
-from medqwen.exams.runner import Question, build_prompt, extract_answer, rotate
-from medqwen.perf.config import PerfCevalConfig
-from medqwen.configlib import REPO_ROOT, config_to_dict, format_config, parse_config, save_config
+from medqwen.cli import run_script
+from medqwen.configlib import REPO_ROOT, config_to_dict, save_config
 from medqwen.exams import expand_subjects, get_exam, split_key
+from medqwen.exams.backends import HFBackend, encode_pair
 from medqwen.exams.base import LETTERS
 from medqwen.exams.ceval import GROUPS, SUBJECTS, load_questions
+from medqwen.exams.runner import Question, build_prompt, extract_answer, rotate
+from medqwen.perf.config import PerfCevalConfig
 from medqwen.reporting import markdown_table, write_metrics
 
 
@@ -162,7 +163,6 @@ def main(cfg: PerfCevalConfig) -> dict:
         cfg.shape, cfg.questions, cfg.original_questions, cfg.batch_size = "tiny", min(cfg.questions, 24), 4, 8
     out_dir = Path(cfg.output_dir)
     save_config(cfg, out_dir / "config.yaml")
-    print(format_config(cfg), flush=True)
     tokenizer = AutoTokenizer.from_pretrained(pick_tokenizer(cfg))
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     if cfg.pooled:
@@ -241,8 +241,8 @@ def main(cfg: PerfCevalConfig) -> dict:
         rot_seqs, rot_owner = sets["cyclic option order"]
         backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, reuse_prefix=True, compile=cfg.compile,
                             kernels=cfg.kernels)
-        rot_groups = [g for g in ([i for i in range(len(rot_seqs)) if rot_owner[i] == s] for s in sorted(set(rot_owner)))
-                      if g]
+        rot_groups = [g for g in ([i for i in range(len(rot_seqs)) if rot_owner[i] == s]
+                                  for s in sorted(set(rot_owner))) if g]
 
         def run_rotations():
             for g in rot_groups:
@@ -259,7 +259,8 @@ def main(cfg: PerfCevalConfig) -> dict:
     rows = [[r["path"], r["kernels"] + (", compiled" if r["compiled"] else ""), len(seqs),
              f"{r['seconds_all']:.2f}" + (" (extrapolated)" if r["extrapolated"] else ""),
              "-" if r["warmup_seconds"] is None else f"{r['warmup_seconds']:.1f}",
-             r["questions_per_s"], r.get("tokens", n_tokens) / r["seconds_all"], f"{base / r['seconds_all']:.1f}x" if base else "-"]
+             r["questions_per_s"], r.get("tokens", n_tokens) / r["seconds_all"],
+             f"{base / r['seconds_all']:.1f}x" if base else "-"]
             for r in results]
     table = markdown_table(rows, ["path", "kernels", "questions", "seconds", "warm-up s (untimed)", "questions/s",
                                   "prompt tok/s", "vs original"])
@@ -286,4 +287,4 @@ def main(cfg: PerfCevalConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(PerfCevalConfig))
+    run_script(PerfCevalConfig, main)

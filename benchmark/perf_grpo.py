@@ -27,18 +27,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from medqwen.cli import run_script
+from medqwen.configlib import REPO_ROOT, resolve_config, save_config
 from medqwen.perf.config import PerfGrpoConfig
-from medqwen.train.config import GrpoConfig
-from medqwen.configlib import REPO_ROOT, format_config, parse_config, resolve_config, save_config
 from medqwen.perf.isolate import print_result, run_variant
 from medqwen.reporting import markdown_table, write_metrics
+from medqwen.train.config import GrpoConfig
 
 # The tiny CPU run: steps of 2 prompts x 4 completions of 8 tokens, so a step takes seconds.
 TINY = {"num_generations": 4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
         "max_completion_length": 8}
 
 
-def variant_config(pcfg: PerfGrpoConfig, spec: str, base: dict) -> GrpoConfig:
+def grpo_variant_config(pcfg: PerfGrpoConfig, spec: str, base: dict) -> GrpoConfig:
     """The GrpoConfig of a variant spec (`plain`, `graph`, `graph:field=value:...`) on the preset."""
     name, _, extra = spec.partition(":")
     overrides = dict(item.partition("=")[::2] for item in filter(None, extra.split(":")))
@@ -51,12 +52,18 @@ def run_one(pcfg: PerfGrpoConfig, spec: str) -> dict:
     import torch
 
     from medqwen.chat import load_tokenizer
-    from medqwen.train.grpo import build_grpo_trainer, mcq_dataset
-    from medqwen.train.mcq import read_mcq_file
-    from medqwen.perf import (benchmark_model, benchmark_tokenizer_dir, decode_bytes_per_step, forward_flops,
-                              lora_train_flops, memory_bandwidth_gbs)
+    from medqwen.perf import (
+        benchmark_model,
+        benchmark_tokenizer_dir,
+        decode_bytes_per_step,
+        forward_flops,
+        lora_train_flops,
+        memory_bandwidth_gbs,
+    )
     from medqwen.perf.grpo import GrpoStepTimer
     from medqwen.train.common import peak_memory_gb
+    from medqwen.train.grpo import build_grpo_trainer, mcq_dataset
+    from medqwen.train.mcq import read_mcq_file
 
     cuda = torch.cuda.is_available()
     if cuda and pcfg.memory_cap_gib > 0:  # before anything is allocated: the cap holds for the whole run
@@ -66,7 +73,7 @@ def run_one(pcfg: PerfGrpoConfig, spec: str) -> dict:
     tokenizer = load_tokenizer(tok_dir)
     base = {"model": str(tok_dir), "output_dir": tempfile.mkdtemp(prefix="perf-grpo-"), "report_to": "none",
             "save_steps": 10**6, "seed": pcfg.seed, "bf16": cuda, **(TINY if pcfg.shape == "tiny" else {})}
-    cfg = variant_config(pcfg, spec, base)
+    cfg = grpo_variant_config(pcfg, spec, base)
     questions = [q for q in read_mcq_file(REPO_ROOT / cfg.data_path)
                  if not cfg.subjects or q.subject in cfg.subjects]
     dataset = mcq_dataset(questions, tokenizer, cfg.prompt_style, cfg.enable_thinking)
@@ -116,7 +123,7 @@ def run_one(pcfg: PerfGrpoConfig, spec: str) -> dict:
     }
 
 
-def write_report(results: list[dict], peak: float | None, out: Path, seed: int) -> str:
+def write_grpo_report(results: list[dict], peak: float | None, out: Path, seed: int) -> str:
     """The Markdown table (returned and written to results.md), results.json and metrics.json."""
     # every variant of one run shares its memory cap, so the plain row is the baseline under the same cap
     plain = next((r for r in results if r.get("rollouts") == "plain" and "step_s" in r), None)
@@ -168,9 +175,8 @@ def main(pcfg: PerfGrpoConfig) -> list[dict]:
         return []
     out = Path(pcfg.output_dir)
     save_config(pcfg, out / "config.yaml")
-    print("perf_grpo config:\n" + format_config(pcfg), flush=True)
     for spec in pcfg.variants:
-        variant_config(pcfg, spec, {})  # a typo fails here, before a process starts
+        grpo_variant_config(pcfg, spec, {})  # a typo fails here, before a process starts
     peak = pcfg.peak_tflops or matmul_peak_tflops()
     results = []
     for spec in pcfg.variants:
@@ -179,10 +185,10 @@ def main(pcfg: PerfGrpoConfig) -> list[dict]:
         results.append(row)
         print(f"{spec}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                       for k, v in row.items() if k not in ("steps", "settings")), flush=True)
-        md = write_report(results, peak, out, pcfg.seed)  # after every variant: a killed run keeps its rows
+        md = write_grpo_report(results, peak, out, pcfg.seed)  # after every variant: a killed run keeps its rows
     print(md)
     return results
 
 
 if __name__ == "__main__":
-    main(parse_config(PerfGrpoConfig))
+    run_script(PerfGrpoConfig, main, echo=lambda pcfg: not pcfg.run_one)  # the variants' processes stay quiet

@@ -34,10 +34,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from medqwen.perf.config import PerfTrainConfig
-from medqwen.configlib import format_config, parse_config, save_config
+from medqwen.cli import run_script
+from medqwen.configlib import save_config
 from medqwen.distributed import is_main_process
+from medqwen.perf.config import PerfTrainConfig
 from medqwen.perf.isolate import print_result, run_variant
+
 
 def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
     """Build the trainer for one variant around a random model and time it (runs in a child process; under
@@ -47,13 +49,20 @@ def run_one(pcfg: PerfTrainConfig, spec: str) -> dict:
 
     from medqwen.chat import load_tokenizer
     from medqwen.distributed import gather, local_rank, parallel_mode, world_size
-    from medqwen.perf import (benchmark_conversations, benchmark_model, benchmark_tokenizer_dir, length_summary,
-                              lora_train_flops, merge_process_steps, step_fingerprint, time_trainer,
-                              variant_config)
+    from medqwen.perf import (
+        benchmark_conversations,
+        benchmark_model,
+        benchmark_tokenizer_dir,
+        length_summary,
+        lora_train_flops,
+        merge_process_steps,
+        step_fingerprint,
+        time_trainer,
+        variant_config,
+    )
     from medqwen.train.common import peak_memory_gb
-    from medqwen.train.sft import build_trainer
-
     from medqwen.train.fast_path import CUDA_ONLY
+    from medqwen.train.sft import build_trainer
 
     cuda = torch.cuda.is_available()
     processes = world_size()
@@ -155,7 +164,7 @@ def run_isolated(pcfg: PerfTrainConfig, spec: str, launcher: str) -> dict:
 
 
 def main(pcfg: PerfTrainConfig) -> list[dict]:
-    from medqwen.perf import matmul_peak_tflops, write_report
+    from medqwen.perf import matmul_peak_tflops, write_perf_report
 
     if pcfg.tiny:
         pcfg.shape, pcfg.max_seq_len, pcfg.median_len = "tiny", 128, 40
@@ -166,7 +175,6 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
         return []
     out = Path(pcfg.output_dir)
     save_config(pcfg, out / "config.yaml")
-    print("perf_train config:\n" + format_config(pcfg), flush=True)
     peak = pcfg.peak_tflops or matmul_peak_tflops()
     print(f"bf16 matmul peak: {peak:.0f} TFLOP/s" if peak else "no GPU: MFU not computed", flush=True)
     results = []
@@ -179,7 +187,7 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
             shown = {k: v for k, v in row.items() if k not in ("steps", "lengths")}
             print(f"{spec} on {launcher}: " + json.dumps(shown), flush=True)
             # after every run: a killed benchmark keeps its rows
-            md = write_report(results, peak, out, pcfg.seed, pcfg.baseline)
+            md = write_perf_report(results, peak, out, pcfg.seed, pcfg.baseline)
     print(md)
     cpu_notes = sorted({f"{r['variant']}: {', '.join(r['cuda_only_off'])}" for r in results if r.get("cuda_only_off")})
     if cpu_notes:
@@ -189,4 +197,4 @@ def main(pcfg: PerfTrainConfig) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse_config(PerfTrainConfig))
+    run_script(PerfTrainConfig, main, echo=lambda pcfg: not pcfg.run_one)  # the variants' processes stay quiet

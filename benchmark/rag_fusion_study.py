@@ -67,8 +67,8 @@ def slug(name: str) -> str:
 
 def embed(args) -> None:
     """Embeddings of chunks and questions with the default embedding (the store's: prefixes, engine, precision)."""
-    from medqwen.rag.config import RagConfig
     from medqwen.rag import make_embedding
+    from medqwen.rag.config import RagConfig
 
     embedding = make_embedding(RagConfig(embedding_device=args.device))
     for path in sorted(Path(args.output_dir).glob("*/corpus.json")):
@@ -86,8 +86,17 @@ def corpus_results(folder: Path, k: int = 5) -> tuple[dict, dict]:
     """R@5 per kind of bm25, dense, every fixed setting and every adaptive (threshold, share) on one corpus; and
     the corpus's BM25 reference confidence with the share of questions adaptive fusion found BM25 sure of."""
     from medqwen.rag.config import RagConfig
-    from medqwen.rag.retrieval import (Bm25Index, adaptive_choice, bm25_confidence, bm25_tokens, fuse_scores,
-                                       lexical_query, recall_mrr, reference_confidence, top_rows)
+    from medqwen.rag.retrieval import (
+        Bm25Index,
+        adaptive_choice,
+        bm25_confidence,
+        bm25_tokens,
+        fuse_scores,
+        lexical_query,
+        recall_mrr,
+        reference_confidence,
+        top_rows,
+    )
 
     cfg = RagConfig()
     depth = cfg.candidate_k

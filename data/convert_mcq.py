@@ -13,11 +13,11 @@ Writes <output> and prints a table of questions per subject and answer letter.
 
 from collections import Counter
 
-from medqwen.train.config import McqConvertConfig
-from medqwen.configlib import UserError, parse_config, run_main
-from medqwen.exams.base import ExamDataError
-from medqwen.train.mcq import McqDataError, read_mcq_file, write_mcq_jsonl
+from medqwen.cli import run_script
+from medqwen.configlib import UserError
 from medqwen.reporting import markdown_table
+from medqwen.train.config import McqConvertConfig
+from medqwen.train.mcq import read_mcq_file, write_mcq_jsonl
 
 
 def main(cfg: McqConvertConfig) -> list:
@@ -41,12 +41,5 @@ def main(cfg: McqConvertConfig) -> list:
     return questions
 
 
-def cli() -> None:
-    try:
-        main(parse_config(McqConvertConfig))
-    except (McqDataError, ExamDataError, FileNotFoundError) as err:
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(McqConvertConfig, main)

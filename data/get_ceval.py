@@ -26,11 +26,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+from medqwen.cli import fail
 from medqwen.exams import get_exam
 from medqwen.exams.base import ExamDataError, Skipped
 from medqwen.exams.ceval import SPLIT_COLUMNS
 
-DEFAULT_DIRS = {"ceval": "data/benchmark/ceval-exam", "cmmlu": "data/benchmark/cmmlu", "cmexam": "data/benchmark/cmexam"}
+DEFAULT_DIRS = {"ceval": "data/benchmark/ceval-exam", "cmmlu": "data/benchmark/cmmlu",
+                "cmexam": "data/benchmark/cmexam"}
 HUB = {"ceval": "ceval/ceval-exam", "cmmlu": "haonan-li/cmmlu"}
 
 
@@ -143,13 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 written = from_hub(args.benchmark, files, out_dir, args.overwrite)
             except Exception as err:  # offline, hub blocked, datasets missing: all end the same way for the user
                 archive = {"ceval": "ceval-exam.zip", "cmmlu": "cmmlu_v1_0_1.zip", "cmexam": "CMExam/data"}
-                sys.exit(f"error: could not load {exam.title} from the hub ({err.__class__.__name__}: {err}).\n"
-                         f"Download it by hand and run: python data/get_ceval.py --benchmark {args.benchmark} "
-                         f"--source {archive[args.benchmark]}")
+                fail(f"could not load {exam.title} from the hub ({err.__class__.__name__}: {err}).\n"
+                     f"Download it by hand and run: python data/get_ceval.py --benchmark {args.benchmark} "
+                     f"--source {archive[args.benchmark]}")
         bad = sum(check(args.benchmark, out_dir, rel, subject, args.skip_invalid) for rel, subject in written)
     except ExamDataError as err:
-        print(f"error: {err}\n(--skip_invalid counts malformed rows instead of stopping)", file=sys.stderr)
-        return 2
+        fail(f"{err}\n(--skip_invalid counts malformed rows instead of stopping)")
     print(f"{len(written)} files written under {out_dir}/ ({exam.title}, {len(subjects) or 1} subjects)"
           + (f"; {bad} malformed rows counted" if bad else ""))
     return 0

@@ -18,14 +18,14 @@ from collections import Counter
 from pathlib import Path
 
 from medqwen.agent.config import ToolDataConfig
-from medqwen.configlib import format_config, parse_config, save_config
-from medqwen.reporting import markdown_table
-from medqwen.jsonl import write_jsonl
 from medqwen.agent.tool_data import make_heldout_arithmetic, make_tool_conversations
+from medqwen.cli import run_script
+from medqwen.configlib import save_config
+from medqwen.jsonl import write_jsonl
+from medqwen.reporting import markdown_table
 
 
 def main(cfg: ToolDataConfig) -> dict:
-    print("make_tool_data config:\n" + format_config(cfg))
     output = Path(cfg.output)
     save_config(cfg, output.with_suffix(".config.yaml"))
     records = make_tool_conversations(cfg.num_examples, cfg.seed, cfg.tools, cfg.languages, cfg.no_tool_ratio)
@@ -46,4 +46,4 @@ def main(cfg: ToolDataConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(ToolDataConfig, description=__doc__))
+    run_script(ToolDataConfig, main, description=__doc__)

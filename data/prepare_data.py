@@ -16,9 +16,9 @@ Writes the output JSONL and, beside it, <stem>.stats.json (counts in/out/dropped
 length percentiles), <stem>.length_hist.png and <stem>.config.yaml; prints a Markdown summary.
 """
 
-from medqwen.data_config import DataConfig
-from medqwen.configlib import UserError, parse_config, run_main
-from medqwen.data import DataError, prepare
+from medqwen.cli import run_script
+from medqwen.data import prepare
+from medqwen.data.config import DataConfig
 
 
 def main(cfg: DataConfig) -> dict:
@@ -26,16 +26,5 @@ def main(cfg: DataConfig) -> dict:
     return prepare(cfg)
 
 
-def cli() -> None:
-    cfg = parse_config(DataConfig, description=__doc__)
-    try:
-        main(cfg)
-    except DataError as err:
-        raise UserError(f"{err}\nFix that record, or pass --skip_invalid to skip invalid records and count them "
-                        f"by reason (nothing valid is dropped).") from None
-    except (OSError, ValueError) as err:  # a missing input, --output on a folder, ...: the user's to fix
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(DataConfig, main, description=__doc__)

@@ -5,7 +5,8 @@ mistake the user can fix into `error: <message>` and exit status 2 (the status a
         run_script(TrainConfig, main)      # main(cfg) -> None, an exit status, or a summary (status 0)
 
 A user's mistake is a `UserError` (every error class a user can fix subclasses it: bad data, a missing run, a
-store or server that cannot be reached) or a missing file; anything else is a bug and keeps its traceback.
+store or server that cannot be reached), a missing file or a refused connection; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Callable, NoReturn, Sequence, TypeVar
 from medqwen.configlib import UserError, format_config, parse_config
 
 C = TypeVar("C")
-USER_ERRORS = (UserError, FileNotFoundError)
+# ConnectionError: a server that is down (the message says how to start it).
+USER_ERRORS = (UserError, FileNotFoundError, ConnectionError)
 
 
 def is_first_process() -> bool:
@@ -40,13 +42,20 @@ def fail(message: str) -> NoReturn:
 
 
 def run_script(cls: type[C], main: Callable[[C], Any], *, argv: Sequence[str] | None = None,
-               description: str | None = None, echo: bool = True) -> NoReturn:
-    """Parse `cls` from the command line, echo it, run `main(cfg)` and exit with its status."""
+               description: str | None = None, echo: bool | Callable[[C], bool] = True,
+               prepare: Callable[[C], C] | None = None) -> NoReturn:
+    """Parse `cls` from the command line, echo it, run `main(cfg)` and exit with its status.
+
+    `prepare(cfg)` fills in what follows from the script itself (the eval scripts' own model type) before the echo,
+    so the echo shows what runs; `echo` may be a test of the config (a benchmark's child processes stay quiet).
+    """
     try:
         cfg = parse_config(cls, argv, description)
+        if prepare is not None:
+            cfg = prepare(cfg)
     except USER_ERRORS as err:  # a bad --config file or value
         fail(str(err))
-    if echo:
+    if echo(cfg) if callable(echo) else echo:
         echo_config(cfg)
     try:
         status = main(cfg)

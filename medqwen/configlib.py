@@ -1,15 +1,16 @@
 """The config machinery every stage uses: dataclass defaults < environment (.env too) < --config YAML < CLI flags.
 
 A stage config (in its area's config.py, e.g. medqwen/train/config.py, built from the shared field groups at the
-end of this file) is a dataclass whose fields are made with `_f`: the field's metadata carries its `help` (with units), the environment variable(s) that may set it (`env`: the first one set wins), whether it is a
-secret (`secret`: read at call time, never saved), its `choices`, its range (`at_least`/`above`/`at_most`/`below`)
+end of this file) is a dataclass whose fields are made with `_f`: the field's metadata carries its `help` (with
+units), the environment variable(s) that may set it (`env`: the first one set wins), whether it is a secret
+(`secret`: read at call time, never saved), its `choices`, its range (`at_least`/`above`/`at_most`/`below`)
 and older names still accepted on the command line and in YAML (`aliases`).
 
     cfg = parse_config(TrainConfig)            # in a script's main()
     save_config(cfg, out_dir / "config.yaml")  # next to every output, secrets left out
 
-Scripts wrap their main with `run_main(main)`: a `UserError` (or a config error) prints `error: <message>` on
-stderr and exits with status 2, the status argparse uses for a bad flag.
+Scripts run through medqwen/cli.py's `run_script(Config, main)`: a `UserError` (or a config error) prints
+`error: <message>` on stderr and exits with status 2, the status argparse uses for a bad flag.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import yaml
 
-from medqwen.safe_http import strip_userinfo
+from medqwen.safe_http import clipped_repr, strip_userinfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = "template/qwen_chat_template.jinja"
@@ -46,15 +47,6 @@ C = TypeVar("C")
 
 class UserError(ValueError):
     """A mistake the user can fix (a missing file, a bad value): shown as `error: <message>`, exit status 2."""
-
-
-def run_main(main: Callable[[], Any]) -> None:
-    """Run a script's main; a UserError ends it with `error: <message>` on stderr and exit status 2."""
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _f(default: Any, help: str, *, env: str | Sequence[str] | None = None, secret: bool = False,
@@ -107,14 +99,14 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
     if typing.get_origin(inner) is list:
         (item_type,) = typing.get_args(inner) or (str,)
         if isinstance(value, dict):
-            raise ValueError(f"{name}: expected a list, got {value!r}")
+            raise ValueError(f"{name}: expected a list, got {clipped_repr(value)}")
         items = []
         for v in [value] if isinstance(value, (str, int, float)) else value:
             # "a,b" is two items wherever it comes from: one env/YAML string or each value of a repeated flag
             items += [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else [v]
         return [_convert(v, item_type, name) for v in items]
     if isinstance(value, (list, dict)):
-        raise ValueError(f"{name}: expected one {getattr(inner, '__name__', inner)}, got {value!r}")
+        raise ValueError(f"{name}: expected one {getattr(inner, '__name__', inner)}, got {clipped_repr(value)}")
     if inner is bool:
         if isinstance(value, bool):
             return value
@@ -123,18 +115,18 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
+        raise ValueError(f"{name}: expected true/false, got {clipped_repr(value)}")
     if inner in (int, float):
         if isinstance(value, bool):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
+            raise ValueError(f"{name}: expected a number, got {clipped_repr(value)}")
         if inner is int and isinstance(value, float):
-            raise ValueError(f"{name}: expected a whole number, got {value!r}")
+            raise ValueError(f"{name}: expected a whole number, got {clipped_repr(value)}")
         try:
             number = inner(value.strip() if isinstance(value, str) else value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected {inner.__name__}, got {value!r}") from None
+            raise ValueError(f"{name}: expected {inner.__name__}, got {clipped_repr(value)}") from None
         if inner is float and not math.isfinite(number):
-            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+            raise ValueError(f"{name}: expected a finite number, got {clipped_repr(value)}")
         return number
     if inner is str:
         if isinstance(value, bool):  # YAML's true/false, as the user wrote it
@@ -143,7 +135,7 @@ def _convert(value: Any, tp: Any, name: str) -> Any:
     try:
         return inner(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {getattr(inner, '__name__', inner)}, got {value!r}") from None
+        raise ValueError(f"{name}: expected {getattr(inner, '__name__', inner)}, got {clipped_repr(value)}") from None
 
 
 def _range_text(meta: typing.Mapping[str, Any]) -> str:
@@ -180,24 +172,87 @@ def check_values(cfg: Any) -> None:
         choices = meta.get("choices")
         for item in (value if isinstance(value, list) else [value]) if choices else []:
             if item is not None and item not in choices:
-                raise ValueError(f"{f.name}: {item!r} is not one of {list(choices)}")
+                raise ValueError(f"{f.name}: {clipped_repr(item)} is not one of {list(choices)}")
         if not _check_range(value, meta):
-            raise ValueError(f"{f.name}: must be {_range_text(meta)}, got {value!r}")
+            raise ValueError(f"{f.name}: must be {_range_text(meta)}, got {clipped_repr(value)}")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Parsing
 
+MAX_YAML_BYTES = 1_000_000  # a config is a few kilobytes
+MAX_YAML_DEPTH = 50
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases: a config never needs them, and an alias bomb (a few hundred
+    bytes that expand to gigabytes) is then impossible; what is read is never larger than the file."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in config files: "
+                                              "write the value out", event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(None, None, "anchors (&name) are not allowed in config files: "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's data, without anchors or aliases and at most MAX_YAML_BYTES long (bounded time and memory)."""
+    path = Path(path)
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_YAML_BYTES:,} bytes; a config file is a few kilobytes")
+    text = path.read_text(encoding="utf-8")
+    depth = deepest = 0
+    for ch in text:  # brackets counted without reading quotes: a config never nests 50 levels, even by accident
+        depth += (ch in "[{") - (ch in "]}")
+        deepest = max(deepest, depth)
+    if deepest > MAX_YAML_DEPTH:
+        raise ValueError(f"{path} nests brackets more than {MAX_YAML_DEPTH} levels deep; a config is flat")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 -- a SafeLoader
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply for a config file") from None
+
+
+# Variables that choose where requests (and the keys sent with them) go. A `.env` in the working folder may be
+# anyone's (a downloaded project, a shared folder): it may not set these, so it can never send the user's keys
+# to a host of its choosing, https or not.
+ENDPOINT_SUFFIXES = ("_BASE_URL", "_HOST", "_URL", "_ENDPOINT")
+
+
+def _is_endpoint(name: str) -> bool:
+    return name.upper().endswith(ENDPOINT_SUFFIXES)
+
 
 def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
-    """Load `.env` (repo root or cwd) into os.environ without overriding variables already set."""
+    """Load `.env` into os.environ without overriding variables already set: `path`, else the repository root's
+    and the working folder's. Endpoint variables (URLs, hosts) from a working-folder `.env` outside the
+    repository are skipped with a warning: they would receive the keys set in the environment or the
+    repository's `.env`."""
     try:
-        from dotenv import load_dotenv
+        from dotenv import dotenv_values
     except ImportError:  # python-dotenv is in requirements.txt; a bare GPU image may lack it
         return
-    for candidate in [path] if path else [Path.cwd() / ".env", REPO_ROOT / ".env"]:
-        if candidate and Path(candidate).is_file():
-            load_dotenv(candidate, override=False)
+    trusted = (Path(path) if path else REPO_ROOT / ".env").resolve()
+    candidates = [trusted] if path else [Path.cwd() / ".env", trusted]  # the working folder's wins, as before
+    seen: set[Path] = set()
+    for candidate in candidates:
+        if not candidate.is_file() or candidate.resolve() in seen:
+            continue
+        seen.add(candidate.resolve())
+        foreign = candidate.resolve() != trusted
+        for name, value in dotenv_values(candidate).items():
+            if value is None or name in os.environ:
+                continue
+            if foreign and _is_endpoint(name):
+                print(f"warning: {candidate} sets {name}, ignored: a working-folder .env may not choose where "
+                      "requests and keys go; export it or put it in the repository's .env", file=sys.stderr)
+                continue
+            os.environ[name] = value
 
 
 def _flags(name: str) -> list[str]:
@@ -288,15 +343,15 @@ def resolve_config(cls: type[C], cli: dict[str, Any] | None = None, environ: dic
         if not path.is_file():
             fail(f"--config {yaml_path}: no such file")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            fail(f"--config {yaml_path}: invalid YAML: {err}")
+            data = load_yaml(path)
+        except (yaml.YAMLError, ValueError) as err:
+            fail(f"--config {yaml_path}: invalid YAML: {clipped_repr(str(err), 400)[1:-1]}")
         if not isinstance(data, dict):
             fail(f"--config {yaml_path}: expected a mapping of field: value")
         names = field_names(cls)
         unknown = sorted(str(k) for k in set(data) - set(names))
         if unknown:
-            fail(f"--config {yaml_path}: unknown field(s) {unknown}; valid: {sorted(fields)}")
+            fail(f"--config {yaml_path}: unknown field(s) {clipped_repr(unknown)}; valid: {sorted(fields)}")
         seen: dict[str, str] = {}
         for key, value in data.items():
             name = names[key]
@@ -362,7 +417,7 @@ def save_config(cfg: Any, path: str | os.PathLike, extra: dict[str, Any] | None 
 
 def load_saved_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a `config.yaml` written by save_config (e.g. a LoRA run's, to find its base model)."""
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return load_yaml(path) or {}
 
 
 def format_config(cfg: Any) -> str:

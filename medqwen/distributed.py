@@ -26,7 +26,7 @@ ACCELERATE_CONFIGS = {"ddp": "configs/accelerate/ddp_2gpu.yaml", "fsdp": "config
 LAUNCHERS = ("single", *ACCELERATE_CONFIGS)
 
 
-def free_port() -> int:
+def rendezvous_port() -> int:
     """A TCP port nothing listens on now (for the rendezvous of one launch; two launches never share one)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,7 +44,7 @@ def accelerate_command(launcher: str, processes: int, script: str | Path, args: 
     accelerate = Path(sys.executable).parent / "accelerate"
     accelerate = str(accelerate) if accelerate.exists() else (shutil.which("accelerate") or "accelerate")
     return [accelerate, "launch", "--config_file", str(REPO_ROOT / ACCELERATE_CONFIGS[launcher]),
-            "--num_processes", str(processes), "--main_process_port", str(free_port()), str(script), *args]
+            "--num_processes", str(processes), "--main_process_port", str(rendezvous_port()), str(script), *args]
 
 
 def run_launched(launcher: str, processes: int, script: str | Path, args: list[str],

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from medqwen.configlib import UserError, load_saved_config, run_main
+from medqwen.configlib import UserError, load_saved_config
 
 DEFAULT_MODEL = "model/qwen"
 DEFAULT_RUN_DIRS = {"lora": "out/qwen3-4b-lora-medical", "grpo": "out/qwen3-4b-grpo-medical",
@@ -159,4 +159,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    from medqwen.cli import USER_ERRORS, fail
+
+    try:
+        main()
+    except USER_ERRORS as err:
+        fail(str(err))

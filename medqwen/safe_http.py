@@ -29,7 +29,12 @@ MASK = "***"
 SECRET_PARAMS = ("appid", "api_key", "apikey", "key", "token", "access_token", "password", "secret")
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:%s)=)[^&#\s\"']*" % "|".join(SECRET_PARAMS))
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s\"']*@")
+# Credentials an error body may echo from the request headers (a gateway that prints what it received).
+_AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|token)(\s+|%20)[A-Za-z0-9._~+/=\-]{4,}")
+_AUTH_HEADER = re.compile(r"(?i)((?:authorization|proxy-authorization|x-api-key|api-key|openai-api-key|cookie)"
+                          r"[\"']?\s*[:=]\s*[\"']?)[^\"'\n,}]+")
 _CHUNK = 64 * 1024
+_SECRET_MARGIN = 4096  # longer than any key: text cut this far past the limit still has every visible key whole
 
 
 class HttpError(RuntimeError):
@@ -62,7 +67,43 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         if secret and len(secret) >= 4:  # shorter values would mask ordinary words
             text = text.replace(secret, MASK)
     text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _AUTH_HEADER.sub(lambda m: m.group(1) + MASK, text)
+    text = _AUTH_SCHEME.sub(lambda m: m.group(1) + " " + MASK, text)
     return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, text)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters, saying how long it was (never call it on text that may hold a secret:
+    use public_text, which redacts first)."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def public_text(text: Any, secrets: Iterable[str | None] = (), limit: int = 300) -> str:
+    """The one way text from outside (an error, a server's body, a URL) leaves a module: redacted, then clipped.
+    Redacting first means a cut can never leave half a key behind."""
+    text = text if isinstance(text, str) else str(text)
+    full = len(text)
+    text = redact(text[: limit + _SECRET_MARGIN], secrets)
+    if len(text) <= limit and full <= limit + _SECRET_MARGIN:
+        return text
+    return text[:limit] + f"... ({full} characters)"
+
+
+def public_url(url: Any) -> str:
+    """A URL fit to show or log: no userinfo, no credential query parameters."""
+    return public_text(strip_userinfo(str(url)), limit=500)
+
+
+def clipped_repr(value: Any, limit: int = 120) -> str:
+    """`repr(value)` for an error message, bounded in time and memory whatever `value` is (a YAML alias bomb
+    expands to gigabytes under plain repr): nesting, items and strings are cut before the text is built."""
+    import reprlib
+
+    shorter = reprlib.Repr()
+    shorter.maxlevel, shorter.maxdict, shorter.maxlist, shorter.maxtuple, shorter.maxset = 3, 6, 6, 6, 6
+    shorter.maxstring, shorter.maxother, shorter.maxlong = limit, limit, limit
+    return public_text(shorter.repr(value), limit=limit)
 
 
 def strip_userinfo(url: str) -> str:

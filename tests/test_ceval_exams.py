@@ -8,14 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.exams.runner import (Prediction, Question, build_prompt, extract_answer, extract_answers, option_order_report,
-                           rotate, run_benchmark, score_questions)
-from medqwen.exams.config import CevalConfig
 from medqwen.configlib import resolve_config
 from medqwen.exams import expand_subjects, get_exam
 from medqwen.exams.base import ExamDataError, Skipped
 from medqwen.exams.cmexam import read_cmexam_csv
 from medqwen.exams.cmmlu import read_cmmlu_csv
+from medqwen.exams.config import CevalConfig
+from medqwen.exams.runner import (
+    Prediction,
+    Question,
+    build_prompt,
+    extract_answer,
+    extract_answers,
+    option_order_report,
+    rotate,
+    run_benchmark,
+    score_questions,
+)
 from medqwen.stats import paired_bootstrap_diff_ci
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +38,8 @@ sys.path.insert(0, str(REPO / "benchmark"))
 def test_cmmlu_prompt_is_cmmlus_own_evaluation():
     # CMMLU src/mp_utils.py: gen_prompt's instruction with the subject's Chinese name, format_example per shot.
     shot = Question("traditional_chinese_medicine", "dev", "0", "题干一", ("a1", "b1", "c1", "d1"), "C", exam="cmmlu")
-    q = Question("traditional_chinese_medicine", "test", "3", "下列哪项是X", ("甲", "乙", "丙", "丁"), "B", exam="cmmlu")
+    q = Question("traditional_chinese_medicine", "test", "3", "下列哪项是X", ("甲", "乙", "丙", "丁"), "B",
+                 exam="cmmlu")
     assert build_prompt(q, [shot]) == ("以下是关于中医中药的单项选择题，请直接给出正确答案的选项。\n\n"
                                        "题目：题干一\nA. a1\nB. b1\nC. c1\nD. d1\n答案是：C\n\n"
                                        "题目：下列哪项是X\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n答案是：")
@@ -42,7 +52,8 @@ def test_cmexam_prompt_has_every_option_and_says_single_or_multi():
     multi = Question("physician", "test", "3", "多选题干", ("一", "二", "三", "四", "五"), "ABD", exam="cmexam")
     assert build_prompt(q) == ("以下是中国医师资格考试的单项选择题，请直接给出正确答案的选项。\n\n"
                                "题目：题干\nA. 一\nB. 二\nC. 三\nD. 四\nE. 五\n答案是：")
-    assert build_prompt(multi, [multi]).startswith("以下是中国医师资格考试的多项选择题，请直接给出所有正确答案的选项。\n\n"
+    assert build_prompt(multi, [multi]).startswith("以下是中国医师资格考试的多项选择题，"
+                                                   "请直接给出所有正确答案的选项。\n\n"
                                                    "题目：多选题干\nA. 一")
     assert "E. 五\n答案是：ABD\n\n题目：多选题干" in build_prompt(multi, [multi])
 
@@ -74,7 +85,6 @@ CMMLU_HEADER = ",Question,A,B,C,D,Answer\n"
 @pytest.mark.parametrize("body, message", [
     (CMMLU_HEADER + "0,q,a,b,c,d,A\n1,q,a,b,c,A\n", r"x\.csv:3: 6 fields, expected 7"),
     (CMMLU_HEADER + "0,q,a,b,c,d,E\n", r"x\.csv:2: answer must be one of A/B/C/D"),
-    (CMMLU_HEADER + "0,q,a,,c,d,A\n", r"x\.csv:2: empty option B"),
     ("Question,A,B,C,D,Answer\n", "not CMMLU's"),
 ])
 def test_malformed_cmmlu_rows_stop_with_file_and_line(tmp_path, body, message):
@@ -85,7 +95,6 @@ def test_malformed_cmmlu_rows_stop_with_file_and_line(tmp_path, body, message):
 
 @pytest.mark.parametrize("options, answer, message", [
     ("A 甲\nB 乙", "C", "answer must be letters of A/B"),
-    ("A 甲\nB \nC 丙", "A", "empty option B"),
     ("A 甲\nC 丙", "A", "option line 'C 丙'"),
     ("A 甲\nB 乙\nC 丙\nD 丁\nE 戊\nF 己", "A", "at most E"),
 ])
@@ -100,6 +109,34 @@ def test_malformed_cmexam_rows_stop_with_file_and_line(tmp_path, options, answer
     skipped = Skipped(skip=True)  # --skip_invalid: the bad row is counted, the good one kept
     assert [q.options for q in read_cmexam_csv(tmp_path / "test.csv", skipped=skipped)] == [("甲", "乙")]
     assert len(skipped) == 1 and "test.csv:" in skipped.rows[0]
+
+
+def test_exam_rows_without_an_answer_are_skipped_and_counted_per_subject(tmp_path, tiny_backend):
+    """The CMExam release has rows whose answer is blank or `nan` (the official code skips them: `if
+    pd.isna(answer)`); with the defaults they are skipped and counted per subject, never fatal. A blank option,
+    five options and a multi-answer row are graded. At 10514c8 the first `nan` stopped the run."""
+    import csv
+
+    rows = [["Question", "Options", "Answer", "Explanation"], ["甲题", "A 甲\nB 乙", "B", ""],
+            ["乙题", "A 甲\nB 乙", "nan", ""], ["丙题", "A 甲\nB \nC 丙", "C", ""], ["丁题", "A 甲\nB 乙", "", ""],
+            ["戊题", "A 1\nB 2\nC 3\nD 4\nE 5", "E", ""], ["己题", "A 1\nB 2\nC 3", "AB", ""]]
+    for split in ("val", "test"):
+        with (tmp_path / f"{split}.csv").open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerows(rows)
+    skipped = Skipped()  # the defaults: --skip_invalid off
+    questions = read_cmexam_csv(tmp_path / "test.csv", skipped=skipped)
+    assert [q.question for q in questions] == ["甲题", "丙题", "戊题", "己题"]
+    assert skipped.ungraded == {"unanswered": 2} and len(skipped) == 0
+    assert questions[1].options == ("甲", "", "丙")
+    preds, facts = run_benchmark(tiny_backend, {"cmexam": tmp_path}, ["cmexam"], k_shot=0)
+    assert facts["ungraded_rows"] == {"cmexam/physician": {"unanswered": 2}}
+    assert len([p for p in preds if not p.multi]) == 3
+    from medqwen.exams.runner import results_table, summarize_predictions
+
+    table = results_table({**summarize_predictions(preds), **facts})
+    assert "skipped: no answer" in table and "| CMExam | physician | 3 |" in table
+    line = next(t for t in table.splitlines() if "| physician |" in t)
+    assert line.rstrip(" |").endswith("2")
 
 
 def test_rotation_moves_answers_with_their_options_and_multi_answers_are_sets():
@@ -168,6 +205,7 @@ def test_rotating_options_rotates_the_scored_loglikelihoods(tiny_backend):
 
 def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tmp_path, capsys):
     import benchmark_ceval
+
     from tests.test_ceval import make_lora_run
 
     common = {"model": str(tiny_model_dir), "k_shot": 2, "limit": 4, "device": "cpu", "n_bootstrap": 200,
@@ -184,7 +222,8 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
     assert base["option_order"]["n_questions"] == base["n"]
     out = capsys.readouterr().out
     assert "| CMExam | physician | 3 |" in out and "| all | **all questions (medical + general)** | 27 |" in out
-    assert "| all | **pooled medical** | 19 |" in out and "| all | **pooled general** | 8 |" in out and "multi-answer" in out
+    assert "| all | **pooled medical** | 19 |" in out and "| all | **pooled general** | 8 |" in out
+    assert "multi-answer" in out
     assert "consistency" in out and "position bias" in out
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert "cmmlu/world_history" in metrics["detail"] and "cmexam" in metrics["summary"]["per_exam"]
@@ -213,6 +252,7 @@ def test_pooled_medical_and_general_run_then_forgetting_check(tiny_model_dir, tm
 
 def test_perf_pooled_set_uses_every_exams_prompt_and_times_the_rotations(tmp_path):
     import perf_ceval
+
     from medqwen.perf.config import PerfCevalConfig
 
     cfg = resolve_config(PerfCevalConfig, {"tiny": True, "pooled": True, "questions": 24, "paths": ["reuse"],
@@ -233,19 +273,29 @@ def test_perf_pooled_set_uses_every_exams_prompt_and_times_the_rotations(tmp_pat
                                                        "veterinary_medicine", "cmmlu", "cmexam"}
     texts = {tokenizer.decode(seqs[owner.index(keys.index(k))]).split("\n")[0] for k in
              ("clinical_medicine", "cmmlu/anatomy", "cmexam/physician")}
-    assert texts == {"以下是中国关于临床医学考试的单项选择题，请选出其中的正确答案。", "以下是关于解剖学的单项选择题，请直接给出正确答案的选项。",
+    assert texts == {"以下是中国关于临床医学考试的单项选择题，请选出其中的正确答案。",
+                     "以下是关于解剖学的单项选择题，请直接给出正确答案的选项。",
                      "以下是中国医师资格考试的单项选择题，请直接给出正确答案的选项。"}
 
 
 def test_save_figure_writes_atomically_and_closes(tmp_path):
+    import os
+
     from medqwen.reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    path = save_figure(fig, tmp_path / "sub" / "plot.png")
+    umask = os.umask(0o022)  # a common umask, under which mkstemp's private 0o600 differs from an output's 0o644
+    try:
+        path = save_figure(fig, tmp_path / "sub" / "plot.png")
+        ordinary = path.with_name("ordinary.png")  # an output written the usual way: open() under the umask
+        ordinary.write_bytes(b"")
+    finally:
+        os.umask(umask)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not plt.fignum_exists(fig.number)
-    assert path.stat().st_mode & 0o044  # readable by others, as other outputs (not mkstemp's private mode)
+    assert oct(path.stat().st_mode & 0o777) == oct(ordinary.stat().st_mode & 0o777) == "0o644"
+    ordinary.unlink()
     fig, ax = plt.subplots()
     with pytest.raises(ValueError):
         save_figure(fig, tmp_path / "plot.unknownformat")
@@ -264,7 +314,8 @@ def test_get_ceval_fills_cmmlu_from_its_zip_and_cmexam_from_its_folder(tmp_path,
     out = tmp_path / "cmmlu"
     assert get_ceval.main(["--benchmark", "cmmlu", "--zip", str(tmp_path / "cmmlu_v1_0_1.zip"), "--subjects",
                            "world_history", "--output_dir", str(out)]) == 0
-    assert (out / "test" / "world_history.csv").read_bytes() == (DIRS["cmmlu"] / "test" / "world_history.csv").read_bytes()
+    assert ((out / "test" / "world_history.csv").read_bytes()
+            == (DIRS["cmmlu"] / "test" / "world_history.csv").read_bytes())
     assert get_ceval.main(["--benchmark", "cmmlu", "--zip", str(tmp_path / "cmmlu_v1_0_1.zip"), "--subjects",
                            "world_history", "--output_dir", str(out)]) == 0
     assert "keep " in capsys.readouterr().out  # existing files are kept
@@ -277,14 +328,17 @@ def test_get_ceval_fills_cmmlu_from_its_zip_and_cmexam_from_its_folder(tmp_path,
     (release / "val.csv").write_bytes((DIRS["cmexam"] / "val.csv").read_bytes())
     bad = (DIRS["cmexam"] / "test.csv").read_text(encoding="utf-8") + "坏题,A 甲\\nB 乙,C,,临床医学\n"
     (release / "test.csv").write_text(bad, encoding="utf-8")
-    assert get_ceval.main(["--benchmark", "cmexam", "--source", str(release.parent), "--output_dir",
-                           str(tmp_path / "cmexam")]) == 2
+    with pytest.raises(SystemExit) as ended:
+        get_ceval.main(["--benchmark", "cmexam", "--source", str(release.parent), "--output_dir",
+                        str(tmp_path / "cmexam")])
+    assert ended.value.code == 2
     assert "test.csv:" in capsys.readouterr().err  # the malformed row, named by file:line
     assert get_ceval.main(["--benchmark", "cmexam", "--source", str(release), "--output_dir",
                            str(tmp_path / "cmexam2"), "--skip_invalid"]) == 0
     assert "1 malformed rows counted" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--source CMExam/data"):  # not on the hub: say what to do
+    with pytest.raises(SystemExit) as ended:  # not on the hub: say what to do
         get_ceval.main(["--benchmark", "cmexam", "--output_dir", str(tmp_path / "hub")])
+    assert ended.value.code == 2 and "--source CMExam/data" in capsys.readouterr().err
 
 
 def test_control_tokens_in_exam_text_are_escaped_before_templating():

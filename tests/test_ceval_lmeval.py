@@ -15,7 +15,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "ceval_lmeval" / "ceval-local_clinical_m
 @pytest.fixture(scope="module")
 def lm_eval_samples(tiny_model_dir, tmp_path_factory):
     """Run the installed harness (HFLM, 5-shot) on the team-written val items; one sample per item."""
-    lm_eval = pytest.importorskip("lm_eval")
+    import lm_eval  # pinned in requirements-dev.txt: missing, the parity test fails rather than skips
     from lm_eval.tasks import TaskManager
 
     assert lm_eval.__version__ == "0.4.13", "this parity test pins the harness version it was written against"
@@ -25,7 +25,8 @@ def lm_eval_samples(tiny_model_dir, tmp_path_factory):
     (task_dir / FIXTURE.name).write_text(text.replace("DATA_DIR", str(DATA)), encoding="utf-8")
     results = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={tiny_model_dir},dtype=float32", tasks=["ceval-local_clinical_medicine"],
-        num_fewshot=5, batch_size=8, device="cpu", log_samples=True, task_manager=TaskManager(include_path=str(task_dir)))
+        num_fewshot=5, batch_size=8, device="cpu", log_samples=True,
+        task_manager=TaskManager(include_path=str(task_dir)))
     return sorted(results["samples"]["ceval-local_clinical_medicine"], key=lambda s: s["doc_id"])
 
 

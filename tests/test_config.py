@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from medqwen.chat_config import ChatConfig
-from medqwen.train.config import TrainConfig
 from medqwen.configlib import _f, build_parser, parse_config, resolve_config, save_config
+from medqwen.train.config import TrainConfig
 
 
 @dataclasses.dataclass
@@ -90,16 +90,23 @@ def test_bad_cli_values_exit_with_clear_message(argv, message, capsys):
 
 
 def test_bad_yaml_is_reported_with_file_and_field(tmp_path):
+    import re
+
     bad = tmp_path / "bad.yaml"
+    where = re.escape(str(bad))
     bad.write_text("epochs: 2\nlearning_rat: 1\n")
-    with pytest.raises(ValueError, match="unknown field.*learning_rat"):
+    with pytest.raises(ValueError, match=rf"^--config {where}: unknown field\(s\) \['learning_rat'\]"):
+        resolve_config(DemoConfig, cli={"config": str(bad)})
+    bad.write_text("learning_rate: 0.0001\nepochs: two\n")
+    with pytest.raises(ValueError, match=rf"^{where}:epochs: expected int, got 'two'"):
         resolve_config(DemoConfig, cli={"config": str(bad)})
     bad.write_text("epochs: [unclosed\n")
-    with pytest.raises(ValueError, match="invalid YAML"):
+    with pytest.raises(ValueError, match=rf"^--config {where}: invalid YAML"):
         resolve_config(DemoConfig, cli={"config": str(bad)})
-    with pytest.raises(ValueError, match="no such file"):
+    missing = re.escape(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match=rf"^--config {missing}: no such file"):
         resolve_config(DemoConfig, cli={"config": str(tmp_path / "missing.yaml")})
-    with pytest.raises(ValueError, match=r"\$MODEL_NAME|epochs"):
+    with pytest.raises(ValueError, match=r"^--epochs: expected int, got 'x'"):
         resolve_config(DemoConfig, environ={}, cli={"epochs": "x"})
 
 
@@ -116,7 +123,8 @@ def test_dotenv_file_is_read_but_real_env_wins(tmp_path):
     (tmp_path / ".env").write_text("MODEL_NAME=from-dotenv\nVLLM_BASE_URL=http://dotenv:9/v1\n")
     code = ("from medqwen.configlib import parse_config; from tests.test_config import DemoConfig; "
             "c = parse_config(DemoConfig, []); print(c.model_name, c.base_url)")
-    env = {"PATH": "", "VLLM_BASE_URL": "http://real-env:8/v1", "PYTHONPATH": str(__import__('pathlib').Path(__file__).parent.parent)}
+    env = {"PATH": "", "VLLM_BASE_URL": "http://real-env:8/v1",
+           "PYTHONPATH": str(__import__('pathlib').Path(__file__).parent.parent)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["from-dotenv", "http://real-env:8/v1"]

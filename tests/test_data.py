@@ -1,6 +1,8 @@
 """Data preparation: every input format converts, bad input is located (path:line) or skipped and counted,
 identity placeholders are filled, duplicates and over-long conversations are dropped, outputs are written."""
 
+import csv
+import io
 import itertools
 import json
 import re
@@ -12,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqwen.data_config import DataConfig
 from medqwen.configlib import REPO_ROOT
 from medqwen.data import IDENTITY_PROBES, DataError, convert_record, detect_format, iter_records, prepare
+from medqwen.data.config import DataConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 IDENTITY_FILE = REPO_ROOT / "data" / "lora_identity.jsonl"
@@ -54,7 +56,8 @@ def run(tmp_path, inputs, identity=(), **overrides):
     ("sharegpt.json", "sharegpt", [{"role": "system", "content": "你是一个谨慎的医疗助手。"},
                                    user("布洛芬一次吃多少？"),
                                    assistant("成人常用剂量请以说明书为准，有胃病或肾病请先咨询医生。")]),
-    ("alpaca.jsonl", "alpaca", [user("解释什么是高血压。"), assistant("高血压是指血压持续高于正常范围，需要医生评估。")]),
+    ("alpaca.jsonl", "alpaca", [user("解释什么是高血压。"),
+                                assistant("高血压是指血压持续高于正常范围，需要医生评估。")]),
     ("qa.jsonl", "qa", [user("感冒需要吃抗生素吗？"), assistant("普通感冒多由病毒引起，一般不需要抗生素。")]),
     ("messages_tools.jsonl", "messages", None),
     ("huatuo.jsonl", "huatuo", [user("孩子咳嗽有痰怎么办？"),
@@ -92,7 +95,8 @@ def test_messages_with_tools_keep_tool_turns(tmp_path):
 def test_alpaca_history_input_and_system(tmp_path):
     _, out = run(tmp_path, [FIXTURES / "alpaca.jsonl"], shuffle=False)
     assert out[1]["conversations"] == [{"role": "system", "content": "你是医疗助手。"}, user("你好"),
-                                       assistant("你好，请问哪里不舒服？"), user("根据症状给出就医建议。\n胸痛、出冷汗。"),
+                                       assistant("你好，请问哪里不舒服？"),
+                                       user("根据症状给出就医建议。\n胸痛、出冷汗。"),
                                        assistant("这可能是急症，请立即拨打120。")]
 
 
@@ -147,14 +151,13 @@ BAD_CASES = {
                                                      assistant("B"))), 2, "turn_order", "expected user"),
     "late_system": (".jsonl", jsonl(GOOD, conv(user("Q"), {"role": "system", "content": "S"}, assistant("A"))), 2,
                     "turn_order", "system message may only come first"),
-    "ends_with_user": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("A"), user("Q2"))), 2, "turn_order",
-                       "must end with an assistant reply"),
-    "empty_content": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("  "))), 2, "empty_content",
-                      "empty content in turn 2"),
+    "ends_with_a_tool_call": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("", tool_calls=[
+        {"type": "function", "function": {"name": "calc", "arguments": "{}"}}]))), 2, "turn_order",
+        "must end with an assistant reply"),
     "bad_tool_call": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("", tool_calls=[
         {"type": "function", "function": {"name": "calc", "arguments": "{not json"}}]),
         {"role": "tool", "content": "1"}, assistant("A"))), 2, "tool_call", "arguments are not valid JSON"),
-    "unknown_format": (".jsonl", jsonl({"text": "hello"}), 1, "unknown_format", "cannot tell the format"),
+    "unknown_format": (".jsonl", jsonl({"text": "hello"}), 1, "unknown_format", "cannot tell the layout"),
     "placeholder_in_medical_data": (".jsonl", jsonl(GOOD, conv(user("Who are you?"), assistant("I am {{NAME}}."))),
                                     2, "placeholder", "pass identity files with --identity"),
     "json_array_bad_element": (".json", '[\n  {"问": "a", "答": "b"},\n  {"问": "c"}\n]\n', 3, "missing_field",
@@ -179,6 +182,27 @@ def test_bad_input_error_names_file_and_line(tmp_path, case):
     assert str(info.value).startswith(f"{path}:{line}: "), str(info.value)
     assert info.value.reason == reason and text in str(info.value), str(info.value)
     assert not (tmp_path / "out" / "merged.jsonl").exists()  # nothing half-written
+
+
+def test_records_without_text_are_skipped_and_counted_with_the_defaults(tmp_path):
+    """A well-formed record whose question or answer is empty has nothing to fix: counted, not fatal (real corpora
+    hold a few; at 10514c8 one stopped the whole run). JSON in ordinary text ('}}') is text, not a placeholder."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl(GOOD, conv(user("Q"), assistant("  ")), conv(user('调用 {"a": {"b": 1}}'), assistant("好")),
+                          conv(user("最好的建议？"))), encoding="utf-8")
+    stats, out = run(tmp_path, [path], shuffle=False)
+    assert stats["detail"][0]["invalid"] == {"empty_content": 1, "no_answer": 1} and len(out) == 2
+    assert "tmp" in stats["detail"][0]["examples"]["empty_content"][0] and "empty content in turn 2" in \
+        stats["detail"][0]["examples"]["empty_content"][0]
+
+
+def test_an_unanswered_last_user_turn_is_cut_and_the_answered_turns_kept(tmp_path):
+    """A chat log that ends with the user's unanswered "继续" (MedicalGPT's ShareGPT sample has one) keeps its
+    answered turns and counts the cut (at 10514c8 the whole conversation stopped the run)."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl(conv(user("Q"), assistant("A"), user("继续"))), encoding="utf-8")
+    stats, out = run(tmp_path, [path])
+    assert out == [conv(user("Q"), assistant("A"))] and stats["detail"][0]["unanswered_turns_trimmed"] == 1
 
 
 def test_identity_typo_placeholder_is_an_error(tmp_path):
@@ -318,7 +342,8 @@ def test_shipped_medical_sample_is_valid_and_varied():
 def test_length_filter_counts_tokens_as_training_sees_them(tmp_path, bundled_model_dir):
     from medqwen.chat import encode_with_assistant_mask, load_tokenizer
 
-    short, long = conv(user("Hi"), assistant("Hello.")), conv(user(" ".join(["Explain."] * 50)), assistant(" ".join(["Sure."] * 50)))
+    short, long = (conv(user("Hi"), assistant("Hello.")),
+                   conv(user(" ".join(["Explain."] * 50)), assistant(" ".join(["Sure."] * 50))))
     a = tmp_path / "a.jsonl"
     a.write_text(jsonl(short, long), encoding="utf-8")
     tokenizer = load_tokenizer(bundled_model_dir)
@@ -337,7 +362,8 @@ def test_cli_merges_inputs_and_writes_every_output(tmp_path, bundled_model_dir, 
     # The script's __main__ block in this process (the subprocess test above covers a fresh interpreter).
     monkeypatch.setattr(sys, "argv", ["prepare_data.py", "--input", str(FIXTURES / "qa.jsonl"),
                                       "--input", str(FIXTURES / "department_gb18030.csv"), "--identity",
-                                      str(IDENTITY_FILE), "--tokenizer", str(bundled_model_dir), "--output", str(output)])
+                                      str(IDENTITY_FILE), "--tokenizer", str(bundled_model_dir),
+                                      "--output", str(output)])
     runpy.run_path(str(REPO_ROOT / "data" / "prepare_data.py"), run_name="__main__")
     stdout = capsys.readouterr().out
     assert len(output.read_text(encoding="utf-8").splitlines()) == 2 + 2 + 92
@@ -369,13 +395,38 @@ def test_a_stray_quote_in_a_department_csv_loses_no_valid_row(tmp_path):
     assert f"{path}:5:" in detail["examples"]["malformed_csv"][0]
 
 
+def _alone(line: str) -> list[str]:
+    """How csv.reader reads one line on its own (the oracle for "this line is a valid row by itself")."""
+    return next(csv.reader(io.StringIO(line, newline="")))
+
+
 def test_two_stray_quotes_that_pair_up_lose_only_their_own_lines(tmp_path):
+    """Line 2 opens a quote that closes in line 6's second column, a row of the wrong width for csv.reader: only
+    the opening line is lost. Line 6 ('内科,t6,q6",a6': a quote inside a field is a character) is a valid row by
+    itself for csv.reader and is kept, and so is every line between (the 10514c8 reader dropped line 6 too)."""
     rows = [f'内科,t{i},q{i},a{i}\n' for i in range(10)]
-    rows[2], rows[6] = '内科,"t2,q2,a2\n', '内科,t6",q6,a6\n'
+    rows[2], rows[6] = '内科,"t2,q2,a2\n', '内科,t6,q6",a6\n'
     path = tmp_path / "dept.csv"
-    path.write_text("department,title,ask,answer\n" + "".join(rows), encoding="utf-8")
+    text = "department,title,ask,answer\n" + "".join(rows)
+    path.write_text(text, encoding="utf-8")
+    whole = list(csv.reader(io.StringIO(text, newline="")))
+    assert any(len(row) != 4 for row in whole)  # csv.reader cannot read lines 2-6 as one row: a stray quote
+    valid_alone = [r for r in rows if len(_alone(r)) == 4 and r != rows[2]]
     stats, out = run(tmp_path, [path], skip_invalid=True, shuffle=False)
-    assert stats["detail"][0]["kept"] == 8 and stats["detail"][0]["invalid"] == {"malformed_csv": 2}
+    assert [c["conversations"][1]["content"] for c in out] == [_alone(r)[3] for r in valid_alone]
+    assert stats["detail"][0]["kept"] == 9 and stats["detail"][0]["invalid"] == {"malformed_csv": 1}
+
+
+def test_a_stray_quote_that_closes_into_a_row_is_read_as_csv_reader_reads_it(tmp_path):
+    """A quoted answer spanning lines that each hold the header's number of commas (a dosage list) is one row
+    for csv.reader, so it is one conversation, and none of its inner lines becomes a conversation of its own."""
+    text = ('department,title,ask,answer\n内科,dose,how much?,"Take:\n1,2,3,4 mg\n5,6,7,8 mg\nwith food"\n'
+            '内科,t,q,a\n')
+    path = tmp_path / "dept.csv"
+    path.write_text(text, encoding="utf-8")
+    expected = [row[3] for row in list(csv.reader(io.StringIO(text, newline="")))[1:]]
+    stats, out = run(tmp_path, [path], shuffle=False)
+    assert [c["conversations"][1]["content"] for c in out] == expected and stats["detail"][0]["invalid"] == {}
 
 
 def test_a_quoted_field_may_still_span_lines(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqwen.evaluate.config import EvalConfig
 from medqwen.configlib import UserError, spread_values
+from medqwen.evaluate.config import EvalConfig
 from medqwen.evaluate.metrics import corpus_bleu, names_assistant, rouge_l, sentence_bleu, zh_tokens
 from medqwen.evaluate.run import EvalDataError, cli, load_heldout, run_eval
 
@@ -63,7 +63,8 @@ def test_bleu_char_level_known_values():
     assert corpus_bleu(["我今天很累"], ["我今天很好"]) == pytest.approx(100 * 0.2 ** 0.25, abs=1e-6)
     # corpus BLEU pools counts: the two sentences above together
     pooled = (8 / 9 * 6 / 7 * 4 / 5 * 2 / 3) ** 0.25 * math.exp(1 - 10 / 9)  # 9 hypothesis vs 10 reference chars
-    assert corpus_bleu(["今天很好", "我今天很累"], ["我今天很好", "我今天很好"]) == pytest.approx(100 * pooled, abs=1e-6)
+    assert (corpus_bleu(["今天很好", "我今天很累"], ["我今天很好", "我今天很好"])
+            == pytest.approx(100 * pooled, abs=1e-6))
 
 
 def test_names_assistant_ignores_case_and_spaces():
@@ -84,7 +85,7 @@ def test_compare_flag_takes_several_folders():
 
 
 def test_heldout_uses_the_trainers_saved_split_else_the_same_seeded_split(tmp_path):
-    from medqwen.train.sft import split_conversations
+    from medqwen.data.conversations import split_conversations
 
     def messages(rows):  # the trainer's reader returns records {"conversations": [...], "tools"?: [...]}
         return [r["conversations"] if isinstance(r, dict) else r for r in rows]
@@ -205,8 +206,12 @@ def test_base_and_lora_end_to_end_then_compare(tiny_model_dir, tmp_path, capsys,
 
     monkeypatch.setattr(sys, "argv", ["eval_base.py", "--compare", str(tmp_path / "eval" / "base"), str(lora_dir),
                                       "--report_samples", "2", "--output_dir", str(tmp_path / "cmp")])
-    cli("base")  # what the scripts run; `--compare A B` takes several folders
-    table = capsys.readouterr().out
+    with pytest.raises(SystemExit) as ended:
+        cli("base")  # what the scripts run; `--compare A B` takes several folders
+    assert ended.value.code == 0
+    captured = capsys.readouterr()
+    table = captured.out
+    assert captured.err.startswith("eval_base config:\n") and "model_type: base" in captured.err
     assert table.splitlines()[0] == "| metric | base | lora |"
     assert "| Δ loss/token vs base | - | " in table and "| identity vs base: McNemar p | - | " in table
     report = (tmp_path / "cmp" / "report.md").read_text(encoding="utf-8")

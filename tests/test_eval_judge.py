@@ -7,8 +7,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from medqwen.evaluate.judge import (CRITERIA, EndpointUnavailableError, JudgeParseError, make_judge, parse_judge_reply,
-                           summarize_judgements)
+from medqwen.evaluate.judge import (
+    CRITERIA,
+    EndpointUnavailableError,
+    JudgeParseError,
+    make_judge,
+    parse_judge_reply,
+    summarize_judgements,
+)
 
 PORTS = range(8400, 8500)
 
@@ -154,8 +160,8 @@ def test_judge_endpoint_down_is_a_clear_error_naming_the_url():
 
 def test_eval_run_with_judge_end_to_end(server, tiny_model_dir, tmp_path, monkeypatch):
     """The judge's verdicts land in predictions.jsonl and metrics.json; its key never lands on disk."""
-    from medqwen.evaluate.config import EvalConfig
     from medqwen.configlib import UserError
+    from medqwen.evaluate.config import EvalConfig
     from medqwen.evaluate.run import main, run_eval
     from tests.test_eval import CONVERSATIONS, write_jsonl
 
@@ -182,8 +188,8 @@ def test_eval_run_with_judge_end_to_end(server, tiny_model_dir, tmp_path, monkey
 
 def test_answers_from_an_openai_compatible_server(server, tmp_path):
     """--backend openai: answers come from chat completions (here: the question echoed); no model is loaded."""
-    from medqwen.evaluate.config import EvalConfig
     from medqwen.data import IDENTITY_PROBES
+    from medqwen.evaluate.config import EvalConfig
     from medqwen.evaluate.metrics import rouge_l
     from medqwen.evaluate.run import run_eval
     from tests.test_eval import CONVERSATIONS, write_jsonl

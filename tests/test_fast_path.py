@@ -10,10 +10,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from medqwen.train.config import TrainConfig
-from medqwen.kernels.fused_lora import LoraLinearFunction, _fused_lora_forward, decoder_layers, fuse_lora, set_recompute_layers
+from medqwen.kernels.fused_lora import (
+    LoraLinearFunction,
+    _fused_lora_forward,
+    decoder_layers,
+    fuse_lora,
+    set_recompute_layers,
+)
 from medqwen.kernels.packed_attention import VARLEN, register_attention
 from medqwen.modeling import random_qwen3
+from medqwen.train.config import TrainConfig
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -240,6 +246,10 @@ def test_compiled_layers_draw_the_eager_dropout_masks(tiny_model_dir, tmp_path):
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-4)
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=1e-5, msg=name)
+    # dropout really acts: without it the same steps train another adapter (else both paths could ignore it)
+    no_dropout_loss, no_dropout = train_adapter(tiny_model_dir, tmp_path / "no-dropout", packing=True, lora_dropout=0.0)
+    assert no_dropout_loss != pytest.approx(eager_loss, rel=1e-4)
+    assert max((no_dropout[n] - eager[n]).abs().max() for n in eager) > 1e-3
 
 
 def spread_conversations(n: int, seed: int = 0):

@@ -50,24 +50,29 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def test_sigkill_during_prepare_data_keeps_the_previous_output(tmp_path):
+    """Killed while the output's temporary file is being written (polled for, not guessed with a sleep): the
+    previous output and its sidecars are untouched, and the next run removes the dead run's temporary file."""
     small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
     small.write_text("".join(json.dumps({"问": f"q{i}", "答": f"a{i}"}) + "\n" for i in range(10)))
-    big.write_text("".join(json.dumps({"问": f"问题{i}" * 5, "答": f"回答{i}" * 5}, ensure_ascii=False) + "\n"
-                           for i in range(300_000)), encoding="utf-8")
+    big.write_text("".join(json.dumps({"问": f"问题{i}" * 40, "答": f"回答{i}" * 40}, ensure_ascii=False) + "\n"
+                           for i in range(150_000)), encoding="utf-8")
     out = tmp_path / "out" / "data.jsonl"
     script = [sys.executable, str(REPO / "data" / "prepare_data.py"), "--tokenizer", "none", "--output", str(out)]
     subprocess.run(script + ["--input", str(small)], env=ENV, check=True, capture_output=True, timeout=120)
     before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
 
     proc = subprocess.Popen(script + ["--input", str(big)], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    time.sleep(2.0)  # reading 300K records takes longer than this on any machine this suite runs on
-    assert proc.poll() is None, "prepare_data finished before it could be killed: make the input bigger"
+                            stderr=subprocess.DEVNULL)
+    temporary = out.parent / f"{out.name}.{proc.pid}.tmp"
+    writing = _wait_for(lambda: temporary.exists() and temporary.stat().st_size > 0, 300, proc)
     _kill(proc)
-    after = {p.name: p.read_bytes() for p in out.parent.iterdir() if not p.name.endswith(".tmp")}
+    assert writing, "prepare_data ended before its output's temporary file appeared"
+    assert temporary.exists(), "the kill came after the rename: the test did not hit the atomic write"
+    after = {p.name: p.read_bytes() for p in out.parent.iterdir() if p != temporary}
     assert after == before  # the previous output and its config/stats are untouched, nothing half-written
     proc = subprocess.run(script + ["--input", str(small), "--no-shuffle"], env=ENV, capture_output=True, timeout=120)
     assert proc.returncode == 0 and len(out.read_text().splitlines()) == 10  # a re-run works
+    assert not list(out.parent.glob("*.tmp"))  # and removes the killed run's temporary file
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -77,7 +82,8 @@ def test_sigkill_during_prepare_data_keeps_the_previous_output(tmp_path):
 def _corpus(folder: Path, files: int = 8, sections: int = 20) -> None:
     folder.mkdir(parents=True)
     for f in range(files):
-        body = "".join(f"# 第{s}节\n第{f}卷第{s}节：黄芪补气固表，人参大补元气，当归补血活血。\n" for s in range(sections))
+        body = "".join(f"# 第{s}节\n第{f}卷第{s}节：黄芪补气固表，人参大补元气，"
+                       "当归补血活血。\n" for s in range(sections))
         (folder / f"book{f:02d}.md").write_text(body, encoding="utf-8")
 
 
@@ -172,7 +178,6 @@ def test_model_server_killed_mid_stream_the_session_goes_on(server_process, monk
 
     sys.path.insert(0, str(REPO / "agent"))
     import agent as agent_script
-
     from medqwen.agent.agent import build_agent
     from medqwen.agent.config import AgentConfig
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medqwen.configlib import parse_config
 from medqwen.exams.runner import Question, load_questions, render_prompt
 from medqwen.train.config import GrpoConfig, McqConvertConfig
-from medqwen.configlib import parse_config
 from medqwen.train.grpo import answer_format_score, correct_reward, format_reward, grpo_args, mcq_dataset
 from medqwen.train.mcq import McqDataError, read_mcq_file
 
@@ -340,8 +340,8 @@ def test_smollm2_mean_reward_rises(bundled_model_dir, tmp_path):
     reward 0.175 0.175 0.150 0.425, format 0.250 0.250 0.750 0.875, correct 0.125 0.125 0.000 0.250:
     the model learns to open its reply with the option letter; 32 samples say little about correctness.
     """
-    from medqwen.train.config import GrpoConfig
     from medqwen.configlib import REPO_ROOT, resolve_config
+    from medqwen.train.config import GrpoConfig
     from medqwen.train.grpo import train_grpo
 
     cfg = resolve_config(GrpoConfig, cli={"config": str(REPO_ROOT / "configs/smollm2/grpo_cpu_demo.yaml"),

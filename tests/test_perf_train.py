@@ -8,8 +8,14 @@ import sys
 import pytest
 import torch
 
-from medqwen.perf import (StepCounter, lora_train_flops, projection_shapes, synthetic_conversations,
-                          synthetic_lengths, variant_config)
+from medqwen.perf import (
+    StepCounter,
+    lora_train_flops,
+    projection_shapes,
+    synthetic_conversations,
+    synthetic_lengths,
+    variant_config,
+)
 from tests.conftest import REPO
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -59,7 +65,8 @@ def test_synthetic_conversations_render_to_the_requested_length(bundled_model_di
 
 def test_step_counter_counts_real_and_padded_tokens_and_conversations():
     padded = {"input_ids": torch.arange(20).view(2, 10), "attention_mask": torch.tensor([[1] * 10, [1] * 4 + [0] * 6])}
-    free = {"input_ids": torch.cat([torch.arange(10), torch.arange(10, 14)])[None], "cu_seq_lens_q": torch.tensor([0, 10, 14])}
+    free = {"input_ids": torch.cat([torch.arange(10), torch.arange(10, 14)])[None],
+            "cu_seq_lens_q": torch.tensor([0, 10, 14])}
     counters = []
     for batch, real, computed in ((padded, 14, 20), (free, 14, 14)):
         counter = StepCounter()
@@ -150,18 +157,18 @@ def test_steps_of_several_processes_merge_into_one():
 
 
 def test_report_of_launched_rows_has_scaling_and_flags_unsharded_fsdp(tmp_path):
-    from medqwen.perf import write_report
+    from medqwen.perf import write_perf_report
 
     def row(launcher, processes, tok_s, **extra):
         return {"variant": "24gb", "launcher": launcher, "processes": processes, "real_tok_s": tok_s,
-                "median_step_tok_s": tok_s, "computed_tok_s": tok_s, "padding_fraction": 0.0, "tflops": 100.0 * processes,
-                "peak_allocated_gib": 20.0, "peak_reserved_gib": 21.0, "peak_rss_gib": None,
-                "conversations_per_step": 64.0 * processes, **extra}
+                "median_step_tok_s": tok_s, "computed_tok_s": tok_s, "padding_fraction": 0.0,
+                "tflops": 100.0 * processes, "peak_allocated_gib": 20.0, "peak_reserved_gib": 21.0,
+                "peak_rss_gib": None, "conversations_per_step": 64.0 * processes, **extra}
 
     results = [row("single", 1, 1000.0), row("ddp", 2, 1900.0),
                row("fsdp", 2, 1800.0, weights_sharded=False, distributed_type="MULTI_CPU"),
                {"variant": "speed", "launcher": "fsdp", "processes": 2, "error": "out of memory"}]
-    md = write_report(results, 400.0, tmp_path)
+    md = write_perf_report(results, 400.0, tmp_path)
     lines = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines()[2:6]}
     assert lines["ddp x2"][2:4] == ["1900", "950"] and lines["ddp x2"][-1] == "1.90x"
     assert lines["ddp x2"][7] == "25.0%"  # MFU against two GPUs' peak
@@ -185,7 +192,7 @@ def test_loss_column_flags_a_different_function():
 
 def test_report_compares_with_the_named_baseline(tmp_path):
     """--baseline names the row the others are compared with, overrides included."""
-    from medqwen.perf import write_report
+    from medqwen.perf import write_perf_report
 
     def row(variant, tok_s, fingerprints):
         return {"variant": variant, "launcher": "single", "processes": 1, "real_tok_s": tok_s,
@@ -196,10 +203,10 @@ def test_report_compares_with_the_named_baseline(tmp_path):
     baseline = "original:per_device_train_batch_size=8:gradient_accumulation_steps=8"
     results = [row(baseline, 100.0, ["a", "b"]), row("speed", 250.0, ["a", "b"]), row("packed", 300.0, ["c"])]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
-            for line in write_report(results, None, tmp_path, baseline=baseline).splitlines()[2:5]}
+            for line in write_perf_report(results, None, tmp_path, baseline=baseline).splitlines()[2:5]}
     assert rows["speed"][11:14] == ["yes", "10.8000 → 10.7000", "2.50x"]
     assert rows["packed"][11].startswith("DIFFERENT")
-    assert write_report(results, None, tmp_path).splitlines()[3].split("|")[12].strip() == "n/a"  # no "original"
+    assert write_perf_report(results, None, tmp_path).splitlines()[3].split("|")[12].strip() == "n/a"  # no "original"
 
 
 @pytest.mark.slow
@@ -208,8 +215,8 @@ def test_perf_train_on_two_processes(tmp_path, bundled_model_dir):
     out = tmp_path / "perf"
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(REPO / "benchmark/perf_train.py"), "--tiny", "--output_dir", str(out),
-           "--variants", "packed:per_device_train_batch_size=8:gradient_accumulation_steps=1", "--launchers", "single,ddp",
-           "--warmup_steps", "0", "--steps", "2"]
+           "--variants", "packed:per_device_train_batch_size=8:gradient_accumulation_steps=1",
+           "--launchers", "single,ddp", "--warmup_steps", "0", "--steps", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--baseline 'original' is not among --variants" in proc.stdout  # said, not a silent table of n/a
@@ -227,8 +234,8 @@ def test_profiled_step_ends_before_the_final_checkpoint(tiny_model_dir, tmp_path
     to the host) once showed up in it as thousands of device-to-host copies a step does not make."""
     from datasets import Dataset
 
-    from medqwen.train.config import TrainConfig
     from medqwen.perf import time_trainer
+    from medqwen.train.config import TrainConfig
     from medqwen.train.sft import build_trainer
     from tests.test_fast_path import conversations
 

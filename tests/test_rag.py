@@ -1,6 +1,7 @@
 """RAG: chunking, section ids, idempotent indexing (re-run, changed, removed, unreadable files), persistence across
-processes, empty/missing store messages, retrieval, the agent tool, and generation errors. Real embeddings (the bundled e5-small, int8)
-and a real Chroma PersistentClient; documents are kept short so embedding stays fast on a shared CPU."""
+processes, empty/missing store messages, retrieval, the agent tool, and generation errors. Real embeddings (the
+bundled e5-small, int8) and a real Chroma PersistentClient; documents are kept short so embedding stays fast on a
+shared CPU."""
 
 import json
 import subprocess
@@ -11,13 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medqwen.rag.config import RagConfig
+from medqwen.configlib import UserError
 from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
 from medqwen.rag.answer import GenerationError, LocalAnswerer, OpenAIAnswerer, build_messages, make_search_tool
 from medqwen.rag.chunking import chunk_text, normalize_text, split_sentences
+from medqwen.rag.config import RagConfig
 from medqwen.rag.documents import DocumentError, file_chunks, read_sections
-from medqwen.rag.retrieval import (Bm25Index, Hit, cap_per_source, char_ngrams, lexical_query, minmax, recall_mrr,
-                                   weighted_rrf)
+from medqwen.rag.retrieval import (
+    Bm25Index,
+    Hit,
+    cap_per_source,
+    char_ngrams,
+    lexical_query,
+    minmax,
+    recall_mrr,
+    weighted_rrf,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,7 +41,8 @@ CLASSICAL = ("<篇名>示例本草\r\n书名：示例本草\r\n作者：无名\r
 
 def test_sentences_split_at_chinese_ends_and_keep_closing_quotes():
     text = "太阳之为病，脉浮。头项强痛！何也？“汗出。”恶风；Done. Next"
-    assert split_sentences(text) == ["太阳之为病，脉浮。", "头项强痛！", "何也？", "“汗出。”", "恶风；", "Done.", "Next"]
+    assert split_sentences(text) == ["太阳之为病，脉浮。", "头项强痛！", "何也？", "“汗出。”", "恶风；",
+                                     "Done.", "Next"]
 
 
 def test_chunks_respect_size_pack_whole_sentences_and_overlap():
@@ -243,6 +254,7 @@ def test_question_words_do_not_steer_bm25(tmp_path):
 def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "benchmark"))
     import benchmark_rag
+
     from medqwen.rag.config import RagBenchConfig
 
     docs = tmp_path / "docs"
@@ -250,7 +262,8 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
     gold = tmp_path / "gold.jsonl"
     gold.write_text("\n".join(json.dumps(q, ensure_ascii=False) for q in [
         {"id": "a", "kind": "named", "question": "麻黄汤治什么？", "gold_ids": ["formulas/mahuang"]},
-        {"id": "b", "kind": "descriptive", "question": "发热汗出恶风，脉浮缓，用什么方？", "gold_ids": ["formulas/guizhi"]},
+        {"id": "b", "kind": "descriptive", "question": "发热汗出恶风，脉浮缓，用什么方？",
+         "gold_ids": ["formulas/guizhi"]},
         {"id": "c", "kind": "named", "question": "人参有什么功效？", "gold_ids": ["herbs/人参"]}]), encoding="utf-8")
     cfg = RagBenchConfig(input=[str(docs)], gold=str(gold), persist_dir=str(tmp_path / "chroma"),
                          output_dir=str(tmp_path / "out"), bm25_shares=[], rrf_dense_weights=[0.25],
@@ -272,8 +285,8 @@ def test_benchmark_reports_kinds_halves_and_throughput(tmp_path, capsys):
         summary = json.loads((tmp_path / out / "metrics.json").read_text())["summary"]
         assert (summary["chunks"], summary["recall@5"]) == (2, 1.0)
     pairs.write_text('{"问": "头痛怎么办？", "答": "注意休息。"}\n{"问": "只有问题"}\n', encoding="utf-8")
-    assert benchmark_rag.main(replace(cfg, qa_pairs=str(pairs))) == 2
-    assert "qa.jsonl:2: need a question and an answer" in capsys.readouterr().err
+    with pytest.raises(UserError, match="qa.jsonl:2: need a question and an answer"):
+        benchmark_rag.main(replace(cfg, qa_pairs=str(pairs)))
 
 
 def test_missing_and_empty_store_messages(tmp_path, capsys):
@@ -281,19 +294,19 @@ def test_missing_and_empty_store_messages(tmp_path, capsys):
     import rag_query
 
     cfg = RagConfig(persist_dir=str(tmp_path / "nothing"), query="人参", retrieve_only=True)
-    assert rag_query.main(cfg) == 2
-    assert "no knowledge store at" in capsys.readouterr().err
+    with pytest.raises(StoreError, match="no knowledge store at"):  # run_script: `error: ...`, status 2
+        rag_query.main(cfg)
     with pytest.raises(StoreError, match="agent/embedding.py"):
         open_client(cfg)
 
     empty = replace(cfg, persist_dir=str(tmp_path / "chroma"), collection="empty")
     open_collection(open_client(empty, create=True), empty, create=True)
-    assert rag_query.main(empty) == 2
-    assert "is empty" in capsys.readouterr().err
+    with pytest.raises(UserError, match="is empty"):
+        rag_query.main(empty)
     assert "not available" in make_search_tool(replace(cfg, collection="nope")).invoke({"query": "人参"})
 
 
-def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir):
+def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir, adapter_dir):
     cfg, collection, _ = store
     sys.path.insert(0, str(REPO / "agent"))
     import rag_query
@@ -313,8 +326,25 @@ def test_query_cli_tool_and_generation(store, capsys, tiny_model_dir):
         OpenAIAnswerer(down)(messages)
     assert rag_query.main(replace(down, query="人参")) == 1  # the sources are printed, then the clear error
     assert "cannot reach the model server" in capsys.readouterr().err
-    local = LocalAnswerer(replace(cfg, model=str(tiny_model_dir), max_new_tokens=4, temperature=0))
-    assert isinstance(local(messages), str)
+    # with the adapter: the bare tiny model's greedy reply is newlines only, which strip to the empty string
+    local = LocalAnswerer(replace(cfg, model=str(tiny_model_dir), adapter=str(adapter_dir), max_new_tokens=4,
+                                  temperature=0))
+    assert local(messages) == greedy_reply(local.model, local.tokenizer, messages, 4) != ""
+
+
+def greedy_reply(model, tokenizer, messages, max_new_tokens: int) -> str:
+    """Oracle for a greedy reply: argmax of a full forward pass per token, no generate(), no cache."""
+    import torch
+
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token == tokenizer.convert_tokens_to_ids("<|im_end|>"):
+                break
+            new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
 
 
 def test_agent_gets_the_tool_only_when_a_store_exists(store, tmp_path):
@@ -330,14 +360,19 @@ def test_agent_gets_the_tool_only_when_a_store_exists(store, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
     """A tiny random BERT with a character vocabulary: a sentence-transformers encoder and a cross-encoder."""
+    import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     chars = sorted(set("桂枝汤治发热汗出恶风麻黄恶寒无汗而喘人参大补元气黄芪补气固表，。？：query passage"))
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars))
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    # from_pretrained: BertTokenizerFast(vocab_file=...) builds a 5-token tokenizer that reads every character as [UNK]
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder))
+    assert len(tokenizer) == len(chars) + 5
+    # initializer_range 1 (not 0.02): a reranker whose scores differ by more than rounding, so its order shows
     config = BertConfig(vocab_size=len(chars) + 5, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1, initializer_range=1.0)
+    torch.manual_seed(0)
     for sub, model_cls in (("encoder", BertModel), ("reranker", BertForSequenceClassification)):
         model_cls(config).save_pretrained(folder / sub)
         tokenizer.save_pretrained(folder / sub)
@@ -357,7 +392,17 @@ def test_sentence_transformers_backend_and_reranker(tmp_path, tiny_bert_dir):
     assert len(collection.get(include=["embeddings"])["embeddings"][0]) == 32
     hits = Retriever(collection, cfg).search("无汗而喘", k=3)
     assert len(hits) == 3 and all(isinstance(h.score, float) for h in hits)
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)  # reranker order
+    # Oracle: the cross-encoder itself over all 4 chunks (rerank_k covers them): its top 3, with its scores
+    from sentence_transformers import CrossEncoder
+
+    everything = collection.get(include=["documents"])["documents"]
+    judged = CrossEncoder(cfg.reranker).predict([("无汗而喘", doc) for doc in everything])
+    best = sorted(zip(judged.tolist(), everything), reverse=True)[:3]
+    assert min(abs(a - b) for i, a in enumerate(judged) for b in judged[i + 1:]) > 1e-4  # no ties: one right order
+    assert [h.document for h in hits] == [doc for _, doc in best]
+    assert [h.score for h in hits] == pytest.approx([score for score, _ in best], rel=1e-5)
+    unranked = Retriever(collection, replace(cfg, reranker=None)).search("无汗而喘", k=3)
+    assert [h.document for h in unranked] != [h.document for h in hits]  # the reranker changed the order
 
 
 # ---------------------------------------------------------------------------------------------- hostile input
@@ -399,9 +444,9 @@ def test_query_length_is_limited_everywhere(store, capsys):
     import rag_query
 
     assert rag_query.main(replace(cfg, query="桂枝" * 10_000, retrieve_only=True, max_query_chars=50)) == 1
-    assert rag_query.main(replace(cfg, query="", retrieve_only=True)) == 2
-    assert rag_query.main(replace(cfg, query="   ", retrieve_only=True)) == 2
-    assert "--query is empty" in capsys.readouterr().err
+    for blank in ("", "   "):
+        with pytest.raises(UserError, match="--query is empty"):
+            rag_query.main(replace(cfg, query=blank, retrieve_only=True))
 
 
 @pytest.mark.parametrize("text", [" " * 80_000 + "x", "中" + " " * 80_000 + "\n文", "\t \u3000" * 30_000,
@@ -434,10 +479,11 @@ def test_symlinks_out_of_the_corpus_are_not_indexed(tmp_path):
     assert "book.txt" in found  # a link inside the corpus resolves inside it
 
 
-def test_a_missing_input_creates_no_store(tmp_path, capsys):
+def test_a_missing_input_creates_no_store(tmp_path):
     sys.path.insert(0, str(REPO / "agent"))
     import embedding
 
     cfg = RagConfig(input=[str(tmp_path / "typo")], persist_dir=str(tmp_path / "chroma"), collection="test")
-    assert embedding.main(cfg) == 2
-    assert "no such file or folder" in capsys.readouterr().err and not (tmp_path / "chroma").exists()
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):  # the script: `error: ...`, status 2
+        embedding.main(cfg)
+    assert not (tmp_path / "chroma").exists()

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 
 from medqwen.rag.evaluate import compare_with_best_single
-from medqwen.rag.retrieval import (adaptive_choice, bm25_confidence, fuse_scores, minmax, pseudo_queries,
-                                   reference_confidence, zscore)
+from medqwen.rag.retrieval import (
+    adaptive_choice,
+    bm25_confidence,
+    fuse_scores,
+    minmax,
+    pseudo_queries,
+    reference_confidence,
+    zscore,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,8 +74,8 @@ def test_card_corpora_are_reproducible_and_their_gold_ids_exist(tmp_path):
 
 
 def test_retriever_zmax_fusion_scores_every_candidate(tmp_path):
-    from medqwen.rag.config import RagConfig
     from medqwen.rag import Retriever, index_paths, open_client, open_collection
+    from medqwen.rag.config import RagConfig
     from tests.test_rag import write_corpus
 
     docs = tmp_path / "docs"
@@ -93,6 +100,7 @@ def test_retriever_zmax_fusion_scores_every_candidate(tmp_path):
 def test_benchmark_flags_a_default_beaten_by_a_single_retriever(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "benchmark"))
     import benchmark_rag
+
     from medqwen.rag.config import RagBenchConfig
     from tests.test_rag import write_corpus
 
@@ -126,8 +134,9 @@ CARDS = [("flu", "流行性感冒", "发热、咳嗽、咽痛、肌肉酸痛", "
 
 
 def card_lines() -> str:
-    return "".join(json.dumps({"id": key, "title": name, "text": f"{name}。主要症状：{symptoms}。就诊科室：{department}。"
-                                                                 f"常用药物：{drugs}。"}, ensure_ascii=False) + "\n"
+    return "".join(json.dumps({"id": key, "title": name, "text": f"{name}。主要症状：{symptoms}。"
+                                                                 f"就诊科室：{department}。常用药物：{drugs}。"},
+                              ensure_ascii=False) + "\n"
                    for key, name, symptoms, department, drugs in CARDS)
 
 
@@ -159,8 +168,8 @@ def test_bm25_confidence_is_the_z_score_of_its_best_candidate():
 def test_adaptive_fusion_lets_a_sure_bm25_lead_and_dense_lead_otherwise(tmp_path):
     from dataclasses import replace
 
-    from medqwen.rag.config import RagConfig
     from medqwen.rag import Retriever, index_paths, open_client, open_collection
+    from medqwen.rag.config import RagConfig
 
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -1,4 +1,5 @@
-"""Scale-out: a real `chroma run` server on localhost, indexed and queried through HttpClient (RagConfig.chroma_host)."""
+"""Scale-out: a real `chroma run` server on localhost, indexed and queried through HttpClient
+(RagConfig.chroma_host)."""
 
 import os
 import subprocess
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.rag.config import RagConfig
 from medqwen.rag import Retriever, StoreError, index_paths, open_client, open_collection
+from medqwen.rag.config import RagConfig
 from medqwen.serving import free_port
 
 CHROMA = Path(sys.executable).parent / "chroma"

@@ -20,10 +20,35 @@ def test_prompt_streams_a_reply_from_tiny_model(tiny_model_dir):
     assert out.stdout.strip(), "no tokens were streamed"
 
 
-def test_interactive_session_keeps_history_and_exits(tiny_model_dir):
+def test_interactive_session_keeps_history_and_exits(tiny_model_dir, monkeypatch):
+    """Each turn is generated from the whole conversation so far (with the earlier replies), /reset empties it
+    (the system message stays), and /exit ends the session before the next line is read."""
     out = run_py("--model", str(tiny_model_dir), "--max_new_tokens", "4", stdin="hi\n/reset\nagain\n/exit\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("assistant>") == 2
+
+    sys.path.insert(0, str(REPO))
+    import run
+    from medqwen.chat_config import ChatConfig
+    from medqwen.configlib import parse_config
+
+    seen, replies, real_print_streamed_reply = [], [], run.print_streamed_reply
+
+    def recording(model, tokenizer, messages, cfg):
+        seen.append([dict(m) for m in messages])
+        replies.append(real_print_streamed_reply(model, tokenizer, messages, cfg))
+        return replies[-1]
+
+    lines = iter(["hi", "more", "/reset", "again", "/exit", "never read"])
+    monkeypatch.setattr(run, "print_streamed_reply", recording)
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    run.main(parse_config(ChatConfig, ["--model", str(tiny_model_dir), "--max_new_tokens", "4", "--temperature", "0",
+                                       "--system", "be brief"], environ={}))
+    system, user = {"role": "system", "content": "be brief"}, lambda text: {"role": "user", "content": text}
+    assert seen == [[system, user("hi")],
+                    [system, user("hi"), {"role": "assistant", "content": replies[0]}, user("more")],
+                    [system, user("again")]]
+    assert next(lines) == "never read"
 
 
 def test_missing_model_gives_download_hint(tmp_path):

@@ -14,8 +14,14 @@ import pytest
 import yaml
 
 from medqwen.configlib import UserError
-from medqwen.runs import (DEFAULT_RUN_DIRS, ModelChoice, RunNotFoundError, resolve_model, saved_base_model,
-                          vllm_lora_rank)
+from medqwen.runs import (
+    DEFAULT_RUN_DIRS,
+    ModelChoice,
+    RunNotFoundError,
+    resolve_model,
+    saved_base_model,
+    vllm_lora_rank,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

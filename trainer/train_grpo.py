@@ -25,26 +25,14 @@ model is the base model that eval_grpo.py and benchmark_ceval.py load), checkpoi
 (TensorBoard), reward_curve.png and metrics.json.
 """
 
+from medqwen.cli import run_script
 from medqwen.train.config import GrpoConfig
-from medqwen.configlib import UserError, format_config, parse_config, run_main
-from medqwen.distributed import is_main_process
-from medqwen.exams.base import ExamDataError
 from medqwen.train.grpo import train_grpo
-from medqwen.train.mcq import McqDataError
 
 
 def main(cfg: GrpoConfig) -> dict:
-    if is_main_process():
-        print("train_grpo config:\n" + format_config(cfg))
     return train_grpo(cfg)
 
 
-def cli() -> None:
-    try:
-        main(parse_config(GrpoConfig))
-    except (McqDataError, ExamDataError, FileNotFoundError) as err:  # bad data or a missing model/adapter folder
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(GrpoConfig, main)

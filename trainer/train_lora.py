@@ -20,25 +20,14 @@ The run folder gets the adapter (+ tokenizer and chat template), config.yaml (wr
 split/{train,eval}.jsonl, checkpoint-N/, logs/ (TensorBoard), loss_curve.png and metrics.json.
 """
 
+from medqwen.cli import run_script
 from medqwen.train.config import TrainConfig
-from medqwen.configlib import UserError, format_config, parse_config, run_main
-from medqwen.data import DataError
-from medqwen.distributed import is_main_process
 from medqwen.train.sft import train
 
 
 def main(cfg: TrainConfig) -> dict:
-    if is_main_process():
-        print("train_lora config:\n" + format_config(cfg))
     return train(cfg)
 
 
-def cli() -> None:
-    try:
-        main(parse_config(TrainConfig))
-    except (FileNotFoundError, DataError) as err:  # missing model/data folder, bad JSONL line: say what to do
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(TrainConfig, main)

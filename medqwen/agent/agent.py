@@ -22,8 +22,9 @@ from pydantic import BaseModel, Field
 from medqwen.agent.config import AgentConfig
 from medqwen.agent.tools import MAX_EXPRESSION_CHARS, calculate, get_current_time, get_weather
 from medqwen.chat import escape_control_tokens
+from medqwen.client import auth_headers, chat_model, escape_messages, server_label
 from medqwen.configlib import UserError
-from medqwen.safe_http import HttpError, check_url, http_get, redact, strip_userinfo
+from medqwen.safe_http import HttpError, check_url, http_get, public_text
 
 DEFAULT_SYSTEM_PROMPT = ("You are a helpful assistant. When a question needs arithmetic, the weather or the current "
                          "time, call the matching tool and answer from its result; otherwise answer directly. "
@@ -128,17 +129,19 @@ def _tool_settings_middleware(cfg: AgentConfig):
             choice = {"type": "function", "function": {"name": force_tool}} if force_tool and first_turn else None
             if sum(isinstance(m, AIMessage) for m in request.messages[last_human + 1:]) >= cfg.max_steps:
                 raise StepLimit(cfg.max_steps)
-            response = handler(request.override(model_settings=settings, tool_choice=choice or request.tool_choice))
+            # Every message the server will render is escaped here, the model's own earlier replies included.
+            response = handler(request.override(messages=escape_messages(request.messages), model_settings=settings,
+                                                tool_choice=choice or request.tool_choice))
             response.result = [_with_invalid_calls_as_errors(m) if isinstance(m, AIMessage) else m
                                for m in response.result]
             if not any(isinstance(m, AIMessage) and (_text(m.content).strip() or m.tool_calls)
                        for m in response.result):  # e.g. a stream whose chunks carry no choices
-                raise AgentServerError(f"the server at VLLM_BASE_URL={strip_userinfo(cfg.base_url)} sent an empty "
+                raise AgentServerError(f"the server at VLLM_BASE_URL={server_label(cfg.base_url)} sent an empty "
                                        "reply (no text, no tool call); check the server log and try again")
             if any(isinstance(m, AIMessage) and m.response_metadata.get("model_provider") == "openai"
                    and not m.response_metadata.get("finish_reason") for m in response.result):
                 # An OpenAI stream always ends with a finish_reason; without one the connection was cut mid-reply.
-                raise AgentServerError(f"the connection to VLLM_BASE_URL={strip_userinfo(cfg.base_url)} broke in the "
+                raise AgentServerError(f"the connection to VLLM_BASE_URL={server_label(cfg.base_url)} broke in the "
                                        "middle of a reply (no finish_reason); is the server still running?")
             return response
 
@@ -156,7 +159,8 @@ def _tool_settings_middleware(cfg: AgentConfig):
             try:
                 result = handler(request)
             except Exception as err:  # noqa: BLE001 -- the model reads the error and may retry; the agent lives on
-                return error(request, escape_control_tokens(f"Error: {type(err).__name__}: {str(err)[:500]}"))
+                text = f"Error: {type(err).__name__}: {public_text(err, limit=500)}"
+                return error(request, escape_control_tokens(text))
             if isinstance(result, ToolMessage) and isinstance(result.content, str):
                 result.content = escape_control_tokens(result.content)
             return result
@@ -169,15 +173,13 @@ def _messages(state) -> list:
 
 
 def build_agent(cfg: AgentConfig, extra_tools: Sequence = (), llm=None):
-    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.served_model (or `llm`) with the default tools + `extra_tools`."""
+    """A LangGraph agent: ChatOpenAI on cfg.base_url/cfg.served_model (or `llm`), default tools + `extra_tools`."""
     from langchain.agents import create_agent
-    from langchain_openai import ChatOpenAI
 
     if llm is None:
         server_url(cfg)
-        llm = ChatOpenAI(base_url=cfg.base_url, model=cfg.served_model, api_key=cfg.api_key or "EMPTY",
-                         temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                         timeout=cfg.timeout_s, max_retries=1)
+        llm = chat_model(cfg.base_url, cfg.served_model, cfg.api_key, timeout_s=cfg.timeout_s, max_retries=1,
+                         temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     from medqwen.rag.answer import knowledge_base_tools  # [] unless a store from agent/embedding.py exists
 
     tools = build_tools(cfg) + knowledge_base_tools() + list(extra_tools)
@@ -199,28 +201,28 @@ def server_url(cfg: AgentConfig) -> str:
 
 def served_models(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
     """The model names the server lists at /models; AgentServerError naming VLLM_BASE_URL when it is down."""
-    url = strip_userinfo(server_url(cfg))
-    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    url = server_label(server_url(cfg))
     try:
-        response = http_get(cfg.base_url.rstrip("/") + "/models", headers=headers, timeout_s=timeout_s,
-                            max_bytes=10_000_000, secrets=[cfg.api_key])
+        response = http_get(cfg.base_url.rstrip("/") + "/models", headers=auth_headers(cfg.api_key),
+                            timeout_s=timeout_s, max_bytes=10_000_000, secrets=[cfg.api_key])
         if response.status != 200:
             raise HttpError("status", f"HTTP {response.status} {response.reason}")
-        served = [m["id"] for m in response.json()["data"]]
-    except (HttpError, ValueError, KeyError, TypeError) as err:
+        served = [str(m["id"]) for m in response.json()["data"]]
+    except (HttpError, ValueError, KeyError, TypeError, RecursionError) as err:  # RecursionError: deep JSON
         raise AgentServerError(
             f"no OpenAI-compatible server answers at VLLM_BASE_URL={url} "
-            f"({type(err).__name__}: {redact(str(err), [cfg.api_key])[:200]}).\n"
-            "Start it with `bash agent/serve_vllm.sh`, or point VLLM_BASE_URL (or --base_url) at your server.") from None
+            f"({type(err).__name__}: {public_text(err, [cfg.api_key], 200)}).\n"
+            "Start it with `bash agent/serve_vllm.sh`, or point VLLM_BASE_URL (or --base_url) at your "
+            "server.") from None
     return served
 
 
 def check_server(cfg: AgentConfig, timeout_s: float = 5.0) -> list[str]:
     """The served model names; AgentServerError naming VLLM_BASE_URL when the server is down or lacks the model."""
     served = served_models(cfg, timeout_s)
-    url = strip_userinfo(server_url(cfg))
+    url = server_label(server_url(cfg))
     if cfg.served_model not in served:
-        raise AgentServerError(f"the server at VLLM_BASE_URL={url} serves {served[:20]}, not "
+        raise AgentServerError(f"the server at VLLM_BASE_URL={url} serves {public_text(served[:20])}, not "
                                f"MODEL_NAME={cfg.served_model}; set MODEL_NAME (or --served_model) to one of them.")
     return served
 
@@ -247,7 +249,7 @@ def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[
     # The middleware stops before model turn max_steps + 1 (StepLimit); LangGraph's own step count (model, tools
     # and middleware nodes) is only a backstop, so an answer that comes exactly at max_steps is never cut.
     config = {"recursion_limit": 4 * cfg.max_steps + 10}
-    url = strip_userinfo(cfg.base_url)
+    url = server_label(cfg.base_url)
     streamed = False
     try:
         for mode, data in agent.stream({"messages": messages}, config=config, stream_mode=["messages", "updates"]):
@@ -277,11 +279,11 @@ def ask(agent, cfg: AgentConfig, history: list, question: str, write: Callable[[
                                f"is `bash agent/serve_vllm.sh` still running?") from None
     except openai.APIStatusError as err:
         raise AgentServerError(f"the server at VLLM_BASE_URL={url} answered HTTP {err.status_code}: "
-                               f"{redact(str(err), [cfg.api_key])[:300]}") from None
+                               f"{public_text(err, [cfg.api_key])}") from None
     except (openai.APIError, httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
         # HTML instead of JSON, a cut stream, a reply without choices: a bad server, not a reason to end the session
         raise AgentServerError(f"the server at VLLM_BASE_URL={url} sent a reply that is not an OpenAI chat "
-                               f"completion ({type(err).__name__}: {redact(str(err), [cfg.api_key])[:200]}); "
+                               f"completion ({type(err).__name__}: {public_text(err, [cfg.api_key], 200)}); "
                                "check that it is an OpenAI-compatible server (vLLM) and try again") from None
     return messages
 

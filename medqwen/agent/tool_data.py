@@ -21,7 +21,6 @@ from medqwen.agent.agent import DEFAULT_SYSTEM_PROMPT, build_tools, openai_tool_
 from medqwen.agent.config import AgentConfig
 from medqwen.agent.tools import CITIES, calculate, format_current, format_forecast, get_current_time
 
-
 ARITHMETIC_QUESTIONS = {
     "en": ["What is {e}?", "Calculate {e}.", "Please compute {e}.", "How much is {e}?", "Can you work out {e}?",
            "{e} = ?", "What does {e} equal?", "Quick math: {e}"],

@@ -5,7 +5,8 @@ it can read and correct, and never crashes the agent. `medqwen/agent/agent.py` w
 
     calculate("(12 + 8) * 3")                         # '60'
     get_weather("北京", when="明天", api_key=...)       # tomorrow's forecast, in Chinese
-    get_current_time("New York")                      # '2026-11-29 07:58:03 Sunday/星期日 (America/New_York, UTC-05:00)'
+    get_current_time("New York")
+    # -> '2026-11-29 07:58:03 Sunday/星期日 (America/New_York, UTC-05:00)'
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import re
 import unicodedata
 import warnings
 from collections import Counter
+from fractions import Fraction
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from medqwen.safe_http import HttpError, check_url, http_get, redact
-
+from medqwen.safe_http import HttpError, check_url, clip, http_get, public_text
 
 MAX_EXPRESSION_CHARS = 300
 MAX_NODES = 200  # syntax tree nodes: bounds the work per expression
-MAX_DIGITS = 300  # |result| < 10**300 for every intermediate value: bounds time and memory of int arithmetic
+# Every value's numerator and denominator stay below 10**MAX_DIGITS: bounds time and memory of exact arithmetic.
+MAX_DIGITS = 300
 # The largest n whose n! stays under the 10**MAX_DIGITS bound every value must keep (166), so the limit the
 # message names is the one that applies.
 MAX_FACTORIAL = next(n for n in range(1, 400) if math.factorial(n + 1) >= 10 ** MAX_DIGITS)
@@ -40,6 +42,8 @@ CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
 
 
 def _factorial(n):
+    if isinstance(n, Fraction) and n.denominator == 1:
+        n = int(n)
     if isinstance(n, float) and n.is_integer():
         n = int(n)
     if not isinstance(n, int) or n < 0:
@@ -50,6 +54,8 @@ def _factorial(n):
 
 
 def _round(x, ndigits=0):
+    if isinstance(ndigits, Fraction) and ndigits.denominator == 1:
+        ndigits = int(ndigits)
     if not isinstance(ndigits, int) or not -20 <= ndigits <= 20:
         raise CalculatorError("round(x, n) needs an integer n between -20 and 20")
     return round(x, ndigits)
@@ -63,14 +69,18 @@ FUNCTIONS: dict[str, tuple[Callable, int, int]] = {  # name: (function, min args
     "factorial": (_factorial, 1, 1), "min": (min, 2, 10), "max": (max, 2, 10),
 }
 
-# Symbols people (and models) type that Python's grammar spells differently (after NFKC has turned full-width
-# digits, letters and operators into ASCII).
+# The grammar (docs/security.md): Python's arithmetic (+ - * / // % **, unary minus, parentheses) on decimal
+# numbers, computed exactly with fractions; the functions and constants above in floating point. Accepted
+# spellings: full-width characters (NFKC), × ÷ − · ^ π √, superscript exponents (3² = 3**2, 2⁻¹ = 2**-1),
+# Chinese operator words, and % as a percent sign (a postfix on the number or bracket before it).
 _NORMALISE = str.maketrans({"×": "*", "÷": "/", "（": "(", "）": ")", "，": ",", "−": "-", "^": "**", "　": " ",
-                            "π": "pi", "乘": "*", "除": "/", "·": "*"})
-_WORDS = (("乘以", "*"), ("除以", "/"))
-# `%` with no operand after it is a percent sign (50% -> 50/100); between two operands it stays modulo (10 % 3).
-_PERCENT = re.compile(r"(?<=[\d.)])\s*%(?=\s*(?:$|[)+\-*/,]))")
+                            "π": "pi", "·": "*"})
+_WORDS = (("乘以", "*"), ("除以", "/"), ("加上", "+"), ("减去", "-"), ("乘", "*"), ("加", "+"), ("减", "-"),
+          ("负", "-"))
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻", "0123456789+-")
+_SUPERSCRIPT_RUN = re.compile(r"\s*([⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻]+)")
 _ROOT = re.compile(r"√\s*(\d+(?:\.\d*)?|pi|e|tau)")  # √2 -> sqrt(2); √(x) becomes sqrt(x) below
+_OPERAND_CHARS = set("0123456789._abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class CalculatorError(ValueError):
@@ -78,83 +88,191 @@ class CalculatorError(ValueError):
 
 
 def _check_magnitude(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
         raise CalculatorError("the result is not a real number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CalculatorError("the result is not a finite number (overflow or undefined)")
-    if abs(value) >= 10 ** MAX_DIGITS:
+    if isinstance(value, int):
+        value = Fraction(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CalculatorError("the result is not a finite number (overflow or undefined)")
+        if abs(value) >= 10 ** MAX_DIGITS:
+            raise CalculatorError(f"a value exceeds 10^{MAX_DIGITS}")
+        return value
+    if abs(value.numerator) >= 10 ** MAX_DIGITS:
         raise CalculatorError(f"a value exceeds 10^{MAX_DIGITS}")
+    if value.denominator >= 10 ** MAX_DIGITS:
+        raise CalculatorError(f"a value needs more than {MAX_DIGITS} digits (too close to zero or too fine)")
     return value
 
 
 def _power(base, exponent):
-    """`base ** exponent` after checking the result's size, so 9**9**9 is refused instead of computed."""
-    if base != 0 and exponent > 0:
-        # log10(|base| ** exponent) > MAX_DIGITS  =>  too large (checked in floats: cheap and safe)
-        if exponent * math.log10(abs(base)) > MAX_DIGITS:
-            raise CalculatorError(f"the power is too large (limit 10^{MAX_DIGITS})")
+    """`base ** exponent` after checking the result's size, so 9**9**9 is refused instead of computed; exact
+    for an integer exponent, floating point otherwise."""
     if base == 0 and exponent < 0:
         raise CalculatorError("division by zero (0 to a negative power)")
-    result = base ** exponent
+    if isinstance(base, Fraction) and isinstance(exponent, Fraction) and exponent.denominator == 1:
+        if base != 0 and abs(exponent) > 1:
+            size = max(math.log10(abs(base.numerator)), math.log10(base.denominator))
+            if abs(exponent) * size > MAX_DIGITS:
+                raise CalculatorError(f"the power is too large (limit 10^{MAX_DIGITS})" if exponent > 0 else
+                                      f"the power is too small (limit 10^-{MAX_DIGITS})")
+        return base ** int(exponent)
+    if base != 0 and exponent * math.log10(abs(base)) > MAX_DIGITS:
+        raise CalculatorError(f"the power is too large (limit 10^{MAX_DIGITS})")
+    result = float(base) ** float(exponent)
     if isinstance(result, complex):
         raise CalculatorError("a negative number to a fractional power is not a real number")
+    if result == 0 and base != 0:  # underflow: 0 would be a wrong answer
+        raise CalculatorError(f"the power is too small (limit 10^-{MAX_DIGITS})")
     return result
 
 
-def _eval(node: ast.AST):
+def _literal(node: ast.Constant, source: str):
+    """A number literal as an exact fraction (0.1 is 1/10, not the nearest binary float)."""
+    if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+        raise CalculatorError(f"unsupported literal {clip(repr(node.value))}: only numbers are allowed")
+    if isinstance(node.value, int):
+        return Fraction(node.value)
+    text = (ast.get_source_segment(source, node) or "").replace("_", "")
+    try:
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return Fraction(repr(node.value)) if math.isfinite(node.value) else node.value
+
+
+def _eval(node: ast.AST, source: str):
     if isinstance(node, ast.Constant):
-        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            raise CalculatorError(f"unsupported literal {node.value!r}: only numbers are allowed")
-        return _check_magnitude(node.value)
+        return _check_magnitude(_literal(node, source))
     if isinstance(node, ast.Name):
         if node.id in CONSTANTS:
             return CONSTANTS[node.id]
-        raise CalculatorError(f"unknown name '{node.id}'; constants: {', '.join(CONSTANTS)}")
+        raise CalculatorError(f"unknown name '{clip(node.id)}'; constants: {', '.join(CONSTANTS)}")
     if isinstance(node, ast.UnaryOp) and type(node.op) in UNARY_OPS:
-        return _check_magnitude(UNARY_OPS[type(node.op)](_eval(node.operand)))
+        return _check_magnitude(UNARY_OPS[type(node.op)](_eval(node.operand, source)))
     if isinstance(node, ast.BinOp) and type(node.op) in BINARY_OPS:
-        left, right = _eval(node.left), _eval(node.right)
+        left, right = _eval(node.left, source), _eval(node.right, source)
         if isinstance(node.op, ast.Pow):
             return _check_magnitude(_power(left, right))
         return _check_magnitude(BINARY_OPS[type(node.op)](left, right))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
         if node.func.id not in FUNCTIONS:
-            raise CalculatorError(f"unknown function '{node.func.id}'; functions: {', '.join(FUNCTIONS)}")
+            raise CalculatorError(f"unknown function '{clip(node.func.id)}'; functions: {', '.join(FUNCTIONS)}")
         function, lo, hi = FUNCTIONS[node.func.id]
         if not lo <= len(node.args) <= hi:
             raise CalculatorError(f"{node.func.id}() takes {lo}" + (f" to {hi}" if hi > lo else "") + " argument(s)")
-        args = [_eval(arg) for arg in node.args]
+        args = [_eval(arg, source) for arg in node.args]
         return _check_magnitude(function(*args))
     raise CalculatorError(f"unsupported syntax '{type(node).__name__}': use numbers, + - * / // % **, "
                           "parentheses and the listed functions")
 
 
-def evaluate(expression: str) -> int | float:
-    """The value of an arithmetic expression; raises CalculatorError with a readable reason."""
+def _superscripts(text: str) -> str:
+    """3² -> 3**(2), 2⁻¹ -> 2**(-1): before NFKC, which would turn 3² into the number 32."""
+    def power(match: re.Match) -> str:
+        exponent = match.group(1).translate(_SUPERSCRIPTS)
+        if not re.fullmatch(r"[+-]?\d+", exponent):
+            raise CalculatorError(f"cannot read the superscript exponent '{match.group(1)}'")
+        return f"**({exponent})"
+
+    return _SUPERSCRIPT_RUN.sub(power, text)
+
+
+def _check_characters(text: str) -> None:
+    """Refuse characters NFKC would silently turn into other digits or symbols (₂ -> 2, ① -> 1, ½ -> 1⁄2), except
+    the full-width forms people type with a Chinese keyboard."""
+    for ch in text:
+        if ch.isascii() or "\uff01" <= ch <= "\uff5e" or ch == "\u3000":
+            continue
+        if unicodedata.normalize("NFKC", ch) != ch:
+            raise CalculatorError(f"unsupported character {ch!r} (U+{ord(ch):04X}): write plain digits and "
+                                  "operators, e.g. 3**2 for 3²")
+
+
+def _operand_start(text: str, end: int) -> int:
+    """Where the operand that ends just before `end` starts: a bracket (with a function name before it) or a
+    number or constant."""
+    i = end
+    if i > 0 and text[i - 1] == ")":
+        depth, i = 0, i - 1
+        while i >= 0:
+            depth += {")": 1, "(": -1}.get(text[i], 0)
+            if depth == 0:
+                break
+            i -= 1
+        if i < 0:
+            raise CalculatorError("unbalanced parentheses before '%'")
+    while i > 0 and text[i - 1] in _OPERAND_CHARS:
+        i -= 1
+    if i == end:
+        raise CalculatorError("'%' needs a number or a bracket before it")
+    return i
+
+
+def _percents(text: str) -> str:
+    """Each percent sign as a division of the operand before it (200 * 15% -> 200 * (15/100), 100 / 25% ->
+    100 / (25/100)); a % between two operands stays modulo (10 % 3, 10 % -3). A % followed by a sign is
+    read by its spacing: `10 % -3` (sign on the number) is modulo, `50% - 3` (sign apart) is percent; the
+    other spellings (`50%-3`, `10 % - 3`) are ambiguous and refused."""
+    i = 0
+    while (i := text.find("%", i)) >= 0:
+        after = text[i + 1:].lstrip()
+        if text[i + 1:i + 2] == "%":
+            raise CalculatorError("'%%' is not an operator: write % once")
+        if not after or after[0] in ")*/,%":
+            percent = True
+        elif after[0] in "+-":
+            sign_on_number = len(after) > 1 and not after[1].isspace()
+            spaced = i > 0 and text[i - 1].isspace()
+            if sign_on_number == spaced:  # `10 % -3` modulo; `50% - 3` percent
+                percent = not spaced
+            else:
+                raise CalculatorError(f"'{clip(text.strip(), 40)}' is ambiguous: write (50%) - 3 for a percent "
+                                      "or 10 % (-3) for a remainder")
+        else:
+            percent = False
+        if not percent:
+            i += 1
+            continue
+        end = len(text[:i].rstrip())
+        start = _operand_start(text, end)
+        replacement = f"({text[start:end]}/100)"
+        text = text[:start] + replacement + text[i + 1:]
+        i = start + len(replacement)
+    return text
+
+
+def evaluate(expression: str) -> Fraction | float:
+    """The value of an arithmetic expression (a Fraction when exact, a float once a function or constant is
+    involved); raises CalculatorError with a readable reason."""
     if not isinstance(expression, str):
         raise CalculatorError("the expression must be a string")
     if len(expression) > 4 * MAX_EXPRESSION_CHARS:  # before any normalisation work
         raise CalculatorError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
-    text = unicodedata.normalize("NFKC", expression)
+    text = _superscripts(expression)
+    _check_characters(text)
+    text = unicodedata.normalize("NFKC", text)
+    if "除" in text.replace("除以", ""):
+        raise CalculatorError("'除' alone is ambiguous (a 除 b means b ÷ a): write 除以 or /")
     for word, symbol in _WORDS:
-        text = text.replace(word, symbol)
+        text = text.replace(word, f" {symbol} " if symbol != "-" or word != "负" else symbol)
     text = text.translate(_NORMALISE)
-    text = _PERCENT.sub("/100", _ROOT.sub(r"sqrt(\1)", text).replace("√", "sqrt")).strip()
+    text = _ROOT.sub(r"sqrt(\1)", text).replace("√", "sqrt").strip()
     if not text:
         raise CalculatorError("the expression is empty")
     if len(text) > MAX_EXPRESSION_CHARS:
         raise CalculatorError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
+    text = _percents(text)
     try:
         with warnings.catch_warnings():  # e.g. "'int' object is not callable" for `2(3)`: we refuse it anyway
             warnings.simplefilter("ignore")
             tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise CalculatorError(f"cannot parse '{_clip(expression)}': write a plain arithmetic expression "
+        raise CalculatorError(f"cannot parse '{clip(expression)}': write a plain arithmetic expression "
                               "such as (12 + 8) * 3") from None
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         raise CalculatorError(f"the expression has more than {MAX_NODES} parts")
     try:
-        return _eval(tree.body)
+        return _eval(tree.body, text)
     except ZeroDivisionError:
         raise CalculatorError("division by zero") from None
     except OverflowError:
@@ -167,10 +285,13 @@ def evaluate(expression: str) -> int | float:
         raise CalculatorError("the expression is nested too deeply") from None
 
 
-def format_number(value: int | float) -> str:
-    """Integers exactly; floats with 12 significant digits (so 0.1 + 0.2 prints 0.3)."""
+def format_number(value: Fraction | int | float) -> str:
+    """Exact integers in full; other values with 12 significant digits (1/3 prints 0.333333333333)."""
+    if isinstance(value, Fraction) and value.denominator == 1:
+        value = value.numerator
     if isinstance(value, int):
         return str(value)
+    value = float(value)
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.12g}"
@@ -242,19 +363,13 @@ def _api_error(status: int, city: str, reason: str = "") -> str:
         return ("Error: OpenWeatherMap rejected the API key (401). Check OPENWEATHER_API_KEY; "
                 "a new key can take up to 2 hours to activate.")
     if status == 404:
-        return (f"Error: OpenWeatherMap does not know the city '{_clip(city)}' (404). "
+        return (f"Error: OpenWeatherMap does not know the city '{clip(city)}' (404). "
                 "Try the English name, optionally with a country code, e.g. 'Beijing,CN'.")
     if status == 429:
         return ("Error: OpenWeatherMap rate limit reached (429; the free plan allows 60 calls a minute). "
                 "Wait a minute and try again.")
     kind = "a server error" if status >= 500 else "a refused request" if status >= 400 else "an unexpected answer"
     return f"Error: the weather service answered HTTP {status} ({kind}); try again later."
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    """Echoed user/model input, cut so a huge argument is not sent back whole."""
-    text = str(text)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _describe(entries: list[dict]) -> str:
@@ -274,10 +389,10 @@ def get_weather(city: str, when: str = "now", units: str = "metric", *, api_key:
     if not api_key:
         return NO_KEY_MESSAGE
     if units not in UNIT_SYMBOLS:
-        return f"Error: units must be one of {list(UNIT_SYMBOLS)}, got '{_clip(units)}'"
+        return f"Error: units must be one of {list(UNIT_SYMBOLS)}, got '{clip(units)}'"
     days = WHEN_DAYS.get(str(when).strip().lower())
     if days is None:
-        return f"Error: when must be one of {list(WHEN_DAYS)} (forecasts reach 4 days ahead), got '{_clip(when)}'"
+        return f"Error: when must be one of {list(WHEN_DAYS)} (forecasts reach 4 days ahead), got '{clip(when)}'"
     if not isinstance(city, str) or not city.strip():
         return "Error: give a city name, e.g. '北京' or 'London'"
     if len(city) > MAX_CITY_CHARS:
@@ -306,13 +421,13 @@ def get_weather(city: str, when: str = "now", units: str = "metric", *, api_key:
     try:
         data = response.json()
         if days == 0:
-            text = format_current(data, city, units)
+            text = format_current(data, city, units, secrets=[api_key])
         else:
             local_today = today or (dt.datetime.now(dt.timezone.utc) + _utc_offset(data)).date()
-            text = format_forecast(data, city, local_today + dt.timedelta(days=days), units)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError):
+            text = format_forecast(data, city, local_today + dt.timedelta(days=days), units, secrets=[api_key])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, RecursionError):
         return "Error: the weather service sent an answer in an unexpected format."
-    return redact(text, [api_key])  # a service (or proxy) that echoes the request into names or descriptions
+    return public_text(text, [api_key], limit=1000)  # a service (or proxy) that echoes the request
 
 
 def _utc_offset(data: dict) -> dt.timedelta:
@@ -323,17 +438,20 @@ def _utc_offset(data: dict) -> dt.timedelta:
     return dt.timedelta(seconds=seconds)
 
 
-def format_current(data: dict, city: str, units: str) -> str:
-    """One line from an OpenWeatherMap /weather answer."""
+def format_current(data: dict, city: str, units: str, secrets: list | tuple = ()) -> str:
+    """One line from an OpenWeatherMap /weather answer (the service's texts redacted, then clipped)."""
     temp_unit, wind_unit = UNIT_SYMBOLS[units]
     main = data["main"]
-    return (f"{_clip(data.get('name') or city)}: {_clip(data['weather'][0]['description'])}, {main['temp']:.1f}{temp_unit} "
+    name, description = (public_text(t, secrets, 80) for t in (data.get("name") or city,
+                                                                data["weather"][0]["description"]))
+    return (f"{name}: {description}, {main['temp']:.1f}{temp_unit} "
             f"(feels like {main['feels_like']:.1f}{temp_unit}), humidity {main['humidity']}%, "
             f"wind {data['wind']['speed']:.1f} {wind_unit}")
 
 
-def format_forecast(data: dict, city: str, day: dt.date, units: str) -> str:
-    """One line for `day` (the city's local date) from an OpenWeatherMap /forecast answer (3-hour entries)."""
+def format_forecast(data: dict, city: str, day: dt.date, units: str, secrets: list | tuple = ()) -> str:
+    """One line for `day` (the city's local date) from an OpenWeatherMap /forecast answer (3-hour entries; the
+    service's texts redacted, then clipped)."""
     offset = _utc_offset(data)
     entries = [e for e in data["list"] if (dt.datetime.fromtimestamp(e["dt"], dt.timezone.utc) + offset).date() == day]
     if not entries:
@@ -342,7 +460,8 @@ def format_forecast(data: dict, city: str, day: dt.date, units: str) -> str:
     low = min(e["main"]["temp_min"] for e in entries)
     high = max(e["main"]["temp_max"] for e in entries)
     rain = max(e.get("pop", 0) for e in entries)
-    return (f"{_clip((data['city'] or {}).get('name') or city)} {day.isoformat()}: {_describe(entries)}, "
+    name = public_text((data["city"] or {}).get("name") or city, secrets, 80)
+    return (f"{name} {day.isoformat()}: {public_text(_describe(entries), secrets, 80)}, "
             f"{low:.1f}-{high:.1f}{temp_unit}, chance of precipitation {rain:.0%}")
 
 
@@ -369,7 +488,7 @@ def get_current_time(timezone: str = "Asia/Shanghai", *, now: dt.datetime | None
     try:
         zone = resolve_timezone(timezone or "Asia/Shanghai")
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a tz-database folder such as "Asia"
-        return (f"Error: unknown timezone or city '{_clip(timezone)}'. Use an IANA name such as 'Asia/Shanghai' "
+        return (f"Error: unknown timezone or city '{clip(timezone)}'. Use an IANA name such as 'Asia/Shanghai' "
                 "or 'Europe/London', or a city such as '北京' or 'New York'.")
     local = (now or dt.datetime.now(dt.timezone.utc)).astimezone(zone)
     offset = local.strftime("%z")

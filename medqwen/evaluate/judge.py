@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from medqwen.client import create_chat, describe_error, openai_client, server_label
 from medqwen.configlib import UserError, repo_path
+from medqwen.safe_http import clipped_repr, public_text
 
 CRITERIA = ("relevance", "correctness", "safety")
 SCORE_RANGE = (1, 5)
@@ -44,15 +46,13 @@ class Judge:
     max_tokens: int = 256
 
     def __post_init__(self):
-        from openai import OpenAI
-
-        # Local servers (vLLM) accept any key; the client insists on a non-empty one.
-        self.client = OpenAI(base_url=self.base_url, api_key=self.api_key or "EMPTY", timeout=self.timeout_s,
-                             max_retries=self.max_retries)
+        self.client = openai_client(self.base_url, self.api_key, timeout_s=self.timeout_s,
+                                    max_retries=self.max_retries)
 
     def check_reachable(self) -> None:
         """Fail fast, naming the URL, when nothing answers there (before hours of generation are spent)."""
-        check_endpoint(self.client, self.base_url, what="judge", key_hint="$JUDGE_API_KEY (or --judge_api_key)")
+        check_endpoint(self.client, self.base_url, what="judge", key_hint="$JUDGE_API_KEY (or --judge_api_key)",
+                       secrets=[self.api_key])
 
     def messages(self, question: str, reference: str, answer: str) -> list[dict[str, str]]:
         """The chat messages sent to the judge for one answer."""
@@ -61,39 +61,38 @@ class Judge:
         return [{"role": "system", "content": self.rubric}, {"role": "user", "content": user}]
 
     def grade(self, question: str, reference: str, answer: str) -> dict[str, Any]:
-        """Scores for one answer: {'relevance': int, ..., 'reason': str} or {'error': kind, 'raw': text}."""
-        import openai
-
+        """Scores for one answer: {'relevance': int, ..., 'reason': str} or {'error': kind, 'detail': text, ...}.
+        The verdict is written to predictions.jsonl, so every text in it from the endpoint is redacted."""
         raw = None
         try:
-            reply = self.client.chat.completions.create(
-                model=self.model, messages=self.messages(question, reference, answer), temperature=0.0,
-                max_tokens=self.max_tokens)
+            reply = create_chat(self.client, model=self.model, messages=self.messages(question, reference, answer),
+                                temperature=0.0, max_tokens=self.max_tokens)
             raw = reply.choices[0].message.content or ""
             return parse_judge_reply(raw)
         except JudgeParseError as err:
-            return {"error": "malformed", "detail": str(err), "raw": raw}
-        except openai.APITimeoutError:
-            return {"error": "timeout", "detail": f"no reply within {self.timeout_s} s"}
-        except openai.APIConnectionError as err:
-            return {"error": "connection", "detail": str(err)}
-        except openai.APIStatusError as err:
-            return {"error": f"http_{err.status_code}", "detail": str(err)[:300]}
-        except (IndexError, AttributeError) as err:  # a reply without choices/message
-            return {"error": "malformed", "detail": repr(err), "raw": raw}
+            return {"error": "malformed", "detail": public_text(err, [self.api_key]),
+                    "raw": public_text(raw, [self.api_key], limit=2000)}
+        except Exception as err:  # noqa: BLE001 -- a failed answer is counted, never fatal
+            kind, detail = describe_error(err, [self.api_key])
+            if kind == "timeout":
+                detail = f"no reply within {self.timeout_s} s"
+            verdict = {"error": kind, "detail": detail}
+            return verdict if raw is None else {**verdict, "raw": public_text(raw, [self.api_key], limit=2000)}
 
 
-def check_endpoint(client, base_url: str, what: str, key_hint: str) -> None:
-    """Raise EndpointUnavailableError naming `base_url` when the endpoint is down or rejects the key."""
+def check_endpoint(client, base_url: str, what: str, key_hint: str, secrets=()) -> None:
+    """Raise EndpointUnavailableError naming `base_url` (without its userinfo) when the endpoint is down or
+    rejects the key."""
     import openai
 
+    url = server_label(base_url)
     try:
         client.with_options(max_retries=0).models.list()
     except openai.AuthenticationError:
-        raise EndpointUnavailableError(f"{what} endpoint {base_url} rejected the API key: set {key_hint}") from None
+        raise EndpointUnavailableError(f"{what} endpoint {url} rejected the API key: set {key_hint}") from None
     except (openai.APIConnectionError, openai.APITimeoutError) as err:
-        raise EndpointUnavailableError(f"{what} endpoint {base_url} is not reachable ({err.__class__.__name__}: "
-                                    f"{err}). Start the server or fix the URL.") from None
+        raise EndpointUnavailableError(f"{what} endpoint {url} is not reachable ({err.__class__.__name__}: "
+                                       f"{public_text(err, secrets)}). Start the server or fix the URL.") from None
     except openai.APIStatusError:
         pass  # something answered (some servers have no /models): good enough
 
@@ -110,7 +109,7 @@ def make_judge(base_url: str, model: str | None, rubric_path: str | Path = DEFAU
                api_key: str | None = None, timeout_s: float = 60.0, max_retries: int = 2) -> Judge:
     """A Judge with the API key taken from the argument or $JUDGE_API_KEY (read now, never saved)."""
     if not model:
-        raise ValueError("--judge_model is required with --judge_base_url (the model name the endpoint serves)")
+        raise UserError("--judge_model is required with --judge_base_url (the model name the endpoint serves)")
     return Judge(base_url=base_url.rstrip("/"), model=model, rubric=load_rubric(rubric_path),
                  api_key=api_key or os.environ.get("JUDGE_API_KEY"), timeout_s=timeout_s, max_retries=max_retries)
 
@@ -137,7 +136,7 @@ def parse_judge_reply(text: str) -> dict[str, Any]:
                 return _validate_scores(obj)
             except JudgeParseError as err:
                 problems.append(str(err))
-    raise JudgeParseError(problems[0] if problems else f"no JSON object in reply: {text[:120]!r}")
+    raise JudgeParseError(problems[0] if problems else f"no JSON object in reply: {clipped_repr(text)}")
 
 
 def _validate_scores(obj: dict[str, Any]) -> dict[str, Any]:
@@ -146,12 +145,12 @@ def _validate_scores(obj: dict[str, Any]) -> dict[str, Any]:
     lowered = {str(k).strip().lower(): v for k, v in obj.items()}
     for name in CRITERIA:
         if name not in lowered:
-            raise JudgeParseError(f"missing '{name}' in {obj}")
+            raise JudgeParseError(f"missing '{name}' in {clipped_repr(obj)}")
         value = lowered[name]
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise JudgeParseError(f"'{name}' is not an integer: {value!r}")
+            raise JudgeParseError(f"'{name}' is not an integer: {clipped_repr(value)}")
         if not lo <= value <= hi:
             raise JudgeParseError(f"'{name}'={value} outside {lo}-{hi}")
         scores[name] = int(value)

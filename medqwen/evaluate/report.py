@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqwen.configlib import load_saved_config
-from medqwen.evaluate.metrics import mean_ci, names_assistant, rouge_l
+from medqwen.evaluate.metrics import mean_ci
 from medqwen.jsonl import iter_jsonl_objects
 from medqwen.reporting import markdown_table, pyplot, save_figure
 from medqwen.stats import mcnemar_exact
@@ -96,7 +96,7 @@ CI_NOTE = ("Values in brackets: 95% bootstrap interval over questions (paired fo
            "first, on the questions both answered).")
 
 
-def write_report(out_dir: str | Path, runs: list[dict[str, Any]], samples: int = 20, seed: int = 42) -> None:
+def write_eval_report(out_dir: str | Path, runs: list[dict[str, Any]], samples: int = 20, seed: int = 42) -> None:
     """report.md and report.html: the metric table, then sampled questions with every run's answer."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,19 +152,19 @@ def _item_scores(row: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, samples: int = 20, seed: int = 42) -> str:
+def compare_eval_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, samples: int = 20, seed: int = 42) -> str:
     """Side-by-side table, report.md/html and a bar chart for finished runs; returns the Markdown table."""
     runs = [load_run(d) for d in run_dirs]
     names = [r["name"] for r in runs]
     if len(set(names)) < len(names):  # two runs called "base" from different folders: use folder paths
         for run in runs:
             run["name"] = run["dir"]
-    write_report(out_dir, runs, samples, seed)
-    plot_comparison(runs, Path(out_dir) / "compare.png")
+    write_eval_report(out_dir, runs, samples, seed)
+    plot_eval_comparison(runs, Path(out_dir) / "compare.png")
     return markdown_table(metric_rows(runs), ["metric"] + [r["name"] for r in runs])
 
 
-def plot_comparison(runs: list[dict[str, Any]], path: Path) -> None:
+def plot_eval_comparison(runs: list[dict[str, Any]], path: Path) -> None:
     """One panel per headline metric (reference loss, ROUGE-L, identity rate): a bar per run, 95% intervals."""
     plt = pyplot()
 

@@ -26,18 +26,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
-from medqwen.configlib import UserError, format_config, parse_config, run_main, save_config, spread_values
+from medqwen.cli import run_script
+from medqwen.client import create_chat, describe_error, escape_value, openai_client, server_label
+from medqwen.configlib import UserError, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
+from medqwen.data.conversations import read_conversations, split_conversations
 from medqwen.evaluate.config import EvalConfig
 from medqwen.evaluate.judge import CRITERIA, EndpointUnavailableError, check_endpoint, make_judge, summarize_judgements
 from medqwen.evaluate.metrics import corpus_bleu, mean_ci, names_assistant, ratio_ci, rouge_l, sentence_bleu
-from medqwen.evaluate.report import compare_runs, load_run, metric_rows, write_report
+from medqwen.evaluate.report import compare_eval_runs, load_run, metric_rows, write_eval_report
 from medqwen.exams.backends import HFBackend
 from medqwen.jsonl import write_jsonl
 from medqwen.modeling import load_model
 from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import resolve_model
-from medqwen.train.sft import read_conversations, split_conversations
 
 Message = dict[str, Any]
 
@@ -150,17 +152,21 @@ def generate_openai(base_url: str, model: str, prompts: list[list[Message]], max
                     api_key: str | None = None, timeout_s: float = 120.0, concurrency: int = 8,
                     desc: str = "generate", tools: list[list[dict] | None] | None = None) -> list[str]:
     """Greedy replies from an OpenAI-compatible server (vLLM batches the concurrent requests)."""
-    from openai import OpenAI
     from tqdm.auto import tqdm
 
-    client = OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout_s, max_retries=2)
-    check_endpoint(client, base_url, what="generation", key_hint="--api_key / $OPENAI_API_KEY")
+    client = openai_client(base_url, api_key, timeout_s=timeout_s, max_retries=2)
+    check_endpoint(client, base_url, what="generation", key_hint="--api_key / $OPENAI_API_KEY", secrets=[api_key])
 
     def one(messages: list[Message], tool_list: list[dict] | None) -> str:
-        extra = {"tools": tool_list} if tool_list else {}
-        reply = client.chat.completions.create(model=model, messages=messages, temperature=0.0,
-                                               max_tokens=max_new_tokens, **extra)
-        return (reply.choices[0].message.content or "").strip()
+        extra = {"tools": escape_value(tool_list)} if tool_list else {}
+        try:
+            reply = create_chat(client, model=model, messages=messages, temperature=0.0, max_tokens=max_new_tokens,
+                                **extra)
+            return (reply.choices[0].message.content or "").strip()
+        except Exception as err:  # noqa: BLE001 -- the message (redacted) says what failed, never the key
+            kind, detail = describe_error(err, [api_key])
+            raise EndpointUnavailableError(f"generation endpoint {server_label(base_url)} failed ({kind}): "
+                                           f"{detail}") from None
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         return list(tqdm(pool.map(one, prompts, tools or [None] * len(prompts)), total=len(prompts), desc=desc,
@@ -244,7 +250,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         for example, verdict in zip(examples, judgements):
             example["judge"] = verdict
 
-    summary = summarize(examples, probes, losses, judgements, cfg.seed)
+    summary = summarize_answers(examples, probes, losses, judgements, cfg.seed)
     write_jsonl(({k: v for k, v in row.items() if k != "conversation"} for row in examples + probes),
                 out / "predictions.jsonl")
     meta = {"model": model_label, "base_model": base_model, "backend": cfg.backend, "data_source": source,
@@ -252,22 +258,22 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             "judge_model": cfg.judge_model if judge else None, "timings_s": timings}
     write_metrics(out, summary, detail={"per_example": "predictions.jsonl"}, meta_extra=meta, seed=cfg.seed)
     run = load_run(out)
-    write_report(out, [run], cfg.report_samples, cfg.seed)
+    write_eval_report(out, [run], cfg.report_samples, cfg.seed)
     print(markdown_table(metric_rows([run]), ["metric", run["name"]]))
     print(f"\nwrote {out}/ (predictions.jsonl, metrics.json, config.yaml, report.md, report.html)", file=sys.stderr)
     return run["metrics"]
 
 
-def summarize(examples: list[dict], probes: list[dict], losses: list[tuple[float, int]] | None,
+def summarize_answers(examples: list[dict], probes: list[dict], losses: list[tuple[float, int]] | None,
               judgements: list[dict] | None, seed: int) -> dict[str, Any]:
     """Headline numbers with 95% bootstrap intervals over questions."""
     summary: dict[str, Any] = {"n": len(examples)}
     if losses is not None:
-        nll, tokens = sum(l for l, _ in losses), sum(t for _, t in losses)
+        nll, tokens = sum(loss for loss, _ in losses), sum(t for _, t in losses)
         summary["ref_loss"] = nll / tokens if tokens else None  # per assistant token, as the trainer reports
         summary["ref_ppl"] = math.exp(summary["ref_loss"]) if tokens else None
         summary["ref_tokens"] = tokens
-        summary["ref_loss_ci95"] = ratio_ci([l for l, _ in losses], [t for _, t in losses], seed=seed)
+        summary["ref_loss_ci95"] = ratio_ci([loss for loss, _ in losses], [t for _, t in losses], seed=seed)
     summary["rouge_l"] = sum(e["rouge_l"] for e in examples) / len(examples)
     summary["rouge_l_ci95"] = mean_ci([e["rouge_l"] for e in examples], seed)
     summary["bleu"] = corpus_bleu([e["prediction"] for e in examples], [e["reference"] for e in examples])
@@ -288,21 +294,21 @@ def summarize(examples: list[dict], probes: list[dict], losses: list[tuple[float
 def cli(model_type: str = "base") -> None:
     """What eval/eval_{base,lora,grpo}.py run: EvalConfig from env/YAML/flags, the script's model type unless
     --model_type (or YAML) sets one, then main."""
-    cfg = parse_config(EvalConfig, argv=spread_values(sys.argv[1:]))
-    if cfg.model_type is None:  # the script's own model type; an adapter given to eval_base.py means a LoRA run
-        cfg = dataclasses.replace(cfg, model_type="lora" if cfg.adapter and model_type == "base" else model_type)
-    run_main(lambda: main(cfg))
+
+    def own_model_type(cfg: EvalConfig) -> EvalConfig:
+        if cfg.model_type is not None:
+            return cfg
+        # an adapter given to eval_base.py means a LoRA run
+        return dataclasses.replace(cfg, model_type="lora" if cfg.adapter and model_type == "base" else model_type)
+
+    run_script(EvalConfig, main, argv=spread_values(sys.argv[1:]), prepare=own_model_type)
 
 
 def main(cfg: EvalConfig) -> None:
     """Entry point shared by the three eval scripts: a run, or --compare of finished runs."""
-    print("config:\n" + format_config(cfg), file=sys.stderr)
-    try:
-        if cfg.compare:
-            out = Path(cfg.output_dir or "out/eval/compare")
-            print(compare_runs(cfg.compare, out, cfg.report_samples, cfg.seed))
-            print(f"\nwrote {out}/ (report.md, report.html, compare.png)", file=sys.stderr)
-            return
-        run_eval(cfg)
-    except (FileNotFoundError, EndpointUnavailableError, ValueError) as err:  # bad input: data, model, endpoint
-        raise UserError(str(err)) from None  # the messages name the file/line/URL and say what to do
+    if cfg.compare:
+        out = Path(cfg.output_dir or "out/eval/compare")
+        print(compare_eval_runs(cfg.compare, out, cfg.report_samples, cfg.seed))
+        print(f"\nwrote {out}/ (report.md, report.html, compare.png)", file=sys.stderr)
+        return
+    run_eval(cfg)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
+from medqwen.configlib import UserError
 from medqwen.exams.base import qualified
 
 EXAM_NAMES = ("ceval", "cmmlu", "cmexam")
@@ -44,7 +45,7 @@ def get_exam(name: str):
         from medqwen.exams.cmexam import CmexamExam
 
         return CmexamExam()
-    raise ValueError(f"unknown exam {name!r}; exams: {', '.join(EXAM_NAMES)}")
+    raise UserError(f"unknown exam {name!r}; exams: {', '.join(EXAM_NAMES)}")
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -80,7 +81,7 @@ def expand_subjects(names: Sequence[str]) -> list[str]:
             exam, subject = split_key(key)
             if exam not in EXAM_NAMES or subject not in get_exam(exam).subjects:
                 known = ", ".join(sorted(get_exam(exam).subjects)) if exam in EXAM_NAMES else ", ".join(EXAM_NAMES)
-                raise ValueError(f"unknown {'C-Eval' if exam == 'ceval' else exam} subject {subject!r}; groups: "
+                raise UserError(f"unknown {'C-Eval' if exam == 'ceval' else exam} subject {subject!r}; groups: "
                                  f"medical, general, all, <exam>/<group>; subjects: {known}")
             if key not in out:
                 out.append(key)

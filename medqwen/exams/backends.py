@@ -23,8 +23,10 @@ from typing import Sequence
 import numpy as np
 
 from medqwen.chat import load_tokenizer
-from medqwen.configlib import DEFAULT_TEMPLATE
+from medqwen.client import ServerReplyError, auth_headers
+from medqwen.configlib import DEFAULT_TEMPLATE, UserError
 from medqwen.modeling import load_model
+from medqwen.safe_http import public_text, public_url
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -61,8 +63,13 @@ class HFBackend:
     """A transformers causal LM (optionally with a PEFT adapter) in eval mode."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, reuse_prefix: bool = True,
-                 min_prefix_tokens: int = 16, progress: bool = False, compile: bool = False, kernels: str = "none"):
+                 min_prefix_tokens: int = 16, progress: bool = False, compile: bool = False, kernels: str = "none",
+                 decode_engine: bool | None = None):
+        """`decode_engine`: generate with medqwen.kernels.decode.DecodeEngine (None: on a CUDA GPU; it merges a LoRA
+        adapter into the weights, which leaves scoring the same up to rounding)."""
         self.model, self.tokenizer = model, tokenizer
+        self.decode_engine = decode_engine
+        self._engine, self._path_logged = None, False
         self.batch_size, self.reuse_prefix, self.min_prefix_tokens = batch_size, reuse_prefix, min_prefix_tokens
         self.progress = progress
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers stay in
@@ -189,14 +196,47 @@ class HFBackend:
 
     # -- generate ----------------------------------------------------------------------------------------
 
+    def _use_engine(self) -> bool:
+        """Whether generate runs on the decode engine; says which path once, on stderr."""
+        import sys
+
+        from medqwen.kernels.decode import DecodeEngine, use_engine
+
+        if self._engine is None and (self.decode_engine or (self.decode_engine is None and use_engine(self.model))):
+            self._engine = DecodeEngine(self.model)
+            print(f"generate: {self._engine.describe()}", file=sys.stderr)
+        elif self._engine is None and not self._path_logged:
+            why = "decode_engine off" if self.decode_engine is False else "the decode engine needs a CUDA GPU"
+            print(f"generate: transformers generate on {self.device} ({why})", file=sys.stderr)
+        self._path_logged = True
+        return self._engine is not None
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:
-        """Greedy completions, batched (left padding for generation), longest prompts first."""
+        """Greedy completions, longest prompts first: the decode engine's token-budget batches on a GPU,
+        transformers' generate in batches of `batch_size` (left padding) elsewhere."""
         import torch
 
         encoded = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
         outputs: list[str] = [""] * len(prompts)
         stop = [t for t in {self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>")}
                 if isinstance(t, int) and t >= 0]
+        if self._use_engine():
+            from transformers import GenerationConfig
+
+            config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, num_beams=1,
+                                      pad_token_id=self.tokenizer.pad_token_id or 0, eos_token_id=stop or None)
+            bar = _progress(None, self.progress, "generate", total=len(prompts))
+            done = [0]
+
+            def advance(finished: int, _total: int) -> None:
+                if bar is not None:
+                    bar.update(finished - done[0])
+                done[0] = finished
+
+            tokens = self._engine.generate(encoded, config, progress=advance)
+            if bar is not None:
+                bar.close()
+            return [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
         for batch in _progress(length_sorted_batches([len(e) for e in encoded], self.batch_size),
                                self.progress, "generate"):
             width = max(len(encoded[i]) for i in batch)
@@ -225,7 +265,7 @@ def resolve_kernels(kernels: str, device, compile: bool = False) -> str:
     import importlib.util
 
     if kernels not in KERNELS:
-        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
+        raise UserError(f"kernels must be one of {', '.join(KERNELS)}, not {kernels!r}")
     if kernels == "auto":
         usable = device.type == "cuda" and not compile and importlib.util.find_spec("liger_kernel") is not None
         return "liger" if usable else "none"
@@ -259,12 +299,12 @@ def _attention_implementation(model, name: str):
             model.set_attn_implementation(old)
 
 
-def _progress(items, enabled: bool, desc: str):
+def _progress(items, enabled: bool, desc: str, total: int | None = None):
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, leave=False)
+    return tqdm(items, desc=desc, leave=False, total=total)
 
 
 class VLLMBackend:
@@ -316,7 +356,8 @@ class OpenAIBackend:
 
         self.prompts_per_request = max(1, prompts_per_request)
         self.base_url = base_url.rstrip("/")
-        self.client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
+        self.client = httpx.Client(timeout=timeout_s, headers=auth_headers(api_key))
+        self._secrets = [api_key]
         self.tokenizer = tokenizer
         self.model = model or self._first_model()
 
@@ -327,16 +368,22 @@ class OpenAIBackend:
         try:
             resp = self.client.post(url, json=payload) if payload is not None else self.client.get(url)
         except httpx.HTTPError as err:
-            raise ConnectionError(f"cannot reach {url} ({err.__class__.__name__}): start the server "
+            raise ConnectionError(f"cannot reach {public_url(url)} ({err.__class__.__name__}): start the server "
                                   f"(bash agent/serve_vllm.sh) or pass --base_url") from None
-        if resp.status_code != 200:
-            raise RuntimeError(f"{url} answered {resp.status_code}: {resp.text[:500]}")
-        return resp.json()
+        if resp.status_code != 200:  # an error page may echo the request headers: redacted before it is shown
+            raise ServerReplyError(f"{public_url(url)} answered {resp.status_code}: "
+                               f"{public_text(resp.text, self._secrets, limit=500)}")
+        try:
+            return resp.json()
+        except ValueError:
+            raise ServerReplyError(f"{public_url(url)} sent a reply that is not JSON "
+                               f"({public_text(resp.text, self._secrets, 80)}); is it an OpenAI-compatible server?") \
+                from None
 
     def _first_model(self) -> str:
         models = self._post("/models").get("data", [])
         if not models:
-            raise RuntimeError(f"{self.base_url}/models lists no model; pass --served_model")
+            raise ServerReplyError(f"{public_url(self.base_url)}/models lists no model; pass --served_model")
         return models[0]["id"]
 
     def loglik(self, contexts: Sequence[str], continuations: Sequence[str]) -> np.ndarray:

@@ -22,6 +22,20 @@ class ExamDataError(UserError):
     """An exam file that is missing or does not have its published layout; the message names file and line."""
 
 
+class Ungradable(ExamDataError):
+    """A well-formed row that cannot be graded (no answer given: blank, `nan`); skipped and counted per subject
+    whatever --skip_invalid says, as the official evaluation code skips them (CMExam: `if pd.isna(answer)`)."""
+
+    def __init__(self, where: str, reason: str, detail: str):
+        super().__init__(f"{where}: {detail}")
+        self.reason = reason
+
+
+# What pandas' read_csv reads as missing (its default na_values): the official scripts read the releases so.
+MISSING_ANSWERS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+                   "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+
+
 @dataclass
 class Question:
     """One multiple-choice item. `answer` is one letter, several letters for a multi-answer item (CMExam's
@@ -68,16 +82,18 @@ def rotate(q: Question, r: int) -> Question:
 
 
 def escaped(q: Question) -> Question:
-    """The question with control tokens in its text, options and explanation neutralised: exam files are
-    untrusted text, and a `<|im_start|>` inside a question must not open a turn once templated."""
+    """The question with control tokens in its subject, text, options and explanation neutralised: exam files
+    are untrusted text, and a `<|im_start|>` inside a question must not open a turn once templated."""
     esc = escape_control_tokens
-    return replace(q, question=esc(q.question), options=tuple(esc(o) for o in q.options),
+    return replace(q, subject=esc(q.subject), question=esc(q.question), options=tuple(esc(o) for o in q.options),
                    explanation=esc(q.explanation) if q.explanation else q.explanation)
 
 
 def check_answer(answer: Any, letters: Sequence[str], where: str, multi: bool = False) -> str:
     """The answer letters, upper-cased and sorted; an error naming the row when one is not an option."""
-    text = str(answer if answer is not None else "").strip().upper()
+    if answer is None or str(answer).strip() in MISSING_ANSWERS:
+        raise Ungradable(where, "unanswered", f"no answer given ({answer!r}): the row cannot be graded")
+    text = str(answer).strip().upper()
     ok = bool(text) and all(a in letters for a in text) and len(set(text)) == len(text) and (multi or len(text) == 1)
     if not ok:
         raise ExamDataError(f"{where}: answer must be {'letters' if multi else 'one'} of {'/'.join(letters)}, "
@@ -86,12 +102,19 @@ def check_answer(answer: Any, letters: Sequence[str], where: str, multi: bool = 
 
 
 class Skipped:
-    """Collects malformed rows when the user asked to skip them (--skip_invalid) instead of stopping."""
+    """Collects malformed rows when the user asked to skip them (--skip_invalid) instead of stopping, and always
+    the rows that cannot be graded (`ungraded`: count by reason, `ungraded_rows`: their locations)."""
 
     def __init__(self, skip: bool = False):
         self.skip, self.rows = skip, []
+        self.ungraded: dict[str, int] = {}
+        self.ungraded_rows: list[str] = []
 
     def handle(self, err: ExamDataError) -> None:
+        if isinstance(err, Ungradable):
+            self.ungraded[err.reason] = self.ungraded.get(err.reason, 0) + 1
+            self.ungraded_rows.append(str(err))
+            return
         if not self.skip:
             raise err
         self.rows.append(str(err))
@@ -147,7 +170,7 @@ class Exam:
         if not self.answered_test:
             return split
         if split != "val":
-            raise ValueError(f"{self.title}'s scored split is `test` (answers public): run it with --split val "
+            raise UserError(f"{self.title}'s scored split is `test` (answers public): run it with --split val "
                              "(graded); --split test is C-Eval's answer-less submission split")
         return "test"
 
@@ -162,7 +185,7 @@ class Exam:
 
     def check_style(self, style: str) -> None:
         if style not in self.styles:
-            raise ValueError(f"prompt style {style!r} is not defined for {self.title} (has: {', '.join(self.styles)})")
+            raise UserError(f"prompt style {style!r} is not defined for {self.title} (has: {', '.join(self.styles)})")
 
     # -- prompt hooks ------------------------------------------------------------------------------------
     def instruction(self, q: Question, style: str) -> str:
@@ -176,7 +199,7 @@ class Exam:
 
     def answer_text(self, q: Question, style: str = "official", cot: bool = False) -> str:
         if cot:
-            raise ValueError(f"chain of thought is defined for C-Eval only, not {self.title}")
+            raise UserError(f"chain of thought is defined for C-Eval only, not {self.title}")
         return self.continuation(q.answer or "", style)
 
     def cot_cue(self, cot: bool) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medqwen.configlib import UserError
 from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records
 
 CHOICES = LETTERS[:4]  # C-Eval's (and CMMLU's) four option letters
@@ -78,9 +79,11 @@ def load_questions(data_dir: str | Path, subject: str, split: str, skipped: Skip
 
 def _make_question(row: dict[str, Any], subject: str, split: str, where: str) -> Question:
     """Validate one row (any layout) and turn it into a Question."""
-    for col in ("question", *CHOICES):
-        if row.get(col) is None or str(row[col]).strip() == "":
-            raise ExamDataError(f"{where}: empty or missing '{col}'")
+    if row.get("question") is None or str(row["question"]).strip() == "":
+        raise ExamDataError(f"{where}: empty or missing 'question'")
+    for col in CHOICES:  # a blank option is still an option: the item is graded by its letter
+        if col not in row or row[col] is None:
+            raise ExamDataError(f"{where}: missing option column '{col}'")
     answer = check_answer(row.get("answer"), CHOICES, where) if split != "test" else None
     return Question(subject=subject, split=split, id=str(row["id"]).strip(), question=str(row["question"]),
                     options=tuple(str(row[c]) for c in CHOICES), answer=answer,
@@ -156,7 +159,7 @@ class CevalExam(Exam):
             return f"以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n"
         if style == "lm-eval":
             return f"以下是中国关于{name}的单项选择题，请选出其中的正确答案。\n\n"
-        raise ValueError(f"unknown prompt style {style!r}; choose from {STYLES}")
+        raise UserError(f"unknown prompt style {style!r}; choose from {STYLES}")
 
     def format_question(self, q: Question, style: str = "official", cot: bool = False) -> str:
         """The question, its options and `答案：` (the CoT cue follows it in CoT mode)."""

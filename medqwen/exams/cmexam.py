@@ -3,7 +3,8 @@
     <cmexam_dir>/{val,test}.csv   (the release's data/val.csv, data/test.csv; train.csv is not used)
     columns Question,Options,Answer,Explanation (the release has more, e.g. Medical Discipline: ignored)
     Options  one string of lines `A 选项\nB 选项...` up to E (a literal backslash-n between them is accepted too)
-    Answer   one letter, or several (`ABD`) for the few multi-answer items
+    Answer   one letter, or several (`ABD`) for the few multi-answer items; the release leaves some blank or
+             `nan`: those rows are skipped and counted per subject (the official code's `if pd.isna(answer)`)
 
 Single-answer items are scored like every exam (the next-letter log-likelihood over however many options the
 item has); multi-answer items are generated and matched as an exact set, and reported apart. val supplies the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from medqwen.configlib import UserError
 from medqwen.exams.base import LETTERS, Exam, ExamDataError, Question, Skipped, check_answer, csv_records
 
 REQUIRED = ["Question", "Options", "Answer", "Explanation"]
@@ -36,8 +38,6 @@ def parse_options(text: str, where: str) -> tuple[str, ...]:
         if not m or m.group(1) != LETTERS[i] or i >= MAX_OPTIONS:
             raise ExamDataError(f"{where}: option line {line.strip()!r} is not `{LETTERS[min(i, MAX_OPTIONS - 1)]} "
                                 f"text` (options are lines A to at most E, in order)")
-        if not m.group(2).strip():
-            raise ExamDataError(f"{where}: empty option {m.group(1)}")
         options.append(m.group(2).strip())
     if len(options) < 2:
         raise ExamDataError(f"{where}: fewer than two options in {text!r}")
@@ -66,7 +66,7 @@ class CmexamExam(Exam):
 
     def format_question(self, q: Question, style: str = "official", cot: bool = False) -> str:
         if cot:
-            raise ValueError("chain of thought is defined for C-Eval only, not CMExam")
+            raise UserError("chain of thought is defined for C-Eval only, not CMExam")
         return "题目：" + q.question + "".join(f"\n{c}. {o}" for c, o in zip(q.letters, q.options)) + "\n答案是："
 
 

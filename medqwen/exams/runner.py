@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medqwen.chat import render
+from medqwen.configlib import UserError
 from medqwen.exams import CROSS_GROUPS, EXAM_NAMES, expand_subjects, get_exam, is_group, split_key
 from medqwen.exams.base import LETTERS, ExamDataError, Question, Skipped, qualified, rotate
 from medqwen.exams.ceval import CHOICES, GROUPS, SUBJECTS, load_questions, read_csv_split
@@ -170,7 +171,7 @@ def render_prompt(q: Question, shots: Sequence[Question], style: str, cot: bool,
     if not chat:
         return build_prompt(q, shots, style, cot)
     if tokenizer is None:
-        raise ValueError("chat prompting needs a tokenizer with a chat template (a local --model folder)")
+        raise UserError("chat prompting needs a tokenizer with a chat template (a local --model folder)")
 
     text = render(tokenizer, build_messages(q, shots, style, cot), add_generation_prompt=True,
                   enable_thinking=enable_thinking)
@@ -202,7 +203,7 @@ def score_questions(backend, questions: Sequence[Question], shots: Sequence[Ques
     preds: list[Prediction] = []
     if scoring == "loglik":
         if cot:
-            raise ValueError("CoT needs --scoring generate (loglik reads the letter right after the prompt)")
+            raise UserError("CoT needs --scoring generate (loglik reads the letter right after the prompt)")
         letters = LETTERS[: max(len(q.options) for q in questions)]
         exam = get_exam(questions[0].exam)
         # In chat mode the letter is the assistant's first token, with no delimiter in either style.
@@ -220,7 +221,7 @@ def score_questions(backend, questions: Sequence[Question], shots: Sequence[Ques
             preds.append(Prediction(q.subject, q.id, prompt, None, out, pred, q.answer,
                                     None if q.answer is None else pred == q.answer, q.exam, r))
     else:
-        raise ValueError(f"unknown scoring {scoring!r}: loglik or generate")
+        raise UserError(f"unknown scoring {scoring!r}: loglik or generate")
     return preds
 
 
@@ -252,25 +253,26 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
     under every other cyclic rotation of its options (same few-shot head). skip_missing: subjects that came from
     a group and have no data are left out and listed (named subjects always need their data)."""
     if not 0 <= k_shot <= 5:
-        raise ValueError(f"k_shot must be 0-5 (the exams' dev splits have 5 items per subject), got {k_shot}")
+        raise UserError(f"k_shot must be 0-5 (the exams' dev splits have 5 items per subject), got {k_shot}")
     if permute not in ("none", "cyclic"):
-        raise ValueError(f"unknown option permutation {permute!r}: none or cyclic")
+        raise UserError(f"unknown option permutation {permute!r}: none or cyclic")
     dirs = data_dir if isinstance(data_dir, dict) else {"ceval": data_dir}
 
     named = {k for n, group in zip(subjects, is_group(subjects)) if not group for k in expand_subjects([n])}
     predictions: list[Prediction] = []
     missing: list[str] = []
     invalid: dict[str, list[str]] = {}
+    ungraded: dict[str, dict[str, int]] = {}
     start = time.perf_counter()
     for key in expand_subjects(subjects):
         exam_name, subject = split_key(key)
         exam = get_exam(exam_name)
         if exam_name not in dirs:
-            raise ValueError(f"no data folder given for {exam.title} (subject {key})")
-        skipped = Skipped(skip_invalid)
+            raise UserError(f"no data folder given for {exam.title} (subject {key})")
+        skipped, shot_skipped = Skipped(skip_invalid), Skipped(skip_invalid)
         try:
             graded = exam.graded_split(split)
-            shot_pool = exam.load(dirs[exam_name], subject, exam.shot_split, skipped) if k_shot else []
+            shot_pool = exam.load(dirs[exam_name], subject, exam.shot_split, shot_skipped) if k_shot else []
             questions = exam.load(dirs[exam_name], subject, graded, skipped)[:limit]
         except ExamDataError as err:
             if not skip_missing or key in named or not str(err).startswith("no "):
@@ -278,6 +280,11 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
             missing.append(key)
             print(f"{key}: skipped, no data ({err})", flush=True)
             continue
+        if skipped.ungraded:  # rows of the scored split without an answer: skipped and counted, never fatal
+            ungraded[key] = dict(skipped.ungraded)
+            print(f"{key}: {len(skipped.ungraded_rows)} rows without an answer skipped and counted "
+                  f"({skipped.ungraded}); first: {skipped.ungraded_rows[0]}", flush=True)
+        skipped.rows += shot_skipped.rows
         if skipped.rows:
             invalid[key] = skipped.rows
             print(f"{key}: {len(skipped)} malformed rows skipped (--skip_invalid); first: {skipped.rows[0]}",
@@ -296,7 +303,8 @@ def run_benchmark(backend, data_dir: str | Path | dict[str, str | Path], subject
               + (f" ({len(questions)} prompts with every option order)" if permute == "cyclic" else ""), flush=True)
     seconds = time.perf_counter() - start
     return predictions, {"seconds": seconds, "questions_per_s": len(predictions) / max(seconds, 1e-9),
-                         "missing_subjects": missing, "skipped_rows": {k: len(v) for k, v in invalid.items()}}
+                         "missing_subjects": missing, "skipped_rows": {k: len(v) for k, v in invalid.items()},
+                         "ungraded_rows": ungraded}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,7 +320,7 @@ def _block(rows: Sequence[Prediction], n_boot: int, seed: int) -> dict[str, Any]
     return out
 
 
-def summarize(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def summarize_predictions(predictions: Sequence[Prediction], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Accuracy, n and a 95% bootstrap CI: pooled over every single-answer question (micro average), per exam
     and per subject (test split: counts only); multi-answer items and the option-order check apart."""
     base = [p for p in predictions if p.rotation == 0 and not p.multi]
@@ -381,7 +389,8 @@ def option_order_table(report: dict[str, Any]) -> str:
     table = markdown_table(rows, ["option order", "n", "accuracy", "95% CI"])
     letters = list(report["gold_letter_share"])
     bias = markdown_table([["predicted"] + [report["predicted_letter_share"][c] for c in letters],
-                           ["gold"] + [report["gold_letter_share"][c] for c in letters]], ["share of answers"] + letters)
+                           ["gold"] + [report["gold_letter_share"][c] for c in letters]],
+                          ["share of answers"] + letters)
     return (f"{table}\n\n{bias}\n\nposition bias (total variation between predicted and gold letters): "
             f"{report['position_bias_tv']:.3f}; always answering {report['most_predicted']} (the most predicted "
             f"letter) would score {report['accuracy_always_most_predicted']:.3f}")
@@ -421,10 +430,13 @@ def _ci(b: dict[str, Any]) -> str:
 def results_table(summary: dict[str, Any]) -> str:
     """Markdown table: one row per subject, one per exam (several subjects), a pooled row (several rows), and
     multi-answer rows; the first column names the exam."""
-    def row(exam: str, name: str, b: dict[str, Any]) -> list[Any]:
-        return [get_exam(exam).title, name, b["n"], b.get("accuracy", "-"), _ci(b), b["n_unparsed"]]
+    ungraded = {k: sum(v.values()) for k, v in (summary.get("ungraded_rows") or {}).items()}
 
-    rows = [row(*split_key(k), b) for k, b in summary["per_subject"].items()]
+    def row(exam: str, name: str, b: dict[str, Any], key: str | None = None) -> list[Any]:
+        cells = [get_exam(exam).title, name, b["n"], b.get("accuracy", "-"), _ci(b), b["n_unparsed"]]
+        return cells + ([ungraded.get(key, 0) if key else ""] if ungraded else [])
+
+    rows = [row(*split_key(k), b, key=k) for k, b in summary["per_subject"].items()]
     per_exam = summary.get("per_exam", {})
     for exam, b in per_exam.items():
         if len(per_exam) > 1 and sum(split_key(k)[0] == exam for k in summary["per_subject"]) > 1:
@@ -437,17 +449,18 @@ def results_table(summary: dict[str, Any]) -> str:
         rows.append(["all" if len(per_exam) > 1 or "per_group" in summary else pooled[0], *pooled[1:]])
     for exam, b in summary.get("multi_answer", {}).items():
         rows.append(row(exam, "multi-answer (exact set, generated; not in the rows above)", b))
-    return markdown_table(rows, ["exam", "subject", "n", "accuracy", "95% CI", "unparsed"])
+    return markdown_table(rows, ["exam", "subject", "n", "accuracy", "95% CI", "unparsed"]
+                          + (["skipped: no answer"] if ungraded else []))
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: int = 1000,
+def compare_exam_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: int = 1000,
                  seed: int = 0) -> tuple[str, dict[str, Any]]:
     """Side-by-side accuracy of several runs on the single-answer questions they share, per exam and pooled,
     each vs the first with McNemar's exact test; with medical and general subjects present, the forgetting
     check (medical change next to general change, paired bootstrap CIs). Writes compare.md, compare.json,
     compare.png (bars with 95% CIs) and forgetting.png."""
     if len(run_dirs) < 2:
-        raise ValueError("--compare needs at least two run folders")
+        raise UserError("--compare needs at least two run folders")
     runs = []
     for d in run_dirs:
         d = Path(d)
@@ -463,7 +476,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
         runs = [(str(d), d, p) for _, d, p in runs]
     keys = sorted(set.intersection(*(set(p) for _, _, p in runs)))
     if not keys:
-        raise ValueError("the runs share no graded questions (different subjects or the test split?)")
+        raise UserError("the runs share no graded questions (different subjects or the test split?)")
     exams = sorted({k[0] for k in keys}, key=EXAM_NAMES.index)
     scopes = [(get_exam(e).title, [k for k in keys if k[0] == e]) for e in exams] if len(exams) > 1 else []
     as_key = lambda k: k[1] if k[0] == "ceval" else f"{k[0]}/{k[1]}"  # noqa: E731  (exam, subject, id) -> key
@@ -499,7 +512,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: in
         plot_forgetting(forgetting, out_dir / "forgetting.png")
     (out_dir / "compare.md").write_text(table + "\n", encoding="utf-8")
     (out_dir / "compare.json").write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-    plot_comparison(detail, out_dir / "compare.png")
+    plot_exam_comparison(detail, out_dir / "compare.png")
     return table, result
 
 
@@ -556,7 +569,7 @@ def plot_forgetting(forgetting: Sequence[dict[str, Any]], path: str | Path) -> P
     return save_figure(fig, path)
 
 
-def plot_comparison(detail: Sequence[dict[str, Any]], path: str | Path) -> Path:
+def plot_exam_comparison(detail: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Bar chart of (pooled) accuracy with 95% bootstrap CI error bars."""
     plt = pyplot()
     acc = [d["accuracy"] for d in detail]

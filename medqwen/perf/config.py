@@ -39,8 +39,7 @@ class LengthHistogramConfig:
     chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template (with generation markers) used for training.")
     max_seq_len: int = _f(1024, "Lengths are capped here, as training truncates (tokens).", at_least=1)
     output: str = _f("benchmark/data/medical_lengths.json", "Where the histogram goes.")
-    note: str = _f("1,000 ShareGPT + 87 QA conversations of ../shared/data/medical_dialogue and the identity data "
-                   "(x3), prepared by data/prepare_data.py --tokenizer ../shared/reference/qwen3; "
+    note: str = _f("conversations prepared by data/prepare_data.py (docs/data.md), measured by "
                    "benchmark/length_histogram.py", "How the data was made, stored in the file.")
 
 
@@ -166,3 +165,36 @@ class PerfCevalConfig(BenchmarkFields, DeviceFields):
                                                            "or repeated).")
     output_dir: str = like(BenchmarkFields, "output_dir", "out/perf_ceval", help="Where results.md, config.yaml "
                                                                                   "and metrics.json go.")
+
+
+@dataclass
+class PerfGenerateConfig(BenchmarkFields):
+    """benchmark/perf_generate.py: greedy answers to held-out-style prompts by transformers' generate and by the
+    decode engine (medqwen.kernels.decode.DecodeEngine), base and LoRA, and GRPO-shaped sampled rollouts, on a random
+    model of a real shape: tok/s, ms per decode step, share of the decode limit, peak memory."""
+
+    tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, rows 2 and 4, 8 new tokens.")
+    data: list[str] = _f(["data/medical_sample.jsonl", "data/lora_identity.jsonl"],
+                         "Conversation files whose prompts (everything before the last assistant reply, rendered "
+                         "with the chat template) are generated for, repeated as needed.")
+    max_new_tokens: int = _f(256, "Tokens generated per prompt (random weights never stop early).", at_least=1)
+    rows: list[int] = _f([32, 64, 128, 256], "Engine batch sizes (rows decoded together) to time, "
+                                             "comma-separated; the best is used for the adapter and the totals.")
+    engine_batches: int = _f(2, "Timed engine batches per batch size (after one untimed batch that records the "
+                                "graphs).", at_least=1)
+    no_window: bool = _f(True, "Also time the best batch size reading the whole static cache each step (no "
+                               "attention windows).")
+    compiled: bool = _f(False, "Also time the best batch size with the decode step compiled (torch.compile; "
+                               "minutes of compiling, whole-cache reads).")
+    hf_batch_size: int = _f(8, "Prompts per transformers generate call (the evaluation's default batch_size).")
+    hf_batches: int = _f(1, "generate calls timed for the base model and again with the adapter (0: skip).",
+                         at_least=0)
+    lora_r: int = _f(8, "Rank of the random LoRA adapter (every linear layer of the blocks, as the SFT presets).")
+    rollout_rows: int = _f(32, "GRPO-shaped rollouts: completions sampled together (grpo_2x24gb.yaml: batch 8 "
+                               "x 4 accumulation steps, one generation batch per optimizer step); 0: skip.", at_least=0)
+    rollout_tokens: int = _f(128, "GRPO-shaped rollouts: max_completion_length.")
+    rollout_compile: bool = _f(False, "Compile the rollouts' decode step as GRPO's graph rollouts do on a GPU "
+                                      "(about 2 minutes of compiling for a 4B model).")
+    heldout: int = _f(2500, "Held-out conversations of the original recipe (10% of 25K): base + LoRA evaluation "
+                            "time is extrapolated for this many.")
+    output_dir: str = like(BenchmarkFields, "output_dir", "out/perf-generate")

@@ -9,9 +9,9 @@ import random
 from pathlib import Path
 
 from medqwen.configlib import REPO_ROOT
+from medqwen.data.conversations import read_conversations
 from medqwen.distributed import local_rank
 from medqwen.modeling import random_qwen3
-from medqwen.train.sft import read_conversations
 
 
 def synthetic_lengths(n: int, median: float = 280, sigma: float = 0.8, cap: int = 1024, floor: int = 32,

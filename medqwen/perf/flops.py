@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 # Linear layers of one Qwen3/Llama decoder layer: name -> (in_features, out_features) as a function of the config.
 def projection_shapes(config) -> dict[str, tuple[int, int]]:
     """(in, out) features of each linear layer of one decoder layer."""

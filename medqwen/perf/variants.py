@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import dataclasses
 
-from medqwen.train.config import TrainConfig
 from medqwen.configlib import REPO_ROOT, resolve_config
+from medqwen.train.config import TrainConfig
 
 # Named recipes: TrainConfig overrides on top of the defaults (the original recipe); "config" names a preset YAML.
 # A variant may add overrides after a colon, applied after its fast path: "24gb:max_tokens_per_forward=4096".

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medqwen.configlib import ModelFields, SamplingFields, ServerFields, _f, like
+from medqwen.configlib import ModelChoiceFields, ModelFields, SamplingFields, ServerFields, _f, like
 
 
 @dataclass
-class RagConfig(ServerFields, ModelFields):
+class RagConfig(ServerFields, ModelChoiceFields):
     """agent/embedding.py builds the knowledge store; agent/rag_query.py asks it (retrieval + cited answer)."""
 
     input: list[str] = _f(["data/rag_sample"], "Files or folders to index (repeatable): .txt .md .jsonl .csv "
@@ -84,8 +84,11 @@ class RagConfig(ServerFields, ModelFields):
     retrieve_only: bool = _f(False, "Print the retrieved sources without generating an answer.")
     backend: str = _f("openai", "Answer with an OpenAI-compatible server (openai) or a local HF model (local).",
                       choices=["openai", "local"])
-    model: str = like(ModelFields, "model", help="HF model folder for --backend local.")
-    adapter: str | None = _f(None, "Optional LoRA/GRPO run folder for --backend local.")
+    model: str | None = like(ModelChoiceFields, "model", help="--backend local: base or merged model folder (None: "
+                                                               "model/qwen, or with --adapter the base named in the "
+                                                               "run's config.yaml).")
+    adapter: str | None = like(ModelChoiceFields, "adapter", help="--backend local: LoRA/GRPO run folder applied on "
+                                                                   "its base model (None: none).")
     chat_template: str = like(ModelFields, "chat_template", help="Chat template for --backend local.")
     max_new_tokens: int = _f(512, "Longest answer (tokens).", at_least=1)
     temperature: float = like(SamplingFields, "temperature", 0.3)
@@ -101,14 +104,17 @@ class RagConfig(ServerFields, ModelFields):
 class RagBenchConfig(RagConfig):
     """benchmark/benchmark_rag.py: recall@k / MRR@10 of bm25, dense and hybrid retrieval on a gold set."""
 
-    input: list[str] = _f(["../shared/data/rag_corpus/tcm_books"], "Corpus files or folders to index (repeatable).")
+    input: list[str] = _f(["data/rag_cards/disease_cards"], "Corpus files or folders to index (repeatable; the "
+                                                             "default is shipped: team-written disease cards).")
     persist_dir: str = _f("out/benchmark/rag/chroma", "Chroma folder of the benchmark store (reused when "
                                                         "unchanged: indexing is idempotent).")
     collection: str = _f("rag_benchmark", "Chroma collection of the benchmark store.")
     prune_unlisted: bool = _f(True, "Delete chunks of files not under --input: the benchmark store holds exactly "
                                     "its corpus (the --qa_pairs corpus is written under --output_dir, so another "
                                     "output folder would otherwise add a second copy of it).")
-    gold: str = _f("data/rag_gold_tcm.jsonl", "Gold JSONL: {id, kind, question, gold_ids: [source_id, ...]}.")
+    gold: str = _f("data/rag_cards/disease_cards_gold.jsonl", "Gold JSONL: {id, kind, question, gold_ids: "
+                                                              "[source_id, ...]} (data/rag_gold_tcm.jsonl: the six "
+                                                              "classical books' questions).")
     output_dir: str = _f("out/benchmark/rag", "Where metrics.json, config.yaml and per-question ranks go.")
     methods: list[str] = _f(["bm25", "dense", "hybrid"], "Retrieval methods compared (hybrid uses the weights "
                                                          "above).")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medqwen.configlib import UserError
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 from medqwen.rag.retrieval import Retriever, recall_mrr
 
@@ -27,7 +28,7 @@ def load_gold(path: str | Path) -> list[dict]:
     for number, row in iter_jsonl_objects(path):
         missing = [k for k in ("question", "gold_ids") if not row.get(k)]
         if missing:
-            raise ValueError(f"{path}:{number}: missing {missing}")
+            raise UserError(f"{path}:{number}: missing {missing}")
         row.setdefault("id", f"line{number}")
         row["half"] = "even lines" if number % 2 == 0 else "odd lines"
         row.setdefault("kind", "all")
@@ -48,7 +49,7 @@ def qa_retrieval_set(path: str | Path, out_dir: str | Path) -> tuple[Path, Path]
         answer = next((t.get("value", "") for t in turns if t.get("from") in ("gpt", "assistant")),
                       record.get("答") or record.get("answer") or "")
         if not str(question).strip() or not str(answer).strip():
-            raise ValueError(f"{path}:{number}: need a question and an answer (ShareGPT turns or 问/答 keys)")
+            raise UserError(f"{path}:{number}: need a question and an answer (ShareGPT turns or 问/答 keys)")
         doc_id = answers.setdefault(answer.strip(), f"a{len(answers) + 1:04d}")
         gold.append({"id": f"qa-{number:04d}", "kind": "qa", "question": question.strip(),
                      "gold_ids": [f"answers/{doc_id}"]})

@@ -27,7 +27,7 @@ from medqwen.configlib import UserError
 from medqwen.exams.base import LETTERS, ExamDataError, Question
 from medqwen.exams.ceval import CHOICES, read_csv_split
 from medqwen.exams.cmmlu import HEADER as CMMLU_HEADER
-from medqwen.exams.cmmlu import read_cmmlu_csv as read_cmmlu_exam_csv
+from medqwen.exams.cmmlu import read_cmmlu_csv
 from medqwen.jsonl import iter_jsonl_objects, write_jsonl
 
 
@@ -76,10 +76,10 @@ def read_mcq_jsonl(path: str | Path, subject: str | None = None) -> list[Questio
     return questions
 
 
-def read_cmmlu_csv(path: str | Path, subject: str | None = None) -> list[Question]:
+def read_cmmlu_mcq(path: str | Path, subject: str | None = None) -> list[Question]:
     """A CMMLU CSV (`,Question,A,B,C,D,Answer`; the first column is the row number): the benchmark's reader."""
     try:
-        questions = read_cmmlu_exam_csv(path, subject or subject_from_filename(path), "train")
+        questions = read_cmmlu_csv(path, subject or subject_from_filename(path), "train")
     except ExamDataError as err:
         raise McqDataError(str(err)) from None
     return [Question(q.subject, q.split, q.id, q.question, q.options, q.answer) for q in questions]
@@ -100,7 +100,7 @@ def read_mcq_csv(path: str | Path, subject: str | None = None) -> list[Question]
         return [Question(q.subject, "train", q.id, q.question, q.options, q.answer, q.explanation)
                 for q in read_csv_split(path, subject or subject_from_filename(path), split)]
     if lower[1:7] == CMMLU_HEADER:
-        return read_cmmlu_csv(path, subject)
+        return read_cmmlu_mcq(path, subject)
     raise McqDataError(f"{path}: header {header} is neither C-Eval (id,question,A,B,C,D,answer[,explanation]) nor "
                        "CMMLU (,Question,A,B,C,D,Answer)")
 

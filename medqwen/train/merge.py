@@ -7,8 +7,12 @@ import shutil
 from pathlib import Path
 
 from medqwen.chat import load_tokenizer
-from medqwen.configlib import save_config
+from medqwen.configlib import UserError, save_config
 from medqwen.runs import resolve_model
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output folder holds something other than an earlier merge (never overwritten)."""
 
 
 def merge_adapter(cfg) -> Path:
@@ -21,7 +25,7 @@ def merge_adapter(cfg) -> Path:
     adapter, base = Path(cfg.adapter), choice.model
     out = Path(cfg.output_dir or f"{str(adapter).rstrip('/')}-merged")
     if out.exists() and any(out.iterdir()) and not (out / "merge_config.yaml").is_file():
-        raise FileExistsError(f"{out} exists and is not an earlier merge: choose another --output_dir")
+        raise OutputExistsError(f"{out} exists and is not an earlier merge: choose another --output_dir")
 
     saved_dtype = AutoConfig.from_pretrained(base).dtype if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge W + BA in full precision

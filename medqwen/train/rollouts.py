@@ -55,7 +55,8 @@ def choose_rollouts(choice: str, use_vllm: bool, cuda: bool) -> tuple[str, str]:
         return "vllm", "--use_vllm: vLLM generates the rollouts"
     if choice == "auto":
         if cuda:
-            return "graph", "a CUDA GPU: static KV cache, each decode step one CUDA graph (--rollouts plain: TRL's default)"
+            return "graph", ("a CUDA GPU: static KV cache, each decode step one CUDA graph "
+                             "(--rollouts plain: TRL's default)")
         return "plain", "no GPU: CUDA graphs need one, so TRL's default path"
     return choice, f"--rollouts {choice}"
 

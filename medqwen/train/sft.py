@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 from medqwen.chat import load_tokenizer
 from medqwen.configlib import save_config
-from medqwen.data import InputSpec, load_file
-from medqwen.data_config import DataConfig
+from medqwen.data.conversations import read_conversations, split_conversations
 from medqwen.distributed import on_gpu, process_state
 from medqwen.jsonl import write_jsonl
 from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
@@ -40,22 +38,6 @@ from medqwen.train.config import TrainConfig
 
 # ----------------------------------------------------------------------------------------------------------
 # Data
-
-
-def read_conversations(path: str | Path) -> list[dict]:
-    """Conversations (`{"conversations": [...], "tools"?: [...]}`) from JSONL, validated by medqwen.data.
-
-    `conversations` or `messages` (and the other formats data/prepare_data.py converts) are accepted; a bad
-    line raises medqwen.data.DataError with "path:line: what is wrong".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training data '{path}' not found. Prepare it first (docs/data.md):\n"
-                                f"  python data/prepare_data.py --output {path}")
-    conversations = load_file(InputSpec(path), DataConfig()).conversations
-    if not conversations:
-        raise ValueError(f"{path}: no conversations found")
-    return conversations
 
 
 def to_trl_record(conversation: dict) -> dict[str, Any]:
@@ -78,17 +60,6 @@ def to_trl_record(conversation: dict) -> dict[str, Any]:
         messages.append(message)
     tools = conversation.get("tools")
     return {"messages": messages, "tools": json.dumps(tools, ensure_ascii=False) if tools else None}
-
-
-def split_conversations(conversations: list, eval_ratio: float, seed: int) -> tuple[list, list]:
-    """Seeded shuffle, then hold out `eval_ratio` of the conversations (at least one when ratio > 0)."""
-    order = list(range(len(conversations)))
-    random.Random(seed).shuffle(order)
-    n_eval = 0 if eval_ratio <= 0 else max(1, round(len(order) * eval_ratio))
-    if n_eval >= len(order):
-        raise ValueError(f"eval_ratio {eval_ratio} leaves no training data ({len(order)} conversations)")
-    return [conversations[i] for i in order[n_eval:]], [conversations[i] for i in order[:n_eval]]
-
 
 
 def to_dataset(conversations: list[dict]):

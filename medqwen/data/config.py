@@ -20,8 +20,13 @@ class DataConfig:
     author: str = _f("MedQwen Team", "Author name filled into {{AUTHOR}}.", env="ASSISTANT_AUTHOR")
     output: str = _f("data/lora_medical_merged.jsonl", "Merged conversation JSONL to write; <stem>.stats.json, "
                                                        "<stem>.length_hist.png and <stem>.config.yaml go beside it.")
-    encoding: str = _f("auto", "Text encoding of the inputs (auto: UTF-8 with or without BOM, else GB18030/GBK).",
-                       choices=["auto", "utf-8", "gb18030", "gbk"])
+    encoding: str = _f("auto", "Text encoding of the inputs (auto: a BOM's UTF-8/UTF-16, UTF-16 without BOM, UTF-8, "
+                               "else GB18030/GBK).",
+                       choices=["auto", "utf-8", "utf-8-sig", "gb18030", "gbk", "utf-16", "utf-16-le", "utf-16-be"])
+    columns: str | None = _f(None, "Field mapping for layouts not detected: ours=theirs pairs, e.g. "
+                                   "question=medical_case,answer=doctor_diagnosis (dotted paths reach nested fields; "
+                                   "also system, history, instruction, input, output, messages, role, content).")
+    roles: str | None = _f(None, "Role-name mapping for conversation turns, e.g. patient=user,doctor=assistant.")
     system_prompt: str | None = _f(None, "System message added to conversations that have none (None: leave).")
     skip_invalid: bool = _f(False, "Skip invalid records (counted by reason) instead of stopping at the first.")
     control_tokens: str = _f("escape", "Text that spells a control token (<|im_start|>, <think>, <tool_call>...): "
