@@ -27,6 +27,7 @@ from typing import Any
 
 from medqwen.chat import encode_with_assistant_mask, load_tokenizer
 from medqwen.configlib import save_config
+from medqwen.data.conversations import split_conversations  # a seeded hold-out of any list, as SFT splits
 from medqwen.distributed import on_gpu, process_state
 from medqwen.jsonl import write_jsonl
 from medqwen.reporting import markdown_table, write_metrics
@@ -45,7 +46,6 @@ from medqwen.train.common import (
 )
 from medqwen.train.dpo_config import DpoConfig
 from medqwen.train.preference_data import read_pairs
-from medqwen.train.sft import split_conversations  # a seeded hold-out of any list: SFT's split, the same way
 
 REFERENCE_ADAPTER = "ref"  # the name TRL's DPOTrainer gives its frozen copy of a pre-trained adapter
 

@@ -33,24 +33,17 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer
-from medqwen.configlib import config_to_dict, format_config
-from medqwen.data import (
+from medqwen.configlib import config_to_dict, format_config, repo_path
+from medqwen.data.formats import _text, as_text, check_text, from_messages, validate
+from medqwen.data.prepare import (
     INVALID_REASONS,
-    DataError,
     InputSpec,
-    RecordError,
-    _resolve,
-    _text,
-    as_text,
-    check_text,
     default_tokenizer_dir,
-    from_messages,
-    iter_records,
     output_paths,
     parse_inputs,
     percentiles,
-    validate,
 )
+from medqwen.data.readers import DataError, RecordError, iter_records
 from medqwen.reporting import markdown_table, run_meta
 from medqwen.train.dpo_config import PreferenceDataConfig
 
@@ -204,7 +197,7 @@ def load_pairs_file(path: Path, encoding: str = "auto", skip_invalid: bool = Fal
 
 def read_pairs(path: str | Path, skip_invalid: bool = False) -> list[dict]:
     """The pairs of one preference file (any layout above), validated and escaped; the trainer's reader."""
-    path = _resolve(path)
+    path = repo_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"preference data '{path}' not found. Use the shipped sample "
                                 "data/medical_preference_sample.jsonl or prepare your own (docs/training.md):\n"
@@ -254,7 +247,7 @@ def prepare_preferences(cfg: PreferenceDataConfig, verbose: bool = True) -> dict
                 seen.add(key)
                 unique.append(pair)
             result.pairs = unique
-    tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), _resolve(cfg.tokenizer))
+    tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), repo_path(cfg.tokenizer))
     if tokenizer_dir is not None:
         tokenizer = load_tokenizer(tokenizer_dir, chat_template=cfg.chat_template)
         for result in results:
