@@ -16,7 +16,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from medqwen.configlib import parse_config, run_main, save_config
+from medqwen.cli import run_script
+from medqwen.configlib import save_config
 from medqwen.perf.dpo import DPO_VARIANTS, MEMORY_CAPS_GIB, PerfDpoConfig, benchmark_pairs, dpo_step_flops
 from medqwen.perf.isolate import print_result, run_variant
 from medqwen.reporting import markdown_table
@@ -97,4 +98,4 @@ def main(pcfg: PerfDpoConfig) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_config(PerfDpoConfig)))
+    run_script(PerfDpoConfig, main, echo=lambda pcfg: not pcfg.run_one)  # the variants' processes stay quiet

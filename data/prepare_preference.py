@@ -13,8 +13,7 @@ Writes the output JSONL (TRL's conversational prompt/chosen/rejected) and, besid
 kept, dropped by reason per input, token-length percentiles) and <stem>.config.yaml; prints a Markdown summary.
 """
 
-from medqwen.configlib import UserError, parse_config, run_main
-from medqwen.data import DataError
+from medqwen.cli import run_script
 from medqwen.train.dpo_config import PreferenceDataConfig
 from medqwen.train.preference_data import prepare_preferences
 
@@ -24,16 +23,5 @@ def main(cfg: PreferenceDataConfig) -> dict:
     return prepare_preferences(cfg)
 
 
-def cli() -> None:
-    cfg = parse_config(PreferenceDataConfig, description=__doc__)
-    try:
-        main(cfg)
-    except DataError as err:
-        raise UserError(f"{err}\nFix that record, or pass --skip_invalid to skip invalid pairs and count them "
-                        f"by reason (nothing valid is dropped).") from None
-    except (OSError, ValueError) as err:
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(PreferenceDataConfig, main, description=__doc__)

@@ -20,25 +20,14 @@ is the base model that eval and serving load), split/{train,eval}.jsonl, checkpo
 metrics.json with the held-out reward accuracy and margins before and after training.
 """
 
-from medqwen.configlib import UserError, format_config, parse_config, run_main
-from medqwen.data import DataError
-from medqwen.distributed import is_main_process
+from medqwen.cli import run_script
 from medqwen.train.dpo import train_dpo
 from medqwen.train.dpo_config import DpoConfig
 
 
 def main(cfg: DpoConfig) -> dict:
-    if is_main_process():
-        print("train_dpo config:\n" + format_config(cfg))
     return train_dpo(cfg)
 
 
-def cli() -> None:
-    try:
-        main(parse_config(DpoConfig))
-    except (FileNotFoundError, DataError) as err:  # missing model/adapter/data, a bad pair: say what to do
-        raise UserError(str(err)) from None
-
-
 if __name__ == "__main__":
-    run_main(cli)
+    run_script(DpoConfig, main)

@@ -33,10 +33,11 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer
-from medqwen.configlib import config_to_dict, format_config, repo_path
+from medqwen.configlib import UserError, config_to_dict, format_config, repo_path
 from medqwen.data.formats import _text, as_text, check_text, from_messages, validate
 from medqwen.data.prepare import (
     INVALID_REASONS,
+    SKIP_HINT,
     InputSpec,
     default_tokenizer_dir,
     output_paths,
@@ -188,10 +189,9 @@ def load_pairs_file(path: Path, encoding: str = "auto", skip_invalid: bool = Fal
             result.pairs.append(pair)
             result.escaped += escaped
         except RecordError as err:
-            located = DataError(result.path, line, err.reason, err.detail)
             if not skip_invalid:
-                raise located from None
-            result.drop(err.reason, str(located))
+                raise DataError(result.path, line, err.reason, f"{err.detail}\n{SKIP_HINT}") from None
+            result.drop(err.reason, str(DataError(result.path, line, err.reason, err.detail)))
     return result
 
 
@@ -204,7 +204,7 @@ def read_pairs(path: str | Path, skip_invalid: bool = False) -> list[dict]:
                                 f"  python data/prepare_preference.py --input YOUR_FILE --output {path}")
     pairs = load_pairs_file(path, skip_invalid=skip_invalid).pairs
     if not pairs:
-        raise ValueError(f"{path}: no preference pairs found")
+        raise UserError(f"{path}: no preference pairs found")
     return pairs
 
 
@@ -226,10 +226,10 @@ def prepare_preferences(cfg: PreferenceDataConfig, verbose: bool = True) -> dict
     """Read every input, drop duplicates and too-long pairs, write the output JSONL and its stats; the stats."""
     specs: list[InputSpec] = parse_inputs(cfg.input)
     if not specs:
-        raise ValueError("nothing to prepare: give --input FILE (repeatable)")
+        raise UserError("nothing to prepare: give --input FILE (repeatable)")
     paths = output_paths(cfg.output)
     if any(s.path.resolve() == paths["output"].resolve() for s in specs):
-        raise ValueError(f"--output {cfg.output} is also an input; write to a new file")
+        raise UserError(f"--output {cfg.output} is also an input; write to a new file")
     if verbose:
         print(f"preparing preference pairs with\n{format_config(cfg)}", file=sys.stderr)
     # Read and validate everything before writing anything: a bad file never leaves a half-written output.
