@@ -34,7 +34,7 @@ import yaml
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer
 from medqwen.configlib import UserError, config_to_dict, format_config, repo_path
-from medqwen.data.formats import _text, as_text, check_text, from_messages, validate
+from medqwen.data.formats import as_text, check_text, from_messages, required_text, validate
 from medqwen.data.prepare import (
     INVALID_REASONS,
     SKIP_HINT,
@@ -88,8 +88,8 @@ def from_medicalgpt(record: dict) -> tuple[list[dict], str, str]:
             raise RecordError("bad_value", f"history turn {i} must be a [question, answer] pair")
         prompt += [{"role": "user", "content": as_text(turn[0], f"history turn {i} question")},
                    {"role": "assistant", "content": as_text(turn[1], f"history turn {i} answer")}]
-    prompt.append({"role": "user", "content": _text(record, "question")})
-    return prompt, _text(record, "response_chosen"), _text(record, "response_rejected")
+    prompt.append({"role": "user", "content": required_text(record, "question")})
+    return prompt, required_text(record, "response_chosen"), required_text(record, "response_rejected")
 
 
 def _reply(value: Any, where: str) -> str:
