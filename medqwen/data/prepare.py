@@ -241,19 +241,20 @@ def remove_stale_temporaries(paths: dict[str, Path]) -> list[Path]:
     return removed
 
 
-def deduplicate(results: list[FileResult]) -> None:
-    """Drop exact duplicates across all inputs, keeping the first occurrence (inputs in the order given)."""
+def deduplicate(results: list, key=dedup_key, items: str = "conversations") -> None:
+    """Drop exact duplicates across all inputs, keeping the first occurrence (inputs in the order given); each
+    result's `items` list (conversations, or preference pairs) is filtered and the drops counted."""
     seen: set[str] = set()
     for result in results:
         unique = []
-        for conversation in result.conversations:
-            key = dedup_key(conversation)
-            if key in seen:
+        for item in getattr(result, items):
+            k = key(item)
+            if k in seen:
                 result.drop("duplicate")
                 continue
-            seen.add(key)
-            unique.append(conversation)
-        result.conversations = unique
+            seen.add(k)
+            unique.append(item)
+        setattr(result, items, unique)
 
 
 def sample(results: list[FileResult], max_per_input: int, seed: int) -> None:

@@ -67,6 +67,15 @@ def trainer_arguments(cfg: TrainerFields) -> dict[str, Any]:
     )
 
 
+def evaluation_arguments(eval_steps: int, has_eval: bool) -> dict[str, Any]:
+    """Evaluate and checkpoint every `eval_steps` and keep the best checkpoint by held-out loss (when there is a
+    held-out split); else neither."""
+    if not has_eval:
+        return {"eval_strategy": "no", "load_best_model_at_end": False}
+    return dict(eval_strategy="steps", eval_steps=eval_steps, load_best_model_at_end=True,
+                metric_for_best_model="eval_loss", greater_is_better=False)
+
+
 def with_atomic_checkpoints(trainer_cls):
     """A subclass of a transformers/TRL trainer whose checkpoints appear atomically: written under `.staging/`,
     then renamed into place (SFTTrainer here, GRPOTrainer in medqwen.train.grpo).

@@ -34,6 +34,7 @@ from medqwen.reporting import markdown_table, write_metrics
 from medqwen.runs import check_adapter, resolve_model, saved_base_model
 from medqwen.train.callbacks import LogLineCallback
 from medqwen.train.common import (
+    evaluation_arguments,
     last_checkpoint,
     load_base_model,
     lora_config,
@@ -157,10 +158,6 @@ def dpo_args(cfg: DpoConfig, has_eval: bool):
     """TRL DPOConfig from our DpoConfig."""
     from trl import DPOConfig
 
-    eval_kwargs: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
-    if has_eval:
-        eval_kwargs = dict(eval_strategy="steps", eval_steps=cfg.eval_steps, load_best_model_at_end=True,
-                           metric_for_best_model="eval_loss", greater_is_better=False)
     return DPOConfig(
         **trainer_arguments(cfg),
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
@@ -169,7 +166,7 @@ def dpo_args(cfg: DpoConfig, has_eval: bool):
         beta=cfg.beta,
         label_smoothing=cfg.label_smoothing,
         save_steps=cfg.eval_steps,
-        **eval_kwargs,
+        **evaluation_arguments(cfg.eval_steps, has_eval),
     )
 
 

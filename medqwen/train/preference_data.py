@@ -33,12 +33,13 @@ import yaml
 
 from medqwen import jsonl
 from medqwen.chat import load_tokenizer
-from medqwen.configlib import UserError, config_to_dict, format_config, repo_path
+from medqwen.configlib import UserError, config_to_dict, repo_path
 from medqwen.data.formats import as_text, check_text, from_messages, required_text, validate
 from medqwen.data.prepare import (
     INVALID_REASONS,
     SKIP_HINT,
     InputSpec,
+    deduplicate,
     default_tokenizer_dir,
     output_paths,
     parse_inputs,
@@ -230,23 +231,11 @@ def prepare_preferences(cfg: PreferenceDataConfig, verbose: bool = True) -> dict
     paths = output_paths(cfg.output)
     if any(s.path.resolve() == paths["output"].resolve() for s in specs):
         raise UserError(f"--output {cfg.output} is also an input; write to a new file")
-    if verbose:
-        print(f"preparing preference pairs with\n{format_config(cfg)}", file=sys.stderr)
     # Read and validate everything before writing anything: a bad file never leaves a half-written output.
     results = [load_pairs_file(s.path, cfg.encoding, cfg.skip_invalid, cfg.control_tokens, cfg.system_prompt)
                for s in specs]
     if cfg.dedup:
-        seen: set[str] = set()
-        for result in results:
-            unique = []
-            for pair in result.pairs:
-                key = pair_key(pair)
-                if key in seen:
-                    result.drop("duplicate")
-                    continue
-                seen.add(key)
-                unique.append(pair)
-            result.pairs = unique
+        deduplicate(results, key=pair_key, items="pairs")
     tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), repo_path(cfg.tokenizer))
     if tokenizer_dir is not None:
         tokenizer = load_tokenizer(tokenizer_dir, chat_template=cfg.chat_template)

@@ -24,6 +24,7 @@ from medqwen.jsonl import write_jsonl
 from medqwen.reporting import markdown_table, pyplot, save_figure, write_metrics
 from medqwen.runs import check_model
 from medqwen.train.common import (
+    evaluation_arguments,
     last_checkpoint,
     load_base_model,
     lora_config,
@@ -35,6 +36,7 @@ from medqwen.train.common import (
     with_atomic_checkpoints,
 )
 from medqwen.train.config import TrainConfig
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Data
@@ -73,16 +75,10 @@ def to_dataset(conversations: list[dict]):
 # Model, LoRA and trainer
 
 
-
-
 def sft_config(cfg: TrainConfig, has_eval: bool):
     """TRL SFTConfig from our TrainConfig."""
     from trl import SFTConfig
 
-    eval_kwargs: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
-    if has_eval:
-        eval_kwargs = dict(eval_strategy="steps", eval_steps=cfg.eval_steps, load_best_model_at_end=True,
-                           metric_for_best_model="eval_loss", greater_is_better=False)
     return SFTConfig(
         **trainer_arguments(cfg),
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
@@ -100,7 +96,7 @@ def sft_config(cfg: TrainConfig, has_eval: bool):
         # Fast paths copy each (pinned) batch to the GPU without waiting for the copy: a waiting host cannot
         # queue the next step while the GPU finishes this one.
         accelerator_config={"non_blocking": cfg.fast_path != "off" and on_gpu()},
-        **eval_kwargs,
+        **evaluation_arguments(cfg.eval_steps, has_eval),
     )
 
 
@@ -138,10 +134,6 @@ def build_trainer(cfg: TrainConfig, train_dataset, eval_dataset=None, model=None
     applied = apply_fast_path(trainer, cfg)  # padding-free batches, fused LoRA, varlen attention, compile...
     trainer.fast_path_applied = applied
     return trainer
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoints and saving
 
 
 def plot_loss_curve(log_history: list[dict], path: Path) -> Path | None:
