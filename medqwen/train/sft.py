@@ -37,7 +37,6 @@ from medqwen.train.common import (
 )
 from medqwen.train.config import TrainConfig
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Data
 
