@@ -3,8 +3,10 @@ real vLLM server (conftest `server`: the tiny Qwen3 and a LoRA adapter as `lora-
 RAG sources, compare, bad input, the server down. Screenshots of each state go to the test's temp folder.
 
     pytest -q tests/test_web_ui.py          # needs `make browser` (chromium, chromium-driver) once
-    WEB_UI_SCREENSHOTS=docs/images WEB_UI_SERVER=http://localhost:8001/v1 pytest -q tests/test_web_ui.py
-        # the docs' screenshots: against a server you started (e.g. the bundled SmolLM2 + the demo adapter)
+    WEB_UI_SCREENSHOTS=docs/images WEB_UI_SERVER=http://localhost:8001/v1 WEB_UI_MAX_TOKENS=256 \
+        pytest -q tests/test_web_ui.py
+        # the docs' screenshots: against a server you started (e.g. the bundled SmolLM2 + the demo adapter),
+        # with replies long enough to end on their own
 """
 
 import os
@@ -60,7 +62,9 @@ def store(tmp_path_factory):
 def _launch(base_url: str, persist_dir: str):
     from medqwen.web_ui import launch
 
-    cfg = WebConfig(base_url=base_url, port=free_port(7900, 7999), api_key=API_KEY, temperature=0, max_tokens=24,
+    max_tokens = int(os.environ.get("WEB_UI_MAX_TOKENS", "24"))  # short replies keep the suite fast
+    cfg = WebConfig(base_url=base_url, port=free_port(7900, 7999), api_key=API_KEY, temperature=0,
+                    max_tokens=max_tokens,
                     persist_dir=persist_dir, max_input_chars=2000)
     return cfg, launch(cfg, block=False)
 

@@ -189,7 +189,8 @@ def as_text(value: Any, where: str) -> str:
     raise RecordError("bad_value", f"{where} must be text, got {value!r}")
 
 
-def _text(record: dict, key: str, where: str = "") -> str:
+def required_text(record: dict, key: str, where: str = "") -> str:
+    """A required text field of a record (missing or null: a `missing_field` record error)."""
     if key not in record or record[key] is None:
         raise RecordError("missing_field", f"missing field '{key}'{where}")
     return as_text(record[key], f"field '{key}'{where}")
@@ -247,7 +248,7 @@ def _tools(record: dict) -> list | None:
 
 
 def from_sharegpt(record: dict) -> list[dict]:
-    messages = [{"role": "system", "content": _text(record, "system")}] if record.get("system") else []
+    messages = [{"role": "system", "content": required_text(record, "system")}] if record.get("system") else []
     for i, turn in enumerate(_turns(record), 1):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise RecordError("missing_field", f"turn {i} needs 'from' and 'value'")
@@ -258,7 +259,7 @@ def from_sharegpt(record: dict) -> list[dict]:
         if speaker == "function_call":
             messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(turn["value"])})
         else:
-            messages.append({"role": SHAREGPT_ROLES[speaker], "content": _text(turn, "value", f" in turn {i}")})
+            messages.append({"role": SHAREGPT_ROLES[speaker], "content": required_text(turn, "value", f" in turn {i}")})
     return messages
 
 
@@ -274,7 +275,7 @@ def _content(value: Any, where: str) -> str:
 
 
 def from_messages(record: dict) -> list[dict]:
-    messages = [{"role": "system", "content": _text(record, "system")}] if record.get("system") else []
+    messages = [{"role": "system", "content": required_text(record, "system")}] if record.get("system") else []
     for i, turn in enumerate(_turns(record), 1):
         if not isinstance(turn, dict) or "role" not in turn:
             raise RecordError("missing_field", f"turn {i} needs 'role' and 'content'")
@@ -293,16 +294,17 @@ def from_messages(record: dict) -> list[dict]:
 
 
 def from_alpaca(record: dict) -> list[dict]:
-    messages = [{"role": "system", "content": _text(record, "system")}] if record.get("system") else []
+    messages = [{"role": "system", "content": required_text(record, "system")}] if record.get("system") else []
     for i, pair in enumerate(record.get("history") or [], 1):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise RecordError("missing_field", f"history item {i} must be a [question, answer] pair")
         messages += [{"role": "user", "content": as_text(pair[0], f"history item {i} question")},
                      {"role": "assistant", "content": as_text(pair[1], f"history item {i} answer")}]
-    instruction = _text(record, "instruction")
+    instruction = required_text(record, "instruction")
     extra = "" if record.get("input") in (None, "") else as_text(record["input"], "field 'input'")
     prompt = f"{instruction}\n{extra}" if extra.strip() else instruction
-    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(record, "output")}]
+    answer = required_text(record, "output")
+    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
 def _one_text(record: dict, key: str) -> str:
@@ -310,7 +312,7 @@ def _one_text(record: dict, key: str) -> str:
     value = record.get(key)
     while key in ("questions", "answers") and isinstance(value, list) and value:
         value = value[0]
-    return _text({key: value}, key)
+    return required_text({key: value}, key)
 
 
 def from_qa(record: dict) -> list[dict]:
@@ -330,8 +332,8 @@ def from_qa(record: dict) -> list[dict]:
 
 def from_cmedqa_answer(record: dict) -> list[dict]:
     """cMedQA answer.csv rows, with the question text joined in from question.csv (`question` set by the caller)."""
-    return [{"role": "user", "content": _text(record, "question", " (no row of question.csv has this question_id)")},
-            {"role": "assistant", "content": _text(record, "content")}]
+    question = required_text(record, "question", " (no row of question.csv has this question_id)")
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": required_text(record, "content")}]
 
 
 def from_huatuo(record: dict) -> list[dict]:
@@ -346,12 +348,12 @@ def from_huatuo(record: dict) -> list[dict]:
 def from_department_csv(record: dict) -> list[dict]:
     """Chinese medical dialogue CSVs: the patient's title is a summary, `ask` the details ('无' when none)."""
     title = "" if record.get("title") is None else as_text(record["title"], "field 'title'").strip()
-    ask = _text(record, "ask").strip()
+    ask = required_text(record, "ask").strip()
     if ask in ("", "无") or ask.startswith(title):
         question = ask if ask not in ("", "无") else title
     else:
         question = f"{title}\n{ask}" if title else ask
-    return [{"role": "user", "content": question}, {"role": "assistant", "content": _text(record, "answer")}]
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": required_text(record, "answer")}]
 
 
 CONVERTERS = {"sharegpt": from_sharegpt, "messages": from_messages, "alpaca": from_alpaca, "qa": from_qa,
