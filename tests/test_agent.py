@@ -206,6 +206,18 @@ def test_tool_call_arguments_that_are_not_json_go_back_as_an_error(openai_url):
     assert final_answer(history) == "answer after 1 tool results"  # the model saw the error and answered
 
 
+def test_a_tool_call_cut_off_at_max_tokens_is_not_run(openai_url):
+    """A stream that stops at max_tokens inside a call's arguments (`{"expression`) reads as {} to LangChain's
+    partial-JSON parser; the call must come back as a max_tokens error, never run or fail on a missing field."""
+    cfg = AgentConfig(base_url=openai_url, served_model="cut_args", timeout_s=5, max_tokens=64)
+    with mock_calculator() as calls:
+        history = ask(build_agent(cfg), cfg, [], "(12 + 8) * 3?", write=lambda s: None)
+    errors = [m for m in history if isinstance(m, ToolMessage)]
+    assert calls == [] and len(errors) == 1 and errors[0].status == "error"
+    assert "reached max_tokens=64 while writing the arguments of calculator" in errors[0].content
+    assert final_answer(history) == "answer after 1 tool results"
+
+
 def test_invalid_tool_calls_become_errors_for_the_model():
     broken = AIMessage("", invalid_tool_calls=[{"name": "calculator", "args": "{expression: 1+", "id": "c9",
                                                 "error": "bad json", "type": "invalid_tool_call"}])

@@ -107,6 +107,21 @@ def _with_invalid_calls_as_errors(message):
     return message.model_copy(update={"tool_calls": calls, "invalid_tool_calls": []})
 
 
+CUT_ARGS = "__arguments_cut_at_max_tokens__"  # marks a tool call whose reply ended at max_tokens inside it
+
+
+def _with_cut_call_marked(message):
+    """The model's message with its last tool call marked CUT_ARGS when the reply stopped at max_tokens
+    (finish_reason 'length'): generation ended inside that call, so its arguments are a prefix. vLLM streams the
+    prefix (`{"expressi`) and the stream's partial-JSON parser reads it as {}, which would otherwise run the tool
+    with arguments the model never finished (or fail with a schema error that hides the cause)."""
+    if message.response_metadata.get("finish_reason") != "length" or not message.tool_calls:
+        return message
+    *complete, last = message.tool_calls
+    cut = {**last, "args": {CUT_ARGS: json.dumps(last.get("args") or {}, ensure_ascii=False)[:200]}}
+    return message.model_copy(update={"tool_calls": [*complete, cut]})
+
+
 def _tool_settings_middleware(cfg: AgentConfig):
     """Middleware: strict tool schemas; `force_tool` on the first model turn of each question only (a forced
     choice on every turn would loop forever); tool calls with non-JSON arguments and calls beyond
@@ -132,8 +147,8 @@ def _tool_settings_middleware(cfg: AgentConfig):
             # Every message the server will render is escaped here, the model's own earlier replies included.
             response = handler(request.override(messages=escape_messages(request.messages), model_settings=settings,
                                                 tool_choice=choice or request.tool_choice))
-            response.result = [_with_invalid_calls_as_errors(m) if isinstance(m, AIMessage) else m
-                               for m in response.result]
+            response.result = [_with_cut_call_marked(_with_invalid_calls_as_errors(m)) if isinstance(m, AIMessage)
+                               else m for m in response.result]
             if not any(isinstance(m, AIMessage) and (_text(m.content).strip() or m.tool_calls)
                        for m in response.result):  # e.g. a stream whose chunks carry no choices
                 raise AgentServerError(f"the server at VLLM_BASE_URL={server_label(cfg.base_url)} sent an empty "
@@ -151,6 +166,10 @@ def _tool_settings_middleware(cfg: AgentConfig):
                 return error(request, f"Error: the arguments of {call['name']} are not valid JSON "
                                       f"({escape_control_tokens(call['args'][INVALID_ARGS][:80])!r}); call it again "
                                       "with a JSON object that matches the tool's schema.")
+            if CUT_ARGS in (call.get("args") or {}):
+                return error(request, f"Error: the reply reached max_tokens={cfg.max_tokens} while writing the "
+                                      f"arguments of {call['name']}, so they are cut off and the call was not run; "
+                                      "call it again with shorter arguments (users: raise --max_tokens).")
             turn = next((m for m in reversed(_messages(request.state)) if isinstance(m, AIMessage)), None)
             ids = [c["id"] for c in getattr(turn, "tool_calls", [])]
             if call["id"] in ids and ids.index(call["id"]) >= cfg.max_tool_calls:
