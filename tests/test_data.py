@@ -364,7 +364,9 @@ def test_cli_merges_inputs_and_writes_every_output(tmp_path, bundled_model_dir, 
                                       "--input", str(FIXTURES / "department_gb18030.csv"), "--identity",
                                       str(IDENTITY_FILE), "--tokenizer", str(bundled_model_dir),
                                       "--output", str(output)])
-    runpy.run_path(str(REPO_ROOT / "data" / "prepare_data.py"), run_name="__main__")
+    with pytest.raises(SystemExit) as exited:  # run_script exits with main's status
+        runpy.run_path(str(REPO_ROOT / "data" / "prepare_data.py"), run_name="__main__")
+    assert exited.value.code == 0
     stdout = capsys.readouterr().out
     assert len(output.read_text(encoding="utf-8").splitlines()) == 2 + 2 + 92
     stats = json.loads((tmp_path / "data" / "lora_medical_merged.stats.json").read_text(encoding="utf-8"))

@@ -249,7 +249,7 @@ def test_compare_streams_two_models_side_by_side(page, base_url, shot):
     send(page, "compare-input", question)
     answers = []
     for side in ("compare-left", "compare-right"):
-        text = wait_for(page, side, lambda t: question in t and t.split(question, 1)[1].strip() != "")
+        text = wait_until_done(page, side, lambda t: question in t and t.split(question, 1)[1].strip() != "")
         answers.append(text.split(question, 1)[1].strip())
     assert not any(a.startswith("Notice") for a in answers), answers
     assert answers[0] != answers[1], "base and adapter gave the same greedy answer: was the adapter served?"
