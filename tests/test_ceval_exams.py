@@ -361,3 +361,13 @@ def test_exams_with_answered_test_splits_score_test_for_val_and_refuse_test(exam
     with pytest.raises(ValueError, match=f"{title}'s scored split is `test`"):
         get_exam(exam).graded_split("test")
     assert get_exam("ceval").graded_split("test") == "test"  # C-Eval's answer-less submission split
+
+
+def test_one_exams_overall_row_names_that_exam(tiny_backend):
+    """A run of one exam's subjects ends in an overall row under that exam's name (it read "C-Eval" for CMMLU)."""
+    from medqwen.exams.runner import results_table, summarize_predictions
+
+    preds, facts = run_benchmark(tiny_backend, {"cmmlu": DIRS["cmmlu"]},
+                                 ["cmmlu/clinical_knowledge", "cmmlu/traditional_chinese_medicine"], k_shot=0)
+    last = results_table({**summarize_predictions(preds), **facts}).splitlines()[-1]
+    assert last.startswith("| CMMLU | **overall** |"), last

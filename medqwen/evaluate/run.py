@@ -265,7 +265,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def summarize_answers(examples: list[dict], probes: list[dict], losses: list[tuple[float, int]] | None,
-              judgements: list[dict] | None, seed: int) -> dict[str, Any]:
+                      judgements: list[dict] | None, seed: int) -> dict[str, Any]:
     """Headline numbers with 95% bootstrap intervals over questions."""
     summary: dict[str, Any] = {"n": len(examples)}
     if losses is not None:

@@ -445,8 +445,10 @@ def results_table(summary: dict[str, Any]) -> str:
         rows.append(["all", f"**pooled {group}**", *row("ceval", "", b)[2:]])
     if len(rows) > 1:
         name = "**all questions (medical + general)**" if "per_group" in summary else "**pooled**"
-        pooled = row("ceval", name if len(per_exam) > 1 or "per_group" in summary else "**overall**", summary)
-        rows.append(["all" if len(per_exam) > 1 or "per_group" in summary else pooled[0], *pooled[1:]])
+        several = len(per_exam) > 1 or "per_group" in summary
+        only_exam = next(iter(per_exam), split_key(next(iter(summary["per_subject"])))[0])
+        pooled = row(only_exam, name if several else "**overall**", summary)
+        rows.append(["all" if several else pooled[0], *pooled[1:]])
     for exam, b in summary.get("multi_answer", {}).items():
         rows.append(row(exam, "multi-answer (exact set, generated; not in the rows above)", b))
     return markdown_table(rows, ["exam", "subject", "n", "accuracy", "95% CI", "unparsed"]
@@ -454,7 +456,7 @@ def results_table(summary: dict[str, Any]) -> str:
 
 
 def compare_exam_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, n_boot: int = 1000,
-                 seed: int = 0) -> tuple[str, dict[str, Any]]:
+                      seed: int = 0) -> tuple[str, dict[str, Any]]:
     """Side-by-side accuracy of several runs on the single-answer questions they share, per exam and pooled,
     each vs the first with McNemar's exact test; with medical and general subjects present, the forgetting
     check (medical change next to general change, paired bootstrap CIs). Writes compare.md, compare.json,

@@ -33,7 +33,7 @@ def loss_path(row: dict, original: dict | None) -> str:
 
 
 def write_perf_report(results: list[dict], peak: float | None, out: Path, seed: int = 0, baseline: str = "original"
-                 ) -> str:
+                      ) -> str:
     """The Markdown table of perf_train results (returned, and written to results.md), results.json, metrics.json.
     Rows are compared with the single-process row of variant `baseline` (the table calls it the original).
 
