@@ -186,6 +186,23 @@ def default_tokenizer_dir() -> Path | None:
     return None
 
 
+def length_tokenizer_dir(choice: str) -> Path | None:
+    """The tokenizer folder a `--tokenizer` value names for token lengths: 'auto' (default_tokenizer_dir),
+    'none' (no length statistics, no length filter), or a folder (relative ones also under the repository)."""
+    lowered = choice.lower()
+    if lowered == "none":
+        return None
+    return default_tokenizer_dir() if lowered == "auto" else repo_path(choice)
+
+
+def write_prepared(rows: list[dict], stats: dict, cfg: Any, paths: dict[str, Path]) -> None:
+    """The output JSONL, then beside it config.yaml and stats.json, each atomically: a failed run leaves the
+    previous output's sidecars as they were."""
+    jsonl.write_jsonl(rows, paths["output"])
+    jsonl.write_text_atomic(yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False), paths["config"])
+    jsonl.write_text_atomic(json.dumps(stats, ensure_ascii=False, indent=2), paths["stats"])
+
+
 def token_lengths(conversations: list[dict], tokenizer, batch_size: int = 256) -> list[int]:
     """Tokens per conversation as training sees it: rendered with our chat template, then tokenized."""
     from tqdm.auto import tqdm
@@ -320,7 +337,7 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
     if cfg.dedup:
         deduplicate(results)
     sample(results, cfg.max_per_input, cfg.seed)
-    tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), repo_path(cfg.tokenizer))
+    tokenizer_dir = length_tokenizer_dir(cfg.tokenizer)
     if tokenizer_dir is not None:
         filter_lengths(results, load_tokenizer(tokenizer_dir, chat_template=cfg.chat_template), cfg.max_seq_len)
     elif cfg.max_seq_len > 0 and verbose:
@@ -334,12 +351,8 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
         leftover = find_placeholder(conversation, strict=False)
         if leftover is not None:
             raise RuntimeError(f"placeholder survived into the output: {leftover[:80]!r}")
-    # The sidecars are written only after the output, each atomically: a failed run leaves the previous
-    # output's config.yaml and stats.json as they were.
-    jsonl.write_jsonl(merged, paths["output"])
     stats = build_stats(results, len(merged), cfg, tokenizer_dir)
-    jsonl.write_text_atomic(yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False), paths["config"])
-    jsonl.write_text_atomic(json.dumps(stats, ensure_ascii=False, indent=2), paths["stats"])
+    write_prepared(merged, stats, cfg, paths)
     if stats["summary"]["token_length"]["n"]:
         plot_lengths(results, cfg.max_seq_len, paths["histogram"])
     if verbose:

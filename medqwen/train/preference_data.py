@@ -29,21 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from medqwen import jsonl
 from medqwen.chat import load_tokenizer
-from medqwen.configlib import UserError, config_to_dict, repo_path
+from medqwen.configlib import UserError, repo_path
 from medqwen.data.formats import as_text, check_text, from_messages, required_text, validate
 from medqwen.data.prepare import (
     INVALID_REASONS,
     SKIP_HINT,
     InputSpec,
     deduplicate,
-    default_tokenizer_dir,
+    length_tokenizer_dir,
     output_paths,
     parse_inputs,
     percentiles,
+    write_prepared,
 )
 from medqwen.data.readers import DataError, RecordError, iter_records
 from medqwen.reporting import markdown_table, run_meta
@@ -236,7 +234,7 @@ def prepare_preferences(cfg: PreferenceDataConfig, verbose: bool = True) -> dict
                for s in specs]
     if cfg.dedup:
         deduplicate(results, key=pair_key, items="pairs")
-    tokenizer_dir = {"auto": default_tokenizer_dir(), "none": None}.get(cfg.tokenizer.lower(), repo_path(cfg.tokenizer))
+    tokenizer_dir = length_tokenizer_dir(cfg.tokenizer)
     if tokenizer_dir is not None:
         tokenizer = load_tokenizer(tokenizer_dir, chat_template=cfg.chat_template)
         for result in results:
@@ -252,10 +250,8 @@ def prepare_preferences(cfg: PreferenceDataConfig, verbose: bool = True) -> dict
     merged = [p for r in results for p in r.pairs]
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(merged)
-    jsonl.write_jsonl(merged, paths["output"])
     stats = preference_stats(results, cfg, tokenizer_dir)
-    jsonl.write_text_atomic(yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False), paths["config"])
-    jsonl.write_text_atomic(json.dumps(stats, ensure_ascii=False, indent=2), paths["stats"])
+    write_prepared(merged, stats, cfg, paths)
     if verbose:
         print(preference_table(stats))
         print(f"\nwrote {paths['output']} ({len(merged)} pairs) and beside it {paths['stats'].name}, "
