@@ -103,3 +103,15 @@ def escape_control_tokens(text: str, pattern=None) -> str:
     if not isinstance(text, str) or "<" not in text:
         return text
     return (pattern or _CONTROL).sub(lambda m: "<" + ESCAPE_MARK + m.group(0)[1:], text)
+
+
+def escape_value(value: Any) -> Any:
+    """Strings, and the keys and values of dicts and lists inside, with control tokens escaped: a JSON value
+    (tool-call arguments, tool schemas, a training record) whose keys are rendered as well as its values."""
+    if isinstance(value, str):
+        return escape_control_tokens(value)
+    if isinstance(value, dict):
+        return {escape_value(k): escape_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [escape_value(v) for v in value]
+    return value

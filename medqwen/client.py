@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-from medqwen.chat import escape_control_tokens
+from medqwen.chat import escape_value
 from medqwen.configlib import UserError
 from medqwen.safe_http import public_text, public_url
 
@@ -49,17 +49,6 @@ def chat_model(base_url: str, model: str, api_key: str | None = None, *, timeout
 
     return ChatOpenAI(base_url=base_url, model=model, api_key=api_key_or_placeholder(api_key), timeout=timeout_s,
                       max_retries=max_retries, **sampling)
-
-
-def escape_value(value: Any) -> Any:
-    """Strings, and the keys and values of dicts and lists inside, with control tokens escaped."""
-    if isinstance(value, str):
-        return escape_control_tokens(value)
-    if isinstance(value, dict):
-        return {escape_value(k): escape_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [escape_value(v) for v in value]
-    return value
 
 
 def escape_message(message: Any) -> Any:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from medqwen.chat import escape_control_tokens, find_control_token
+from medqwen.chat import escape_value, find_control_token
 from medqwen.data.readers import RecordError
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -425,17 +425,6 @@ def find_placeholder(value: Any, strict: bool = True) -> str | None:
     return next((s for s in _strings(value) if pattern.search(s)), None)
 
 
-def _map_strings(value: Any, fn) -> Any:
-    """`value` with `fn` applied to every string in it, dict keys included."""
-    if isinstance(value, str):
-        return fn(value)
-    if isinstance(value, dict):
-        return {_map_strings(k, fn): _map_strings(v, fn) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_map_strings(v, fn) for v in value]
-    return value
-
-
 def check_text(out: dict, control_tokens: str = "escape") -> tuple[dict, bool]:
     """(record, escaped?): lone surrogates are refused (they pass json.loads but cannot be written as UTF-8 or
     tokenized); control tokens are escaped, or refused with control_tokens='refuse'."""
@@ -452,7 +441,7 @@ def check_text(out: dict, control_tokens: str = "escape") -> tuple[dict, bool]:
         if control_tokens == "refuse" and find_control_token(text):
             raise RecordError("control_token", f"text spells the control token {find_control_token(text)!r} "
                                                "(pass --control_tokens escape to keep the record, escaped)")
-    escaped = _map_strings(out, escape_control_tokens)
+    escaped = escape_value(out)
     return escaped, escaped != out
 
 

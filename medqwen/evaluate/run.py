@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from medqwen.chat import encode_with_assistant_mask, load_tokenizer, render
+from medqwen.chat import encode_with_assistant_mask, escape_value, load_tokenizer, render
 from medqwen.cli import run_script
-from medqwen.client import create_chat, describe_error, escape_value, openai_client, server_label
+from medqwen.client import create_chat, describe_error, openai_client, server_label
 from medqwen.configlib import UserError, save_config, spread_values
 from medqwen.data import IDENTITY_PROBES  # held-out phrasings: none occurs in the identity data
 from medqwen.data.conversations import read_conversations, split_conversations
