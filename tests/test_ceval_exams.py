@@ -95,7 +95,9 @@ def test_malformed_cmmlu_rows_stop_with_file_and_line(tmp_path, body, message):
 
 @pytest.mark.parametrize("options, answer, message", [
     ("A 甲\nB 乙", "C", "answer must be letters of A/B"),
-    ("A 甲\nC 丙", "A", "option line 'C 丙'"),
+    ("A 甲\nC 丙\nB 乙", "A", "option line 'B 乙'"),  # letters go back
+    ("A 甲\nA 乙", "A", "option line 'A 乙'"),
+    ("B 乙\nD 丁", "A", "answer must be letters of B/D"),
     ("A 甲\nB 乙\nC 丙\nD 丁\nE 戊\nF 己", "A", "at most E"),
 ])
 def test_malformed_cmexam_rows_stop_with_file_and_line(tmp_path, options, answer, message):
@@ -119,22 +121,30 @@ def test_exam_rows_without_an_answer_are_skipped_and_counted_per_subject(tmp_pat
 
     rows = [["Question", "Options", "Answer", "Explanation"], ["甲题", "A 甲\nB 乙", "B", ""],
             ["乙题", "A 甲\nB 乙", "nan", ""], ["丙题", "A 甲\nB \nC 丙", "C", ""], ["丁题", "A 甲\nB 乙", "", ""],
-            ["戊题", "A 1\nB 2\nC 3\nD 4\nE 5", "E", ""], ["己题", "A 1\nB 2\nC 3", "AB", ""]]
+            ["戊题", "A 1\nB 2\nC 3\nD 4\nE 5", "E", ""], ["己题", "A 1\nB 2\nC 3", "AB", ""],
+            ["庚题", "B 乙\nC 丙\nD 丁\nE 戊", "C", ""]]  # the release lost option A of a few items
     for split in ("val", "test"):
         with (tmp_path / f"{split}.csv").open("w", encoding="utf-8", newline="") as f:
             csv.writer(f).writerows(rows)
     skipped = Skipped()  # the defaults: --skip_invalid off
     questions = read_cmexam_csv(tmp_path / "test.csv", skipped=skipped)
-    assert [q.question for q in questions] == ["甲题", "丙题", "戊题", "己题"]
+    assert [q.question for q in questions] == ["甲题", "丙题", "戊题", "己题", "庚题"]
     assert skipped.ungraded == {"unanswered": 2} and len(skipped) == 0
     assert questions[1].options == ("甲", "", "丙")
+    gapped = questions[-1]  # keeps its published letters, in the prompt and in scoring
+    assert gapped.letters == ("B", "C", "D", "E") and gapped.options == ("乙", "丙", "丁", "戊")
+    assert "\nB. 乙\nC. 丙\nD. 丁\nE. 戊\n" in get_exam("cmexam").build_prompt(gapped)
+    assert [rotate(gapped, r).answer for r in range(4)] == ["C", "B", "E", "D"]
+    assert all(rotate(gapped, r).options[rotate(gapped, r).letters.index(rotate(gapped, r).answer)] == "丙"
+               for r in range(4))
     preds, facts = run_benchmark(tiny_backend, {"cmexam": tmp_path}, ["cmexam"], k_shot=0)
     assert facts["ungraded_rows"] == {"cmexam/physician": {"unanswered": 2}}
-    assert len([p for p in preds if not p.multi]) == 3
+    singles = [p for p in preds if not p.multi]
+    assert len(singles) == 4 and set(singles[-1].logprobs) == {"B", "C", "D", "E"} and singles[-1].pred in "BCDE"
     from medqwen.exams.runner import results_table, summarize_predictions
 
     table = results_table({**summarize_predictions(preds), **facts})
-    assert "skipped: no answer" in table and "| CMExam | physician | 3 |" in table
+    assert "skipped: no answer" in table and "| CMExam | physician | 4 |" in table
     line = next(t for t in table.splitlines() if "| physician |" in t)
     assert line.rstrip(" |").endswith("2")
 

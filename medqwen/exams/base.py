@@ -39,7 +39,9 @@ MISSING_ANSWERS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN",
 @dataclass
 class Question:
     """One multiple-choice item. `answer` is one letter, several letters for a multi-answer item (CMExam's
-    `ABD`), or None where answers are not public (C-Eval's test split)."""
+    `ABD`), or None where answers are not public (C-Eval's test split). `labels` are the option letters as
+    published where they are not A, B, C... in order (a CMExam item whose release lost its option A reads
+    `B ...\nC ...`): the prompt shows them and the answer uses them, as the official evaluation does."""
 
     subject: str
     split: str
@@ -49,10 +51,11 @@ class Question:
     answer: str | None = None
     explanation: str | None = None
     exam: str = "ceval"
+    labels: tuple[str, ...] | None = None
 
     @property
     def letters(self) -> tuple[str, ...]:
-        return LETTERS[: len(self.options)]
+        return self.labels or LETTERS[: len(self.options)]
 
     @property
     def multi(self) -> bool:
@@ -71,13 +74,13 @@ def qualified(exam: str, subject: str) -> str:
 
 def rotate(q: Question, r: int) -> Question:
     """The question with its options cyclically rotated by r: option i of the result is option (i + r) % n of
-    the original, and the answer letters move with their options."""
-    n = len(q.options)
+    the original, and the answer letters move with their options (the letters themselves stay in place)."""
+    n, letters = len(q.options), q.letters
     r %= n
     options = q.options[r:] + q.options[:r]
     answer = None
     if q.answer is not None:
-        answer = "".join(sorted(LETTERS[(LETTERS.index(a) - r) % n] for a in q.answer))
+        answer = "".join(sorted((letters[(letters.index(a) - r) % n] for a in q.answer), key=LETTERS.index))
     return replace(q, options=options, answer=answer)
 
 

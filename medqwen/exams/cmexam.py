@@ -2,7 +2,8 @@
 
     <cmexam_dir>/{val,test}.csv   (the release's data/val.csv, data/test.csv; train.csv is not used)
     columns Question,Options,Answer,Explanation (the release has more, e.g. Medical Discipline: ignored)
-    Options  one string of lines `A 选项\nB 选项...` up to E (a literal backslash-n between them is accepted too)
+    Options  one string of lines `A 选项\nB 选项...` up to E (a literal backslash-n between them is accepted too);
+             a few released items lost an option (`B ...\nC ...\nD ...\nE ...`): they keep their letters
     Answer   one letter, or several (`ABD`) for the few multi-answer items; the release leaves some blank or
              `nan`: those rows are skipped and counted per subject (the official code's `if pd.isna(answer)`)
 
@@ -29,19 +30,25 @@ MAX_OPTIONS = 5
 _OPTION_LINE = re.compile(r"^\s*([A-Z])(?:[\s.．、:：)）]+|$)(.*)$", re.S)
 
 
-def parse_options(text: str, where: str) -> tuple[str, ...]:
-    """`A 选项\nB 选项...` (real newlines or a literal backslash-n) -> the option texts, letters in order."""
+def parse_options(text: str, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`A 选项\nB 选项...` (real newlines or a literal backslash-n) -> (letters, option texts). Letters rise from
+    A to at most E; one may be missing (the release lost some options) but none may repeat or go back."""
     lines = [line for line in re.split(r"\r?\n|\\n", text) if line.strip()]
+    letters: list[str] = []
     options = []
-    for i, line in enumerate(lines):
+    allowed = LETTERS[:MAX_OPTIONS]
+    for line in lines:
         m = _OPTION_LINE.match(line)
-        if not m or m.group(1) != LETTERS[i] or i >= MAX_OPTIONS:
-            raise ExamDataError(f"{where}: option line {line.strip()!r} is not `{LETTERS[min(i, MAX_OPTIONS - 1)]} "
-                                f"text` (options are lines A to at most E, in order)")
+        later = allowed[allowed.index(letters[-1]) + 1:] if letters else allowed
+        if not m or m.group(1) not in later:
+            raise ExamDataError(f"{where}: option line {line.strip()!r} is not `<letter> text` with a letter "
+                                f"after {letters[-1] if letters else 'none'} (options are lines A to at most E, "
+                                "in order)")
+        letters.append(m.group(1))
         options.append(m.group(2).strip())
     if len(options) < 2:
         raise ExamDataError(f"{where}: fewer than two options in {text!r}")
-    return tuple(options)
+    return tuple(letters), tuple(options)
 
 
 class CmexamExam(Exam):
@@ -89,12 +96,13 @@ def read_cmexam_csv(path: str | Path, split: str = "test", skipped: Skipped | No
             question = row[columns["Question"]]
             if not question.strip():
                 raise ExamDataError(f"{where}: empty question")
-            options = parse_options(row[columns["Options"]], where)
-            answer = check_answer(row[columns["Answer"]], LETTERS[: len(options)], where, multi=True)
+            letters, options = parse_options(row[columns["Options"]], where)
+            answer = check_answer(row[columns["Answer"]], letters, where, multi=True)
         except ExamDataError as err:
             skipped.handle(err)
             continue
         explanation = row[columns["Explanation"]].strip() or None
+        labels = None if letters == LETTERS[: len(options)] else letters
         questions.append(Question("physician", split, where.rsplit(":", 1)[1], question, options, answer,
-                                  explanation, exam="cmexam"))
+                                  explanation, exam="cmexam", labels=labels))
     return questions

@@ -204,13 +204,13 @@ def score_questions(backend, questions: Sequence[Question], shots: Sequence[Ques
     if scoring == "loglik":
         if cot:
             raise UserError("CoT needs --scoring generate (loglik reads the letter right after the prompt)")
-        letters = LETTERS[: max(len(q.options) for q in questions)]
+        letters = sorted({c for q in questions for c in q.letters}, key=LETTERS.index)
         exam = get_exam(questions[0].exam)
         # In chat mode the letter is the assistant's first token, with no delimiter in either style.
         options = [c if chat else exam.continuation(c, style) for c in letters]
         scores = backend.loglik(prompts, options)
         for q, prompt, row, r in zip(questions, prompts, scores, rotations):
-            row = row[: len(q.options)]
+            row = [row[letters.index(c)] for c in q.letters]
             pred = q.letters[int(np.argmax(row))]
             preds.append(Prediction(q.subject, q.id, prompt, {c: float(v) for c, v in zip(q.letters, row)}, None,
                                     pred, q.answer, None if q.answer is None else pred == q.answer, q.exam, r))
