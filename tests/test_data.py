@@ -17,6 +17,7 @@ import yaml
 from medqwen.configlib import REPO_ROOT
 from medqwen.data import IDENTITY_PROBES, DataError, convert_record, detect_format, iter_records, prepare
 from medqwen.data.config import DataConfig
+from tests.conftest import QWEN_REFERENCE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 IDENTITY_FILE = REPO_ROOT / "data" / "lora_identity.jsonl"
@@ -83,6 +84,24 @@ def test_sharegpt_tool_calls_become_openai_messages(tmp_path):
     assert second["tools"][0]["function"]["name"] == "get_time"  # the JSON-string tools were parsed
 
 
+def test_a_tool_result_after_a_call_written_as_prose_is_kept_and_rendered(tmp_path):
+    """Real tool-call sets (MedicalGPT's glaive_toolcall_zh_demo, line 198) write some calls in the assistant's
+    text and follow them with an observation; LLaMA-Factory reads that as an observation in the user's place."""
+    record = {"conversations": [{"from": "human", "value": "原价200美元打八折是多少？"},
+                                {"from": "gpt", "value": "让我算一下。\nAI 计算折扣: {\"原价\": 200, \"折扣\": 20}"},
+                                {"from": "observation", "value": "{\"discounted_price\": 160}"},
+                                {"from": "gpt", "value": "打折后需支付160美元。"}]}
+    (tmp_path / "prose_call.jsonl").write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    stats, out = run(tmp_path, [tmp_path / "prose_call.jsonl"], shuffle=False)
+    assert stats["detail"][0]["kept"] == 1
+    turns = out[0]["conversations"]
+    assert [m["role"] for m in turns] == ["user", "assistant", "tool", "assistant"] and "tool_calls" not in turns[1]
+    from medqwen.chat import load_tokenizer, render
+
+    text = render(load_tokenizer(QWEN_REFERENCE), turns)  # our training template
+    assert "<tool_response>\n{\"discounted_price\": 160}\n</tool_response>" in text
+
+
 def test_messages_with_tools_keep_tool_turns(tmp_path):
     _, out = run(tmp_path, [FIXTURES / "messages_tools.jsonl"], shuffle=False)
     turns = out[0]["conversations"]
@@ -147,8 +166,8 @@ BAD_CASES = {
     "assistant_first": (".jsonl", jsonl(GOOD, conv(assistant("A"), user("Q"))), 2, "turn_order", "expected user"),
     "two_users": (".jsonl", jsonl(GOOD, conv(user("Q"), user("Q"), assistant("A"))), 2, "turn_order",
                   "expected assistant"),
-    "tool_without_call": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("A"), {"role": "tool", "content": "1"},
-                                                     assistant("B"))), 2, "turn_order", "expected user"),
+    "tool_after_user": (".jsonl", jsonl(GOOD, conv(user("Q"), {"role": "tool", "content": "1"}, assistant("B"))), 2,
+                        "turn_order", "expected assistant"),
     "late_system": (".jsonl", jsonl(GOOD, conv(user("Q"), {"role": "system", "content": "S"}, assistant("A"))), 2,
                     "turn_order", "system message may only come first"),
     "ends_with_a_tool_call": (".jsonl", jsonl(GOOD, conv(user("Q"), assistant("", tool_calls=[
@@ -354,6 +373,21 @@ def test_length_filter_counts_tokens_as_training_sees_them(tmp_path, bundled_mod
     assert out == [short]
     assert stats["summary"]["token_length"]["max"] == expected[1]
     assert stats["summary"]["token_length"]["p50"] == pytest.approx(sum(expected) / 2)
+
+    # A long consultation is cut after its last reply that fits, not lost; the tool exchange is not a reply.
+    call = {"type": "function", "function": {"name": "calc", "arguments": {"x": 1}}}
+    consult = conv(user("Hi"), assistant("Hello."), user("More?"), assistant("", tool_calls=[call]),
+                   {"role": "tool", "content": "1"}, assistant("One."), *long["conversations"][:2])
+    b = tmp_path / "b.jsonl"
+    b.write_text(jsonl(consult), encoding="utf-8")
+    fits = [len(encode_with_assistant_mask(tokenizer, consult["conversations"][:n])[0]) for n in (2, 6)]
+    stats, out = run(tmp_path, [b], tokenizer=str(bundled_model_dir), max_seq_len=fits[1])
+    assert out == [conv(*consult["conversations"][:6])] and stats["detail"][0]["cut_to_fit"] == 1
+    assert stats["summary"]["dropped"] == {}
+    stats, out = run(tmp_path, [b], tokenizer=str(bundled_model_dir), max_seq_len=fits[1] - 1)
+    assert out == [conv(*consult["conversations"][:2])]  # the tool call alone is no place to cut
+    stats, out = run(tmp_path, [b], tokenizer=str(bundled_model_dir), max_seq_len=fits[0] - 1)
+    assert out == [] and stats["summary"]["dropped"] == {"too_long": 1}
 
 
 @pytest.mark.slow

@@ -38,6 +38,8 @@ class DataConfig:
     tokenizer: str = _f("auto", "Tokenizer folder for token-length statistics and the length filter ('auto': "
                                 "model/qwen if present, else model/smollm2-135m-instruct; 'none': skip both).")
     chat_template: str = _f(DEFAULT_TEMPLATE, "Chat template used to count tokens as training sees them.")
-    max_seq_len: int = _f(1024, "Drop conversations longer than this many tokens (0: keep all).")
+    max_seq_len: int = _f(1024, "Longest conversation in tokens (our chat template): a longer one is cut after "
+                               "its last assistant reply that fits, or dropped when its first reply does not fit "
+                               "(0: keep all).")
     shuffle: bool = _f(True, "Shuffle the merged output (seeded).")
     seed: int = _f(42, "Random seed for shuffling and for --max_per_input sampling.")

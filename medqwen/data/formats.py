@@ -361,8 +361,10 @@ CONVERTERS = {"sharegpt": from_sharegpt, "messages": from_messages, "alpaca": fr
 
 
 def validate(messages: list[dict]) -> None:
-    """Roles known; optional system first, then user/assistant alternating, tool turns only after a tool call;
-    no empty content; ends with an assistant reply (the part that is trained)."""
+    """Roles known; optional system first, then user/assistant alternating, tool results only after an assistant
+    turn; no empty content; ends with an assistant reply (the part that is trained). A tool result may follow an
+    assistant turn without a structured call: real tool-call sets write some calls as prose (`AI 计算折扣: {...}`)
+    and LLaMA-Factory's ShareGPT reader lets an observation take the user's place, so such records train."""
     if not messages:
         raise RecordError("missing_field", "no turns")
     expected = "user"
@@ -378,13 +380,14 @@ def validate(messages: list[dict]) -> None:
             if i != 1:
                 raise RecordError("turn_order", f"turn {i}: a system message may only come first")
             continue
-        allowed = {"user": {"user"}, "assistant": {"assistant"}, "tool": {"tool", "assistant"}}[expected]
+        allowed = {"user": {"user"}, "assistant": {"assistant"}, "tool": {"tool", "assistant"},
+                   "user or tool": {"user", "tool"}}[expected]
         if role not in allowed:
             raise RecordError("turn_order", f"turn {i}: expected {' or '.join(sorted(allowed))}, got {role}")
         if role == "user":
             expected = "assistant"
         elif role == "assistant":
-            expected = "tool" if m.get("tool_calls") else "user"
+            expected = "tool" if m.get("tool_calls") else "user or tool"
         else:
             expected = "tool"  # more tool results, or the assistant's answer
     if not any(m["role"] == "assistant" for m in messages):

@@ -285,15 +285,35 @@ def sample(results: list[FileResult], max_per_input: int, seed: int) -> None:
             result.conversations = [result.conversations[i] for i in keep]
 
 
+def reply_prefixes(conversation: dict) -> list[dict]:
+    """The conversation cut after each of its assistant replies but the last (tool calls are not replies),
+    shortest first: the shorter trainable conversations it contains."""
+    turns = conversation["conversations"]
+    ends = [i + 1 for i, m in enumerate(turns[:-1]) if m["role"] == "assistant" and not m.get("tool_calls")]
+    return [{**conversation, "conversations": turns[:end]} for end in ends]
+
+
 def filter_lengths(results: list[FileResult], tokenizer, max_seq_len: int) -> None:
-    """Count tokens per conversation (kept in `result.lengths`) and drop those over `max_seq_len` (0: none)."""
+    """Count tokens per conversation (kept in `result.lengths`); one over `max_seq_len` (0: no limit) is cut after
+    its last assistant reply that fits (counted in notes `cut_to_fit`), and dropped only when even its first
+    reply does not fit: a long consultation still teaches its opening exchanges. The lengths kept are those
+    read, before any cut (the histogram shows how much is over the limit)."""
     for result in results:
         result.lengths = token_lengths(result.conversations, tokenizer)
-        if max_seq_len > 0:
-            keep = [n <= max_seq_len for n in result.lengths]
-            for _ in range(keep.count(False)):
-                result.drop("too_long")
-            result.conversations = [c for c, k in zip(result.conversations, keep) if k]
+        if max_seq_len <= 0:
+            continue
+        kept = []
+        for conversation, n in zip(result.conversations, result.lengths):
+            if n > max_seq_len:
+                prefixes = reply_prefixes(conversation)
+                fitting = [p for p, m in zip(prefixes, token_lengths(prefixes, tokenizer)) if m <= max_seq_len]
+                if not fitting:
+                    result.drop("too_long")
+                    continue
+                conversation = fitting[-1]
+                result.notes["cut_to_fit"] = result.notes.get("cut_to_fit", 0) + 1
+            kept.append(conversation)
+        result.conversations = kept
 
 
 def build_stats(results: list[FileResult], written: int, cfg: DataConfig, tokenizer_dir: Path | None) -> dict:
@@ -386,13 +406,14 @@ def summary_table(stats: dict[str, Any]) -> str:
     for d in stats["detail"]:
         invalid = ", ".join(f"{k} {v}" for k, v in sorted(d["invalid"].items())) or "0"
         rows.append([Path(d["input"]).name + (" (identity)" if d["identity"] else ""), d["format"], d["encoding"],
-                     d["read"], invalid, d["duplicate"], d["sampled_out"], d["too_long"], d["kept"], f"x{d['repeat']}",
-                     d["written"]])
+                     d["read"], invalid, d["duplicate"], d["sampled_out"], d["too_long"], d.get("cut_to_fit", 0),
+                     d["kept"], f"x{d['repeat']}", d["written"]])
     s = stats["summary"]
     rows.append(["**total**", "", "", s["read"], sum(sum(d["invalid"].values()) for d in stats["detail"]),
-                 *(s["dropped"].get(k, 0) for k in DROP_REASONS), s["kept"], "", s["written"]])
+                 *(s["dropped"].get(k, 0) for k in DROP_REASONS), sum(d.get("cut_to_fit", 0) for d in stats["detail"]),
+                 s["kept"], "", s["written"]])
     table = markdown_table(rows, ["input", "format", "encoding", "read", "invalid", "duplicate", "sampled out",
-                                  "too long", "kept", "upsample", "written"])
+                                  "too long", "cut to fit", "kept", "upsample", "written"])
     t = s["token_length"]
     if t.get("n"):
         table += "\n\n" + markdown_table([[t["n"], t["mean"], t["p50"], t["p90"], t["p95"], t["p99"], t["max"]]],
