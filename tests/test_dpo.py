@@ -86,6 +86,9 @@ def test_bad_pairs_are_counted_by_reason_and_control_tokens_escaped(tmp_path, ti
     with pytest.raises(DataError, match=r"pairs.jsonl:5: chosen and rejected are the same"):
         load_pairs_file(path)
     out = tmp_path / "out" / "prefs.jsonl"
+    stale = out.parent / f"{out.name}.999999999.tmp"  # left by a killed run (no such process)
+    stale.parent.mkdir()
+    stale.write_text("partial")
     stats = prepare_preferences(PreferenceDataConfig(input=[str(path)], output=str(out), skip_invalid=True,
                                                      tokenizer=str(tiny_model_dir), max_seq_len=100), verbose=False)
     s = stats["summary"]
@@ -93,6 +96,7 @@ def test_bad_pairs_are_counted_by_reason_and_control_tokens_escaped(tmp_path, ti
     assert s["dropped"] == {"same_responses": 1, "missing_field": 1, "bad_value": 1, "duplicate": 1, "too_long": 1}
     written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(written) == 4 and json.loads((out.parent / "prefs.stats.json").read_text())["summary"] == s
+    assert not stale.exists()
     injected = next(p for p in written if "system" in p["prompt"][-1]["content"])
     assert f"<{ESCAPE_MARK}|im_start|>" in injected["prompt"][-1]["content"]
 

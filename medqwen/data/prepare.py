@@ -197,7 +197,8 @@ def length_tokenizer_dir(choice: str) -> Path | None:
 
 def write_prepared(rows: list[dict], stats: dict, cfg: Any, paths: dict[str, Path]) -> None:
     """The output JSONL, then beside it config.yaml and stats.json, each atomically: a failed run leaves the
-    previous output's sidecars as they were."""
+    previous output's sidecars as they were. The temporaries of an earlier killed run go first."""
+    remove_stale_temporaries(paths)
     jsonl.write_jsonl(rows, paths["output"])
     jsonl.write_text_atomic(yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False), paths["config"])
     jsonl.write_text_atomic(json.dumps(stats, ensure_ascii=False, indent=2), paths["stats"])
@@ -351,7 +352,6 @@ def prepare(cfg: DataConfig, verbose: bool = True) -> dict[str, Any]:
             raise UserError(f"--name/--author must not contain '{{{{' or '}}}}': {value!r}")
     if paths["output"].is_dir():
         raise UserError(f"--output {cfg.output} is a folder; give a file name, e.g. {paths['output'] / 'data.jsonl'}")
-    remove_stale_temporaries(paths)
     # Read and validate everything before writing anything, so a bad file never leaves a half-written output.
     results = [load_file(spec, cfg) for spec in specs]
     if cfg.dedup:
