@@ -57,7 +57,7 @@ class CmexamExam(Exam):
     groups = {"medical": ["physician"], "all": ["physician"]}
     answered_test = True  # the released test split has its answers
     shot_split = "val"
-    data_hint = ("Get it with `python data/get_ceval.py --benchmark cmexam --cmexam_csv_dir CMExam/data` (the "
+    data_hint = ("Get it with `python data/get_ceval.py --benchmark cmexam --source CMExam/data` (the "
                  "release's val.csv and test.csv); the repository ships a small team-written sample in "
                  "data/benchmark/cmexam/.")
 

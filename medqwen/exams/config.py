@@ -35,8 +35,9 @@ class CevalConfig(DeviceFields, ServerFields):
                                                     "<exam>/<group> (ceval/medical, cmmlu/general, ...).")
     skip_missing: bool = _f(False, "Leave out subjects of a group that have no data files (listed in metrics.json); "
                                    "subjects named one by one always need their data.")
-    skip_invalid: bool = _f(False, "Skip malformed rows (wrong column count, answer not an option, empty option) and "
-                                   "count them, instead of stopping at the first with its file:line.")
+    skip_invalid: bool = _f(False, "Skip malformed rows (wrong column count, answer not an option, option lines out "
+                                   "of order) and count them, instead of stopping at the first with its file:line. "
+                                   "Rows without an answer are always skipped and counted.")
     permute_options: str = _f("none", "cyclic: also score every single-answer question under each cyclic rotation "
                                       "of its options (accuracy per rotation, consistency, position bias; n options "
                                       "= n times the work).", choices=["none", "cyclic"])
