@@ -1,7 +1,7 @@
 """Build (or update) the knowledge store: files/folders -> chunks -> embeddings -> a Chroma collection.
 
     python agent/embedding.py                                     # data/rag_sample -> out/rag/chroma
-    python agent/embedding.py --input ../shared/data/rag_corpus/tcm_books --chunk_size 200
+    python agent/embedding.py --input raw/tcm_books --chunk_size 200        # your own folder of books
     python agent/embedding.py --embedding_model BAAI/bge-small-zh-v1.5 --collection bge_small   # any ST model
     python agent/embedding.py --embedding_precision fp32 --collection e5_fp32     # the bundled model in float32
     python agent/embedding.py --chroma_host localhost --chroma_port 8000   # a `chroma run` server

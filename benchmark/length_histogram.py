@@ -1,13 +1,14 @@
 """Measure the token-length histogram of a conversation JSONL and store it for perf_train's real-length mode.
 
 perf_train.py --lengths real draws conversation lengths from benchmark/data/medical_lengths.json, so a fresh
-clone reproduces the real-length numbers without the data. That file was made from the 1,000 ShareGPT + 87 QA
-conversations in ../shared/data/medical_dialogue plus the identity data, prepared as the recipe prepares them:
+clone reproduces the real-length numbers without the data. That file was made from MedicalGPT's 1,000 ShareGPT
+conversations and 87 QA pairs (Apache-2.0; put them in raw/MedicalGPT/) plus the identity data, prepared as the
+recipe prepares them, with the real Qwen3 tokenizer shipped in tests/fixtures/qwen3:
 
-    python data/prepare_data.py --input ../shared/data/medical_dialogue/medicalgpt_medical_sft_1K.sharegpt.jsonl \
-        --input ../shared/data/medical_dialogue/medicalgpt_medical_qa_87.jsonl --identity data/lora_identity.jsonl:3 \
-        --tokenizer ../shared/reference/qwen3 --output /tmp/real.jsonl
-    python benchmark/length_histogram.py --data /tmp/real.jsonl --tokenizer ../shared/reference/qwen3
+    python data/prepare_data.py --input raw/MedicalGPT/medicalgpt_medical_sft_1K.sharegpt.jsonl \
+        --input raw/MedicalGPT/medicalgpt_medical_qa_87.jsonl --identity data/lora_identity.jsonl:3 \
+        --tokenizer tests/fixtures/qwen3 --output /tmp/real.jsonl
+    python benchmark/length_histogram.py --data /tmp/real.jsonl --tokenizer tests/fixtures/qwen3
 
 Only the histogram is committed, never the data.
 """

@@ -30,17 +30,12 @@ from medqwen.exams.base import LETTERS
 from medqwen.exams.ceval import GROUPS, SUBJECTS, load_questions
 from medqwen.exams.runner import Question, build_prompt, extract_answer, rotate
 from medqwen.perf.config import PerfCevalConfig
+from medqwen.perf.data import benchmark_tokenizer_dir
 from medqwen.reporting import markdown_table, write_metrics
 
 
 def pick_tokenizer(cfg: PerfCevalConfig) -> str:
-    if cfg.tokenizer:
-        return cfg.tokenizer
-    if cfg.tiny:
-        return "model/smollm2-135m-instruct"
-    candidates = ["model/qwen", "model/qwen3-tokenizer", str(REPO_ROOT.parent / "shared" / "reference" / "qwen3")]
-    return next((c for c in candidates if (Path(c) / "vocab.json").is_file() or (Path(c) / "tokenizer.json").is_file()),
-                candidates[-1])
+    return str(benchmark_tokenizer_dir(cfg.tokenizer, "tiny" if cfg.tiny else cfg.shape))
 
 
 def build_items(cfg: PerfCevalConfig, tokenizer) -> tuple[list[list[int]], list[int]]:

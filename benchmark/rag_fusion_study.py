@@ -1,15 +1,17 @@
 """Which hybrid fusion holds on corpora it was not tuned on: every fusion setting on every corpus and question kind,
 and leave-one-corpus-out selection (constants are chosen on all corpora but one, then judged on the one left out).
 
-    python benchmark/rag_fusion_study.py prepare --output_dir out/fusion_study   # chunks + questions of every corpus
+    python benchmark/rag_fusion_study.py prepare --output_dir out/fusion_study \
+        --tcm_books DIR --qa medical_qa_87.jsonl --qa medical_sft_1K.jsonl       # chunks + questions of every corpus
     python benchmark/rag_fusion_study.py embed --output_dir out/fusion_study     # their embeddings (the default's)
     python benchmark/rag_fusion_study.py study --output_dir out/fusion_study     # tables, metrics.json, config.yaml
 
-Corpora: the six classical books (data/rag_gold_tcm.jsonl), modern patient questions -> doctors' answers (the shared
-MedicalGPT pairs, 87 and 1K) and the team-written disease cards, herb cards, disease entries and drug leaflets
-(data/make_rag_cards.py). Retrieval is the library's: chunking, BM25, `fuse_scores`, the adaptive rule
-(`bm25_confidence`, `reference_confidence`, `adaptive_choice`), one chunk per source and recall; the dense side is
-exact cosine search over the stored embeddings (Chroma's HNSW at ef 200 is near-exact).
+Corpora: the team-written disease cards, herb cards, disease entries and drug leaflets (data/make_rag_cards.py),
+shipped; and, where you have them, the six classical books (`--tcm_books`, gold data/rag_gold_tcm.jsonl) and modern
+patient questions -> doctors' answers (`--qa`, question/answer JSONL such as MedicalGPT's 87 and 1K pairs).
+Retrieval is the library's: chunking, BM25, `fuse_scores`, the adaptive rule (`bm25_confidence`,
+`reference_confidence`, `adaptive_choice`), one chunk per source and recall; the dense side is exact cosine search
+over the stored embeddings (Chroma's HNSW at ef 200 is near-exact).
 
 A setting's margin on a (corpus, kind) is R@5(setting) - max(R@5 bm25, R@5 dense); selection maximises the worst
 margin over every kind of the training corpora, ties broken by the mean margin. Two families are selected this way:
@@ -25,10 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-CORPORA = {  # name -> (inputs, gold); gold None: question/answer pairs (answers are the corpus, questions the gold)
-    "classical books": (["../shared/data/rag_corpus/tcm_books"], "data/rag_gold_tcm.jsonl"),
-    "modern QA 87": ("../shared/data/medical_dialogue/medicalgpt_medical_qa_87.jsonl", None),
-    "modern QA 1K": ("../shared/data/medical_dialogue/medicalgpt_medical_sft_1K.sharegpt.jsonl", None),
+SHIPPED_CORPORA = {  # name -> (inputs, gold); gold None: question/answer pairs (answers the corpus, questions the gold)
     "disease cards": (["data/rag_cards/disease_cards"], "data/rag_cards/disease_cards_gold.jsonl"),
     "herb cards": (["data/rag_cards/herb_cards"], "data/rag_cards/herb_cards_gold.jsonl"),
     "disease entries": (["data/rag_cards/disease_entries"], "data/rag_cards/disease_entries_gold.jsonl"),
@@ -47,7 +46,15 @@ def prepare(args) -> None:
     from medqwen.rag.store import iter_files
 
     out = Path(args.output_dir)
-    for name, (inputs, gold_path) in CORPORA.items():
+    corpora = dict(SHIPPED_CORPORA)
+    if args.tcm_books:
+        corpora["classical books"] = ([args.tcm_books], "data/rag_gold_tcm.jsonl")
+    for path in args.qa:
+        corpora[f"QA {Path(path).stem}"] = (path, None)
+    if not args.tcm_books or not args.qa:
+        print("not given, left out: " + ", ".join(name for name, given in (("--tcm_books", args.tcm_books),
+                                                                         ("--qa", args.qa)) if not given))
+    for name, (inputs, gold_path) in corpora.items():
         if gold_path is None:
             corpus, gold_path = qa_retrieval_set(inputs, out / slug(name) / "qa_set")
             inputs = [str(corpus)]
@@ -215,6 +222,10 @@ def main() -> int:
     parser.add_argument("phase", choices=["prepare", "embed", "study"], help="Which step to run (see above).")
     parser.add_argument("--output_dir", default="out/fusion_study", help="Folder of the per-corpus files and results.")
     parser.add_argument("--device", default=None, help="embed: device of the embedding model (None: its default).")
+    parser.add_argument("--tcm_books", default=None, help="prepare: folder of the six classical books that "
+                        "data/rag_gold_tcm.jsonl asks about (left out when not given).")
+    parser.add_argument("--qa", action="append", default=[], help="prepare: a question/answer JSONL to use as a "
+                        "patient question -> answer corpus (repeatable; none when not given).")
     args = parser.parse_args()
     {"prepare": prepare, "embed": embed, "study": study}[args.phase](args)
     return 0

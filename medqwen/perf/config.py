@@ -15,8 +15,8 @@ class BenchmarkFields:
 
     shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
     tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, short sequences.")
-    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; --tiny: "
-                                     "model/smollm2-135m-instruct).")
+    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer, else the real "
+                                     "Qwen3 tokenizer in tests/fixtures/qwen3; --tiny: model/smollm2-135m-instruct).")
     output_dir: str = _f("out/perf", "Where results.json, results.md, config.yaml and metrics.json go.")
     seed: int = _f(0, "Seed of lengths, content and model init.")
 
@@ -141,7 +141,7 @@ class PerfCevalConfig(BenchmarkFields, DeviceFields):
 
     tiny: bool = _f(False, "CPU smoke run: tiny shape, bundled tokenizer, a few short questions.")
     tokenizer: str | None = _f(None, "Tokenizer that sets the lengths (None: model/qwen, else model/qwen3-tokenizer, "
-                                     "else ../shared/reference/qwen3; --tiny: model/smollm2-135m-instruct).")
+                                     "else tests/fixtures/qwen3; --tiny: model/smollm2-135m-instruct).")
     data_dir: str = _f("data/benchmark/ceval-exam", "C-Eval root whose medical items seed the synthetic questions.")
     pooled: bool = _f(False, "The pooled medical set instead: C-Eval + CMMLU + CMExam medical subjects, each exam's "
                              "own prompt on its shipped team-written sample (real lengths of those prompts), "

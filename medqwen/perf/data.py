@@ -100,13 +100,14 @@ def synthetic_conversations(tokenizer, lengths: list[int], chat_template_overhea
 
 def benchmark_tokenizer_dir(tokenizer: str | None, shape: str) -> Path:
     """The tokenizer a benchmark uses: the given folder; the bundled model's for the tiny shape; else model/qwen,
-    or model/qwen3-tokenizer on a machine with only the tokenizer files."""
+    or model/qwen3-tokenizer on a machine with only the tokenizer files, else the real Qwen3 tokenizer the
+    repository ships for tests (the lengths are Qwen3's either way)."""
     if tokenizer:
         return Path(tokenizer)
     if shape == "tiny":
         return REPO_ROOT / "model/smollm2-135m-instruct"
-    return next((p for p in (REPO_ROOT / "model/qwen", REPO_ROOT / "model/qwen3-tokenizer") if p.is_dir()),
-                REPO_ROOT / "model/qwen")
+    candidates = [REPO_ROOT / "model/qwen", REPO_ROOT / "model/qwen3-tokenizer"]
+    return next((p for p in candidates if p.is_dir()), REPO_ROOT / "tests/fixtures/qwen3")
 
 
 def benchmark_conversations(tokenizer, n: int, median_len: int, max_seq_len: int, seed: int,

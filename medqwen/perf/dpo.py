@@ -29,8 +29,8 @@ class PerfDpoConfig:
     shape: str = _f("qwen3-4b", "Random model shape from medqwen.modeling.QWEN3_SHAPES.", choices=["qwen3-4b", "tiny"])
     variants: list[str] = _f(list(DPO_VARIANTS), "Recipes to time (medqwen.perf.dpo.DPO_VARIANTS), each in its own "
                                                  "process.")
-    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer; tiny shape: "
-                                     "the bundled model's).")
+    tokenizer: str | None = _f(None, "Tokenizer folder (None: model/qwen, else model/qwen3-tokenizer, else "
+                                     "tests/fixtures/qwen3; tiny shape: the bundled model's).")
     loss: str = _f("sigmoid", "Preference loss (sigmoid: DPO with a reference pass; orpo: none).")
     pairs_per_step: int = _f(8, "Pairs per optimizer step (per_device_train_batch_size x accumulation).", at_least=1)
     max_seq_len: int = _f(1024, "Longest prompt + reply (tokens).")
