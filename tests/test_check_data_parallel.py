@@ -26,11 +26,12 @@ def test_compare_measures_loss_and_update_differences():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", [None, "24gb:max_tokens_per_forward=300"])
+@pytest.mark.parametrize("variant", [None, "24gb:max_tokens_per_forward=100:per_device_train_batch_size=4"])
 def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, bundled_model_dir, variant):
     """Also a fast path whose micro-batches run as several forwards, as many as each process's tokens need: with
     TRL's metrics gathered after every forward, processes with different forward counts paired the wrong
-    collectives and hung (the fast path now reads its metrics at logging steps)."""
+    collectives and hung (the fast path now reads its metrics at logging steps). Four rows a process keep a CPU
+    step near a second; at 100 tokens a forward the two processes still run 3 and 4 forwards in one step."""
     out = tmp_path / "check"
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, str(REPO / "benchmark/check_data_parallel.py"), "--tiny", "--launcher", "ddp",
