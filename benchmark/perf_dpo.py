@@ -12,6 +12,7 @@ padded tok/s, MFU (policy forward/backward + reference forward, useful tokens on
 """
 
 import json
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +52,9 @@ def run_one(pcfg: PerfDpoConfig, name: str) -> dict:
     trainer = build_dpo_trainer(cfg, Dataset.from_list(pairs), model=model, tokenizer=tokenizer)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    timing = time_trainer(trainer, pcfg.warmup_steps, pcfg.steps, cuda=cuda)
+    timing = time_trainer(trainer, pcfg.warmup_steps, pcfg.steps, cuda=cuda, profile_step=pcfg.profile)
+    if "profile" in timing:
+        (Path(pcfg.output_dir) / f"profile_{name}.txt").write_text(timing["profile"], encoding="utf-8")
     timed = timing["timed"]
     seconds = sum(r["seconds"] for r in timed)
     real, computed = sum(r["real_tokens"] for r in timed), sum(r["computed_tokens"] for r in timed)
@@ -76,10 +79,9 @@ def main(pcfg: PerfDpoConfig) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(pcfg, out / "config.yaml")
     peak = pcfg.peak_tflops or matmul_peak_tflops()
-    args = [f"--{k}={v}" for k, v in vars(pcfg).items() if v is not None and k not in ("variants", "run_one")]
     rows = []
     for name in pcfg.variants:
-        row = run_variant(__file__, args, name, out / "variants.log", pcfg.variant_timeout_s)
+        row = run_variant(__file__, sys.argv[1:], name, out / "variants.log", pcfg.variant_timeout_s)
         row.setdefault("variant", name)
         if peak and "tflops" in row:
             row["mfu"] = row["tflops"] / peak

@@ -8,7 +8,8 @@ loads it); the decode engine (medqwen.kernels.decode.DecodeEngine: prompts sorte
 graph) at several batch sizes, base and with the adapter merged; and GRPO-shaped sampled rollouts (the adapter
 unmerged, as training keeps it). Each row reports tok/s, ms per decode step, the decode limit (every weight and
 the KV cache at the mean context read once per step, at the copy bandwidth measured in the same process) and the
-share of it reached, and peak memory; the share of the engine's answers identical to generate's, token for token;
+share of it reached, and peak memory; how far the engine's greedy answers follow generate's (whole answers,
+first tokens, the share before the first difference);
 and the base + LoRA evaluation time of --heldout conversations extrapolated from the measured rates. Random
 weights never sample the end-of-turn token on purpose, so every answer runs to --max_new_tokens: the slowest case.
 
@@ -93,8 +94,17 @@ def row(name: str, path: str, rows: int, prompts: list[list[int]], completions: 
             "limit_share": tokens / clock.seconds / limit if limit else None, "peak_gib": clock.peak_gib, **extra}
 
 
-def same_share(ours: list[list[int]], theirs: list[list[int]]) -> float:
-    return sum(a == b for a, b in zip(ours, theirs)) / len(theirs)
+def agreement(ours: list[list[int]], theirs: list[list[int]]) -> dict:
+    """How far the engine's greedy answers follow generate's: whole answers identical, first tokens identical, and
+    the mean share of each answer before the first differing token (random bf16 weights have near-ties everywhere,
+    so the whole-answer share alone says little there)."""
+    def common(a: list[int], b: list[int]) -> int:
+        return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    pairs = list(zip(ours, theirs))
+    return {"same_as_hf": sum(a == b for a, b in pairs) / len(pairs),
+            "same_first_token": sum(a[:1] == b[:1] for a, b in pairs) / len(pairs),
+            "same_prefix_share": statistics.mean(common(a, b) / max(len(b), 1) for a, b in pairs)}
 
 
 def time_hf(model, prompts, config, batch_size: int, torch) -> tuple[list[list[int]], Clock]:
@@ -226,7 +236,7 @@ def main(cfg: PerfGenerateConfig) -> list[dict]:
     for r in results:  # greedy answers to the same prompts, token for token
         theirs = answers.get("hf lora" if r["name"].startswith("engine lora") else "hf base")
         if r["name"].startswith("engine") and theirs is not None:
-            r["same_as_hf"] = same_share(answers[r["name"]], theirs)
+            r |= agreement(answers[r["name"]], theirs)
     write_generate_report(results, cfg, bandwidth, out)
     print((out / "results.md").read_text(encoding="utf-8"))
     return results
@@ -258,9 +268,10 @@ def write_generate_report(results: list[dict], cfg: PerfGenerateConfig, bandwidt
                       f"{r['ms_per_step']:.2f}", f"{limit:,.0f} ({100 * r['limit_share']:.0f}%)" if limit else "n/a",
                       f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "n/a",
                       f"{r['tok_s'] / baseline['tok_s']:.1f}x" if baseline and "GRPO" not in r["name"] else "",
-                      f"{100 * r['same_as_hf']:.0f}%" if "same_as_hf" in r else ""])
+                      f"{100 * r['same_as_hf']:.0f}% / {100 * r['same_first_token']:.0f}% / "
+                      f"{100 * r['same_prefix_share']:.0f}%" if "same_as_hf" in r else ""])
     headers = ["path", "rows", "prompts x new tokens", "tok/s", "ms per decode step", "decode limit tok/s (reached)",
-               "peak GiB", "vs generate", "answers = generate's"]
+               "peak GiB", "vs generate", "= generate's: answers / first tokens / prefix"]
     note = (f"\n\nMean prompt {statistics.mean(r['mean_prompt_tokens'] for r in results):.0f} tokens. *decode limit*: "
             "rows / (bytes of every weight and of the KV cache at the mean context) x the copy bandwidth measured "
             f"here ({bandwidth:.0f} GB/s)." if bandwidth else "\n\nNo GPU: no bandwidth, no decode limit.")
@@ -272,7 +283,8 @@ def write_generate_report(results: list[dict], cfg: PerfGenerateConfig, bandwidt
     (out / "results.md").write_text(md + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"bandwidth_gbs": bandwidth, "results": results, "totals": lines},
                                                  indent=2), encoding="utf-8")
-    write_metrics(out, {r["name"]: {k: r.get(k) for k in ("tok_s", "limit_share", "peak_gib", "same_as_hf")}
+    kept = ("tok_s", "limit_share", "peak_gib", "same_as_hf", "same_first_token", "same_prefix_share")
+    write_metrics(out, {r["name"]: {k: r.get(k) for k in kept}
                         for r in results}, detail=results, seed=cfg.seed, meta_extra={"bandwidth_gbs": bandwidth})
 
 

@@ -27,7 +27,8 @@ def test_perf_generate_tiny_smoke(tmp_path, bundled_model_dir):
     for r in rows.values():
         assert r["tok_s"] > 0 and r["mean_new_tokens"] == 8 and r["decode_limit_tok_s"] is None  # CPU: no limit
     # fp32 on CPU: the engine's greedy answers are generate's, with and without the (merged) adapter
-    assert rows["engine base, 4 rows"]["same_as_hf"] == rows["engine lora, 4 rows"]["same_as_hf"] == 1.0
+    for name in ("engine base, 4 rows", "engine lora, 4 rows"):
+        assert rows[name]["same_as_hf"] == rows[name]["same_first_token"] == rows[name]["same_prefix_share"] == 1.0
     assert rows["engine lora, 4 rows"]["adapter"] == "adapter merged into the weights"
     assert "eager steps (no CUDA)" in rows["engine base, 2 rows"]["path"]
     assert len(report["totals"]) == 2 and "adapter merge included" in report["totals"][1]

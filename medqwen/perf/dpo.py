@@ -40,6 +40,8 @@ class PerfDpoConfig:
     peak_tflops: float | None = _f(None, "bf16 matmul peak for MFU (None: measured here).")
     seed: int = _f(0, "Seed of the lengths, the token ids and the model.")
     output_dir: str = _f("out/perf-dpo", "Where results.json and results.md go.")
+    profile: bool = _f(False, "Run one more optimizer step per variant under torch.profiler (not timed) and write "
+                              "its kernel table to profile_<variant>.txt.")
     run_one: str | None = _f(None, "Internal: time this one variant in this process.")
 
 
