@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from medqwen.data import QA_KEYS, iter_records, prepare
@@ -44,6 +44,15 @@ def oracle_rows(text: str, delimiter: str) -> list[dict]:
             if len(row) == len(header) and any(cell.strip() for cell in row)]
 
 
+def also_other_utf8(raw: bytes, text: str) -> bool:
+    """Whether these bytes (of `text` in some encoding) are also valid UTF-8 of another text: a GB18030 file of only
+    a few characters can be (头 is CD B7, also UTF-8's ͷ)."""
+    try:
+        return raw.decode("utf-8") != text
+    except UnicodeDecodeError:
+        return False
+
+
 def read_back(path: Path) -> tuple[list[dict], list]:
     _, records = iter_records(path)
     records = list(records)
@@ -63,6 +72,7 @@ def test_csv_reads_exactly_what_csv_reader_reads(tmp_path, table, quoting, encod
     delimiter = "\t" if dialect == "excel-tab" else ","
     path = tmp_path / ("t.tsv" if dialect == "excel-tab" else "t.csv")
     path.write_bytes(encode(text, encoding))
+    assume(not also_other_utf8(path.read_bytes(), text))  # no reader can tell: test_bytes_valid_in_both_encodings
     rows, errors = read_back(path)
     malformed = [e for e in errors if e.reason == "malformed_csv"]
     if not malformed:
@@ -138,3 +148,21 @@ def test_utf16_and_every_detected_encoding_reads_a_multiline_field(tmp_path, enc
     path.write_bytes(encode(text, encoding))
     rows, errors = read_back(path)
     assert rows == oracle_rows(text, ",") and not errors
+
+
+def test_bytes_valid_in_both_encodings(tmp_path):
+    """A GB18030 file whose every line is also valid UTF-8 reads as UTF-8 (no reader can tell them apart) unless the
+    encoding is given; one whose other lines are not valid UTF-8 is GB18030, every line of it."""
+    header = "department,title,ask,answer\n"
+    both = tmp_path / "both.csv"
+    both.write_bytes((header + "A,头痛,头痛,痛\n").encode("gb18030"))
+    assert both.read_bytes().decode("utf-8") != both.read_bytes().decode("gb18030")
+    assert iter_records(both)[0] == "utf-8"
+    encoding, records = iter_records(both, encoding="gb18030")
+    assert [r for _, r in records] == [{"department": "A", "title": "头痛", "ask": "头痛", "answer": "痛"}]
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_bytes((header + "A,头痛,头痛,痛\n" + "内科,发热,发热三天,多喝水\n").encode("gb18030"))
+    encoding, records = iter_records(mixed)
+    assert encoding == "gb18030"
+    assert [r for _, r in records] == [{"department": "A", "title": "头痛", "ask": "头痛", "answer": "痛"},
+                                       {"department": "内科", "title": "发热", "ask": "发热三天", "answer": "多喝水"}]

@@ -45,21 +45,29 @@ class DataError(UserError):
 
 
 def detect_encoding(raw_lines: list[bytes]) -> str:
-    """'utf-8' when most non-ASCII lines are valid UTF-8, else 'gb18030' (a superset of GBK and GB2312).
+    """'utf-8' or 'gb18030' (a superset of GBK and GB2312), by which one decodes the non-ASCII lines.
 
-    Chinese text in GB18030 is almost never valid UTF-8, so the majority vote is robust to a few corrupt lines.
+    UTF-8 when every such line is valid UTF-8; else GB18030 when every one is valid GB18030; else the majority:
+    UTF-8 when at least half are valid UTF-8, so a few corrupt lines of a UTF-8 file cost only themselves. Chinese
+    text in GB18030 is almost never valid UTF-8, and UTF-8 Chinese text is rarely valid GB18030 line after line;
+    only a few characters of GB18030 can be both (`头` is CD B7, also UTF-8's `ͷ`): such a file reads as UTF-8,
+    and `--encoding gb18030` reads it as written.
     """
     non_ascii = [line for line in raw_lines if not line.isascii()]
-    if not non_ascii:
+    valid = {name: sum(_decodes(line, name) for line in non_ascii) for name in ("utf-8", "gb18030")}
+    if valid["utf-8"] == len(non_ascii):
         return "utf-8"
-    utf8_ok = 0
-    for line in non_ascii:
-        try:
-            line.decode("utf-8")
-            utf8_ok += 1
-        except UnicodeDecodeError:
-            pass
-    return "utf-8" if 2 * utf8_ok >= len(non_ascii) else "gb18030"
+    if valid["gb18030"] == len(non_ascii):
+        return "gb18030"
+    return "utf-8" if 2 * valid["utf-8"] >= len(non_ascii) else "gb18030"
+
+
+def _decodes(line: bytes, encoding: str) -> bool:
+    try:
+        line.decode(encoding)
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _utf16_without_bom(raw: bytes) -> str | None:
