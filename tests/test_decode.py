@@ -106,8 +106,9 @@ def lively(tiny_model_dir):
 
 def generate_alone(model, prompt: list[int], config) -> list[int]:
     """generate's greedy tokens for one unpadded prompt, cut after the first stop token."""
-    out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                         generation_config=config)[0, len(prompt):].tolist()
+    ids = torch.tensor([prompt], device=model.device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, len(prompt):]
+    out = out.tolist()
     stops = set(config.eos_token_id)
     end = next((k for k, t in enumerate(out) if t in stops), None)
     return out if end is None else out[:end + 1]
@@ -119,16 +120,21 @@ def greedy_config(model, max_new_tokens: int = 40) -> GenerationConfig:
                             eos_token_id=list(range(3, model.config.vocab_size, 6)))
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the graph path runs on one only")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("with_adapter", [False, True])
-def test_engine_greedy_tokens_equal_generate(tiny_model_dir, adapter_dir, with_adapter):
+def test_engine_greedy_tokens_equal_generate(tiny_model_dir, adapter_dir, with_adapter, device):
     """Prompts of six lengths in batches of at most 3 rows by a token budget, rows ending at different steps,
     attention windows of 8 slots, a short last batch padded: each prompt's tokens are generate's, unbatched; with
-    an adapter, generate runs PEFT's unmerged layers and the engine the merged weights."""
+    an adapter, generate runs PEFT's unmerged layers and the engine the merged weights. On a GPU each step is a
+    recorded CUDA graph (with a sixth of the vocabulary as stop tokens: torch.isin would sync there)."""
     from peft import PeftModel
 
     from medqwen.kernels.decode import DecodeEngine
 
-    model = lively(tiny_model_dir)
+    model = lively(tiny_model_dir).to(device)
     if with_adapter:
         model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()

@@ -91,6 +91,12 @@ def _decode_attention_on(model, window: int | None = None):
         _window[0] = None
 
 
+def is_stop(tokens: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+    """Where `tokens` is one of `stops`, by plain comparison: torch.isin switches to a sort with a host sync when
+    there are many stop tokens for few rows (numpy's rule), which a CUDA graph cannot record."""
+    return (tokens.unsqueeze(-1) == stops).any(-1)
+
+
 class _Decode:
     """The fixed buffers of one batch shape: everything a decode step reads and writes."""
 
@@ -208,7 +214,7 @@ class GraphSampler:
             chosen = chosen * state.unfinished + config.pad_token_id * (1 - state.unfinished)
             state.out.index_copy_(1, state.column, chosen[:, None])
             state.tokens.copy_(chosen[:, None])
-            state.unfinished.mul_((~torch.isin(chosen, state.eos)).long())
+            state.unfinished.mul_((~is_stop(chosen, state.eos)).long())
             state.column.add_(1)
 
         forward = self.model
@@ -274,7 +280,7 @@ class GraphSampler:
         if streamer is not None:
             streamer.end()
         # generate stops at the token that finished the last row
-        ended = torch.isin(state.out[:, :done], state.eos)
+        ended = is_stop(state.out[:, :done], state.eos)
         last = torch.where(ended.any(1), ended.int().argmax(1), done - 1)
         return torch.cat([prompt, state.out[:, :int(last.max()) + 1]], dim=1)
 
