@@ -54,12 +54,12 @@ def detect_encoding(raw_lines: list[bytes]) -> str:
     and `--encoding gb18030` reads it as written.
     """
     non_ascii = [line for line in raw_lines if not line.isascii()]
-    valid = {name: sum(_decodes(line, name) for line in non_ascii) for name in ("utf-8", "gb18030")}
-    if valid["utf-8"] == len(non_ascii):
-        return "utf-8"
-    if valid["gb18030"] == len(non_ascii):
+    utf8_ok = sum(_decodes(line, "utf-8") for line in non_ascii)
+    if utf8_ok == len(non_ascii):
+        return "utf-8"  # the common case: no second pass over the file
+    if all(_decodes(line, "gb18030") for line in non_ascii):
         return "gb18030"
-    return "utf-8" if 2 * valid["utf-8"] >= len(non_ascii) else "gb18030"
+    return "utf-8" if 2 * utf8_ok >= len(non_ascii) else "gb18030"
 
 
 def _decodes(line: bytes, encoding: str) -> bool:
